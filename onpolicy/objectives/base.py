@@ -1,0 +1,69 @@
+"""The objective interface: what one training step optimizes, named and registered.
+
+The trainer's loop (and a user's own RL-style loop) reads top to bottom:
+
+    source = objective.batch_source(step)                 # decided once per optimizer step
+    rollout = <student rollout | teacher samples | dataset completions>   (a ``Rollout`` each)
+    scores = teacher.score(rollout) if objective.needs_teacher else None
+    out = objective.loss(student, rollout, scores)         # LossOutput: a SUM over counted tokens
+    (out.loss_sum / global_count_of_counted_tokens).backward()  # normalized globally, see losses
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import torch
+
+BatchSource = Literal["student", "teacher", "dataset"]
+"""Where a step's completions come from: the student's own rollouts (on-policy), samples the teacher
+generated (sequence-level KD / SFT baseline), or the dataset's fixed completions (supervised KD)."""
+
+
+@dataclass
+class LossOutput:
+    """One micro-batch's loss.
+
+    Attributes:
+        loss_sum: scalar tensor with grad: the loss SUMMED over counted completion tokens (never a mean:
+            the trainer divides by the global count across micro-batches and processes).
+        num_tokens: number of counted completion tokens in this micro-batch.
+        metrics: plain floats for logging (sums or means, named by what they are).
+    """
+
+    loss_sum: torch.Tensor
+    num_tokens: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Objective(Protocol):
+    """A named training objective (``objective.name`` in config)."""
+
+    name: str
+    needs_teacher: bool
+
+    def batch_source(self, step: int) -> BatchSource:
+        """Where optimizer step ``step``'s completions come from; must be the same on every process
+        (e.g. GKD's lambda decided by an RNG seeded with (seed, step))."""
+        ...
+
+    def loss(self, student: torch.nn.Module, rollout: Any, teacher_scores: Any) -> LossOutput:
+        """The loss of ``student`` on ``rollout`` (a ``Rollout``) given the teacher's scores
+        (``TeacherScores`` or None when ``needs_teacher`` is False)."""
+        ...
+
+
+ObjectiveFactory = Callable[..., Objective]
+OBJECTIVES: dict[str, ObjectiveFactory] = {}
+
+
+def register_objective(name: str) -> Callable[[ObjectiveFactory], ObjectiveFactory]:
+    """Register an objective factory under ``name``; its keyword arguments are the config block's keys."""
+
+    def wrap(factory: ObjectiveFactory) -> ObjectiveFactory:
+        OBJECTIVES[name] = factory
+        return factory
+
+    return wrap

@@ -1,0 +1,195 @@
+"""Load students and teachers (Hugging Face folders), LoRA students through PEFT, save and export.
+
+A teacher can be the student's own base model with its adapters disabled (self-distillation):
+``with adapters_disabled(student): teacher_logits = student(...)`` — see ``LocalTeacher``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from onpolicy.errors import ConfigError
+
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``"bfloat16"``/``"bf16"``/... or a ``torch.dtype`` -> ``torch.dtype``."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def _check_path(path: str | Path, what: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(
+            f"{what} path {str(p)!r} does not exist; give a Hugging Face model folder "
+            "(config.json + weights) saved with save_pretrained"
+        )
+    return p
+
+
+def load_tokenizer(path: str | Path, gguf_file: str | None = None) -> Any:
+    """The tokenizer saved with a model. A tokenizer without a pad token gets its EOS as pad (only
+    ever used under an attention mask)."""
+    from transformers import AutoTokenizer
+
+    p = _check_path(path, "tokenizer")
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    tok = AutoTokenizer.from_pretrained(p, **kwargs)
+    if tok.pad_token_id is None:
+        if tok.eos_token_id is None:
+            raise ConfigError(
+                f"tokenizer at {str(p)!r} has neither a pad nor an EOS token; add one"
+            )
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(
+    path: str | Path,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device = "cpu",
+    gguf_file: str | None = None,
+    trainable: bool = True,
+) -> Any:
+    """A causal LM from a Hugging Face folder (or a GGUF file inside it, ``gguf_file``).
+
+    ``trainable=False`` (teachers) freezes every parameter and sets eval mode.
+    """
+    from transformers import AutoModelForCausalLM
+
+    p = _check_path(path, "model")
+    kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype)}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    model = AutoModelForCausalLM.from_pretrained(p, **kwargs).to(device)
+    if not trainable:
+        model.requires_grad_(False)
+        model.eval()
+    return model
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """A LoRA student: adapters of rank ``rank`` on the named linear modules (leaf names such as
+    ``q_proj``, or ``"all-linear"``), scaled by ``alpha / rank``, with dropout ``dropout``."""
+
+    rank: int = 16
+    alpha: float = 32.0
+    target_modules: tuple[str, ...] | str = ("q_proj", "k_proj", "v_proj", "o_proj")
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.rank <= 0:
+            raise ConfigError(f"lora rank must be a positive integer, got {self.rank}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"lora dropout must be in [0, 1), got {self.dropout}")
+
+
+def linear_module_names(model: torch.nn.Module) -> list[str]:
+    """Sorted leaf names of the model's ``nn.Linear`` modules (what LoRA targets can name)."""
+    return sorted(
+        {
+            name.rsplit(".", 1)[-1]
+            for name, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and name
+        }
+    )
+
+
+def apply_lora(model: torch.nn.Module, spec: LoraSpec) -> Any:
+    """Wrap ``model`` in a PEFT ``PeftModel`` with fresh LoRA adapters (only they train).
+
+    Raises ``ConfigError`` naming the available modules when a target does not exist.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    targets: Sequence[str] | str = spec.target_modules
+    if targets != "all-linear":
+        targets = [targets] if isinstance(targets, str) else list(targets)
+        available = linear_module_names(model)
+        missing = [t for t in targets if t not in available]
+        if missing:
+            raise ConfigError(
+                f"LoRA target modules {missing} do not exist in this model; "
+                f"use some of {available} or 'all-linear'"
+            )
+    config = LoraConfig(
+        r=spec.rank,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+        bias="none",
+    )
+    return get_peft_model(model, config)
+
+
+def is_peft(model: Any) -> bool:
+    """True for a PEFT-wrapped model."""
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return False
+    return isinstance(model, PeftModel)
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: Any) -> Iterator[Any]:
+    """Inside the block, ``model`` computes with its base weights only (its adapters off); a model
+    without adapters is yielded unchanged. Used for self-distillation teachers."""
+    if is_peft(model):
+        with model.disable_adapter():
+            yield model
+    else:
+        yield model
+
+
+def load_lora_student(base_path: str | Path, adapter_dir: str | Path, **load_kwargs: Any) -> Any:
+    """Base model + saved adapters (trainable), e.g. to resume a LoRA run."""
+    from peft import PeftModel
+
+    base = load_model(base_path, **load_kwargs)
+    return PeftModel.from_pretrained(base, _check_path(adapter_dir, "adapter"), is_trainable=True)
+
+
+def save_student(model: Any, tokenizer: Any, out_dir: str | Path) -> Path:
+    """Save in Hugging Face format: a LoRA student saves its adapters only (``adapter_config.json``
+    + ``adapter_model.safetensors``), a full student its weights; the tokenizer goes alongside."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def export_merged(model: Any, tokenizer: Any, out_dir: str | Path) -> Path:
+    """Save a LoRA student with its adapters merged into the base weights (a plain model folder
+    that loads without PEFT). The training model is left untouched (merged on a copy)."""
+    if not is_peft(model):
+        return save_student(model, tokenizer, out_dir)
+    merged = copy.deepcopy(model).merge_and_unload()
+    return save_student(merged, tokenizer, out_dir)
+
+
+def output_vocab_size(model: Any) -> int:
+    """Rows of the model's output embedding (may exceed the tokenizer's size: padded vocab)."""
+    return int(model.get_output_embeddings().weight.shape[0])

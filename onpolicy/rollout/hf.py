@@ -1,0 +1,216 @@
+"""The ``hf`` rollout backend: transformers ``generate`` on the training model itself (KV cache on).
+
+Batched with left padding; ``sampling.n`` copies of each prompt (prompt-major). The engine's
+logprobs come from ``output_logits=True`` (the raw logits before temperature/top-k/top-p), so they
+are the temperature-1 policy's log-probabilities, what the student's own forward pass computes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from onpolicy.chat import stop_token_ids
+from onpolicy.errors import ConfigError
+from onpolicy.rollout.base import register_backend
+from onpolicy.types import FinishReason, Prompt, Rollout, SamplingParams
+
+
+@register_backend("hf")
+class HFRolloutBackend:
+    """Samples with ``model.generate`` (the student module; weights are shared, so ``sync_weights``
+    has nothing to copy).
+
+    Args:
+        model: the student (a transformers causal LM, PEFT-wrapped or not).
+        tokenizer: the student's tokenizer (pad token, decoding, stop strings).
+        stop_ids: ids that always end a completion; default: EOS + the chat template's end of turn
+            + the model's ``generation_config.eos_token_id`` (see ``onpolicy.chat.stop_token_ids``).
+        max_batch_size: sequences per ``generate`` call (bounds the ``[steps, B, V]`` logits kept).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        stop_ids: Sequence[int] | None = None,
+        max_batch_size: int = 64,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.stop_ids = (
+            tuple(stop_ids) if stop_ids is not None else stop_token_ids(tokenizer, model)
+        )
+        self.max_batch_size = max_batch_size
+        self.policy_version = 0
+
+    def generate(
+        self,
+        prompt_ids_B: Sequence[Sequence[int]],
+        sampling: SamplingParams,
+        prompts: Sequence[Prompt] | None = None,
+    ) -> Rollout:
+        """Sample ``sampling.n`` completions per prompt (see ``Rollout`` for each row's fields)."""
+        _check_sampling(sampling)
+        if prompts is not None and len(prompts) != len(prompt_ids_B):
+            raise ValueError(f"{len(prompts)} prompts for {len(prompt_ids_B)} rendered prompts")
+        rows = [list(p) for p in prompt_ids_B for _ in range(sampling.n)]
+        if any(len(r) == 0 for r in rows):
+            raise ConfigError("a rendered prompt is empty; every prompt needs at least one token")
+        stops = tuple(dict.fromkeys([*self.stop_ids, *sampling.stop_token_ids]))
+        start = time.perf_counter()
+        completions: list[list[int]] = []
+        logprobs: list[list[float]] = []
+        was_training = self.model.training
+        self.model.eval()  # no dropout while sampling (LoRA dropout included)
+        try:
+            with torch.random.fork_rng(devices=[]):
+                if sampling.seed is not None:
+                    torch.manual_seed(sampling.seed)
+                for i in range(0, len(rows), self.max_batch_size):
+                    ids, lps = self._generate_chunk(
+                        rows[i : i + self.max_batch_size], sampling, stops
+                    )
+                    completions += ids
+                    logprobs += lps
+        finally:
+            self.model.train(was_training)
+        cut = [
+            _cut(c, lp, stops, sampling, self.tokenizer)
+            for c, lp in zip(completions, logprobs, strict=True)
+        ]
+        seconds = time.perf_counter() - start
+        n_tokens = sum(len(c[0]) for c in cut)
+        return Rollout(
+            prompts=list(prompts) if prompts is not None else [],
+            prompt_index_B=[i for i in range(len(prompt_ids_B)) for _ in range(sampling.n)],
+            prompt_ids_B=rows,
+            completion_ids_B=[c[0] for c in cut],
+            sampling_logprobs_B=[c[1] for c in cut],
+            finish_reason_B=[c[2] for c in cut],
+            texts_B=[self.tokenizer.decode(c[0], skip_special_tokens=True) for c in cut],
+            policy_version=self.policy_version,
+            metrics={
+                "rollout/seconds": seconds,
+                "rollout/tokens": float(n_tokens),
+                "rollout/tokens_per_second": n_tokens / max(seconds, 1e-9),
+            },
+        )
+
+    @torch.no_grad()
+    def _generate_chunk(
+        self, rows: list[list[int]], sampling: SamplingParams, stops: tuple[int, ...]
+    ) -> tuple[list[list[int]], list[list[float]]]:
+        """One left-padded ``generate`` call -> raw new tokens and their logprobs per row."""
+        from transformers import GenerationConfig
+
+        device = next(self.model.parameters()).device
+        pad = self.tokenizer.pad_token_id
+        P = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), P), pad, dtype=torch.long)
+        attention = torch.zeros((len(rows), P), dtype=torch.long)
+        for b, r in enumerate(
+            rows
+        ):  # left padding: the last prompt token sits at P - 1 in every row
+            input_ids[b, P - len(r) :] = torch.tensor(r, dtype=torch.long)
+            attention[b, P - len(r) :] = 1
+        greedy = sampling.temperature == 0
+        config = GenerationConfig(
+            max_new_tokens=sampling.max_new_tokens,
+            do_sample=not greedy,
+            temperature=None if greedy else sampling.temperature,
+            top_p=None if greedy else sampling.top_p,
+            top_k=None if greedy else sampling.top_k,
+            eos_token_id=list(stops),
+            pad_token_id=pad,
+            use_cache=True,
+            output_logits=True,
+            return_dict_in_generate=True,
+            stop_strings=list(sampling.stop_strings) or None,
+        )
+        out = self.model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention.to(device),
+            generation_config=config,
+            tokenizer=self.tokenizer if sampling.stop_strings else None,
+        )
+        new_B_T = out.sequences[:, P:].cpu()  # (B, steps)
+        logits_T_B_V = torch.stack(out.logits, dim=0)  # raw logits of each step (B, V) stacked
+        logprobs_B_T = _token_logprobs(logits_T_B_V, new_B_T)
+        return new_B_T.tolist(), logprobs_B_T.tolist()
+
+    def sync_weights(self, model: torch.nn.Module, step: int) -> dict[str, float]:
+        """Nothing to copy: the backend samples from the training module itself."""
+        if model is not self.model:
+            self.model = model
+        self.policy_version = step
+        return {"sync/seconds": 0.0}
+
+    def close(self) -> None:
+        """Drop the reference to the model."""
+        self.model = None
+
+
+def _token_logprobs(logits_T_B_V: torch.Tensor, tokens_B_T: torch.Tensor) -> torch.Tensor:
+    """[B, T] float32 log-softmax of the raw logits at the generated tokens (tokens the tokenizer
+    can produce; padded vocab rows keep their (tiny) mass as the model's own forward would)."""
+    steps = logits_T_B_V.shape[0]
+    tokens_B_T = tokens_B_T[:, :steps].to(logits_T_B_V.device)
+    logprobs = torch.empty(tokens_B_T.shape, dtype=torch.float32)
+    for t in range(steps):  # one step at a time: never a float32 copy of all [T, B, V] logits
+        lp_B_V = torch.log_softmax(logits_T_B_V[t].float(), dim=-1)
+        logprobs[:, t] = lp_B_V.gather(1, tokens_B_T[:, t : t + 1]).squeeze(1).cpu()
+    return logprobs
+
+
+def _cut(
+    tokens: list[int],
+    logprobs: list[float],
+    stops: tuple[int, ...],
+    sampling: SamplingParams,
+    tokenizer: Any,
+) -> tuple[list[int], list[float], FinishReason]:
+    """Keep tokens up to and including the first stop token, or the token that completes a stop
+    string, whichever comes first; else everything (``length``)."""
+    end = next((i + 1 for i, t in enumerate(tokens) if t in stops), None)
+    if sampling.stop_strings:
+        limit = end if end is not None else len(tokens)
+        end_str = _stop_string_end(tokens[:limit], sampling.stop_strings, tokenizer)
+        if end_str is not None:
+            end = end_str
+    if end is None:
+        return tokens, logprobs, "length"
+    return tokens[:end], logprobs[:end], "stop"
+
+
+def _stop_string_end(tokens: list[int], stop_strings: Sequence[str], tokenizer: Any) -> int | None:
+    """Smallest ``k`` such that ``decode(tokens[:k])`` contains a stop string, else None."""
+    text = tokenizer.decode(tokens, skip_special_tokens=False)
+    if not any(s in text for s in stop_strings):
+        return None
+    lo, hi = 1, len(tokens)  # containment is monotone in k: binary search the first k
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if any(
+            s in tokenizer.decode(tokens[:mid], skip_special_tokens=False) for s in stop_strings
+        ):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _check_sampling(s: SamplingParams) -> None:
+    if s.max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens must be >= 1, got {s.max_new_tokens}")
+    if s.temperature < 0:
+        raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {s.temperature}")
+    if not 0 < s.top_p <= 1:
+        raise ConfigError(f"top_p must be in (0, 1], got {s.top_p}")
+    if s.top_k < 0:
+        raise ConfigError(f"top_k must be >= 0 (0 = off), got {s.top_k}")
+    if s.n < 1:
+        raise ConfigError(f"n (samples per prompt) must be >= 1, got {s.n}")

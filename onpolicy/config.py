@@ -1,0 +1,323 @@
+"""One typed run config: YAML in, command-line overrides, validated before any model loads.
+
+Layout: one block per swappable component, flat scalar keys inside each block::
+
+    student:   {path: tiny:small, dtype: float32, max_length: 256}
+    teacher:   {path: ..., mode: auto}           # mode: same | cross | auto | self
+    lora:      {enabled: true, r: 8, alpha: 16, target_modules: [q_proj, v_proj]}
+    rollout:   {backend: hf, max_new_tokens: 32, temperature: 1.0, vllm: {...}}
+    objective: {name: reverse_kl, params: {beta: 1.0}}
+    data:      {path: prompts.jsonl, eval_path: ..., on_too_long: skip}
+    optim:     {lr: 1e-4, scheduler: cosine, warmup_steps: 10, grad_clip: 1.0}
+    train:     {steps: 100, micro_batch_size: 4, grad_accum: 2, seed: 0, output_dir: runs/x}
+    eval:      {every: 20, num_prompts: 32, greedy: true}
+    logging:   {every: 1, jsonl: true, tensorboard: true}
+
+A model path is a local Hugging Face folder, a ``.gguf`` file, or ``tiny:<size>[,key=value...]``
+(a tiny model built in-process by ``onpolicy.tiny.tiny_model_dir``; e.g.
+``tiny:small,pretrain_steps=300,seed=1,tokenizer=char``), so recipes run offline.
+
+Every error is a ``ConfigError`` with one line that names the key, the bad value and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from onpolicy.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    """The student. ``max_length``: context budget (prompt + completion tokens)."""
+
+    path: str = "tiny:tiny"
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    max_length: int = 256
+    gguf_file: str | None = None
+
+
+@dataclass
+class TeacherConfig:
+    """The teacher. ``mode``: ``same`` (same tokenizer, checked by content), ``cross`` (different
+    tokenizers, through the alignment layer), ``auto`` (decide by comparing tokenizers), ``self``
+    (the student's own base with LoRA adapters disabled; needs ``lora.enabled``)."""
+
+    path: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    mode: Literal["same", "cross", "auto", "self"] = "auto"
+    top_k: int = 0  # 0 = full distribution; > 0 = sparse top-k scores
+    gguf_file: str | None = None
+
+
+@dataclass
+class LoraConfig:
+    """A LoRA student through PEFT. Targets are checked against the loaded model."""
+
+    enabled: bool = False
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    merge_on_export: bool = False
+
+
+@dataclass
+class VllmConfig:
+    """Settings for the vLLM backends (ignored by ``hf``)."""
+
+    gpu_memory_utilization: float = 0.3
+    kv_cache_space_gib: float = 1.0
+    enforce_eager: bool = True
+    server_url: str | None = None
+    sync: Literal["weights", "adapter", "merged"] = "weights"
+
+
+@dataclass
+class RolloutConfig:
+    """The student's sampler (``backend``: a registered rollout backend) and its sampling."""
+
+    backend: str = "hf"
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    n: int = 1
+    stop_strings: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    vllm: VllmConfig = field(default_factory=VllmConfig)
+
+
+@dataclass
+class ObjectiveConfig:
+    """A registered objective and its keyword arguments (e.g. ``{beta: 0.5, lmbda: 0.5}``)."""
+
+    name: str = "reverse_kl"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    """Prompts from a local JSON/JSONL/parquet file or a ``save_to_disk`` folder.
+
+    Rows have ``prompt_field`` (text) or ``messages_field`` (chat), optionally ``completion_field``.
+    Without ``eval_path``, ``eval_size`` rows are held out of ``path`` (after a seeded shuffle).
+    ``on_too_long``: prompts longer than ``student.max_length - rollout.max_new_tokens`` are
+    skipped (with a count) or raise.
+    """
+
+    path: str | None = None
+    split: str = "train"
+    eval_path: str | None = None
+    eval_size: int = 16
+    prompt_field: str = "prompt"
+    messages_field: str = "messages"
+    completion_field: str = "completion"
+    on_too_long: Literal["skip", "error"] = "skip"
+    shuffle: bool = True
+
+
+@dataclass
+class OptimConfig:
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    scheduler: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = 0
+    grad_clip: float | None = 1.0  # max global grad norm; null = off
+
+
+@dataclass
+class TrainConfig:
+    """``micro_batch_size``: prompts per micro-batch per process (each gives ``rollout.n`` rows);
+    one optimizer step sees ``micro_batch_size * grad_accum * processes`` prompts."""
+
+    steps: int = 100
+    micro_batch_size: int = 4
+    grad_accum: int = 1
+    seed: int = 0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    output_dir: str = "runs/onpolicy"
+    checkpoint_every: int = 0  # 0 = only at the end
+    keep_checkpoints: int = 2
+    max_nonfinite: int = 3  # stop after this many skipped steps with a NaN/inf loss
+    resume: bool = True  # resume from the newest checkpoint in output_dir when there is one
+    save_final: bool = True
+
+
+@dataclass
+class EvalConfig:
+    """Teacher-forced KL to the teacher on held-out prompts, on the student's own completions
+    (greedy when ``greedy``, else sampled at ``rollout.temperature``).
+
+    ``every``: optimizer steps between evaluations; 0 = only before and after training."""
+
+    every: int = 0
+    num_prompts: int = 16
+    greedy: bool = True
+    max_new_tokens: int | None = None  # None = rollout.max_new_tokens
+    batch_size: int = 8
+
+
+@dataclass
+class LoggingConfig:
+    every: int = 1
+    jsonl: bool = True
+    tensorboard: bool = False
+    wandb: bool = False
+    trackio: bool = False
+    progress_bar: bool = True
+    project: str = "onpolicy"
+
+
+@dataclass
+class Config:
+    """The whole run. See the module docstring for the YAML layout."""
+
+    student: ModelConfig = field(default_factory=ModelConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: YAML -> nested dict -> overrides -> typed dataclasses (unknown keys rejected)
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
+    """Read ``path`` (YAML), apply ``key.sub=value`` overrides, build and validate a ``Config``."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} not found; pass an existing YAML file")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            first = str(exc).splitlines()[0]
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {first}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping of blocks at the top")
+    raw = apply_overrides(raw, overrides)
+    config = from_dict(raw)
+    from onpolicy.config_checks import validate
+
+    validate(config, base_dir=Path(path).parent if path is not None else None)
+    return config
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with each ``a.b.c=value`` set (value parsed as YAML)."""
+    import copy
+
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not key=value; write e.g. optim.lr=1e-4")
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is a value, not a block")
+        node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+    return out
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    """Build a ``Config`` from nested dicts; unknown keys raise with the closest known key."""
+    return _build(Config, raw, prefix="")
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "the config"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; known keys: {names}"
+            raise ConfigError(f"unknown config key {prefix}{key!r}{hint}")
+        kwargs[key] = _coerce(hints[key], value, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    """Check/convert ``value`` against ``hint`` (dataclass, Literal, Optional, list, dict)."""
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value if value is not None else {}, prefix=f"{key}.")
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, key)
+    if origin is Literal:
+        if value not in args:
+            close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+            hint_txt = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{key}={value!r} is not allowed{hint_txt}; use one of {list(args)}")
+        return value
+    if origin is list:
+        if isinstance(value, (str, int, float)):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return [_coerce(args[0], v, key) for v in value]
+    if origin is dict or hint is Any:
+        if origin is dict and not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return dict(value) if origin is dict else value
+    return _scalar(hint, value, key)
+
+
+def _scalar(hint: type, value: Any, key: str) -> Any:
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    return value

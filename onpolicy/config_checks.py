@@ -1,0 +1,192 @@
+"""Validation of a ``Config`` before any model loads: ranges, files, registries, objective options.
+
+Every problem raises ``ConfigError`` with one line naming the key, the bad value and the fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+from pathlib import Path
+from typing import Any
+
+from onpolicy.config import Config, ObjectiveConfig
+from onpolicy.errors import ConfigError
+
+
+def validate(config: Config, base_dir: Path | None = None) -> None:
+    """Raise ``ConfigError`` on the first problem; ``base_dir`` resolves relative data paths."""
+    c = config
+    _check_ranges(c)
+    _check_model_path("student.path", c.student.path)
+    if c.teacher.mode == "self":
+        if not c.lora.enabled:
+            raise ConfigError(
+                "teacher.mode=self needs lora.enabled=true (teacher = base, adapters off)"
+            )
+    elif c.teacher.path is None:
+        raise ConfigError("teacher.path is missing; set it to a model folder or tiny:<size>")
+    else:
+        _check_model_path("teacher.path", c.teacher.path)
+    for key, value in (("data.path", c.data.path), ("data.eval_path", c.data.eval_path)):
+        if value is not None and not resolve_path(value, base_dir).exists():
+            raise ConfigError(
+                f"{key}={value!r} does not exist; give a JSON/JSONL/parquet file "
+                "or a save_to_disk folder"
+            )
+    _check_registered("rollout.backend", c.rollout.backend, _backend_names())
+    _check_registered("objective.name", c.objective.name, _objective_names())
+    _check_objective_params(c.objective)
+
+
+def _check_objective_params(obj: ObjectiveConfig) -> None:
+    """Unknown ``objective.params`` keys are caught here, not as a TypeError deep in a run."""
+    import inspect
+
+    from onpolicy.objectives.base import OBJECTIVES
+
+    factory = OBJECTIVES.get(obj.name)
+    if factory is None:
+        return
+    params = inspect.signature(factory).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    names = [n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    for key in obj.params:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(
+                f"objective.params.{key} is not an option of {obj.name!r}; {hint}options: {names}"
+            )
+
+
+def _check_ranges(c: Config) -> None:
+    positive = {
+        "student.max_length": c.student.max_length,
+        "rollout.max_new_tokens": c.rollout.max_new_tokens,
+        "rollout.n": c.rollout.n,
+        "train.steps": c.train.steps,
+        "train.micro_batch_size": c.train.micro_batch_size,
+        "train.grad_accum": c.train.grad_accum,
+        "train.max_nonfinite": c.train.max_nonfinite,
+        "lora.r": c.lora.r,
+        "eval.batch_size": c.eval.batch_size,
+        "logging.every": c.logging.every,
+        "train.keep_checkpoints": c.train.keep_checkpoints,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{key}={value} must be >= 1")
+    non_negative = {
+        "rollout.top_k": c.rollout.top_k,
+        "teacher.top_k": c.teacher.top_k,
+        "optim.warmup_steps": c.optim.warmup_steps,
+        "train.checkpoint_every": c.train.checkpoint_every,
+        "eval.every": c.eval.every,
+        "eval.num_prompts": c.eval.num_prompts,
+        "data.eval_size": c.data.eval_size,
+        "optim.weight_decay": c.optim.weight_decay,
+        "rollout.temperature": c.rollout.temperature,
+        "lora.dropout": c.lora.dropout,
+    }
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"{key}={value} must be >= 0")
+    if not 0 < c.optim.lr < 1:
+        raise ConfigError(
+            f"optim.lr={c.optim.lr} is out of range; use a value in (0, 1), e.g. 1e-4"
+        )
+    if not 0 < c.rollout.top_p <= 1:
+        raise ConfigError(f"rollout.top_p={c.rollout.top_p} must be in (0, 1]")
+    if c.optim.grad_clip is not None and c.optim.grad_clip <= 0:
+        raise ConfigError(f"optim.grad_clip={c.optim.grad_clip} must be > 0 or null (off)")
+    if len(c.optim.betas) != 2 or not all(0 <= b < 1 for b in c.optim.betas):
+        raise ConfigError(f"optim.betas={c.optim.betas} must be two numbers in [0, 1)")
+    if not 0 < c.rollout.vllm.gpu_memory_utilization <= 1:
+        raise ConfigError("rollout.vllm.gpu_memory_utilization must be in (0, 1]")
+    if c.rollout.max_new_tokens >= c.student.max_length:
+        raise ConfigError(
+            f"rollout.max_new_tokens={c.rollout.max_new_tokens} leaves no room for the prompt in "
+            f"student.max_length={c.student.max_length}; raise max_length or lower max_new_tokens"
+        )
+    if c.lora.enabled and not c.lora.target_modules:
+        raise ConfigError("lora.target_modules is empty; name modules such as [q_proj, v_proj]")
+
+
+def resolve_path(value: str, base_dir: Path | None) -> Path:
+    """``value`` if it exists (relative to the working dir), else relative to ``base_dir``."""
+    p = Path(value).expanduser()
+    if p.is_absolute() or p.exists() or base_dir is None:
+        return p
+    return base_dir / p
+
+
+def _check_model_path(key: str, value: str) -> None:
+    if value.startswith("tiny:"):
+        parse_tiny_spec(value)
+        return
+    if not Path(value).expanduser().exists():
+        raise ConfigError(
+            f"{key}={value!r} does not exist; give a local Hugging Face folder, a .gguf file, or "
+            "tiny:<size> (no model hub is used)"
+        )
+
+
+def parse_tiny_spec(spec: str) -> dict[str, Any]:
+    """``tiny:small,seed=1,pretrain_steps=300`` -> kwargs of ``onpolicy.tiny.tiny_model_dir``."""
+    from onpolicy import tiny
+
+    body = spec.removeprefix("tiny:")
+    name, *opts = [s.strip() for s in body.split(",")]
+    if name not in tiny.SIZES:
+        raise ConfigError(
+            f"tiny model {name!r} in {spec!r} is unknown; use one of {sorted(tiny.SIZES)}"
+        )
+    kwargs: dict[str, Any] = {"name": name}
+    allowed = {"tokenizer": str, "seed": int, "pretrain_steps": int, "pad_vocab_to": int}
+    for opt in opts:
+        k, sep, v = opt.partition("=")
+        if not sep or k not in allowed:
+            raise ConfigError(
+                f"bad option {opt!r} in {spec!r}; use key=value with keys {sorted(allowed)}"
+            )
+        try:
+            kwargs[k] = allowed[k](v)
+        except ValueError as exc:
+            raise ConfigError(f"option {opt!r} in {spec!r} must be {allowed[k].__name__}") from exc
+    if kwargs.get("tokenizer", "bpe") not in ("bpe", "char"):
+        raise ConfigError(f"tokenizer in {spec!r} must be bpe or char")
+    return kwargs
+
+
+def resolve_model_path(spec: str) -> str:
+    """A local folder for ``spec`` (builds and caches ``tiny:`` models on first use)."""
+    if spec.startswith("tiny:"):
+        from onpolicy.tiny import tiny_model_dir
+
+        return str(tiny_model_dir(**parse_tiny_spec(spec)))
+    return str(Path(spec).expanduser())
+
+
+def _check_registered(key: str, value: str, known: list[str]) -> None:
+    if value in known:
+        return
+    close = difflib.get_close_matches(value, known, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise ConfigError(f"{key}={value!r} is not registered; {hint}use one of {sorted(known)}")
+
+
+def _backend_names() -> list[str]:
+    from onpolicy.rollout.base import ROLLOUT_BACKENDS
+
+    return sorted({*ROLLOUT_BACKENDS, "hf", "vllm", "vllm-server"})
+
+
+def _objective_names() -> list[str]:
+    from onpolicy.objectives.base import OBJECTIVES
+
+    with contextlib.suppress(ImportError):  # the package's __init__ registers the built-ins
+        import onpolicy.objectives  # noqa: F401
+    builtin = ["reverse_kl", "gkd", "sft", "supervised_kd", "policy_gradient", "gold", "uld"]
+    return sorted({*OBJECTIVES, *builtin})

@@ -1,0 +1,64 @@
+"""The full-distribution divergence loss shared by ``reverse_kl``, ``gkd`` and ``supervised_kd``.
+
+All three compute the same thing on the completions they are given, a generalized JSD between the
+student's and the teacher's next-token distributions at each completion position (GKD/TRL
+convention: ``beta = 0`` forward KL(teacher || student), ``beta = 1`` reverse KL(student ||
+teacher)), and differ in where the completions come from (``batch_source``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from onpolicy.losses.divergences import generalized_jsd
+from onpolicy.objectives.base import LossOutput
+from onpolicy.objectives.common import require_same, student_forward
+from onpolicy.teacher.types import TeacherScores
+from onpolicy.types import Rollout
+
+
+def divergence_loss(
+    student: torch.nn.Module,
+    rollout: Rollout,
+    scores: TeacherScores | None,
+    beta: float,
+    temperature: float,
+    chunked: bool,
+    name: str,
+) -> LossOutput:
+    """Generalized JSD summed over the rollout's completion tokens (a ``LossOutput``).
+
+    ``chunked``: the student's and teacher's hidden states go through their LM heads a block of
+    positions at a time (``onpolicy.losses.chunked``); needs a teacher that returned hidden states.
+    """
+    scores = require_same(scores, name)
+    fwd = student_forward(student, rollout, scores.vocab_size, hidden=chunked)
+    if chunked:
+        from onpolicy.losses.chunked import chunked_divergence  # type: ignore[import-not-found]
+
+        if scores.hidden_N_D is None:
+            raise ValueError(
+                f"objective {name!r} with chunked=True needs LocalTeacher(hidden=True)"
+            )
+        loss_sum = chunked_divergence(
+            fwd.hidden_N_D,
+            fwd.lm_head_V_D,
+            scores.hidden_N_D.to(fwd.hidden_N_D.device),
+            scores.lm_head_V_D.to(fwd.hidden_N_D.device),
+            beta=beta,
+            temperature=temperature,
+            reduction="sum",
+        )
+    else:
+        if scores.logits_N_V is None:
+            raise ValueError(
+                f"objective {name!r} needs teacher logits; use LocalTeacher(hidden=False)"
+            )
+        teacher = scores.logits_N_V.to(fwd.logits_N_V.device)
+        loss_sum = generalized_jsd(
+            fwd.logits_N_V, teacher, beta=beta, temperature=temperature, reduction="sum"
+        )
+    n = int(fwd.targets_N.numel())
+    return LossOutput(
+        loss_sum=loss_sum, num_tokens=n, metrics={"divergence_sum": float(loss_sum.detach())}
+    )

@@ -1,0 +1,174 @@
+"""``LocalTeacher``: a transformers teacher in this process (or the student's base, adapters off).
+
+Same tokenizer: one no-grad forward on the student's rollout tokens; logits (or hidden states + LM
+head for the chunked loss) at the completion positions. Different tokenizer: the conversation is
+re-rendered with the teacher's own chat template and re-tokenized, and aligned to the student's
+tokens (``onpolicy.teacher.cross``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Literal
+
+import torch
+
+from onpolicy.errors import ConfigError, TokenizerMismatchError
+from onpolicy.forward import forward_completions
+from onpolicy.models import adapters_disabled
+from onpolicy.teacher.types import TeacherScores
+from onpolicy.types import Rollout
+
+TeacherModeArg = Literal["same", "cross", "auto", "self"]
+
+
+class LocalTeacher:
+    """Scores rollouts with a local causal LM.
+
+    Args:
+        model: the teacher (frozen: eval mode, no grad). For ``mode="self"``, the (PEFT) student
+            itself: it scores with its adapters disabled (self-distillation).
+        tokenizer: the teacher's tokenizer.
+        student_tokenizer: the student's tokenizer (compared by content to the teacher's).
+        mode: ``same`` (shared tokenizer; a mismatch is a ``TokenizerMismatchError``), ``cross``
+            (alignment layer), ``auto`` (``same`` if the tokenizers are identical, else ``cross``),
+            ``self`` (the student's base; implies ``same``).
+        hidden: return hidden states + LM head instead of logits (for the chunked loss).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        student_tokenizer: Any,
+        mode: TeacherModeArg = "auto",
+        hidden: bool = False,
+    ) -> None:
+        if mode not in ("same", "cross", "auto", "self"):
+            raise ConfigError(f"teacher mode {mode!r} is unknown; use same, cross, auto or self")
+        same = same_tokenizer(tokenizer, student_tokenizer)
+        if mode in ("same", "self") and not same:
+            raise TokenizerMismatchError(
+                f"teacher tokenizer {_name(tokenizer)} differs from student tokenizer "
+                f"{_name(student_tokenizer)} (vocabulary or merges); set teacher.mode=cross "
+                "(or auto) to distill across tokenizers"
+            )
+        self.model = model
+        self.tokenizer = tokenizer
+        self.student_tokenizer = student_tokenizer
+        self.mode = "same" if mode in ("same", "self") or (mode == "auto" and same) else "cross"
+        self.adapters_off = mode == "self"
+        self.hidden = hidden
+        self.vocab_size = len(tokenizer)
+        if mode != "self":
+            model.requires_grad_(False)
+
+    def score(self, rollout: Rollout) -> TeacherScores:
+        """The teacher's ``TeacherScores`` for ``rollout`` (no gradients)."""
+        start = time.perf_counter()
+        if self.mode == "cross":
+            from onpolicy.teacher.cross import score_cross
+
+            scores = score_cross(self, rollout)
+        else:
+            scores = self._score_same(rollout)
+        scores.metrics["teacher/seconds"] = time.perf_counter() - start
+        return scores
+
+    @torch.no_grad()
+    def _score_same(self, rollout: Rollout) -> TeacherScores:
+        batch = rollout.to_padded(self.tokenizer.pad_token_id)
+        with self._eval_mode(), adapters_disabled(self.model) if self.adapters_off else _null():
+            fwd = forward_completions(self.model, batch, self.vocab_size, hidden=self.hidden)
+        if fwd.logits_N_V is not None:
+            logprobs_N = _token_logprobs(fwd.logits_N_V, fwd.targets_N)
+        else:  # a slice of positions at a time: [N, V] logits never exist at once
+            logprobs_N = (
+                torch.cat(
+                    [
+                        _token_logprobs(h @ fwd.lm_head_V_D.T, t)
+                        for h, t in zip(
+                            fwd.hidden_N_D.split(512), fwd.targets_N.split(512), strict=True
+                        )
+                    ]
+                )
+                if fwd.targets_N.numel()
+                else fwd.targets_N.new_zeros(0, dtype=torch.float32)
+            )
+        return TeacherScores(
+            mode="same",
+            vocab_size=self.vocab_size,
+            num_tokens_B=fwd.num_tokens_B,
+            token_logprobs_N=logprobs_N,
+            logits_N_V=fwd.logits_N_V,
+            hidden_N_D=fwd.hidden_N_D,
+            lm_head_V_D=fwd.lm_head_V_D,
+        )
+
+    def _eval_mode(self):
+        return _EvalMode(self.model)
+
+    def forward_teacher_tokens(self, batch: Any) -> Any:
+        """Teacher forward on a ``PaddedBatch`` of its own tokens (used by the cross path)."""
+        with self._eval_mode(), torch.no_grad():
+            return forward_completions(self.model, batch, self.vocab_size, hidden=False)
+
+
+class _EvalMode:
+    """Eval mode inside the block (no dropout), the previous mode restored after."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.was_training = model.training
+
+    def __enter__(self) -> None:
+        self.model.eval()
+
+    def __exit__(self, *exc: object) -> None:
+        self.model.train(self.was_training)
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _token_logprobs(logits_N_V: torch.Tensor, targets_N: torch.Tensor) -> torch.Tensor:
+    """float32 log-softmax of each row at its target."""
+    return torch.log_softmax(logits_N_V.float(), dim=-1).gather(1, targets_N[:, None]).squeeze(1)
+
+
+def _name(tokenizer: Any) -> str:
+    return repr(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
+
+
+def same_tokenizer(a: Any, b: Any) -> bool:
+    """True when two tokenizers map every text to the same ids: same vocabulary (token -> id,
+    added tokens included) and the same model/normalizer/pre-tokenizer (merges and rules), not
+    merely the same vocabulary size. Uses ``alignment.vocab_map.same_tokenizer`` when present."""
+    try:
+        from alignment.vocab_map import same_tokenizer as aligned_same
+    except ImportError:
+        aligned_same = None
+    if aligned_same is not None:
+        return bool(aligned_same(a, b))
+    if a is b:
+        return True
+    if a.get_vocab() != b.get_vocab():
+        return False
+    return _backend_signature(a) == _backend_signature(b)
+
+
+def _backend_signature(tokenizer: Any) -> str | None:
+    """JSON of the fast tokenizer's model (vocab + merges), normalizer and pre-tokenizer."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    spec = json.loads(backend.to_str())
+    return json.dumps(
+        {k: spec.get(k) for k in ("model", "normalizer", "pre_tokenizer")}, sort_keys=True
+    )

@@ -1,0 +1,73 @@
+"""What a teacher returns for a rollout: ``TeacherScores``.
+
+Same tokenizer: values at the rollout's *packed completion positions* (see ``onpolicy.forward``: the
+``N`` positions whose next token is a completion token, row-major). Different tokenizers: the
+teacher's log-probabilities on its own tokenization of the same conversation (rendered with its own
+chat template) and, per row, the span alignment between the student's and the teacher's completion
+tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+TeacherMode = Literal["same", "cross"]
+
+
+@dataclass
+class CrossTeacherScores:
+    """The teacher's view when its tokenizer differs from the student's.
+
+    Attributes:
+        prompt_ids_B: the teacher's rendering of each row's prompt (its own chat template).
+        completion_ids_B: the teacher's tokenization of each completion (text + its own end of turn
+            when the student stopped with its end-of-turn/EOS token).
+        logits_Nt_V: teacher logits predicting each teacher completion token, packed row-major
+            (``Nt = sum(len(c) for c in completion_ids_B)``), vocab sliced to the teacher tokenizer.
+        token_logprobs_Nt: teacher log-probability of each of its completion tokens.
+        num_tokens_B: teacher completion tokens per row.
+        alignment_B: per row, the alignment between student and teacher completion tokens
+            (``alignment`` package's span alignment objects).
+        vocab_size: the teacher tokenizer's size.
+    """
+
+    prompt_ids_B: list[list[int]]
+    completion_ids_B: list[list[int]]
+    logits_Nt_V: torch.Tensor
+    token_logprobs_Nt: torch.Tensor
+    num_tokens_B: list[int]
+    alignment_B: list[Any]
+    vocab_size: int
+
+
+@dataclass
+class TeacherScores:
+    """A teacher's scores for one ``Rollout`` (computed without gradients).
+
+    Attributes:
+        mode: ``same`` (shared tokenizer, fields below at the student's completion positions) or
+            ``cross`` (see ``cross``).
+        vocab_size: ``V``, the shared tokenizer's size (padded embedding rows are sliced away).
+        logits_N_V: teacher logits predicting each completion token (``same``; None when the
+            teacher returned hidden states for the chunked loss).
+        hidden_N_D: the teacher's final hidden states at those positions (chunked loss).
+        lm_head_V_D: the teacher's output embedding sliced to ``V`` (chunked loss).
+        token_logprobs_N: the teacher's log-probability (temperature 1, full vocabulary) of the
+            completion token at each position: the sampled-token signal (``same`` only).
+        num_tokens_B: completion tokens per row (``sum == N``).
+        cross: the cross-tokenizer view (``mode == "cross"``), else None.
+        metrics: plain floats (e.g. seconds, alignment coverage).
+    """
+
+    mode: TeacherMode
+    vocab_size: int
+    num_tokens_B: list[int]
+    token_logprobs_N: torch.Tensor | None = None
+    logits_N_V: torch.Tensor | None = None
+    hidden_N_D: torch.Tensor | None = None
+    lm_head_V_D: torch.Tensor | None = None
+    cross: CrossTeacherScores | None = None
+    metrics: dict[str, float] = field(default_factory=dict)

@@ -1,0 +1,54 @@
+"""What flows between the parts of the cross-tokenizer layer: typed dataclasses.
+
+Axis suffixes: ``_B`` sequences, ``_Ts`` student tokens, ``_Tt`` teacher tokens, ``_S`` spans,
+``_V`` vocabulary. Span index ``-1`` marks a token that belongs to no span (zero-width special
+token or padding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SpanAlignment:
+    """The finest common segmentation of one text (or a padded batch of texts) tokenized twice.
+
+    Span ``k`` of row ``b`` covers the same bytes on both sides; spans are numbered ``0, 1, ...`` in
+    text order per row and end exactly at byte positions where both tokenizations have a token
+    boundary. A span holds one or more consecutive tokens on each side.
+
+    Attributes:
+        student_span_B_Ts: int64 [B, Ts] span index of each student token, ``-1`` for zero-width
+            tokens (special tokens, padding).
+        teacher_span_B_Tt: int64 [B, Tt] span index of each teacher token, ``-1`` likewise.
+        num_spans_B: int64 [B] number of spans per row (span indices run ``0 .. num_spans_B[b]-1``).
+    """
+
+    student_span_B_Ts: torch.Tensor
+    teacher_span_B_Tt: torch.Tensor
+    num_spans_B: torch.Tensor
+
+    def one_to_one_B(self) -> torch.Tensor:
+        """float [B] share of spans made of exactly one token on each side (1.0 for an empty row)."""
+        return _one_to_one(self.student_span_B_Ts, self.teacher_span_B_Tt, self.num_spans_B)
+
+
+def _tokens_per_span(span_B_T: torch.Tensor, S: int) -> torch.Tensor:
+    """int64 [B, S] number of tokens in each span (flattened segment count, no loop)."""
+    B = span_B_T.shape[0]
+    counts = torch.zeros(B, S + 1, dtype=torch.long)
+    idx = torch.where(span_B_T >= 0, span_B_T, S)  # -1 -> dump column S
+    counts.scatter_add_(1, idx, torch.ones_like(idx))
+    return counts[:, :S]
+
+
+def _one_to_one(
+    a_B_T: torch.Tensor, b_B_T: torch.Tensor, num_spans_B: torch.Tensor
+) -> torch.Tensor:
+    S = int(num_spans_B.max()) if num_spans_B.numel() else 0
+    both = (_tokens_per_span(a_B_T, S) == 1) & (_tokens_per_span(b_B_T, S) == 1)
+    ones = both.sum(1).to(torch.float64)
+    return torch.where(num_spans_B > 0, ones / num_spans_B.clamp(min=1), 1.0)

@@ -31,6 +31,7 @@ zero-width there.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -160,10 +161,8 @@ def token_bytes_table(tokenizer: Any) -> TokenBytes:
         byte_exact=kind != "wordpiece",
         prefix_space=kind == "sentencepiece" and _prefix_space(backend),
     )
-    try:
+    with contextlib.suppress(TypeError):  # not weak-referenceable: rebuilt on each call
         _CACHE[tokenizer] = result
-    except TypeError:
-        pass
     return result
 
 
@@ -198,9 +197,9 @@ def token_offsets(tokenizer: Any, token_ids: Any, base: int = 0) -> tuple[torch.
         base: byte position of the first token (e.g. where the completion starts).
 
     Returns:
-        (offsets_T2, data): int64 [T, 2] ``(start, end)``, with special tokens zero-width; and the
-        concatenated bytes ``data`` (possibly invalid UTF-8), ``data[s - base : e - base]`` being token
-        ``i``'s bytes.
+        (offsets_T2, data): int64 [T, 2] ``(start, end)``, with special tokens zero-width; and
+        the concatenated bytes ``data`` (possibly invalid UTF-8): token ``i``'s bytes are
+        ``data[start - base : end - base]``.
     """
     table = token_bytes_table(tokenizer)
     ids = _as_ids(token_ids, len(table.bytes_V))

@@ -32,7 +32,7 @@ class SpanAlignment:
     num_spans_B: torch.Tensor
 
     def one_to_one_B(self) -> torch.Tensor:
-        """float [B] share of spans made of exactly one token on each side (1.0 for an empty row)."""
+        """float [B] share of spans of one token on each side (1.0 for a row without spans)."""
         return _one_to_one(self.student_span_B_Ts, self.teacher_span_B_Tt, self.num_spans_B)
 
 

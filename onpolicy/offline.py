@@ -64,7 +64,7 @@ QWEN_CHAT_TEMPLATE = (
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
-# Gemma-3's chat template (the base model's tokenizer ships it too; the base model never trained on it).
+# Gemma-3's chat template (the base model's tokenizer ships it; the base model never trained on it).
 GEMMA_CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{%- if messages[0]['role'] == 'system' %}"
@@ -139,7 +139,7 @@ def _package_file(package: str, *parts: str, install: str) -> Path:
 
 
 def _tiktoken_tokenizer(vocab_file: Path, pattern: str, added: tuple[str, ...]):
-    """A ``tokenizers.Tokenizer`` from a .tiktoken file: byte-level BPE, ``added`` tokens appended."""
+    """A ``tokenizers.Tokenizer`` from a .tiktoken file: byte-level BPE + ``added`` tokens."""
     from tokenizers import AddedToken
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
@@ -235,7 +235,7 @@ def smollm2_dir() -> Path:
 
 def gemma3_dir() -> Path:
     """Gemma-3-270M base: model (float32, dequantized from Q4_K_M) + tokenizer (adds ``<bos>``)
-    + Gemma-3's chat template (``<start_of_turn>``/``<end_of_turn>``; it renders ``<bos>`` itself)."""
+    + Gemma-3's chat template (``<start_of_turn>``, ``<end_of_turn>``; it renders ``<bos>``)."""
     return _materialize("gemma3-270m-v2", _build_gemma3)
 
 

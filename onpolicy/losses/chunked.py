@@ -1,0 +1,266 @@
+"""Chunked divergence from hidden states and LM heads, never materializing full [tokens x V] logits.
+
+The student's and the teacher's logits are projected for a block of ``block_size`` counted tokens
+at a time (``[block, V]`` per model, full vocabulary rows, so ``log_softmax`` is exact in one pass),
+the divergence and its closed-form gradient with respect to the student's logits are computed there
+(``kernels.DIVERGENCES[...].value_and_grad``), and the block's logits are dropped.
+
+Gradients (student hidden, student head weight and bias; the teacher gets none):
+- ``reduction="mean" | "sum"`` (a scalar): the gradients are accumulated *during the forward pass*
+  (one projection per model and two gradient matmuls per block, no recomputation) and scaled by the
+  incoming scalar gradient in backward; computed only when autograd will need them.
+- ``reduction="none"`` (per-token values): backward recomputes each block's logits and weighs each
+  token's gradient by its incoming gradient.
+
+Logits of a head: ``z = softcap(logit_scale * (hidden @ weight.T + bias)) / temperature`` with
+``softcap(y) = c * tanh(y / c)`` when ``softcap = c`` is set (Gemma-style), else the identity.
+All math in float32 (float64 if the student's weight or hidden states are float64); a bf16/fp16 head
+is upcast once per call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from onpolicy.errors import DataError
+from onpolicy.losses.kernels import DivergenceKernel, get_kernel
+from onpolicy.losses.reduce import as_bool_mask, check_reduction, check_temperature
+
+Tensor = torch.Tensor
+
+TARGET_BLOCK_ELEMENTS = 1 << 23
+"""Default block: about 8M logits (32 MB in float32) per model, i.e. 128 tokens at V = 65,536."""
+
+
+@dataclass(frozen=True)
+class LMHead:
+    """A language-model head: ``logits = softcap(logit_scale * (hidden @ weight.T + bias))``.
+
+    Attributes:
+        weight: ``[V, H]`` projection matrix.
+        bias: optional ``[V]`` bias.
+        logit_scale: multiplier on the logits (Cohere-style ``logit_scale``), 1.0 for most models.
+        softcap: final-logit soft-capping ``c`` (``c * tanh(logits / c)``, Gemma-style) or None.
+    """
+
+    weight: Tensor
+    bias: Tensor | None = None
+    logit_scale: float = 1.0
+    softcap: float | None = None
+
+    @classmethod
+    def from_linear(
+        cls, linear: torch.nn.Linear, logit_scale: float = 1.0, softcap: float | None = None
+    ) -> LMHead:
+        return cls(linear.weight, linear.bias, logit_scale, softcap)
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """Everything a block needs besides tensors."""
+
+    kernel: DivergenceKernel
+    coef: float
+    inv_temperature: float
+    student_scale: float
+    student_softcap: float | None
+    teacher_scale: float
+    teacher_softcap: float | None
+    block_size: int
+
+
+def _logits(h: Tensor, w: Tensor, b: Tensor | None, scale: float, cap: float | None, inv_t: float):
+    """Block logits ``z`` [n, V] and, with a softcap, ``tanh`` [n, V] (for the gradient)."""
+    y = torch.mm(h, w.t()) if b is None else torch.addmm(b, h, w.t())
+    if cap is None:
+        return y.mul_(scale * inv_t), None
+    th = y.mul_(scale / cap).tanh_()
+    return th * (cap * inv_t), th
+
+
+def _block(h_s, w_s, b_s, h_t, w_t, b_t, spec: _Spec, weight_n: Tensor | None):
+    """Per-token values [n] and, when ``weight_n`` [n] is given, ``d(sum weight_n * L)/dy`` [n, V]
+    for the student's raw projection ``y = h_s @ w_s.T + b_s``."""
+    z_t, _ = _logits(h_t, w_t, b_t, spec.teacher_scale, spec.teacher_softcap, spec.inv_temperature)
+    log_pt = torch.log_softmax(z_t, dim=-1)
+    del z_t
+    z_s, th = _logits(h_s, w_s, b_s, spec.student_scale, spec.student_softcap, spec.inv_temperature)
+    log_ps = torch.log_softmax(z_s, dim=-1)
+    del z_s
+    if weight_n is None:
+        return spec.kernel.value(log_ps, log_pt, spec.coef), None
+    value, g = spec.kernel.value_and_grad(log_ps, log_pt, spec.coef)  # g = dL/dz [n, V]
+    del log_ps, log_pt
+    g.mul_((weight_n * (spec.student_scale * spec.inv_temperature)).unsqueeze(-1))
+    if th is not None:  # d(c * tanh(y / c))/dy = 1 - tanh^2
+        g.mul_(th.mul_(th).neg_().add_(1.0))
+    return value, g
+
+
+def _run(h_s, w_s, b_s, h_t, w_t, b_t, spec: _Spec, weight_N: Tensor | None, needs: tuple):
+    """Loop over token blocks. Returns per-token values [N] and the gradients named in ``needs``
+    (hidden [N, H_s], weight [V, H_s], bias [V]) of ``sum(weight_N * L)``, or None."""
+    need_h, need_w, need_b = needs if weight_N is not None else (False, False, False)
+    N = h_s.shape[0]
+    values = h_s.new_empty(N)
+    grad_h = torch.empty_like(h_s) if need_h else None
+    grad_w = torch.zeros_like(w_s) if need_w else None
+    grad_b = torch.zeros_like(b_s) if need_b else None
+    grad_weight = weight_N if (need_h or need_w or need_b) else None
+    for start in range(0, N, spec.block_size):
+        sl = slice(start, min(N, start + spec.block_size))
+        wn = None if grad_weight is None else grad_weight[sl]
+        value, g = _block(h_s[sl], w_s, b_s, h_t[sl], w_t, b_t, spec, wn)
+        values[sl] = value
+        if g is None:
+            continue
+        if grad_h is not None:
+            torch.mm(g, w_s, out=grad_h[sl])
+        if grad_w is not None:
+            grad_w.addmm_(g.t(), h_s[sl])
+        if grad_b is not None:
+            grad_b.add_(g.sum(0))
+    return values, grad_h, grad_w, grad_b
+
+
+class _ChunkedSum(torch.autograd.Function):
+    """``sum_i weight_N[i] * L_i`` (scalar) and the per-token values ``L`` [N] (no gradient).
+    Gradients are computed in forward and scaled by the incoming scalar gradient in backward."""
+
+    @staticmethod
+    def forward(ctx: Any, h_s, w_s, b_s, h_t, w_t, b_t, weight_N, spec: _Spec):
+        needs = tuple(ctx.needs_input_grad[:3])
+        values, gh, gw, gb = _run(h_s, w_s, b_s, h_t, w_t, b_t, spec, weight_N, needs)
+        ctx.save_for_backward(gh, gw, gb)
+        ctx.mark_non_differentiable(values)
+        return (weight_N * values).sum(), values
+
+    @staticmethod
+    def backward(ctx: Any, grad_total: Tensor, _grad_values: Tensor | None):
+        grads = [None if g is None else g * grad_total for g in ctx.saved_tensors]
+        return (*grads, None, None, None, None, None)
+
+
+class _ChunkedPerToken(torch.autograd.Function):
+    """Per-token values ``L`` [N]; backward recomputes each block weighted by the incoming [N]."""
+
+    @staticmethod
+    def forward(ctx: Any, h_s, w_s, b_s, h_t, w_t, b_t, spec: _Spec):
+        values, *_ = _run(h_s, w_s, b_s, h_t, w_t, b_t, spec, None, (False, False, False))
+        ctx.save_for_backward(h_s, w_s, b_s, h_t, w_t, b_t)
+        ctx.spec = spec
+        return values
+
+    @staticmethod
+    def backward(ctx: Any, grad_values: Tensor):
+        h_s, w_s, b_s, h_t, w_t, b_t = ctx.saved_tensors
+        needs = tuple(ctx.needs_input_grad[:3])
+        grad_values = grad_values.to(h_s.dtype).contiguous()
+        _, gh, gw, gb = _run(h_s, w_s, b_s, h_t, w_t, b_t, ctx.spec, grad_values, needs)
+        return gh, gw, gb, None, None, None, None
+
+
+def _check_shapes(student_hidden: Tensor, student: LMHead, teacher_hidden: Tensor, teacher: LMHead):
+    if student_hidden.shape[:-1] != teacher_hidden.shape[:-1]:
+        raise DataError(
+            f"student hidden {tuple(student_hidden.shape)} and teacher hidden "
+            f"{tuple(teacher_hidden.shape)} must share their leading (token) dimensions"
+        )
+    for name, h, head in (
+        ("student", student_hidden, student),
+        ("teacher", teacher_hidden, teacher),
+    ):
+        if head.weight.dim() != 2 or head.weight.shape[1] != h.shape[-1]:
+            raise DataError(
+                f"{name} head weight {tuple(head.weight.shape)} must be [V, H] with H = "
+                f"{h.shape[-1]} (the hidden size)"
+            )
+        if head.bias is not None and head.bias.shape != head.weight.shape[:1]:
+            raise DataError(f"{name} head bias {tuple(head.bias.shape)} must be [V]")
+    if student.weight.shape[0] != teacher.weight.shape[0]:
+        raise DataError(
+            f"student vocab {student.weight.shape[0]} != teacher vocab {teacher.weight.shape[0]}; "
+            "the chunked loss needs a shared vocabulary (use the alignment layer otherwise)"
+        )
+
+
+def chunked_divergence(
+    student_hidden: Tensor,
+    student_head: LMHead,
+    teacher_hidden: Tensor,
+    teacher_head: LMHead,
+    divergence: str = "generalized_jsd",
+    coef: float = 0.5,
+    temperature: float = 1.0,
+    mask: Tensor | None = None,
+    reduction: str = "mean",
+    block_size: int | None = None,
+) -> Tensor:
+    """Divergence ``name`` between the heads' next-token distributions, a block of tokens at a time.
+
+    Args:
+        student_hidden: ``[..., H_s]`` hidden states (``[N, H_s]`` or ``[B, T, H_s]``).
+        student_head: the student's ``LMHead`` (weight ``[V, H_s]``).
+        teacher_hidden: ``[..., H_t]`` with the same leading dims; never receives a gradient.
+        teacher_head: the teacher's ``LMHead`` (weight ``[V, H_t]``, same ``V``).
+        divergence: a name in ``kernels.DIVERGENCES`` (``generalized_jsd``, ``forward_kl``, ...).
+        coef: ``beta`` for ``generalized_jsd`` (0 = forward KL, 1 = reverse KL), ``alpha`` for skew.
+        temperature: divides both models' logits (after scale and softcap).
+        mask: ``[...]`` (the leading dims) bool/0-1; only counted positions are projected.
+        reduction: ``mean`` (over counted positions, 0 when none), ``sum``, or ``none`` (``[...]``,
+            zero where masked).
+        block_size: tokens per block; default ``2**23 // V`` clamped to [16, 1024].
+
+    Returns:
+        A float32 scalar (``mean``/``sum``) or ``[...]`` values (``none``); float64 if given.
+        Same values and gradients as ``divergences.divergence`` on the full logits.
+    """
+    kernel = get_kernel(divergence, coef)
+    check_reduction(reduction)
+    check_temperature(temperature)
+    _check_shapes(student_hidden, student_head, teacher_hidden, teacher_head)
+    lead = student_hidden.shape[:-1]
+    bool_mask = as_bool_mask(mask, lead)
+    vocab = student_head.weight.shape[0]
+    if block_size is None:
+        block_size = max(16, min(1024, TARGET_BLOCK_ELEMENTS // vocab))
+    spec = _Spec(
+        kernel, coef, 1.0 / temperature,
+        student_head.logit_scale, student_head.softcap,
+        teacher_head.logit_scale, teacher_head.softcap, block_size,
+    )  # fmt: skip
+    dtype = (
+        torch.float64
+        if torch.float64 in (student_hidden.dtype, student_head.weight.dtype)
+        else (torch.float32)
+    )
+    h_s = student_hidden.reshape(-1, student_hidden.shape[-1])
+    h_t = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1])
+    index = None if bool_mask is None else bool_mask.reshape(-1).nonzero().squeeze(1)
+    if index is not None:  # project only the counted positions
+        h_s, h_t = h_s.index_select(0, index), h_t.index_select(0, index)
+    args = (
+        h_s.to(dtype), student_head.weight.to(dtype),
+        None if student_head.bias is None else student_head.bias.to(dtype),
+        h_t.to(dtype), teacher_head.weight.detach().to(dtype),
+        None if teacher_head.bias is None else teacher_head.bias.detach().to(dtype),
+    )  # fmt: skip
+    if reduction == "none":
+        values = _ChunkedPerToken.apply(*args, spec)
+        if index is None:
+            return values.reshape(lead)
+        return values.new_zeros(bool_mask.numel()).index_copy(0, index, values).reshape(lead)
+    count = h_s.shape[0]
+    scale = 1.0 / max(count, 1) if reduction == "mean" else 1.0  # mean over zero tokens is 0
+    weight_N = torch.full((count,), scale, dtype=dtype, device=h_s.device)
+    needs_grad = torch.is_grad_enabled() and any(
+        a is not None and a.requires_grad for a in args[:3]
+    )
+    if not needs_grad:
+        values, *_ = _run(*args, spec, None, (False, False, False))
+        return (weight_N * values).sum()
+    total, _values = _ChunkedSum.apply(*args, weight_N, spec)
+    return total

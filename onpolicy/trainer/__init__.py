@@ -1,0 +1,8 @@
+"""The trainer: a thin loop on accelerate (``loop.py``), evaluation, diagnostics, checkpoints.
+
+``train(config) -> TrainResult`` and ``evaluate_config(config)`` are the entry points.
+"""
+
+from onpolicy.trainer.run import TrainResult, evaluate_config, train
+
+__all__ = ["TrainResult", "evaluate_config", "train"]

@@ -1,0 +1,140 @@
+"""Atomic checkpoints and exact resume.
+
+A checkpoint is a folder ``<output_dir>/checkpoints/step-00000042`` holding:
+
+- accelerate's state (``accelerator.save_state``): model weights (adapters and base for a LoRA
+  student), optimizer, scheduler, and every process's RNG states (python, numpy, torch, cuda);
+- ``trainer_state.json``: the optimizer step, the data stream position, the count of skipped
+  non-finite steps; written last.
+
+Atomicity: everything is written into ``.tmp-step-00000042``, every file and the folder are fsynced,
+then the folder is renamed into place (a rename within one file system is atomic), and the parent
+is fsynced. A run killed at any moment leaves either the complete checkpoint or a ``.tmp-*`` folder
+that the next run deletes; checkpoints already written are never touched until a newer one is
+complete (then all but the newest ``keep`` are removed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from onpolicy.errors import TrainingError
+
+STATE_FILE = "trainer_state.json"
+_PREFIX = "step-"
+_TMP = ".tmp-"
+
+
+@dataclass
+class TrainerState:
+    """What the loop needs besides accelerate's state to continue exactly.
+
+    Attributes:
+        step: optimizer steps completed.
+        data_position: prompts consumed from the shared ``PromptStream``.
+        nonfinite_steps: steps skipped for a NaN/inf loss so far.
+    """
+
+    step: int = 0
+    data_position: int = 0
+    nonfinite_steps: int = 0
+
+
+def checkpoint_root(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def _name(step: int) -> str:
+    return f"{_PREFIX}{step:08d}"
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints (with a state file), oldest first."""
+    root = checkpoint_root(output_dir)
+    if not root.is_dir():
+        return []
+    done = [p for p in root.iterdir() if p.name.startswith(_PREFIX) and (p / STATE_FILE).is_file()]
+    return sorted(done, key=lambda p: int(p.name.removeprefix(_PREFIX)))
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    found = list_checkpoints(output_dir)
+    return found[-1] if found else None
+
+
+def remove_partial(output_dir: str | Path) -> list[Path]:
+    """Delete ``.tmp-*`` folders a killed run left behind; returns what was removed."""
+    root = checkpoint_root(output_dir)
+    stale = [p for p in root.iterdir() if p.name.startswith(_TMP)] if root.is_dir() else []
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return stale
+
+
+def _fsync_tree(folder: Path) -> None:
+    for dirpath, _, files in os.walk(folder):
+        for f in files:
+            fd = os.open(os.path.join(dirpath, f), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(
+    accelerator: Any, output_dir: str | Path, state: TrainerState, keep: int
+) -> Path:
+    """Write a checkpoint atomically (every process calls this; the main one renames and prunes).
+
+    Returns the final checkpoint path.
+    """
+    root = checkpoint_root(output_dir)
+    final = root / _name(state.step)
+    tmp = root / f"{_TMP}{_name(state.step)}"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
+        _fsync_tree(tmp)
+        if final.exists():  # the same step saved twice (e.g. a resumed run's last step)
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _fsync_dir(root)
+        for old in list_checkpoints(output_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator: Any, path: str | Path) -> TrainerState:
+    """Restore model, optimizer, scheduler and RNG states (``accelerator.load_state``) from ``path``
+    and return its ``TrainerState``. Call after ``accelerator.prepare``."""
+    p = Path(path)
+    state_file = p / STATE_FILE
+    if not state_file.is_file():
+        raise TrainingError(f"checkpoint {str(p)!r} is incomplete (no {STATE_FILE}); delete it")
+    try:
+        state = TrainerState(**json.loads(state_file.read_text()))
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise TrainingError(f"checkpoint state {str(state_file)!r} is unreadable: {exc}") from exc
+    accelerator.load_state(str(p))
+    return state

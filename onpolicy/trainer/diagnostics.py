@@ -1,0 +1,138 @@
+"""Signals that warn before a distillation run collapses. Pure functions on tensors and lists.
+
+- entropy of the student and the teacher per completion position (a student entropy falling toward 0
+  while the teacher's stays up is mode collapse; both rising is a diverging student);
+- top-k overlap between the two next-token distributions (agreement on the plausible tokens);
+- share of completions truncated at ``max_new_tokens`` (rambling, lost end of turn);
+- repetition rate of completions (degenerate loops);
+- alignment coverage for cross-tokenizer runs, and NaN/inf counts (reported by the loop).
+
+``collapse_warnings`` turns a metrics dict into one-line warnings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def entropy(logits_N_V: torch.Tensor) -> torch.Tensor:
+    """[N] entropy in nats of ``softmax(logits)`` per row, computed in float32.
+
+    ``H = -sum_v p_v log p_v``; 0 for a one-hot distribution, ``log V`` for a uniform one.
+    """
+    logp_N_V = torch.log_softmax(logits_N_V.float(), dim=-1)
+    # p * log p with 0 * -inf := 0 (a fully masked logit)
+    plogp_N_V = torch.where(logp_N_V.isneginf(), 0.0, logp_N_V.exp() * logp_N_V)
+    return -plogp_N_V.sum(dim=-1)
+
+
+def topk_overlap(student_N_V: torch.Tensor, teacher_N_V: torch.Tensor, k: int) -> torch.Tensor:
+    """[N] share of the teacher's top-``k`` tokens also in the student's top-``k``, in [0, 1].
+
+    Both logits tensors share the vocabulary axis (same tokenizer). 1 = same top-k sets.
+    """
+    if student_N_V.shape != teacher_N_V.shape:
+        raise ValueError(
+            f"top-k overlap needs equal shapes, got {student_N_V.shape} and {teacher_N_V.shape}"
+        )
+    k = min(k, student_N_V.shape[-1])
+    top_s_N_k = student_N_V.topk(k, dim=-1).indices
+    top_t_N_k = teacher_N_V.topk(k, dim=-1).indices
+    # [N, k, k] pairwise equality: each teacher top-k token found among the student's
+    hits_N_k = (top_t_N_k.unsqueeze(-1) == top_s_N_k.unsqueeze(-2)).any(dim=-1)
+    return hits_N_k.float().mean(dim=-1)
+
+
+def reverse_kl_per_token(student_N_V: torch.Tensor, teacher_N_V: torch.Tensor) -> torch.Tensor:
+    """[N] ``KL(student || teacher) = sum_v p_s (log p_s - log p_t)`` per position, float32."""
+    logp_s = torch.log_softmax(student_N_V.float(), dim=-1)
+    logp_t = torch.log_softmax(teacher_N_V.float(), dim=-1)
+    terms = torch.where(logp_s.isneginf(), 0.0, logp_s.exp() * (logp_s - logp_t))
+    return terms.sum(dim=-1)
+
+
+def truncated_share(finish_reason_B: Sequence[str]) -> float:
+    """Share of completions that hit ``max_new_tokens`` (finish reason ``length``); 0 if none."""
+    if not finish_reason_B:
+        return 0.0
+    return sum(r == "length" for r in finish_reason_B) / len(finish_reason_B)
+
+
+def repetition_rate(completion_ids_B: Sequence[Sequence[int]], n: int = 3) -> float:
+    """Share of ``n``-grams that already occurred earlier in their completion, over all completions.
+
+    0 for text without repeated n-grams; approaches 1 for a loop such as ``a b a b a b ...``.
+    Completions shorter than ``n`` tokens contribute no n-grams (0 when there are none at all).
+    """
+    repeated = total = 0
+    for ids in completion_ids_B:
+        seen: set[tuple[int, ...]] = set()
+        for i in range(len(ids) - n + 1):
+            gram = tuple(ids[i : i + n])
+            repeated += gram in seen
+            seen.add(gram)
+            total += 1
+    return repeated / total if total else 0.0
+
+
+def rollout_diagnostics(
+    completion_ids_B: Sequence[Sequence[int]], finish_reason_B: Sequence[str]
+) -> dict[str, float]:
+    """Per-step diagnostics of a rollout (no model needed)."""
+    lengths = [len(c) for c in completion_ids_B]
+    return {
+        "diag/truncated_share": truncated_share(finish_reason_B),
+        "diag/repetition_rate": repetition_rate(completion_ids_B),
+        "diag/empty_share": sum(x == 0 for x in lengths) / max(len(lengths), 1),
+        "diag/completion_length": sum(lengths) / max(len(lengths), 1),
+    }
+
+
+def distribution_diagnostics(
+    student_N_V: torch.Tensor, teacher_N_V: torch.Tensor, k: int = 5
+) -> dict[str, float]:
+    """Means over completion positions of entropies, top-k overlap and the reverse KL (same vocab).
+
+    Empty inputs (``N == 0``) give an empty dict: there is nothing to average.
+    """
+    if student_N_V.shape[0] == 0:
+        return {}
+    with torch.no_grad():
+        return {
+            "diag/student_entropy": entropy(student_N_V).mean().item(),
+            "diag/teacher_entropy": entropy(teacher_N_V).mean().item(),
+            f"diag/top{k}_overlap": topk_overlap(student_N_V, teacher_N_V, k).mean().item(),
+            "diag/nonfinite_logits": float((~torch.isfinite(student_N_V)).sum().item()),
+        }
+
+
+def collapse_warnings(metrics: dict[str, float]) -> dict[str, str]:
+    """``{metric key: one-line warning}`` for values that usually precede a collapse (the
+    thresholds are heuristics)."""
+    out: dict[str, str] = {}
+    s, t = metrics.get("diag/student_entropy"), metrics.get("diag/teacher_entropy")
+    if s is not None and t is not None and t > 0.5 and s < 0.1 * t:
+        out["diag/student_entropy"] = (
+            f"student entropy {s:.3f} is under a tenth of the teacher's {t:.3f}: the student "
+            "may be collapsing to one answer; lower optim.lr or raise rollout.temperature"
+        )
+    trunc = metrics.get("diag/truncated_share")
+    if trunc is not None and trunc > 0.5:
+        out["diag/truncated_share"] = (
+            f"{trunc:.0%} of completions hit rollout.max_new_tokens: the student stopped "
+            "ending its turns; raise max_new_tokens or check the stop tokens"
+        )
+    rep = metrics.get("diag/repetition_rate")
+    if rep is not None and rep > 0.5:
+        out["diag/repetition_rate"] = f"repetition rate {rep:.2f}: completions loop; lower optim.lr"
+    cov = metrics.get("diag/alignment_coverage")
+    if cov is not None and cov < 0.5:
+        out["diag/alignment_coverage"] = (
+            f"only {cov:.0%} of student tokens align to teacher spans: check the tokenizers"
+        )
+    for key in ("train/nonfinite_steps", "diag/nonfinite_logits"):
+        if metrics.get(key, 0) > 0:
+            out[key] = f"{key} = {metrics[key]:.0f}: NaN/inf values appeared; lower optim.lr"
+    return out

@@ -1,0 +1,140 @@
+"""Held-out evaluation: how far the student is from the teacher, on the student's own completions.
+
+The student completes each held-out prompt (greedy by default: the same completions for the same
+weights, so before/after numbers compare; sampled when ``greedy=False``), then both models are
+teacher-forced on those completions:
+
+- ``eval/kl_per_token`` (same tokenizer): mean over completion positions of the full-distribution
+  ``KL(student || teacher)`` at that position (exact per position, no sampling estimate);
+- ``eval/teacher_nll_per_byte``: the teacher's negative log-likelihood of the completions per UTF-8
+  byte (tokenizer-independent, so it compares across tokenizers);
+- ``eval/logratio_per_byte``: ``(log p_student(y) - log p_teacher(y)) / bytes(y)`` summed over each
+  completion; with sampled completions (``greedy=False``) its mean is an unbiased estimate of the
+  per-byte sequence-level ``KL(student || teacher)`` -- the cross-tokenizer KL;
+- ``eval/score`` when a task metric is given, plus the diagnostics of ``diagnostics.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from onpolicy.forward import forward_completions
+from onpolicy.trainer import diagnostics as diag
+from onpolicy.types import Prompt, SamplingParams
+
+ScoreFn = Callable[[str, Prompt], float]
+
+
+def evaluate(
+    model: Any,
+    tokenizer: Any,
+    teacher: Any,
+    backend: Any,
+    prompts: Sequence[Prompt],
+    sampling: SamplingParams,
+    greedy: bool = True,
+    batch_size: int = 8,
+    score_fn: ScoreFn | None = None,
+) -> dict[str, float]:
+    """Evaluate ``model`` (unwrapped student) against ``teacher`` (a ``LocalTeacher``, or None for
+    the task metric only) on ``prompts``; see the module docstring for the metrics.
+
+    Uses its own RNG stream (``fork_rng``): evaluating never changes the training run's samples.
+    """
+    from onpolicy.chat import render_prompt
+
+    if not prompts:
+        return {}
+    sampling = replace(sampling, n=1, temperature=0.0 if greedy else sampling.temperature)
+    sums: dict[str, float] = {}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            for i in range(0, len(prompts), batch_size):
+                chunk = list(prompts[i : i + batch_size])
+                ids = [render_prompt(tokenizer, p) for p in chunk]
+                rollout = backend.generate(ids, sampling, chunk)
+                for k, v in _batch_sums(model, tokenizer, teacher, rollout, score_fn).items():
+                    sums[k] = sums.get(k, 0.0) + v
+    finally:
+        model.train(was_training)
+    return _means(sums)
+
+
+def _batch_sums(
+    model: Any, tokenizer: Any, teacher: Any, rollout: Any, score_fn: ScoreFn | None
+) -> dict[str, float]:
+    """Sums (not means) over one batch, with the counts they divide by (``n_*`` keys)."""
+    out: dict[str, float] = {
+        "n_rows": float(len(rollout)),
+        "bytes": float(sum(len(t.encode("utf-8")) for t in rollout.texts_B)),
+        "completion_tokens": float(sum(len(c) for c in rollout.completion_ids_B)),
+        "truncated": float(sum(r == "length" for r in rollout.finish_reason_B)),
+        "repetition": diag.repetition_rate(rollout.completion_ids_B) * len(rollout),
+    }
+    if score_fn is not None:
+        out["score"] = float(
+            sum(
+                score_fn(t, rollout.prompts[j])
+                for t, j in zip(rollout.texts_B, rollout.prompt_index_B, strict=True)
+            )
+        )
+    if teacher is None or out["completion_tokens"] == 0:
+        return out
+    scores = teacher.score(rollout)
+    batch = rollout.to_padded(tokenizer.pad_token_id)
+    vocab = scores.vocab_size if scores.mode == "same" else len(tokenizer)
+    fwd = forward_completions(model, batch, vocab)
+    s_logits_N_V = fwd.logits_N_V.float()
+    student_lp = torch.log_softmax(s_logits_N_V, -1).gather(1, fwd.targets_N[:, None]).sum()
+    if scores.mode == "same":
+        t_logits_N_V = _teacher_logits(scores).float()
+        teacher_lp = scores.token_logprobs_N.sum()
+        out["kl"] = diag.reverse_kl_per_token(s_logits_N_V, t_logits_N_V).sum().item()
+        d = diag.distribution_diagnostics(s_logits_N_V, t_logits_N_V)
+        n = float(s_logits_N_V.shape[0])
+        for key, value in d.items():  # means over positions -> sums, so batches combine exactly
+            out[f"pos:{key}"] = value * n
+        out["n_positions"] = n
+    else:
+        teacher_lp = scores.cross.token_logprobs_Nt.sum()
+        if "alignment/coverage" in scores.metrics:
+            out["coverage"] = scores.metrics["alignment/coverage"] * len(rollout)
+    out["student_lp"] = student_lp.item()
+    out["teacher_lp"] = float(teacher_lp)
+    return out
+
+
+def _teacher_logits(scores: Any) -> torch.Tensor:
+    if scores.logits_N_V is not None:
+        return scores.logits_N_V
+    return scores.hidden_N_D.float() @ scores.lm_head_V_D.float().T
+
+
+def _means(s: dict[str, float]) -> dict[str, float]:
+    rows, nbytes = max(s["n_rows"], 1.0), max(s["bytes"], 1.0)
+    out = {
+        "eval/completion_length": s["completion_tokens"] / rows,
+        "eval/truncated_share": s["truncated"] / rows,
+        "eval/repetition_rate": s["repetition"] / rows,
+    }
+    if "score" in s:
+        out["eval/score"] = s["score"] / rows
+    if "teacher_lp" in s:
+        out["eval/teacher_nll_per_byte"] = -s["teacher_lp"] / nbytes
+        out["eval/logratio_per_byte"] = (s["student_lp"] - s["teacher_lp"]) / nbytes
+        out["eval/student_nll_per_token"] = -s["student_lp"] / max(s["completion_tokens"], 1.0)
+    if "kl" in s:
+        n = max(s["n_positions"], 1.0)
+        out["eval/kl_per_token"] = s["kl"] / n
+        for key, value in s.items():
+            if key.startswith("pos:"):
+                out["eval/" + key.removeprefix("pos:diag/")] = value / n
+    if "coverage" in s:
+        out["eval/alignment_coverage"] = s["coverage"] / rows
+    return out

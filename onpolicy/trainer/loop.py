@@ -1,0 +1,223 @@
+"""The training loop: rollout -> score -> loss -> backward -> step -> sync -> log, on accelerate.
+
+One optimizer step takes ``micro_batch_size * grad_accum * processes`` prompts from a shared,
+resumable prompt stream; process ``r`` takes its contiguous slice and splits it into ``grad_accum``
+micro-batches. Each micro-batch's ``LossOutput.loss_sum`` (a SUM over counted tokens) is
+backpropagated as is; after the last one, the counted tokens are summed over micro-batches and
+processes (``N``) and every gradient is multiplied by ``processes / N`` (DDP averaged the processes'
+gradient sums). The result is the gradient of ``global loss sum / N``: the same for any split of the
+same prompts into micro-batches, accumulation steps and processes.
+
+A step whose loss (on any process) or gradient norm is NaN/inf is skipped on every process: no
+update, counted in ``train/nonfinite_steps``; after ``train.max_nonfinite`` of them the run stops
+with a ``TrainingError`` (checkpoints already written are untouched).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from onpolicy.config import Config
+from onpolicy.errors import TrainingError
+from onpolicy.trainer import checkpoint as ckpt
+from onpolicy.trainer.diagnostics import collapse_warnings, rollout_diagnostics
+from onpolicy.trainer.setup import Components
+from onpolicy.trainer.sources import completions_for
+from onpolicy.types import Prompt
+
+
+@dataclass
+class StepResult:
+    """One optimizer step: the globally normalized loss (NaN when skipped), the global count of
+    counted tokens, whether the update was applied, and metrics (this process's, plus the global
+    loss/token count)."""
+
+    loss: float
+    num_tokens: int
+    applied: bool
+    nonfinite: bool
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def micro_batches_for(
+    step_prompts: list[Prompt], rank: int, world: int, micro_batch_size: int, grad_accum: int
+) -> list[list[Prompt]]:
+    """This process's ``grad_accum`` micro-batches out of one step's prompts (contiguous slices)."""
+    per_process = micro_batch_size * grad_accum
+    mine = step_prompts[rank * per_process : (rank + 1) * per_process]
+    return [mine[i : i + micro_batch_size] for i in range(0, per_process, micro_batch_size)]
+
+
+def train_step(
+    c: Components,
+    micro_batches: list[list[Prompt]],
+    step: int,
+    accelerator: Any,
+    grad_clip: float | None,
+) -> StepResult:
+    """One optimizer step over this process's micro-batches (see the module docstring)."""
+    from onpolicy.chat import render_prompt
+
+    source = c.objective.batch_source(step)
+    local = torch.zeros(3, dtype=torch.float64)  # [loss_sum, counted tokens, non-finite losses]
+    metrics: dict[str, float] = {}
+    rollout_tokens, start = 0, time.perf_counter()
+    for i, prompts in enumerate(micro_batches):
+        ids = [render_prompt(c.tokenizer, p) for p in prompts]
+        rollout = completions_for(
+            source,
+            prompts,
+            ids,
+            c.sampling,
+            c.backend,
+            c.tokenizer,
+            c.end_id,
+            c.teacher_backend,
+            _teacher_renderer(c),
+            c.teacher is None or c.teacher.mode == "same",
+        )
+        scores = c.teacher.score(rollout) if c.objective.needs_teacher else None
+        last = i == len(micro_batches) - 1
+        # gradients are all-reduced once, on the last micro-batch
+        sync = contextlib.nullcontext() if last else accelerator.no_sync(c.model)
+        with sync:
+            out = c.objective.loss(c.model, rollout, scores)
+            _backward(out.loss_sum, accelerator, c.model, last)
+        value = float(out.loss_sum.detach())
+        local += torch.tensor(
+            [
+                value if math.isfinite(value) else 0.0,
+                out.num_tokens,
+                0.0 if math.isfinite(value) else 1.0,
+            ],
+            dtype=torch.float64,
+        )
+        rollout_tokens += sum(len(x) for x in rollout.completion_ids_B)
+        _accumulate(
+            metrics,
+            rollout.metrics,
+            rollout_diagnostics(rollout.completion_ids_B, rollout.finish_reason_B),
+            out.metrics,
+            scores.metrics if scores is not None else {},
+        )
+    metrics = {k: v / len(micro_batches) for k, v in metrics.items()}
+    total = accelerator.reduce(local.to(accelerator.device), reduction="sum").cpu()
+    loss_sum, n_tokens, n_bad = float(total[0]), int(total[1]), int(total[2])
+    params = [p for p in c.model.parameters() if p.requires_grad]
+    if n_bad > 0 or n_tokens == 0:
+        c.optimizer.zero_grad(set_to_none=True)
+        return StepResult(float("nan") if n_bad else 0.0, n_tokens, False, n_bad > 0, metrics)
+    # global normalization: DDP averaged the processes' gradient SUMS; make it sum / N_global
+    scale = accelerator.num_processes / n_tokens
+    for p in params:
+        if p.grad is not None:
+            p.grad.mul_(scale)
+    grad_norm = _clip(accelerator, params, grad_clip)
+    if not math.isfinite(grad_norm):
+        c.optimizer.zero_grad(set_to_none=True)
+        return StepResult(float("nan"), n_tokens, False, True, metrics)
+    c.optimizer.step()
+    c.scheduler.step()
+    c.optimizer.zero_grad(set_to_none=True)
+    metrics.update(c.backend.sync_weights(c.raw_model, step + 1))
+    seconds = time.perf_counter() - start
+    metrics.update(
+        {
+            "train/grad_norm": grad_norm,
+            "train/lr": c.scheduler.get_last_lr()[0],
+            "train/tokens_per_second": rollout_tokens / max(seconds, 1e-9),
+            "train/on_policy": float(source == "student"),
+        }
+    )
+    return StepResult(loss_sum / n_tokens, n_tokens, True, False, metrics)
+
+
+def _backward(loss_sum: torch.Tensor, accelerator: Any, model: Any, last: bool) -> None:
+    if loss_sum.requires_grad:
+        accelerator.backward(loss_sum)
+    elif accelerator.num_processes > 1 and last:
+        # Empty micro-batch (no counted tokens, a constant loss) on the synchronizing micro-batch:
+        # DDP's all-reduce needs every process to run backward, so contribute an explicit zero.
+        zero = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
+        accelerator.backward(zero)
+
+
+def _clip(accelerator: Any, params: list[torch.Tensor], grad_clip: float | None) -> float:
+    if grad_clip is not None:
+        return float(accelerator.clip_grad_norm_(params, grad_clip))
+    grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+    return float(torch.stack(grads).norm()) if grads else 0.0
+
+
+def _accumulate(into: dict[str, float], *sources: dict[str, float]) -> None:
+    for src in sources:
+        for k, v in src.items():
+            into[k] = into.get(k, 0.0) + float(v)
+
+
+def _teacher_renderer(c: Components) -> Any:
+    if c.teacher_tokenizer is None:
+        return None
+    from onpolicy.chat import render_prompt
+
+    return lambda prompt: render_prompt(c.teacher_tokenizer, prompt)
+
+
+def run_steps(
+    c: Components,
+    config: Config,
+    accelerator: Any,
+    stream: Any,
+    state: ckpt.TrainerState,
+    on_step: Any,
+) -> list[float]:
+    """Steps ``state.step .. train.steps - 1``; ``on_step(state, result)`` logs, evaluates and
+    checkpoints after each. Returns the per-step losses of this call (NaN for skipped steps)."""
+    t = config.train
+    losses = []
+    per_step = t.micro_batch_size * t.grad_accum * accelerator.num_processes
+    while state.step < t.steps:
+        step_prompts = stream.take(per_step)  # every process reads the same stream
+        mbs = micro_batches_for(
+            step_prompts,
+            accelerator.process_index,
+            accelerator.num_processes,
+            t.micro_batch_size,
+            t.grad_accum,
+        )
+        result = train_step(c, mbs, state.step, accelerator, config.optim.grad_clip)
+        state.step += 1
+        state.data_position = stream.position
+        if result.nonfinite:
+            state.nonfinite_steps += 1
+        losses.append(result.loss)
+        on_step(state, result)
+        if state.nonfinite_steps >= t.max_nonfinite:
+            raise TrainingError(
+                f"{state.nonfinite_steps} steps had a NaN/inf loss or gradient (train.max_nonfinite"
+                f"={t.max_nonfinite}); lower optim.lr or check the data. Checkpoints are intact."
+            )
+    return losses
+
+
+def warn_collapse(metrics: dict[str, float], accelerator: Any, seen: set[str]) -> dict[str, str]:
+    """Print new collapse warnings on the main process (each metric once per run: ``seen`` holds
+    those already printed); returns all current warnings."""
+    found = collapse_warnings(metrics)
+    if accelerator.is_main_process:
+        for key, message in found.items():
+            if key not in seen:
+                seen.add(key)
+                print(f"[onpolicy] warning: {message}", flush=True)
+    return found
+
+
+def final_dir(config: Config) -> Path:
+    return Path(config.train.output_dir) / "final"

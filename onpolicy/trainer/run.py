@@ -1,0 +1,275 @@
+"""``train(config) -> TrainResult`` and ``evaluate_config(config)``: the Python entry points the CLI
+and the comparison harness call. No globals: everything a run needs comes from its arguments."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from onpolicy.config import Config
+from onpolicy.trainer import checkpoint as ckpt
+from onpolicy.trainer.evaluate import evaluate
+from onpolicy.trainer.loop import StepResult, final_dir, run_steps, warn_collapse
+from onpolicy.types import Prompt
+
+ScoreFn = Callable[[str, Prompt], float]
+
+
+@dataclass
+class TrainResult:
+    """What a finished run returns.
+
+    Attributes:
+        output_dir: the run folder (``metrics.jsonl``, ``checkpoints/``, ``final/``).
+        final_dir: the saved student (adapters for LoRA), or None when ``train.save_final`` is off.
+        merged_dir: the merged LoRA export (``lora.merge_on_export``), else None.
+        steps: optimizer steps completed (including those of a resumed run).
+        losses: the loss of each step run by this call (NaN for skipped steps).
+        eval_before / eval_after: ``evaluate`` metrics before training (empty on resume) and after.
+        nonfinite_steps: steps skipped for a NaN/inf loss or gradient.
+        resumed_from: the step of the checkpoint the run resumed from, else None.
+        skipped_prompts: training prompts dropped for being longer than the context.
+    """
+
+    output_dir: Path
+    final_dir: Path | None
+    merged_dir: Path | None
+    steps: int
+    losses: list[float]
+    eval_before: dict[str, float] = field(default_factory=dict)
+    eval_after: dict[str, float] = field(default_factory=dict)
+    nonfinite_steps: int = 0
+    resumed_from: int | None = None
+    skipped_prompts: int = 0
+
+
+def make_accelerator(config: Config) -> Any:
+    from accelerate import Accelerator
+
+    from onpolicy.trainer.metrics_log import tracker_names
+    from onpolicy.trainer.setup import mixed_precision
+
+    return Accelerator(
+        mixed_precision=mixed_precision(config.train.mixed_precision),
+        log_with=tracker_names(config.logging) or None,
+        project_dir=config.train.output_dir,
+    )
+
+
+def prepare_prompts(
+    config: Config,
+    tokenizer: Any,
+    train_prompts: Sequence[Prompt] | None,
+    eval_prompts: Sequence[Prompt] | None,
+    base_dir: Path | None,
+) -> tuple[list[Prompt], list[Prompt], int]:
+    """``(train, eval, skipped)``: given prompts, or the config's dataset; long prompts filtered."""
+    from onpolicy.chat import render_prompt
+    from onpolicy.data import filter_by_length, load_prompts
+
+    if train_prompts is None:
+        loaded_train, loaded_eval = load_prompts(config.data, config.train.seed, base_dir)
+        train_prompts = loaded_train
+        eval_prompts = loaded_eval if eval_prompts is None else eval_prompts
+    budget = config.student.max_length - config.rollout.max_new_tokens
+    kept, skipped = filter_by_length(
+        list(train_prompts), lambda p: render_prompt(tokenizer, p), budget, config.data.on_too_long
+    )
+    held_out = list(eval_prompts or [])[: config.eval.num_prompts]
+    if held_out:
+        held_out, _ = filter_by_length(held_out, lambda p: render_prompt(tokenizer, p), budget)
+    return kept, held_out, skipped
+
+
+def train(
+    config: Config,
+    *,
+    train_prompts: Sequence[Prompt] | None = None,
+    eval_prompts: Sequence[Prompt] | None = None,
+    score_fn: ScoreFn | None = None,
+    base_dir: Path | None = None,
+) -> TrainResult:
+    """Train the student of ``config`` (validated first) and save it; resumes from the newest
+    checkpoint in ``train.output_dir`` when ``train.resume`` and one exists.
+
+    ``train_prompts``/``eval_prompts`` replace the config's dataset (the comparison harness passes a
+    task's prompts); ``score_fn(text, prompt)`` is the task metric reported as ``eval/score``.
+    """
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    from onpolicy.config_checks import validate
+    from onpolicy.data import PromptStream
+    from onpolicy.trainer.metrics_log import MetricsLog
+    from onpolicy.trainer.setup import build_components
+
+    validate(config, base_dir)
+    accelerator = make_accelerator(config)
+    set_seed(config.train.seed)
+    c = build_components(config, accelerator)
+    prompts, held_out, skipped = prepare_prompts(
+        config, c.tokenizer, train_prompts, eval_prompts, base_dir
+    )
+    out_dir = Path(config.train.output_dir)
+    state, resumed_from = ckpt.TrainerState(), None
+    if accelerator.is_main_process:
+        ckpt.remove_partial(out_dir)
+    accelerator.wait_for_everyone()
+    latest = ckpt.latest_checkpoint(out_dir) if config.train.resume else None
+    if latest is not None:
+        state = ckpt.load_checkpoint(accelerator, latest)
+        resumed_from = state.step
+    stream = PromptStream(prompts, config.train.seed, position=state.data_position)
+    log = MetricsLog(accelerator, config, start_step=state.step)
+
+    def run_eval() -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        if accelerator.is_main_process and held_out:
+            metrics = evaluate(
+                c.raw_model,
+                c.tokenizer,
+                c.teacher,
+                c.backend,
+                held_out,
+                c.sampling,
+                config.eval.greedy,
+                config.eval.batch_size,
+                score_fn,
+            )
+        accelerator.wait_for_everyone()
+        return metrics
+
+    eval_before = {}
+    if resumed_from is None:
+        eval_before = run_eval()
+        if eval_before:
+            log.log(eval_before, step=0)
+    bar = tqdm(
+        total=config.train.steps,
+        initial=state.step,
+        desc="onpolicy",
+        dynamic_ncols=True,
+        disable=not (accelerator.is_main_process and config.logging.progress_bar),
+    )
+
+    warned: set[str] = set()
+
+    def on_step(st: ckpt.TrainerState, result: StepResult) -> None:
+        record = {
+            "train/loss": result.loss,
+            "train/num_tokens": result.num_tokens,
+            "train/applied": float(result.applied),
+            "train/nonfinite_steps": st.nonfinite_steps,
+            **result.metrics,
+        }
+        if st.step % config.logging.every == 0 or st.step == config.train.steps:
+            if (
+                config.eval.every
+                and st.step % config.eval.every == 0
+                and st.step < config.train.steps
+            ):
+                record.update(run_eval())
+            warn_collapse(record, accelerator, warned)
+            log.log(record, step=st.step)
+        bar.update(1)
+        bar.set_postfix(
+            loss=f"{result.loss:.4f}",
+            tok_s=f"{result.metrics.get('train/tokens_per_second', 0.0):.0f}",
+        )
+        every = config.train.checkpoint_every
+        if every and st.step % every == 0 and st.step < config.train.steps:
+            ckpt.save_checkpoint(accelerator, out_dir, st, config.train.keep_checkpoints)
+
+    try:
+        losses = run_steps(c, config, accelerator, stream, state, on_step)
+    finally:
+        bar.close()
+    ckpt.save_checkpoint(accelerator, out_dir, state, config.train.keep_checkpoints)
+    eval_after = run_eval()
+    if eval_after:
+        log.log({"final": 1, **eval_after}, step=state.step)
+    saved, merged = _save_final(config, c, accelerator)
+    log.close()
+    return TrainResult(
+        out_dir,
+        saved,
+        merged,
+        state.step,
+        losses,
+        eval_before,
+        eval_after,
+        state.nonfinite_steps,
+        resumed_from,
+        skipped,
+    )
+
+
+def _save_final(config: Config, c: Any, accelerator: Any) -> tuple[Path | None, Path | None]:
+    """The student in Hugging Face format (adapters for LoRA); merged export on request."""
+    from onpolicy.models import export_merged, save_student
+
+    accelerator.wait_for_everyone()
+    if not config.train.save_final:
+        return None, None
+    out = final_dir(config)
+    merged = (
+        out.parent / "final-merged" if config.lora.enabled and config.lora.merge_on_export else None
+    )
+    if accelerator.is_main_process:
+        save_student(c.raw_model, c.tokenizer, out)
+        if merged is not None:
+            export_merged(c.raw_model, c.tokenizer, merged)
+    accelerator.wait_for_everyone()
+    return out, merged
+
+
+def evaluate_config(
+    config: Config,
+    *,
+    eval_prompts: Sequence[Prompt] | None = None,
+    score_fn: ScoreFn | None = None,
+    student_path: str | None = None,
+    base_dir: Path | None = None,
+) -> dict[str, float]:
+    """Evaluate a student against the config's teacher on held-out prompts; nothing is written.
+
+    ``student_path``: a saved student (e.g. a run's ``final`` folder; a LoRA adapter folder is
+    loaded on top of ``student.path``); default: the config's ``student.path`` as is.
+    """
+    from accelerate import Accelerator
+
+    from onpolicy.chat import render_prompt
+    from onpolicy.config_checks import resolve_model_path, validate
+    from onpolicy.data import filter_by_length, load_prompts
+    from onpolicy.models import load_lora_student, load_model, load_tokenizer
+    from onpolicy.rollout.hf import HFRolloutBackend
+    from onpolicy.trainer.setup import load_teacher, sampling_params
+
+    validate(config, base_dir)
+    device = Accelerator().device
+    path = student_path or resolve_model_path(config.student.path)
+    if (Path(path) / "adapter_config.json").is_file():
+        base = resolve_model_path(config.student.path)
+        model, tok = load_lora_student(base, path, device=device), load_tokenizer(path)
+    else:
+        model, tok = load_model(path, device=device, trainable=False), load_tokenizer(path)
+    teacher = load_teacher(config, model, tok, device)[0] if config.teacher.path else None
+    if eval_prompts is None:
+        eval_prompts = load_prompts(config.data, config.train.seed, base_dir)[1]
+    budget = config.student.max_length - config.rollout.max_new_tokens
+    held_out, _ = filter_by_length(
+        list(eval_prompts)[: config.eval.num_prompts], lambda p: render_prompt(tok, p), budget
+    )
+    return evaluate(
+        model,
+        tok,
+        teacher,
+        HFRolloutBackend(model, tok),
+        held_out,
+        sampling_params(config),
+        config.eval.greedy,
+        config.eval.batch_size,
+        score_fn,
+    )

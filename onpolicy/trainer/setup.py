@@ -1,0 +1,203 @@
+"""Build a run's components from a validated ``Config``: student (LoRA or full), teacher, rollout
+backends, objective, optimizer and scheduler. No training logic here."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from onpolicy.config import Config, OptimConfig
+from onpolicy.config_checks import resolve_model_path
+from onpolicy.errors import ConfigError
+from onpolicy.types import SamplingParams
+
+
+@dataclass
+class Components:
+    """Everything the loop drives.
+
+    Attributes:
+        model: the student as ``accelerator.prepare`` returned it (DDP-wrapped when distributed);
+            losses run through it so the wrappers see every forward.
+        raw_model: the unwrapped student (generation, saving).
+        tokenizer: the student's tokenizer.
+        teacher: a ``LocalTeacher`` (None when the objective needs none).
+        backend: the student's rollout backend.
+        teacher_backend: samples from the teacher (objectives whose batch source is ``teacher``).
+        teacher_tokenizer: the teacher's tokenizer (None without a teacher model).
+        objective: the registered objective built from ``config.objective``.
+        optimizer, scheduler: from ``config.optim``; the scheduler steps once per optimizer step.
+        sampling: the rollout's ``SamplingParams``.
+        end_id: the student's end-of-turn (or EOS) token id, appended to finished text completions.
+    """
+
+    model: Any
+    raw_model: Any
+    tokenizer: Any
+    teacher: Any
+    backend: Any
+    teacher_backend: Any
+    teacher_tokenizer: Any
+    objective: Any
+    optimizer: Any
+    scheduler: Any
+    sampling: SamplingParams
+    end_id: int | None
+
+
+def sampling_params(config: Config) -> SamplingParams:
+    r = config.rollout
+    return SamplingParams(
+        max_new_tokens=r.max_new_tokens,
+        temperature=r.temperature,
+        top_p=r.top_p,
+        top_k=r.top_k,
+        n=r.n,
+        stop_strings=tuple(r.stop_strings),
+        stop_token_ids=tuple(r.stop_token_ids),
+    )
+
+
+def load_student(config: Config, device: torch.device) -> tuple[Any, Any]:
+    """``(model, tokenizer)``; LoRA adapters applied when ``lora.enabled`` (targets are checked
+    against the loaded model: a missing one is a one-line ``ConfigError``)."""
+    from onpolicy.models import LoraSpec, apply_lora, load_model, load_tokenizer
+
+    path = resolve_model_path(config.student.path)
+    dtype = "float32" if config.student.dtype == "auto" else config.student.dtype
+    tokenizer = load_tokenizer(path, config.student.gguf_file)
+    model = load_model(path, dtype=dtype, device=device, gguf_file=config.student.gguf_file)
+    if config.lora.enabled:
+        spec = LoraSpec(
+            rank=config.lora.r,
+            alpha=config.lora.alpha,
+            dropout=config.lora.dropout,
+            target_modules=tuple(config.lora.target_modules),
+        )
+        model = apply_lora(model, spec)
+    model.train()
+    return model, tokenizer
+
+
+def load_teacher(config: Config, student: Any, student_tok: Any, device: torch.device) -> tuple:
+    """``(LocalTeacher, teacher_model, teacher_tokenizer)``; ``mode=self`` reuses the student."""
+    from onpolicy.models import load_model, load_tokenizer
+    from onpolicy.teacher.local import LocalTeacher
+
+    t = config.teacher
+    if t.mode == "self":
+        return LocalTeacher(student, student_tok, student_tok, mode="self"), student, student_tok
+    path = resolve_model_path(t.path or "")
+    dtype = "float32" if t.dtype == "auto" else t.dtype
+    tokenizer = load_tokenizer(path, t.gguf_file)
+    model = load_model(path, dtype=dtype, device=device, gguf_file=t.gguf_file, trainable=False)
+    return LocalTeacher(model, tokenizer, student_tok, mode=t.mode), model, tokenizer
+
+
+def build_objective(config: Config) -> Any:
+    """The registered objective with ``objective.params``; a ``seed`` argument, when the factory
+    takes one and the params do not set it, gets ``train.seed`` (GKD's per-step coin)."""
+    import onpolicy.objectives  # noqa: F401  (registers the built-ins)
+    from onpolicy.objectives.base import OBJECTIVES
+
+    name = config.objective.name
+    if name not in OBJECTIVES:
+        raise ConfigError(f"objective {name!r} is not registered; use one of {sorted(OBJECTIVES)}")
+    factory = OBJECTIVES[name]
+    params = dict(config.objective.params)
+    if "seed" in inspect.signature(factory).parameters and "seed" not in params:
+        params["seed"] = config.train.seed
+    try:
+        return factory(**params)
+    except TypeError as exc:
+        raise ConfigError(f"objective {name!r}: bad params {sorted(params)}: {exc}") from exc
+
+
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """The optimizer over the trainable parameters (LoRA: the adapters only)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("the student has no trainable parameters; check lora.target_modules")
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(
+        params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay
+    )
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup over ``warmup_steps``, then constant, linear decay to 0, or cosine to 0."""
+    warm, total = cfg.warmup_steps, max(total_steps, 1)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / (warm + 1)
+        progress = min((step - warm) / max(total - warm, 1), 1.0)
+        if cfg.scheduler == "linear":
+            return 1.0 - progress
+        if cfg.scheduler == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def mixed_precision(requested: str) -> str:
+    """``requested`` when the device supports it, else ``no`` with a warning (fp16 needs CUDA)."""
+    if requested == "fp16" and not torch.cuda.is_available():
+        warnings.warn(
+            "train.mixed_precision=fp16 needs a CUDA GPU; training in float32", stacklevel=2
+        )
+        return "no"
+    return requested
+
+
+def build_components(config: Config, accelerator: Any) -> Components:
+    """Load everything and ``prepare`` the student and optimizer (the scheduler is registered for
+    checkpointing, not prepared: accelerate would step it once per process)."""
+    from onpolicy.chat import end_of_turn_token_id
+    from onpolicy.rollout.base import make_backend
+
+    model, tokenizer = load_student(config, accelerator.device)
+    objective = build_objective(config)
+    teacher = teacher_model = teacher_tok = None
+    if objective.needs_teacher or config.teacher.path is not None or config.teacher.mode == "self":
+        teacher, teacher_model, teacher_tok = load_teacher(
+            config, model, tokenizer, accelerator.device
+        )
+    optimizer = build_optimizer(model, config.optim)
+    scheduler = build_scheduler(optimizer, config.optim, config.train.steps)
+    prepared, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    raw = accelerator.unwrap_model(prepared)
+    backend = make_backend(config.rollout.backend, model=raw, tokenizer=tokenizer)
+    teacher_backend = None
+    if teacher_model is not None and config.teacher.mode != "self":
+        from onpolicy.rollout.hf import HFRolloutBackend
+
+        teacher_backend = HFRolloutBackend(teacher_model, teacher_tok)
+    end_id = end_of_turn_token_id(tokenizer)
+    if end_id is None:
+        end_id = tokenizer.eos_token_id
+    return Components(
+        model=prepared,
+        raw_model=raw,
+        tokenizer=tokenizer,
+        teacher=teacher,
+        backend=backend,
+        teacher_backend=teacher_backend,
+        teacher_tokenizer=teacher_tok,
+        objective=objective,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        sampling=sampling_params(config),
+        end_id=end_id,
+    )

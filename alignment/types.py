@@ -52,3 +52,38 @@ def _one_to_one(
     both = (_tokens_per_span(a_B_T, S) == 1) & (_tokens_per_span(b_B_T, S) == 1)
     ones = both.sum(1).to(torch.float64)
     return torch.where(num_spans_B > 0, ones / num_spans_B.clamp(min=1), 1.0)
+
+
+@dataclass(frozen=True)
+class SideLogits:
+    """One model's view of a batch for the cross-tokenizer losses (``alignment.gold``).
+
+    Attributes:
+        logits_B_T_V: [B, T, V] the model's logits on its own tokens; ``logits[:, t]`` predicts
+            token ``t + 1``. Any float dtype (computed in float32 or float64).
+        input_ids_B_T: int64 [B, T] the tokens (prompt + completion, padded).
+        span_B_T: int64 [B, T] span of each token (``-1``: prompt, padding, zero-width tokens).
+            Token 0 must be ``-1`` (nothing predicts it).
+        temperature: softmax temperature for this side.
+    """
+
+    logits_B_T_V: torch.Tensor
+    input_ids_B_T: torch.Tensor
+    span_B_T: torch.Tensor
+    temperature: float = 1.0
+
+
+@dataclass(frozen=True)
+class SpanLossTerms:
+    """Per-span parts of the GOLD-style loss, before weighting (zero where ``mask_B_S`` is False).
+
+    Attributes:
+        matched_B_S: generalized JSD between the span distributions restricted to matched
+            vocabulary pairs (0 when no pairs are given).
+        unmatched_B_S: ULD between the rest of the two span distributions.
+        mask_B_S: bool, True for spans with tokens on both sides.
+    """
+
+    matched_B_S: torch.Tensor
+    unmatched_B_S: torch.Tensor
+    mask_B_S: torch.Tensor

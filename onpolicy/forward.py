@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from onpolicy.losses.chunked import LMHead
 from onpolicy.types import IGNORE_INDEX, PaddedBatch
 
 
@@ -24,8 +25,8 @@ class CompletionForward:
         logits_N_V: logits predicting each completion token, sliced to the tokenizer's vocabulary
             (None when ``hidden`` was asked).
         hidden_N_D: final (normed) hidden states at those positions (only when ``hidden``).
-        lm_head_V_D: the output embedding, sliced to the vocabulary (only when ``hidden``):
-            ``logits = hidden @ lm_head.T`` (models without final soft-capping / logit scaling).
+        lm_head: the output head (weight ``[V, D]`` and bias sliced to the vocabulary, the model's
+            final-logit soft-capping), only when ``hidden``: ``head_logits(hidden, lm_head)``.
         targets_N: the completion token each position predicts.
         row_N: the batch row of each position.
         num_tokens_B: completion tokens per row (``sum == N``).
@@ -33,7 +34,7 @@ class CompletionForward:
 
     logits_N_V: torch.Tensor | None
     hidden_N_D: torch.Tensor | None
-    lm_head_V_D: torch.Tensor | None
+    lm_head: LMHead | None
     targets_N: torch.Tensor
     row_N: torch.Tensor
     num_tokens_B: list[int]
@@ -65,8 +66,9 @@ def forward_completions(
     if hidden:
         out = model(input_ids=ids, attention_mask=attn, output_hidden_states=True, logits_to_keep=1)
         hidden_N_D = out.hidden_states[-1][mask_dev]
-        head = _output_embeddings(model).weight[:vocab_size]
-        return CompletionForward(None, hidden_N_D, head, targets_N.to(device), rows, counts)
+        return CompletionForward(
+            None, hidden_N_D, output_head(model, vocab_size), targets_N.to(device), rows, counts
+        )
     logits_B_T_V = model(input_ids=ids, attention_mask=attn).logits
     _check_vocab(logits_B_T_V.shape[-1], vocab_size)
     logits_N_V = logits_B_T_V[mask_dev][:, :vocab_size]
@@ -81,9 +83,32 @@ def _check_vocab(model_vocab: int, vocab_size: int) -> None:
         )
 
 
-def _output_embeddings(model: torch.nn.Module) -> torch.nn.Module:
+def output_head(model: torch.nn.Module, vocab_size: int) -> LMHead:
+    """The model's LM head sliced to ``vocab_size`` rows, with its final-logit soft-capping
+    (``config.final_logit_softcapping``, Gemma-style) and logit scale (``config.logit_scale``)."""
     inner = getattr(model, "module", model)  # DDP wrappers hold the model as .module
-    return inner.get_output_embeddings()
+    linear = inner.get_output_embeddings()
+    _check_vocab(linear.weight.shape[0], vocab_size)
+    config = getattr(inner, "config", None)
+    bias = None if linear.bias is None else linear.bias[:vocab_size]
+    return LMHead(
+        weight=linear.weight[:vocab_size],
+        bias=bias,
+        logit_scale=float(getattr(config, "logit_scale", None) or 1.0),
+        softcap=getattr(config, "final_logit_softcapping", None),
+    )
+
+
+def head_logits(hidden_N_D: torch.Tensor, head: LMHead) -> torch.Tensor:
+    """``softcap(logit_scale * (hidden @ weight.T + bias))`` as float32 ``[N, V]``."""
+    z = hidden_N_D.float() @ head.weight.float().T
+    if head.bias is not None:
+        z = z + head.bias.float()
+    if head.logit_scale != 1.0:
+        z = z * head.logit_scale
+    if head.softcap is not None:
+        z = head.softcap * torch.tanh(z / head.softcap)
+    return z
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from onpolicy.losses.divergences import generalized_jsd
+from onpolicy.losses import LMHead, chunked_divergence, generalized_jsd
 from onpolicy.objectives.base import LossOutput
 from onpolicy.objectives.common import require_same, student_forward
 from onpolicy.teacher.types import TeacherScores
@@ -34,21 +34,20 @@ def divergence_loss(
     scores = require_same(scores, name)
     fwd = student_forward(student, rollout, scores.vocab_size, hidden=chunked)
     if chunked:
-        from onpolicy.losses.chunked import chunked_divergence  # type: ignore[import-not-found]
-
-        if scores.hidden_N_D is None:
+        if scores.hidden_N_D is None or scores.lm_head is None:
             raise ValueError(
                 f"objective {name!r} with chunked=True needs LocalTeacher(hidden=True)"
             )
+        device = fwd.hidden_N_D.device
+        teacher_head = LMHead(
+            scores.lm_head.weight.to(device),
+            None if scores.lm_head.bias is None else scores.lm_head.bias.to(device),
+            scores.lm_head.logit_scale, scores.lm_head.softcap,
+        )  # fmt: skip
         loss_sum = chunked_divergence(
-            fwd.hidden_N_D,
-            fwd.lm_head_V_D,
-            scores.hidden_N_D.to(fwd.hidden_N_D.device),
-            scores.lm_head_V_D.to(fwd.hidden_N_D.device),
-            beta=beta,
-            temperature=temperature,
-            reduction="sum",
-        )
+            fwd.hidden_N_D, fwd.lm_head, scores.hidden_N_D.to(device), teacher_head,
+            divergence="generalized_jsd", coef=beta, temperature=temperature, reduction="sum",
+        )  # fmt: skip
     else:
         if scores.logits_N_V is None:
             raise ValueError(

@@ -15,7 +15,8 @@ from typing import Any, Literal
 import torch
 
 from onpolicy.errors import ConfigError, TokenizerMismatchError
-from onpolicy.forward import forward_completions
+from onpolicy.forward import forward_completions, head_logits
+from onpolicy.losses import LMHead
 from onpolicy.models import adapters_disabled
 from onpolicy.teacher.types import TeacherScores
 from onpolicy.types import Rollout
@@ -84,18 +85,7 @@ class LocalTeacher:
         if fwd.logits_N_V is not None:
             logprobs_N = _token_logprobs(fwd.logits_N_V, fwd.targets_N)
         else:  # a slice of positions at a time: [N, V] logits never exist at once
-            logprobs_N = (
-                torch.cat(
-                    [
-                        _token_logprobs(h @ fwd.lm_head_V_D.T, t)
-                        for h, t in zip(
-                            fwd.hidden_N_D.split(512), fwd.targets_N.split(512), strict=True
-                        )
-                    ]
-                )
-                if fwd.targets_N.numel()
-                else fwd.targets_N.new_zeros(0, dtype=torch.float32)
-            )
+            logprobs_N = _chunked_token_logprobs(fwd.hidden_N_D, fwd.lm_head, fwd.targets_N)
         return TeacherScores(
             mode="same",
             vocab_size=self.vocab_size,
@@ -103,7 +93,7 @@ class LocalTeacher:
             token_logprobs_N=logprobs_N,
             logits_N_V=fwd.logits_N_V,
             hidden_N_D=fwd.hidden_N_D,
-            lm_head_V_D=fwd.lm_head_V_D,
+            lm_head=fwd.lm_head,
         )
 
     def _eval_mode(self):
@@ -140,6 +130,17 @@ class _null:
 def _token_logprobs(logits_N_V: torch.Tensor, targets_N: torch.Tensor) -> torch.Tensor:
     """float32 log-softmax of each row at its target."""
     return torch.log_softmax(logits_N_V.float(), dim=-1).gather(1, targets_N[:, None]).squeeze(1)
+
+
+def _chunked_token_logprobs(
+    hidden_N_D: torch.Tensor, head: LMHead, targets_N: torch.Tensor, block: int = 512
+) -> torch.Tensor:
+    """``_token_logprobs`` of ``head_logits(hidden, head)``, ``block`` positions at a time."""
+    out = [
+        _token_logprobs(head_logits(h, head), t)
+        for h, t in zip(hidden_N_D.split(block), targets_N.split(block), strict=True)
+    ]
+    return torch.cat(out) if out else torch.zeros(0, device=targets_N.device)
 
 
 def _name(tokenizer: Any) -> str:

@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 import torch
 
+from onpolicy.losses.chunked import LMHead
+
 TeacherMode = Literal["same", "cross"]
 
 
@@ -54,7 +56,8 @@ class TeacherScores:
         logits_N_V: teacher logits predicting each completion token (``same``; None when the
             teacher returned hidden states for the chunked loss).
         hidden_N_D: the teacher's final hidden states at those positions (chunked loss).
-        lm_head_V_D: the teacher's output embedding sliced to ``V`` (chunked loss).
+        lm_head: the teacher's output head sliced to ``V`` (an ``onpolicy.losses.LMHead``; chunked
+            loss).
         token_logprobs_N: the teacher's log-probability (temperature 1, full vocabulary) of the
             completion token at each position: the sampled-token signal (``same`` only).
         num_tokens_B: completion tokens per row (``sum == N``).
@@ -68,6 +71,22 @@ class TeacherScores:
     token_logprobs_N: torch.Tensor | None = None
     logits_N_V: torch.Tensor | None = None
     hidden_N_D: torch.Tensor | None = None
-    lm_head_V_D: torch.Tensor | None = None
+    lm_head: LMHead | None = None
     cross: CrossTeacherScores | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+
+    def dense_logits(self) -> torch.Tensor:
+        """float32 ``[N, V]`` teacher logits (projected from hidden states if that is what it
+        holds; for metrics and tests, the chunked loss never calls this)."""
+        if self.logits_N_V is not None:
+            return self.logits_N_V.float()
+        if self.hidden_N_D is None or self.lm_head is None:
+            raise ValueError("these teacher scores hold no same-tokenizer logits (mode=cross?)")
+        from onpolicy.forward import head_logits
+
+        return head_logits(self.hidden_N_D, self.lm_head)
+
+    @property
+    def lm_head_V_D(self) -> torch.Tensor | None:
+        """The head's weight ``[V, D]`` (kept for callers of the first API; prefer ``lm_head``)."""
+        return None if self.lm_head is None else self.lm_head.weight

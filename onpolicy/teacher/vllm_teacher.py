@@ -1,0 +1,229 @@
+"""A teacher on vLLM: top-k ``prompt_logprobs`` of prompt + completion, on an engine or a server.
+
+The teacher reads ``prompt + completion`` as one prompt (``max_tokens=1``) with
+``prompt_logprobs=k``; vLLM returns, at every position, the teacher's top-k log-probabilities (raw
+logits, temperature 1) plus the log-probability of the token actually there. The completion
+positions become the sparse
+teacher form that ``onpolicy.losses.sparse.sparse_divergence`` consumes: ``topk_ids_N_K``,
+``topk_logprobs_N_K`` and the tail bucket ``tail_logprob_N = log(1 - sum_k p_k)``, packed row-major
+over completion tokens (``N = sum(num_tokens_B)``, the convention of ``TeacherScores``).
+
+Same tokenizer: the student's own ids are scored. Different tokenizers (``mode="cross"``): each row
+is re-rendered with the teacher's chat template and its completion text re-tokenized by the teacher
+(plus the teacher's end-of-turn token when the student stopped on its own); the scores are on the
+teacher's tokens, and the alignment layer maps them to the student's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from onpolicy.errors import BackendError, ConfigError
+from onpolicy.rollout.http import RetryPolicy, request_json
+from onpolicy.types import Rollout
+
+PositionLogprobs = dict[int, tuple[float, int]]
+"""One position's prompt logprobs: token id -> (logprob, rank); rank 1 is the most likely."""
+
+
+@dataclass
+class SparseTeacherScores:
+    """Top-k teacher scores at packed completion positions (row-major, ``N = sum(num_tokens_B)``).
+
+    Attributes:
+        prompt_ids_B / completion_ids_B: the token ids the teacher scored (the student's in
+            ``same`` mode; the teacher's own tokenization in ``cross`` mode).
+        topk_ids_N_K: int64 teacher's top-k token ids per completion position, most likely first.
+        topk_logprobs_N_K: float32 their log-probabilities (temperature 1).
+        token_logprobs_N: float32 teacher's log-probability of the completion token itself.
+        tail_logprob_N: float32 ``log(1 - sum_k exp(topk))``, floored at ``log(min_tail_mass)``.
+        num_tokens_B: completion tokens per row.
+        mode: ``same`` or ``cross``.
+    """
+
+    prompt_ids_B: list[list[int]]
+    completion_ids_B: list[list[int]]
+    topk_ids_N_K: torch.Tensor
+    topk_logprobs_N_K: torch.Tensor
+    token_logprobs_N: torch.Tensor
+    tail_logprob_N: torch.Tensor
+    num_tokens_B: list[int]
+    mode: Literal["same", "cross"] = "same"
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def sparse_rows(
+    positions_B: Sequence[Sequence[PositionLogprobs | None]],
+    prompt_lens_B: Sequence[int],
+    completion_ids_B: Sequence[Sequence[int]],
+    k: int,
+    min_tail_mass: float = 1e-8,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pack the completion positions of each row's prompt logprobs into the sparse form.
+
+    ``positions_B[b][t]`` scores token ``t`` of row ``b``'s ``prompt + completion`` (None at t=0).
+    Returns ``(topk_ids_N_K, topk_logprobs_N_K, token_logprobs_N, tail_logprob_N)``.
+    """
+    ids, lps, tok = [], [], []
+    for positions, plen, comp in zip(positions_B, prompt_lens_B, completion_ids_B, strict=True):
+        if len(positions) != plen + len(comp):
+            raise BackendError(f"{len(positions)} prompt logprobs for {plen + len(comp)} tokens")
+        for j, token in enumerate(comp):
+            entry = positions[plen + j]
+            if entry is None or token not in entry:
+                raise BackendError(f"no teacher logprob for completion token {token} at {plen + j}")
+            top = sorted(((r, t, lp) for t, (lp, r) in entry.items() if r <= k))[:k]
+            if len(top) < k:
+                raise BackendError(f"teacher returned {len(top)} top logprobs, asked for {k}")
+            ids.append([t for _, t, _ in top])
+            lps.append([lp for _, _, lp in top])
+            tok.append(entry[token][0])
+    topk_ids = torch.tensor(ids, dtype=torch.long).reshape(-1, k)  # (N, K)
+    topk_lps = torch.tensor(lps, dtype=torch.float32).reshape(-1, k)  # (N, K)
+    token_lps = torch.tensor(tok, dtype=torch.float32)  # (N,)
+    lse = torch.logsumexp(topk_lps.double(), dim=-1)  # the 1 - sum cancellation wants float64
+    tail = (-torch.expm1(lse)).clamp(min=min_tail_mass, max=1.0).log().float()
+    return topk_ids, topk_lps, token_lps, tail
+
+
+def _from_vllm(prompt_logprobs: Sequence[Any]) -> list[PositionLogprobs | None]:
+    """vLLM ``RequestOutput.prompt_logprobs`` -> ``PositionLogprobs`` per position."""
+    return [
+        None if d is None else {int(t): (float(v.logprob), int(v.rank)) for t, v in d.items()}
+        for d in prompt_logprobs
+    ]
+
+
+def _from_json(prompt_logprobs: Sequence[Any]) -> list[PositionLogprobs | None]:
+    """A server's ``choices[i].prompt_logprobs`` (token id strings as keys) -> per position."""
+    return [
+        None if d is None else {int(t): (float(v["logprob"]), int(v["rank"])) for t, v in d.items()}
+        for d in prompt_logprobs
+    ]
+
+
+class VLLMTeacher:
+    """Scores rollouts with a teacher in a vLLM engine (``vllm.LLM``) or on a vLLM server.
+
+    Args:
+        source: a ``vllm.LLM`` holding the teacher, or a server's base URL (``http://host:port``).
+        top_k: teacher log-probabilities kept per position (the engine's/server's
+            ``max_logprobs`` must allow it).
+        mode: ``same`` (score the student's ids) or ``cross`` (needs both tokenizers).
+        tokenizer / student_tokenizer: teacher's and student's tokenizers (``cross`` only).
+        served_model: the server's model name (default: its first model).
+        retry: timeouts/retries for a server.
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        *,
+        top_k: int = 20,
+        mode: Literal["same", "cross"] = "same",
+        tokenizer: Any = None,
+        student_tokenizer: Any = None,
+        served_model: str | None = None,
+        retry: RetryPolicy | None = None,
+        min_tail_mass: float = 1e-8,
+    ) -> None:
+        if top_k < 1:
+            raise ConfigError(f"teacher.top_k={top_k}; the vLLM teacher needs top_k >= 1")
+        if mode == "cross" and (tokenizer is None or student_tokenizer is None):
+            raise ConfigError(
+                "a cross-tokenizer vLLM teacher needs the teacher's and student's tokenizers"
+            )
+        self.source, self.top_k, self.mode = source, top_k, mode
+        self.tokenizer, self.student_tokenizer = tokenizer, student_tokenizer
+        self.retry = retry or RetryPolicy()
+        self.min_tail_mass = min_tail_mass
+        self.url = source.rstrip("/") if isinstance(source, str) else None
+        self.served_model = served_model
+        if self.url is not None and served_model is None:
+            answer = request_json(f"{self.url}/v1/models", None, self.retry, method="GET")
+            self.served_model = str(answer["data"][0]["id"])
+
+    def score(self, rollout: Rollout) -> SparseTeacherScores:
+        """Sparse teacher scores for ``rollout`` (on the teacher's tokens in ``cross`` mode)."""
+        if self.mode == "cross":
+            prompt_ids_B, completion_ids_B = teacher_tokens(
+                rollout, self.tokenizer, self.student_tokenizer
+            )
+        else:
+            prompt_ids_B, completion_ids_B = rollout.prompt_ids_B, rollout.completion_ids_B
+        scores = self.score_ids(prompt_ids_B, completion_ids_B)
+        scores.mode = self.mode
+        return scores
+
+    def score_ids(
+        self, prompt_ids_B: Sequence[Sequence[int]], completion_ids_B: Sequence[Sequence[int]]
+    ) -> SparseTeacherScores:
+        """Sparse teacher scores of fixed token ids (one request for the whole batch)."""
+        start = time.perf_counter()
+        full_B = [list(p) + list(c) for p, c in zip(prompt_ids_B, completion_ids_B, strict=True)]
+        positions_B = self._prompt_logprobs(full_B)
+        topk_ids, topk_lps, token_lps, tail = sparse_rows(
+            positions_B,
+            [len(p) for p in prompt_ids_B],
+            completion_ids_B,
+            self.top_k,
+            self.min_tail_mass,
+        )
+        return SparseTeacherScores(
+            [list(p) for p in prompt_ids_B],
+            [list(c) for c in completion_ids_B],
+            topk_ids,
+            topk_lps,
+            token_lps,
+            tail,
+            [len(c) for c in completion_ids_B],
+            metrics={"teacher/seconds": time.perf_counter() - start},
+        )
+
+    def _prompt_logprobs(self, full_B: list[list[int]]) -> list[list[PositionLogprobs | None]]:
+        if self.url is None:
+            from vllm import SamplingParams
+            from vllm.inputs import TokensPrompt
+
+            params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=self.top_k)
+            outs = self.source.generate(
+                [TokensPrompt(prompt_token_ids=ids) for ids in full_B], params, use_tqdm=False
+            )
+            return [_from_vllm(o.prompt_logprobs) for o in outs]
+        body = {
+            "model": self.served_model,
+            "prompt": full_B,
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "prompt_logprobs": self.top_k,
+        }
+        answer = request_json(f"{self.url}/v1/completions", body, self.retry)
+        choices = sorted(answer["choices"], key=lambda c: c["index"])
+        return [_from_json(c["prompt_logprobs"]) for c in choices]
+
+
+def teacher_tokens(
+    rollout: Rollout, tokenizer: Any, student_tokenizer: Any
+) -> tuple[list[list[int]], list[list[int]]]:
+    """The teacher's own tokens for each row: the prompt rendered with the teacher's template, the
+    completion text (the student's tokens decoded, special tokens dropped) re-tokenized, plus the
+    teacher's end-of-turn (or EOS) when the student's completion ended with a special token."""
+    from onpolicy.chat import end_of_turn_token_id, render_prompt
+
+    stop = end_of_turn_token_id(tokenizer)
+    stop = tokenizer.eos_token_id if stop is None else stop
+    prompts, completions = [], []
+    for b, ids in enumerate(rollout.completion_ids_B):
+        prompt = rollout.prompts[rollout.prompt_index_B[b]]
+        text = student_tokenizer.decode(ids, skip_special_tokens=True)
+        comp = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if ids and ids[-1] in student_tokenizer.all_special_ids and stop is not None:
+            comp.append(int(stop))
+        prompts.append(render_prompt(tokenizer, prompt))
+        completions.append(comp)
+    return prompts, completions

@@ -40,6 +40,11 @@ def _log_mix(log_a: Tensor, log_b: Tensor, weight_a: float) -> Tensor:
     return torch.logaddexp(log_a + math.log(weight_a), log_b + math.log1p(-weight_a))
 
 
+def _zero(log_ps: Tensor) -> Tensor:
+    """Zeros [...] connected to ``log_ps`` (a zero gradient, not a missing one)."""
+    return log_ps.masked_fill(~torch.isfinite(log_ps), 0.0).sum(-1) * 0.0
+
+
 # ----- values (autograd, -inf safe) ---------------------------------------------------------------
 
 
@@ -65,16 +70,16 @@ def _jsd(log_ps: Tensor, log_pt: Tensor, beta: float) -> Tensor:
 def _skew_forward(log_ps: Tensor, log_pt: Tensor, alpha: float) -> Tensor:
     if alpha == 0.0:
         return _forward_kl(log_ps, log_pt, 0.0)
-    if alpha == 1.0:
-        return torch.zeros_like(log_ps[..., 0])
+    if alpha == 1.0:  # m = the first argument: L = 0
+        return _zero(log_ps)
     return _xlogratio(log_pt, _log_mix(log_pt, log_ps, alpha)).sum(-1)
 
 
 def _skew_reverse(log_ps: Tensor, log_pt: Tensor, alpha: float) -> Tensor:
     if alpha == 0.0:
         return _reverse_kl(log_ps, log_pt, 0.0)
-    if alpha == 1.0:
-        return torch.zeros_like(log_ps[..., 0])
+    if alpha == 1.0:  # m = the first argument: L = 0
+        return _zero(log_ps)
     return _xlogratio(log_ps, _log_mix(log_ps, log_pt, alpha)).sum(-1)
 
 

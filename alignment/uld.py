@@ -87,6 +87,28 @@ def sorted_l1_rows(
     return loss_R, sign_p, sign_q
 
 
+def topk_l1_rows(
+    p_R_Vp: torch.Tensor, q_R_Vq: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-wise top-``k`` ULD (``uld_loss_topk``) with the int8 subgradient for ``p``, no autograd.
+
+    Returns ``(loss_R, sign_p_R_Vp)``: ``sign(p_(i) - q_(i))`` on ``p``'s top ``K`` elements,
+    ``sign(tail_p - tail_q)`` on every other element of ``p`` (each one adds to ``tail_p``).
+    """
+    K = min(k, max(p_R_Vp.shape[-1], q_R_Vq.shape[-1]))
+    kp = min(K, p_R_Vp.shape[-1])
+    head_p, idx_p = p_R_Vp.topk(kp, dim=-1)
+    head_q = _padded_topk(q_R_Vq, K)
+    tail_p = p_R_Vp.sum(-1) - head_p.sum(-1)
+    tail_q = q_R_Vq.sum(-1) - head_q.sum(-1)
+    diff = torch.nn.functional.pad(head_p, (0, K - kp)) - head_q
+    loss_R = diff.abs().sum(-1) + (tail_p - tail_q).abs()
+    tail_sign = (tail_p - tail_q).sign().to(torch.int8)
+    sign_p = tail_sign.unsqueeze(-1).expand(p_R_Vp.shape).clone()
+    sign_p.scatter_(-1, idx_p, diff[:, :kp].sign().to(torch.int8))
+    return loss_R, sign_p
+
+
 class _SortedL1(torch.autograd.Function):
     """Per-row ULD ``[R]`` with a backward that keeps only int8 signs."""
 

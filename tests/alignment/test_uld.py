@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from alignment.errors import AlignmentError
-from alignment.uld import sorted_l1_rows, uld_loss, uld_loss_topk
+from alignment.uld import sorted_l1_rows, topk_l1_rows, uld_loss, uld_loss_topk
 
 
 def _probs(*shape: int, seed: int, dtype=torch.float64, scale: float = 3.0) -> torch.Tensor:
@@ -136,3 +136,14 @@ def test_topk_grads_match_float64_autograd_reference() -> None:
     ref = rows[mask].mean()
     torch.testing.assert_close(got, ref)
     torch.testing.assert_close(torch.autograd.grad(got, p)[0], torch.autograd.grad(ref, p)[0])
+
+
+@pytest.mark.parametrize(("Vs", "Vt", "k"), [(30, 50, 6), (50, 30, 40), (20, 20, 20)])
+def test_topk_l1_rows_signs_are_the_gradient_of_uld_loss_topk(Vs: int, Vt: int, k: int) -> None:
+    p = _probs(4, Vs, seed=17).requires_grad_()
+    q = _probs(4, Vt, seed=18)
+    loss, sign = topk_l1_rows(p.detach(), q, k)
+    ref = uld_loss_topk(p, q, k=k, reduction="none")
+    torch.testing.assert_close(loss, ref.detach())
+    (grad,) = torch.autograd.grad(ref.sum(), p)
+    torch.testing.assert_close(sign.double(), grad)

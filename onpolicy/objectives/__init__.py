@@ -1,7 +1,7 @@
 """Training objectives, registered by name (``objective.name`` in config); importing this package
 registers the built-ins. See ``onpolicy.objectives.base`` for the interface."""
 
-from onpolicy.objectives import gkd, reverse_kl, sft, supervised_kd
+from onpolicy.objectives import gkd, policy_gradient, reverse_kl, sft, supervised_kd
 from onpolicy.objectives.base import OBJECTIVES, LossOutput, Objective, register_objective
 
 __all__ = [
@@ -9,6 +9,7 @@ __all__ = [
     "LossOutput",
     "Objective",
     "gkd",
+    "policy_gradient",
     "register_objective",
     "reverse_kl",
     "sft",

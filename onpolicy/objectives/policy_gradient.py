@@ -1,0 +1,107 @@
+"""The ``policy_gradient`` objective: the sampled-token form of on-policy distillation.
+
+Per completion token ``y_t`` the advantage is
+``kl_coef * (log p_teacher(y_t) - log p_student(y_t))``
+(a one-sample estimate of ``-KL(student || teacher)`` there), plus an optional user reward per
+sequence (``reward_fn(rollout) -> [B] floats``) given to every token of that sequence. The loss is
+``onpolicy.losses.policy_gradient_loss``: importance-weighted by ``exp(log p_student - log
+p_engine)`` against the rollout engine's logprobs (PPO clipping or truncated IS). With a teacher on
+another tokenizer the advantage is per aligned span (chain rule, exact on the sampled text: see
+``alignment.spans_math.span_sampled_reward``), placed on each span's last student token.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from onpolicy.losses import policy_gradient_loss, token_logprobs
+from onpolicy.objectives.base import BatchSource, LossOutput, register_objective
+from onpolicy.objectives.common import require_same, student_forward
+from onpolicy.teacher.types import TeacherScores
+from onpolicy.types import Rollout
+
+RewardFn = Callable[[Rollout], Sequence[float]]
+
+
+@register_objective("policy_gradient")
+@dataclass
+class PolicyGradient:
+    """Sampled-token distillation as a policy gradient (see the module docstring).
+
+    Attributes:
+        kl_coef: weight of the distillation advantage (0 = the user reward alone).
+        clip_mode: ``ppo`` (clipped surrogate) or ``tis`` (truncated importance sampling).
+        clip_eps: PPO clip range. tis_cap: TIS weight cap.
+        reward_fn: optional ``rollout -> [B]`` per-sequence rewards, added to each token's
+            advantage.
+    """
+
+    kl_coef: float = 1.0
+    clip_mode: str = "ppo"
+    clip_eps: float = 0.2
+    tis_cap: float = 2.0
+    reward_fn: RewardFn | None = None
+
+    name: ClassVar[str] = "policy_gradient"
+    needs_teacher: ClassVar[bool] = True
+
+    def batch_source(self, step: int) -> BatchSource:
+        return "student"
+
+    def loss(self, student, rollout: Rollout, teacher_scores: TeacherScores | None) -> LossOutput:
+        if teacher_scores is not None and teacher_scores.mode == "cross":
+            from onpolicy.objectives.cross import span_advantages_and_logprobs
+
+            student_lp_N, advantage_N, targets = span_advantages_and_logprobs(
+                student, rollout, teacher_scores
+            )
+        else:
+            scores = require_same(teacher_scores, self.name)
+            fwd = student_forward(student, rollout, scores.vocab_size)
+            student_lp_N = token_logprobs(fwd.logits_N_V, fwd.targets_N)
+            teacher_lp_N = scores.token_logprobs_N.to(student_lp_N.device)
+            advantage_N = (teacher_lp_N - student_lp_N).detach()
+            targets = fwd.targets_N
+        behaviour_N = _behaviour(rollout, student_lp_N)
+        advantage_N = self.kl_coef * advantage_N + self._rewards(rollout, student_lp_N)
+        loss_sum = policy_gradient_loss(
+            student_lp_N, behaviour_N, advantage_N, clip_mode=self.clip_mode,
+            clip_eps=self.clip_eps, tis_cap=self.tis_cap, reduction="sum",
+        )  # fmt: skip
+        n = int(targets.numel())
+        metrics = {
+            "advantage_sum": float(advantage_N.sum()),
+            "pg_loss_sum": float(loss_sum.detach()),
+        }
+        return LossOutput(loss_sum=loss_sum, num_tokens=n, metrics=metrics)
+
+    def _rewards(self, rollout: Rollout, like_N: torch.Tensor) -> torch.Tensor:
+        """Each sequence's user reward repeated over its completion tokens ([N])."""
+        if self.reward_fn is None:
+            return torch.zeros_like(like_N)
+        rewards = [float(r) for r in self.reward_fn(rollout)]
+        if len(rewards) != len(rollout):
+            raise ValueError(f"reward_fn returned {len(rewards)} rewards for {len(rollout)} rows")
+        counts = torch.tensor([len(c) for c in rollout.completion_ids_B])
+        per_row = torch.tensor(rewards, dtype=like_N.dtype)
+        return per_row.repeat_interleave(counts).to(like_N.device)
+
+
+def _behaviour(rollout: Rollout, student_lp_N: torch.Tensor) -> torch.Tensor:
+    """The engine's logprobs packed like the completion positions; where the engine reported none
+    (NaN: fixed completions), the student's own (detached: ratio 1)."""
+    flat = [lp for row in rollout.sampling_logprobs_B for lp in row]
+    if len(flat) != student_lp_N.numel():
+        raise ValueError(
+            f"the rollout has {len(flat)} sampling logprobs for {student_lp_N.numel()} completion "
+            "tokens; a backend must report one logprob per completion token"
+        )
+    behaviour = torch.tensor(flat, dtype=student_lp_N.dtype, device=student_lp_N.device)
+    if any(math.isnan(x) for x in flat):
+        behaviour = torch.where(behaviour.isnan(), student_lp_N.detach(), behaviour)
+    return behaviour

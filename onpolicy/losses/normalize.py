@@ -56,4 +56,6 @@ def token_normalized(loss_sum: Tensor, global_count: int, world_size: int = 1) -
         raise ValueError(
             f"need global_count >= 0 and world_size >= 1; got {global_count}, {world_size}"
         )
-    return loss_sum * (world_size / max(global_count, 1))
+    if global_count == 0:  # nothing counts anywhere this step: an explicit zero with zero grads
+        return loss_sum * 0.0
+    return loss_sum * (world_size / global_count)

@@ -1,0 +1,181 @@
+"""Models for the arithmetic task: tokenizers, tiny Llama configs, the teacher the project trains.
+
+- ``char_tokenizer()``: one token per character (the teacher's and the same-tokenizer student's).
+- ``bpe_tokenizer()``: a BPE trained on the task's texts (the cross-tokenizer student's): it merges
+  frequent pieces such as ``+0=`` so its token boundaries differ from the teacher's.
+- ``arithmetic_models()``: the teacher (trained by supervised learning on gold scratchpads to a high
+  exact match), the smaller student (pre-trained briefly on the same data, partially right), and the
+  different-tokenizer student; all cached on disk under the project cache and rebuilt when missing.
+
+Head dimension 32 everywhere (vLLM's CPU attention supports it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from onpolicy.tasks.arithmetic import ALPHABET, arithmetic_task
+from onpolicy.tasks.supervised import evaluate_exact_match, train_supervised
+
+SPECIALS = ("<pad>", "<eos>")
+
+
+def cache_root() -> Path:
+    """The project cache (``onpolicy.offline.cache_dir()`` when present, else ``.cache/onpolicy``)."""
+    try:
+        from onpolicy.offline import cache_dir
+
+        return Path(cache_dir())
+    except ImportError:
+        return Path(os.environ.get("ONPOLICY_CACHE", ".cache/onpolicy")).resolve()
+
+
+def _wrap(tok) -> PreTrainedTokenizerFast:
+    from tokenizers import decoders
+
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", padding_side="left"
+    )
+
+
+def char_tokenizer() -> PreTrainedTokenizerFast:
+    """One token per character of ``ALPHABET`` (ids 2..), ``<pad>`` = 0, ``<eos>`` = 1."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+
+    vocab = {s: i for i, s in enumerate((*SPECIALS, *ALPHABET))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    return _wrap(tok)
+
+
+def bpe_tokenizer(texts: list[str], vocab_size: int = 48) -> PreTrainedTokenizerFast:
+    """A BPE over ``ALPHABET`` trained on ``texts`` (merges stay inside ``|``-separated steps)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Split("|", behavior="isolated")
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIALS),
+        initial_alphabet=list(ALPHABET),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return _wrap(tok)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A tiny Llama: ``hidden = heads * 32``."""
+
+    layers: int
+    heads: int
+    ffn: int
+
+    def build(self, tokenizer: PreTrainedTokenizerFast, seed: int) -> LlamaForCausalLM:
+        torch.manual_seed(seed)
+        cfg = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32 * self.heads,
+            intermediate_size=self.ffn,
+            num_hidden_layers=self.layers,
+            num_attention_heads=self.heads,
+            num_key_value_heads=self.heads,
+            head_dim=32,
+            max_position_embeddings=256,
+            tie_word_embeddings=True,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.eos_token_id,
+        )
+        return LlamaForCausalLM(cfg)
+
+
+@dataclass(frozen=True)
+class ArithmeticModelsConfig:
+    """What the cached models are built from (its hash names the cache folder)."""
+
+    digits: int = 3
+    num_train: int = 4000
+    data_seed: int = 0
+    teacher: ModelSpec = ModelSpec(layers=3, heads=2, ffn=256)
+    teacher_steps: int = 800
+    student: ModelSpec = ModelSpec(layers=2, heads=2, ffn=128)
+    student_steps: int = 200
+    batch_size: int = 64
+    lr: float = 3e-3
+
+    def key(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class ArithmeticModels:
+    """Folders (``save_pretrained`` model + tokenizer) of the task's three models, and their scores.
+
+    Attributes:
+        teacher_dir: the char-level teacher.
+        student_dir: the smaller char-level student (same tokenizer as the teacher).
+        cross_student_dir: the student with a BPE tokenizer (cross-tokenizer methods).
+        scores: held-out exact match of each, measured when they were built.
+    """
+
+    teacher_dir: Path
+    student_dir: Path
+    cross_student_dir: Path
+    scores: dict[str, float]
+
+
+def max_new_tokens(digits: int) -> int:
+    """Completion budget of a ``digits``-digit problem: the gold length + EOS + slack."""
+    return 9 * digits + digits + 2 + 1 + 4
+
+
+def arithmetic_models(
+    cfg: ArithmeticModelsConfig | None = None, root: Path | None = None, log=print
+) -> ArithmeticModels:
+    """The cached models for ``cfg`` (built and saved on first use, a few minutes on a CPU)."""
+    cfg = cfg or ArithmeticModelsConfig()
+    folder = (root or cache_root()) / "arithmetic" / cfg.key()
+    done = folder / "scores.json"
+    if done.exists():
+        scores = json.loads(done.read_text())
+        return ArithmeticModels(
+            folder / "teacher", folder / "student", folder / "cross_student", scores
+        )
+    task = arithmetic_task(digits=cfg.digits, num_train=cfg.num_train, seed=cfg.data_seed)
+    texts = [p.text + p.reference for p in task.train_prompts]
+    char_tok = char_tokenizer()
+    bpe_tok = bpe_tokenizer(texts)
+    scores = {}
+    plan = [
+        ("teacher", cfg.teacher, char_tok, cfg.teacher_steps),
+        ("student", cfg.student, char_tok, cfg.student_steps),
+        ("cross_student", cfg.student, bpe_tok, cfg.student_steps),
+    ]
+    for name, spec, tok, steps in plan:
+        start = time.perf_counter()
+        model = spec.build(tok, seed=cfg.data_seed)
+        losses = train_supervised(
+            model, tok, task.train_prompts, steps, cfg.batch_size, cfg.lr, cfg.data_seed
+        )
+        scores[name] = evaluate_exact_match(model, tok, task, max_new_tokens(cfg.digits))
+        log(
+            f"[arithmetic] trained {name} ({sum(p.numel() for p in model.parameters()):,} "
+            f"params, {steps} steps, final loss {losses[-1]:.3f}) in "
+            f"{time.perf_counter() - start:.0f}s: held-out exact match {scores[name]:.3f}"
+        )
+        model.save_pretrained(folder / name)
+        tok.save_pretrained(folder / name)
+    done.write_text(json.dumps(scores, indent=1))
+    return arithmetic_models(cfg, root, log)

@@ -1,0 +1,99 @@
+"""Plain supervised training and greedy exact-match evaluation (used to build the task's models).
+
+Not a distillation method: this trains the arithmetic teacher on gold scratchpads, and pre-trains
+the students briefly so that distillation has something left to fix.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+
+import torch
+
+from onpolicy.types import PaddedBatch, Prompt
+
+
+def encode_pairs(tokenizer, prompts: Sequence[Prompt]) -> tuple[list[list[int]], list[list[int]]]:
+    """Prompt ids and gold completion ids (+ EOS) for each prompt (``reference`` must be set)."""
+    prompt_ids = [tokenizer(p.text, add_special_tokens=False)["input_ids"] for p in prompts]
+    completion_ids = [
+        [*tokenizer(p.reference, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+        for p in prompts
+    ]
+    return prompt_ids, completion_ids
+
+
+def train_supervised(
+    model: torch.nn.Module,
+    tokenizer,
+    prompts: Sequence[Prompt],
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+) -> list[float]:
+    """AdamW with linear warmup and cosine decay on next-token loss over the gold completions.
+
+    Returns the per-step mean loss (mean over completion tokens of the batch).
+    """
+    prompt_ids, completion_ids = encode_pairs(tokenizer, prompts)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps))
+    )
+    rng, losses = random.Random(seed), []
+    model.train()
+    for _ in range(steps):
+        idx = rng.sample(range(len(prompts)), min(batch_size, len(prompts)))
+        batch = PaddedBatch.from_ragged(
+            [prompt_ids[i] for i in idx], [completion_ids[i] for i in idx], tokenizer.pad_token_id
+        )
+        logits = model(
+            input_ids=batch.input_ids_B_T, attention_mask=batch.attention_mask_B_T
+        ).logits
+        loss = torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1).float(), batch.labels().flatten(), ignore_index=-100
+        )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def greedy_complete(
+    model: torch.nn.Module,
+    tokenizer,
+    prompts: Sequence[Prompt],
+    max_new_tokens: int,
+    batch_size: int = 256,
+) -> list[str]:
+    """Greedy completions (decoded, up to EOS) for plain-text prompts, batched, left-padded."""
+    model.eval()
+    out: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = [p.text for p in prompts[start : start + batch_size]]
+        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+        gen = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        new = gen[:, enc["input_ids"].shape[1] :]
+        out.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+    return out
+
+
+def evaluate_exact_match(model, tokenizer, task, max_new_tokens: int) -> float:
+    """Mean task score of greedy completions on ``task.eval_prompts``."""
+    texts = greedy_complete(model, tokenizer, task.eval_prompts, max_new_tokens)
+    return task.mean_score(texts, task.eval_prompts) or 0.0

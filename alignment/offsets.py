@@ -219,8 +219,16 @@ def byte_offsets(
         Text-carrying tokens partition the bytes with ``end > start``; added markers have
         ``end == start`` (at the position where they sit).
     """
-    table = token_bytes_table(tokenizer)
     encoding = _backend(tokenizer).encode(text, add_special_tokens=add_special_tokens)
+    return offsets_from_encoding(tokenizer, text, encoding)
+
+
+def offsets_from_encoding(
+    tokenizer: Any, text: str, encoding: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``byte_offsets`` for a ``tokenizers.Encoding`` of ``text`` you already have (e.g. from
+    ``backend_tokenizer.encode_batch``): the ids and the byte offsets, same conventions."""
+    table = token_bytes_table(tokenizer)
     ids = np.asarray(encoding.ids, dtype=np.int64)
     chars = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)
     data = text.encode("utf-8")

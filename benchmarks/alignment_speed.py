@@ -1,0 +1,142 @@
+"""Aligning one million tokens of real text between two real tokenizers, on one core.
+
+Ours: ``alignment.offsets.offsets_from_encoding`` (token-byte table, vectorised cumsum) +
+``alignment.spans.align_spans`` (intersection of end positions + searchsorted).
+Peer: TRL 1.16 GOLD's own code, called as TRL ships it: the body of
+``trl.experimental.utils.encode_with_byte_offsets`` (char -> byte table per text, then
+``_normalize_byte_offsets``) and ``ULDLoss._align_by_byte_offsets`` (a Python walk per token).
+TRL supports only byte-level BPE, so the side-by-side pair is GPT-2 vs Qwen2.5; SmolLM2 vs Gemma-3
+(SentencePiece with byte fallback) is timed for ours alone.
+
+Both sides get the same ``tokenizers`` encodings (``encode_batch``), timed separately and reported
+as "encode". Text: the Python standard library's sources (code, comments, docstrings), one document
+per file, until the student side has >= 1,000,000 tokens.
+
+    OMP_NUM_THREADS=1 RAYON_NUM_THREADS=1 .venv/bin/python benchmarks/alignment_speed.py
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("RAYON_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import statistics
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer
+
+from alignment.offsets import offsets_from_encoding
+from alignment.spans import align_spans
+from onpolicy import offline
+
+REPEATS = 3
+TARGET_TOKENS = 1_000_000
+
+
+def corpus(tokenizer, target: int) -> list[str]:
+    """Standard-library sources, in name order, until ``tokenizer`` counts ``target`` tokens."""
+    docs, total = [], 0
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        docs.append(text)
+        total += len(tokenizer.backend_tokenizer.encode(text, add_special_tokens=False).ids)
+        if total >= target:
+            break
+    return docs
+
+
+def ours(a_tok, b_tok, docs, a_encs, b_encs) -> int:
+    spans = 0
+    for text, ea, eb in zip(docs, a_encs, b_encs, strict=True):
+        _, a_off = offsets_from_encoding(a_tok, text, ea)
+        _, b_off = offsets_from_encoding(b_tok, text, eb)
+        a_span, _ = align_spans(a_off, b_off)
+        spans += int(a_span.max()) + 1 if len(a_span) else 0
+    return spans
+
+
+def trl_gold(docs, a_encs, b_encs) -> int:
+    from trl.experimental.gold.gold_trainer import ULDLoss
+    from trl.experimental.utils import _normalize_byte_offsets
+
+    def trl_offsets(text, enc):  # the loop body of trl.experimental.utils.encode_with_byte_offsets
+        char_to_byte = [0]
+        for ch in text:
+            char_to_byte.append(char_to_byte[-1] + len(ch.encode("utf-8")))
+        byte_offsets = [(char_to_byte[s], char_to_byte[e]) for s, e in enc.offsets]
+        return _normalize_byte_offsets(byte_offsets, enc.tokens, text.encode("utf-8"))
+
+    spans = 0
+    for text, ea, eb in zip(docs, a_encs, b_encs, strict=True):
+        groups, _ = ULDLoss._align_by_byte_offsets(trl_offsets(text, ea), trl_offsets(text, eb))
+        spans += len(groups)
+    return spans
+
+
+def timed(fn, *args) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(REPEATS):
+        t0 = time.perf_counter()
+        out = fn(*args)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def run_pair(a_name: str, b_name: str, with_peer: bool) -> list[str]:
+    a_tok = AutoTokenizer.from_pretrained(offline.ALL[a_name]())
+    b_tok = AutoTokenizer.from_pretrained(offline.ALL[b_name]())
+    docs = corpus(a_tok, TARGET_TOKENS)
+
+    def encode():
+        return (
+            a_tok.backend_tokenizer.encode_batch(docs, add_special_tokens=False),
+            b_tok.backend_tokenizer.encode_batch(docs, add_special_tokens=False),
+        )
+
+    t_enc, (a_encs, b_encs) = timed(encode)
+    n_a, n_b = sum(len(e.ids) for e in a_encs), sum(len(e.ids) for e in b_encs)
+    ours(a_tok, b_tok, docs[:2], a_encs[:2], b_encs[:2])  # builds the cached token-byte tables
+    t_ours, s_ours = timed(ours, a_tok, b_tok, docs, a_encs, b_encs)
+    pair = f"{a_name} vs {b_name}"
+    head = f"| {pair} | {n_a:,} / {n_b:,} | {len(docs)} | {t_enc:.2f} |"
+    if not with_peer:
+        return [f"{head} {t_ours:.2f} | - | - | {s_ours:,} spans |"]
+    t_trl, s_trl = timed(trl_gold, docs, a_encs, b_encs)
+    same = "same spans" if s_trl == s_ours else f"spans differ: {s_ours:,} vs {s_trl:,}"
+    return [f"{head} {t_ours:.2f} | {t_trl:.2f} | {t_trl / t_ours:.1f}x | {same} ({s_ours:,}) |"]
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    lines = [
+        f"Aligning >= {TARGET_TOKENS:,} tokens of real text on one core "
+        f"(median of {REPEATS}, seconds; Python {sys.version.split()[0]}, "
+        f"torch {torch.__version__})",
+        "",
+        "| pair (student vs teacher) | tokens | docs | encode (both) | ours: offsets + spans "
+        "| TRL GOLD: offsets + spans | speed-up | check |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    lines += run_pair("gpt2", "qwen", with_peer=True)
+    lines += run_pair("smollm2", "gemma3", with_peer=False)
+    lines += ["", "Target: ours < 10 s per million tokens, excluding the tokenizers' own encode."]
+    table = "\n".join(lines)
+    print(table)
+    out = Path(__file__).with_name("RESULTS-alignment-speed.md")
+    out.write_text(
+        "# Alignment speed\n\n"
+        "`OMP_NUM_THREADS=1 RAYON_NUM_THREADS=1 .venv/bin/python benchmarks/alignment_speed.py`\n\n"
+        + table
+        + "\n"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -2,11 +2,13 @@
 
 One optimizer step takes ``micro_batch_size * grad_accum * processes`` prompts from a shared,
 resumable prompt stream; process ``r`` takes its contiguous slice and splits it into ``grad_accum``
-micro-batches. Each micro-batch's ``LossOutput.loss_sum`` (a SUM over counted tokens) is
-backpropagated as is; after the last one, the counted tokens are summed over micro-batches and
-processes (``N``) and every gradient is multiplied by ``processes / N`` (DDP averaged the processes'
-gradient sums). The result is the gradient of ``global loss sum / N``: the same for any split of the
-same prompts into micro-batches, accumulation steps and processes.
+micro-batches. All micro-batches are rolled out first (token ids only), so the global count ``N`` of
+completion tokens (over micro-batches and processes) is known before any backward; then each
+micro-batch is scored and its ``LossOutput.loss_sum`` (a SUM over counted tokens) is backpropagated
+scaled by ``processes / N`` (DDP averages the processes' gradients). The result is the gradient of
+``global loss sum / N``: the same for any split of the same prompts into micro-batches,
+accumulation steps and processes. An objective that counts other tokens than the completion tokens
+(``sum(num_tokens) != N``) gets its gradients renormalized by its own global count.
 
 A step whose loss (on any process) or gradient norm is NaN/inf is skipped on every process: no
 update, counted in ``train/nonfinite_steps``; after ``train.max_nonfinite`` of them the run stops
@@ -63,66 +65,54 @@ def train_step(
     grad_clip: float | None,
 ) -> StepResult:
     """One optimizer step over this process's micro-batches (see the module docstring)."""
-    from onpolicy.chat import render_prompt
-
     source = c.objective.batch_source(step)
-    local = torch.zeros(3, dtype=torch.float64)  # [loss_sum, counted tokens, non-finite losses]
+    start = time.perf_counter()
+    rollouts = [make_rollout(c, source, prompts) for prompts in micro_batches]
+    rollout_seconds = time.perf_counter() - start
+    local_tokens = sum(len(x) for r in rollouts for x in r.completion_ids_B)
+    n_global = int(_reduce(accelerator, [local_tokens])[0])
     metrics: dict[str, float] = {}
-    rollout_tokens, start = 0, time.perf_counter()
-    for i, prompts in enumerate(micro_batches):
-        ids = [render_prompt(c.tokenizer, p) for p in prompts]
-        rollout = completions_for(
-            source,
-            prompts,
-            ids,
-            c.sampling,
-            c.backend,
-            c.tokenizer,
-            c.end_id,
-            c.teacher_backend,
-            _teacher_renderer(c),
-            c.teacher is None or c.teacher.mode == "same",
-        )
+    if n_global == 0:  # no completion token anywhere: nothing to learn, every process skips
+        return StepResult(0.0, 0, False, False, metrics)
+    # global normalization: each loss SUM is divided by the global token count N; DDP then
+    # averages the processes' gradients, so multiply by the process count to undo that average
+    scale = accelerator.num_processes / n_global
+    local = [0.0, 0.0, 0.0]  # [loss_sum, counted tokens, non-finite losses]
+    for i, rollout in enumerate(rollouts):
         scores = c.teacher.score(rollout) if c.objective.needs_teacher else None
-        last = i == len(micro_batches) - 1
+        last = i == len(rollouts) - 1
         # gradients are all-reduced once, on the last micro-batch
         sync = contextlib.nullcontext() if last else accelerator.no_sync(c.model)
         with sync:
             out = c.objective.loss(c.model, rollout, scores)
-            _backward(out.loss_sum, accelerator, c.model, last)
+            _backward(out.loss_sum * scale, accelerator, c.model, last)
         value = float(out.loss_sum.detach())
-        local += torch.tensor(
-            [
-                value if math.isfinite(value) else 0.0,
-                out.num_tokens,
-                0.0 if math.isfinite(value) else 1.0,
-            ],
-            dtype=torch.float64,
-        )
-        rollout_tokens += sum(len(x) for x in rollout.completion_ids_B)
+        finite = math.isfinite(value)
+        local = [
+            local[0] + (value if finite else 0.0),
+            local[1] + out.num_tokens,
+            local[2] + (not finite),
+        ]
+        diag = rollout_diagnostics(rollout.completion_ids_B, rollout.finish_reason_B)
         _accumulate(
             metrics,
             rollout.metrics,
-            rollout_diagnostics(rollout.completion_ids_B, rollout.finish_reason_B),
+            diag,
             out.metrics,
             scores.metrics if scores is not None else {},
         )
-    metrics = {k: v / len(micro_batches) for k, v in metrics.items()}
-    total = accelerator.reduce(local.to(accelerator.device), reduction="sum").cpu()
-    loss_sum, n_tokens, n_bad = float(total[0]), int(total[1]), int(total[2])
+    metrics = {k: v / len(rollouts) for k, v in metrics.items()}
+    loss_sum, n_counted, n_bad = _reduce(accelerator, local)
     params = [p for p in c.model.parameters() if p.requires_grad]
-    if n_bad > 0 or n_tokens == 0:
+    if n_bad > 0:
         c.optimizer.zero_grad(set_to_none=True)
-        return StepResult(float("nan") if n_bad else 0.0, n_tokens, False, n_bad > 0, metrics)
-    # global normalization: DDP averaged the processes' gradient SUMS; make it sum / N_global
-    scale = accelerator.num_processes / n_tokens
-    for p in params:
-        if p.grad is not None:
-            p.grad.mul_(scale)
+        return StepResult(float("nan"), n_global, False, True, metrics)
+    if n_counted != n_global:  # the objective counts other tokens (e.g. teacher spans)
+        _rescale_grads(params, n_global / max(n_counted, 1.0))
     grad_norm = _clip(accelerator, params, grad_clip)
     if not math.isfinite(grad_norm):
         c.optimizer.zero_grad(set_to_none=True)
-        return StepResult(float("nan"), n_tokens, False, True, metrics)
+        return StepResult(float("nan"), int(n_counted), False, True, metrics)
     c.optimizer.step()
     c.scheduler.step()
     c.optimizer.zero_grad(set_to_none=True)
@@ -132,11 +122,52 @@ def train_step(
         {
             "train/grad_norm": grad_norm,
             "train/lr": c.scheduler.get_last_lr()[0],
-            "train/tokens_per_second": rollout_tokens / max(seconds, 1e-9),
+            "train/tokens_per_second": local_tokens / max(seconds, 1e-9),
+            "train/rollout_seconds": rollout_seconds,
+            "train/step_seconds": seconds,
             "train/on_policy": float(source == "student"),
         }
     )
-    return StepResult(loss_sum / n_tokens, n_tokens, True, False, metrics)
+    return StepResult(loss_sum / max(n_counted, 1.0), int(n_counted), True, False, metrics)
+
+
+def make_rollout(c: Components, source: Any, prompts: list[Prompt]) -> Any:
+    """The completions of one micro-batch from ``source``, in the student's tokens."""
+    from onpolicy.chat import render_prompt
+
+    ids = [render_prompt(c.tokenizer, p) for p in prompts]
+    same = c.teacher is None or c.teacher.mode == "same"
+    return completions_for(
+        source,
+        prompts,
+        ids,
+        c.sampling,
+        c.backend,
+        c.tokenizer,
+        c.end_id,
+        c.teacher_backend,
+        _teacher_renderer(c),
+        same,
+    )
+
+
+def _reduce(accelerator: Any, values: list[float]) -> list[float]:
+    """Sum ``values`` over processes (float64, exact for token counts)."""
+    t = torch.tensor(values, dtype=torch.float64, device=accelerator.device)
+    return accelerator.reduce(t, reduction="sum").cpu().tolist()
+
+
+def _rescale_grads(params: list[torch.Tensor], factor: float) -> None:
+    """Gradients were normalized by completion tokens; renormalize by the objective's count."""
+    for p in params:
+        if p.grad is None:
+            continue
+        if not hasattr(p.grad, "mul_"):  # pragma: no cover - partitioned (DeepSpeed) gradients
+            raise TrainingError(
+                "this objective's token count differs from the completion tokens; "
+                "that needs accessible gradients (use DDP or FSDP, not DeepSpeed)"
+            )
+        p.grad.mul_(factor)
 
 
 def _backward(loss_sum: torch.Tensor, accelerator: Any, model: Any, last: bool) -> None:

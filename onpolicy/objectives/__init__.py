@@ -1,7 +1,7 @@
 """Training objectives, registered by name (``objective.name`` in config); importing this package
 registers the built-ins. See ``onpolicy.objectives.base`` for the interface."""
 
-from onpolicy.objectives import gkd, policy_gradient, reverse_kl, sft, supervised_kd
+from onpolicy.objectives import gkd, gold, policy_gradient, reverse_kl, sft, supervised_kd, uld
 from onpolicy.objectives.base import OBJECTIVES, LossOutput, Objective, register_objective
 
 __all__ = [
@@ -9,9 +9,11 @@ __all__ = [
     "LossOutput",
     "Objective",
     "gkd",
+    "gold",
     "policy_gradient",
     "register_objective",
     "reverse_kl",
     "sft",
     "supervised_kd",
+    "uld",
 ]

@@ -64,6 +64,15 @@ class LocalTeacher:
         self.vocab_size = len(tokenizer)
         if mode != "self":
             model.requires_grad_(False)
+        self._matched: tuple[torch.Tensor, ...] | None = None
+
+    def matched_vocab(self) -> tuple[torch.Tensor, ...]:
+        """(student_ids_M, teacher_ids_M) spelling the same bytes; computed once (cross mode)."""
+        if self._matched is None:
+            from onpolicy.teacher.cross import matched_vocab_pairs
+
+            self._matched = matched_vocab_pairs(self.student_tokenizer, self.tokenizer)
+        return self._matched
 
     def score(self, rollout: Rollout) -> TeacherScores:
         """The teacher's ``TeacherScores`` for ``rollout`` (no gradients)."""

@@ -10,7 +10,7 @@ tokens.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
@@ -25,15 +25,20 @@ class CrossTeacherScores:
 
     Attributes:
         prompt_ids_B: the teacher's rendering of each row's prompt (its own chat template).
-        completion_ids_B: the teacher's tokenization of each completion (text + its own end of turn
-            when the student stopped with its end-of-turn/EOS token).
+        completion_ids_B: the teacher's tokenization of each completion's bytes (+ its own end of
+            turn when the student stopped with its end-of-turn/EOS token).
         logits_Nt_V: teacher logits predicting each teacher completion token, packed row-major
             (``Nt = sum(len(c) for c in completion_ids_B)``), vocab sliced to the teacher tokenizer.
-        token_logprobs_Nt: teacher log-probability of each of its completion tokens.
+        token_logprobs_Nt: float32 teacher log-probability of each of its completion tokens.
         num_tokens_B: teacher completion tokens per row.
-        alignment_B: per row, the alignment between student and teacher completion tokens
-            (``alignment`` package's span alignment objects).
+        student_span_B: per row, int64 ``[Ts]`` span of each *student* completion token (``-1``:
+            in no span, e.g. a special token, or bytes that are not valid UTF-8).
+        teacher_span_B: per row, int64 ``[Tt]`` span of each teacher completion token.
+        num_spans_B: spans per row. Span ``k`` covers the same completion bytes on both sides; the
+            student's stop token and the teacher's end of turn form the last span when both stop.
         vocab_size: the teacher tokenizer's size.
+        matched_student_ids_M, matched_teacher_ids_M: vocabulary pairs spelling the same bytes
+            (for the GOLD-style loss).
     """
 
     prompt_ids_B: list[list[int]]
@@ -41,8 +46,12 @@ class CrossTeacherScores:
     logits_Nt_V: torch.Tensor
     token_logprobs_Nt: torch.Tensor
     num_tokens_B: list[int]
-    alignment_B: list[Any]
+    student_span_B: list[torch.Tensor]
+    teacher_span_B: list[torch.Tensor]
+    num_spans_B: list[int]
     vocab_size: int
+    matched_student_ids_M: torch.Tensor
+    matched_teacher_ids_M: torch.Tensor
 
 
 @dataclass

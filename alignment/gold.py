@@ -38,9 +38,7 @@ from alignment.spans_math import Anchor, count_spans, span_anchor_positions
 from alignment.types import SideLogits, SpanLossTerms
 from alignment.uld import Reduction, reduce_rows, sorted_l1_rows, topk_l1_rows
 
-CHUNK_ELEMS = (
-    1 << 22
-)  # rows per chunk = CHUNK_ELEMS // vocabulary (16 MiB of float32 per row block)
+CHUNK_ELEMS = 1 << 22  # rows per chunk = CHUNK_ELEMS // vocabulary (16 MiB of float32 a block)
 
 
 @dataclass(frozen=True)
@@ -54,9 +52,38 @@ class _Spec:
     chunk_rows: int
 
 
-def _log_rows(logits_N_V: torch.Tensor, rows: torch.Tensor, tau: float, dtype) -> torch.Tensor:
-    z = logits_N_V.index_select(0, rows).to(dtype)
+@dataclass(frozen=True)
+class _Plan:
+    """Flat logits rows one side needs, for the ``R`` spans that count (index tensors only).
+
+    ``anchor_rows_R``: the row holding each span's anchor distribution. ``rest_rows_N``,
+    ``rest_ids_N``, ``rest_span_N``: for every other token of those spans, the row that predicts
+    it, its id, and its span's index in ``0 .. R - 1`` (for the chain-rule scale).
+    """
+
+    anchor_rows_R: torch.Tensor
+    rest_rows_N: torch.Tensor
+    rest_ids_N: torch.Tensor
+    rest_span_N: torch.Tensor
+
+
+def _log_softmax_rows(logits, rows: torch.Tensor, tau: float, dtype) -> torch.Tensor:
+    z = logits.index_select(0, rows).to(dtype)
     return torch.log_softmax(z / tau if tau != 1.0 else z, dim=-1)
+
+
+def _chunks(n: int, size: int):
+    return (slice(i, i + size) for i in range(0, n, size))
+
+
+def _rest_scale(logits, plan: _Plan, R: int, tau: float, dtype, chunk: int) -> torch.Tensor:
+    """[R] chain-rule log-prob of each span's non-anchor tokens (no autograd)."""
+    scale = torch.zeros(R, dtype=dtype, device=logits.device)
+    for sl in _chunks(plan.rest_rows_N.shape[0], chunk):
+        log_p = _log_softmax_rows(logits, plan.rest_rows_N[sl], tau, dtype)
+        lp = log_p.gather(1, plan.rest_ids_N[sl].unsqueeze(1)).squeeze(1)
+        scale.index_add_(0, plan.rest_span_N[sl], lp)
+    return scale
 
 
 def _gjsd_rows(
@@ -80,26 +107,31 @@ def _gjsd_rows(
     return (beta * tb + (1 - beta) * ta).sum(-1), (1 - beta) * ta
 
 
+def _span_rows(logits, plan: _Plan, scale_R, sl: slice, tau: float, dtype):
+    """``(log_a, a)`` [c, V] span distributions of the spans in ``sl``."""
+    log_a = _log_softmax_rows(logits, plan.anchor_rows_R[sl], tau, dtype)
+    log_a.add_(scale_R[sl].unsqueeze(-1))
+    return log_a, log_a.exp()
+
+
 class _SpanDivergence(torch.autograd.Function):
-    """Per-span ``(matched_R, unmatched_R)`` from anchor rows; backward to student logits/scale."""
+    """Per-span ``(matched_R, unmatched_R)``; gradient to the student logits only."""
 
     @staticmethod
-    def forward(ctx, s_logits, s_scale_R, t_logits, t_scale_R, s_rows_R, t_rows_R, spec: _Spec):  # type: ignore[override]
-        dt = s_scale_R.dtype
-        R, Vs = s_rows_R.shape[0], s_logits.shape[-1]
+    def forward(ctx, s_logits, t_logits, s_plan: _Plan, t_plan: _Plan, spec: _Spec):  # type: ignore[override]
+        dt = torch.promote_types(s_logits.dtype, torch.float32)
+        R, Vs, ch = s_plan.anchor_rows_R.shape[0], s_logits.shape[-1], spec.chunk_rows
         ms, mt = spec.matched_student_M, spec.matched_teacher_M
+        s_scale = _rest_scale(s_logits, s_plan, R, spec.student_temperature, dt, ch)
+        t_scale = _rest_scale(t_logits, t_plan, R, spec.teacher_temperature, dt, ch)
         sign = torch.empty(R, Vs, dtype=torch.int8, device=s_logits.device)
         h_M = None if ms is None else torch.empty(R, ms.shape[0], dtype=dt, device=s_logits.device)
-        out_m, out_u = s_scale_R.new_zeros(R), s_scale_R.new_zeros(R)
-        for r0 in range(0, R, spec.chunk_rows):
-            sl = slice(r0, r0 + spec.chunk_rows)
-            log_a = _log_rows(s_logits, s_rows_R[sl], spec.student_temperature, dt)
-            log_a = log_a + s_scale_R[sl].detach().unsqueeze(-1)
-            log_b = _log_rows(t_logits, t_rows_R[sl], spec.teacher_temperature, dt)
-            log_b = log_b + t_scale_R[sl].unsqueeze(-1)
-            a, b = log_a.exp(), log_b.exp()
-            if ms is not None and mt is not None:
-                out_m[sl], h_M[sl] = _gjsd_rows(log_a[:, ms], log_b[:, mt], spec.beta)  # type: ignore[index]
+        out_m, out_u = s_scale.new_zeros(R), s_scale.new_zeros(R)
+        for sl in _chunks(R, ch):
+            log_a, a = _span_rows(s_logits, s_plan, s_scale, sl, spec.student_temperature, dt)
+            log_b, b = _span_rows(t_logits, t_plan, t_scale, sl, spec.teacher_temperature, dt)
+            if ms is not None and mt is not None and h_M is not None:
+                out_m[sl], h_M[sl] = _gjsd_rows(log_a[:, ms], log_b[:, mt], spec.beta)
                 a.index_fill_(1, ms, 0.0)  # matched entries leave the ULD part; zeros sort last
                 b.index_fill_(1, mt, 0.0)
             if spec.top_k is None:
@@ -109,30 +141,33 @@ class _SpanDivergence(torch.autograd.Function):
             if ms is not None:
                 sg.index_fill_(1, ms, 0)  # zeroed entries are constants, not variables
             sign[sl] = sg
-        ctx.save_for_backward(s_logits, s_scale_R, s_rows_R, sign, h_M)
-        ctx.spec = spec
+        ctx.save_for_backward(s_logits, s_scale, sign, h_M)
+        ctx.plan, ctx.spec = s_plan, spec
         return out_m, out_u
 
     @staticmethod
     def backward(ctx, g_m_R, g_u_R):  # type: ignore[override]
-        s_logits, s_scale_R, s_rows_R, sign, h_M = ctx.saved_tensors
-        spec: _Spec = ctx.spec
-        dt = s_scale_R.dtype
-        grad_logits = torch.zeros_like(s_logits)
-        grad_scale = torch.zeros_like(s_scale_R)
-        for r0 in range(0, s_rows_R.shape[0], spec.chunk_rows):
-            sl = slice(r0, r0 + spec.chunk_rows)
-            log_p = _log_rows(s_logits, s_rows_R[sl], spec.student_temperature, dt)
-            p = log_p.exp()
-            a = (log_p + s_scale_R[sl].unsqueeze(-1)).exp()
-            h = a * sign[sl].to(dt) * g_u_R[sl].to(dt).unsqueeze(-1)  # h = a * dL/da
+        s_logits, s_scale, sign, h_M = ctx.saved_tensors
+        plan, spec = ctx.plan, ctx.spec
+        dt, tau, ch = s_scale.dtype, spec.student_temperature, spec.chunk_rows
+        grad = torch.zeros_like(s_logits)
+        grad_scale = torch.zeros_like(s_scale)  # dL/d(log scale) per span
+        for sl in _chunks(plan.anchor_rows_R.shape[0], ch):
+            log_p = _log_softmax_rows(s_logits, plan.anchor_rows_R[sl], tau, dt)
+            a = (log_p + s_scale[sl].unsqueeze(-1)).exp()
+            h = a.mul_(sign[sl].to(dt)).mul_(g_u_R[sl].to(dt).unsqueeze(-1))  # h = a * dL/da
             if h_M is not None:
                 h.index_add_(1, spec.matched_student_M, h_M[sl] * g_m_R[sl].to(dt).unsqueeze(-1))
             h_sum = h.sum(-1, keepdim=True)
-            dz = (h - p * h_sum) / spec.student_temperature  # softmax backward, then 1/tau
-            grad_logits.index_add_(0, s_rows_R[sl], dz.to(grad_logits.dtype))
+            dz = h.sub_(log_p.exp_().mul_(h_sum))  # softmax backward: h - p * sum(h)
+            grad.index_add_(0, plan.anchor_rows_R[sl], dz.div_(tau).to(grad.dtype))
             grad_scale[sl] = h_sum.squeeze(-1)
-        return grad_logits, grad_scale, None, None, None, None, None
+        for sl in _chunks(plan.rest_rows_N.shape[0], ch):  # scale = sum of rest token log-probs
+            g_N = grad_scale[plan.rest_span_N[sl]].unsqueeze(-1)
+            p = _log_softmax_rows(s_logits, plan.rest_rows_N[sl], tau, dt).exp_()
+            dz = p.mul_(-g_N).scatter_add_(1, plan.rest_ids_N[sl].unsqueeze(1), g_N)
+            grad.index_add_(0, plan.rest_rows_N[sl], dz.div_(tau).to(grad.dtype))
+        return grad, None, None, None, None
 
 
 def _check_side(side: SideLogits, name: str) -> None:
@@ -150,21 +185,28 @@ def _check_side(side: SideLogits, name: str) -> None:
         raise AlignmentError(f"{name}: token 0 is in a span but nothing predicts it; give it -1")
 
 
-def _side_rows(side: SideLogits, S: int, anchor: Anchor, dtype):
-    """``(rows_B_S, log_scale_B_S, mask_B_S)``: flat logits row of each anchor's distribution and
-    the chain-rule log-prob of the span's other tokens (computed on those tokens' rows only)."""
-    span, ids = side.span_B_T.long(), side.input_ids_B_T
-    B, T, V = side.logits_B_T_V.shape
-    pos_B_S, mask_B_S = span_anchor_positions(span, anchor, S)
+def _side_plan(side: SideLogits, S: int, anchor: Anchor, sel_B_S: torch.Tensor) -> _Plan:
+    """Index tensors of one side for the spans where ``sel_B_S`` (no [.., V] work here)."""
+    span = side.span_B_T.long()
+    B, T = span.shape
+    pos_B_S, _ = span_anchor_positions(span, anchor, S)
     # [B, T]; the padding column keeps gather valid when S == 0 (tokens with span -1 are unused)
     anchor_of_token = torch.nn.functional.pad(pos_B_S, (0, 1)).gather(1, span.clamp(min=0))
     rest = (span >= 0) & (torch.arange(T, device=span.device) != anchor_of_token)
     b, t = rest.nonzero(as_tuple=True)
-    z = side.logits_B_T_V.reshape(B * T, V)[b * T + t - 1].to(dtype) / side.temperature
-    lp = z.gather(1, ids[b, t].unsqueeze(1)).squeeze(1) - torch.logsumexp(z, dim=-1)
-    scale = torch.zeros(B * S, dtype=dtype, device=lp.device).index_add(0, b * S + span[b, t], lp)
+    index_of_span = torch.full((B * S,), -1, dtype=torch.long, device=span.device)
+    sel = sel_B_S.reshape(-1).nonzero().squeeze(1)
+    index_of_span[sel] = torch.arange(sel.shape[0], device=span.device)
+    rest_span = index_of_span[b * S + span[b, t]]
+    keep = rest_span >= 0  # rest tokens of spans that count
+    b, t = b[keep], t[keep]
     rows_B_S = torch.arange(B, device=span.device).unsqueeze(1) * T + pos_B_S - 1
-    return rows_B_S, scale.reshape(B, S), mask_B_S
+    return _Plan(
+        anchor_rows_R=rows_B_S.reshape(-1)[sel],
+        rest_rows_N=b * T + t - 1,
+        rest_ids_N=side.input_ids_B_T[b, t].long(),
+        rest_span_N=rest_span[keep],
+    )
 
 
 def _check_matched(ms: torch.Tensor, mt: torch.Tensor, Vs: int, Vt: int) -> None:
@@ -179,6 +221,39 @@ def _check_matched(ms: torch.Tensor, mt: torch.Tensor, Vs: int, Vt: int) -> None
                 f"matched {name} ids must lie in [0, {V}); got [{int(ids.min())}, "
                 f"{int(ids.max())}]: build the vocabulary map from the same tokenizers"
             )
+
+
+def _validate(
+    student: SideLogits,
+    teacher: SideLogits,
+    ms: torch.Tensor | None,
+    mt: torch.Tensor | None,
+    beta: float,
+    top_k: int | None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Check the arguments of ``gold_terms``; the matched ids as int64, or ``None`` for none."""
+    _check_side(student, "student")
+    _check_side(teacher, "teacher")
+    B, Vs, Vt = (
+        student.logits_B_T_V.shape[0],
+        student.logits_B_T_V.shape[-1],
+        teacher.logits_B_T_V.shape[-1],
+    )
+    if teacher.logits_B_T_V.shape[0] != B:
+        raise AlignmentError(f"student batch {B} != teacher batch {teacher.logits_B_T_V.shape[0]}")
+    if not 0.0 <= beta <= 1.0:
+        raise AlignmentError(f"beta={beta} must lie in [0, 1] (0: forward KL, 1: reverse KL)")
+    if top_k is not None and top_k < 1:
+        raise AlignmentError(f"top_k={top_k} must be >= 1 or None (exact ULD)")
+    if (ms is None) != (mt is None):
+        raise AlignmentError(
+            "pass both matched_student_ids_M and matched_teacher_ids_M, or neither"
+        )
+    if ms is None or mt is None:
+        return None, None
+    ms, mt = ms.long(), mt.long()
+    _check_matched(ms, mt, Vs, Vt)
+    return (ms, mt) if ms.numel() else (None, None)
 
 
 def gold_terms(
@@ -204,45 +279,27 @@ def gold_terms(
         ``SpanLossTerms`` with [B, S] terms; ``S`` = the larger span count of the two sides.
         Differentiable with respect to the student logits only.
     """
-    _check_side(student, "student")
-    _check_side(teacher, "teacher")
+    ms, mt = _validate(student, teacher, matched_student_ids_M, matched_teacher_ids_M, beta, top_k)
     B, _, Vs = student.logits_B_T_V.shape
     Vt = teacher.logits_B_T_V.shape[-1]
-    if teacher.logits_B_T_V.shape[0] != B:
-        raise AlignmentError(f"student batch {B} != teacher batch {teacher.logits_B_T_V.shape[0]}")
-    if not 0.0 <= beta <= 1.0:
-        raise AlignmentError(f"beta={beta} must lie in [0, 1] (0: forward KL, 1: reverse KL)")
-    if top_k is not None and top_k < 1:
-        raise AlignmentError(f"top_k={top_k} must be >= 1 or None (exact ULD)")
-    ms = mt = None
-    if matched_student_ids_M is not None and matched_teacher_ids_M is not None:
-        ms, mt = matched_student_ids_M.long(), matched_teacher_ids_M.long()
-        _check_matched(ms, mt, Vs, Vt)
-        if ms.numel() == 0:
-            ms = mt = None
-    elif (matched_student_ids_M is None) != (matched_teacher_ids_M is None):
-        raise AlignmentError(
-            "pass both matched_student_ids_M and matched_teacher_ids_M, or neither"
-        )
     S = max(count_spans(student.span_B_T), count_spans(teacher.span_B_T))
-    dtype = torch.promote_types(student.logits_B_T_V.dtype, torch.float32)
-    s_rows, s_scale, s_mask = _side_rows(student, S, anchor, dtype)
-    t_rows, t_scale, t_mask = _side_rows(teacher, S, anchor, dtype)
-    mask = s_mask & t_mask
-    sel = mask.reshape(-1).nonzero().squeeze(1)
+    mask = (
+        span_anchor_positions(student.span_B_T.long(), anchor, S)[1]
+        & span_anchor_positions(teacher.span_B_T.long(), anchor, S)[1]
+    )  # spans with tokens on both sides
     spec = _Spec(
         student.temperature, teacher.temperature, beta, ms, mt, top_k,
         max(1, CHUNK_ELEMS // max(Vs, Vt)),
     )  # fmt: skip
     matched_R, unmatched_R = _SpanDivergence.apply(
         student.logits_B_T_V.reshape(-1, Vs),
-        s_scale.reshape(-1)[sel],
         teacher.logits_B_T_V.detach().reshape(-1, Vt),
-        t_scale.detach().reshape(-1)[sel].to(dtype),
-        s_rows.reshape(-1)[sel],
-        t_rows.reshape(-1)[sel],
+        _side_plan(student, S, anchor, mask),
+        _side_plan(teacher, S, anchor, mask),
         spec,
     )
+    dtype = matched_R.dtype
+    sel = mask.reshape(-1).nonzero().squeeze(1)
     zeros = torch.zeros(B * S, dtype=dtype, device=mask.device)
     return SpanLossTerms(
         matched_B_S=zeros.index_put((sel,), matched_R).reshape(B, S),

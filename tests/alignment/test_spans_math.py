@@ -8,6 +8,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from alignment.errors import AlignmentError
+from alignment.spans import align_spans
 from alignment.spans_math import (
     count_spans,
     span_anchor_positions,
@@ -52,28 +53,12 @@ def _char_level() -> Tokenizer:
 
 
 def _encode(tok: Tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-    """BOS + prompt + completion ids; completion byte offsets (ASCII: chars == bytes)."""
+    """BOS + prompt + completion ids; byte offsets in the completion (ASCII: chars == bytes),
+    zero-width for BOS and prompt tokens (they get span -1)."""
     bos = tok.token_to_id("<bos>")
     prompt = tok.encode(PROMPT, add_special_tokens=False).ids
     enc = tok.encode(text, add_special_tokens=False)
-    return [bos, *prompt, *enc.ids], [(-1, -1)] * (1 + len(prompt)) + list(enc.offsets)
-
-
-def _align(a_offs: list[tuple[int, int]], b_offs: list[tuple[int, int]]):
-    """Reference alignment: spans close where both sides end at the same byte."""
-
-    def ends(offs):
-        return {e for s, e in offs if s >= 0}
-
-    common = sorted(ends(a_offs) & ends(b_offs))
-
-    def spans(offs):
-        out = []
-        for s, e in offs:
-            out.append(-1 if s < 0 else next(k for k, c in enumerate(common) if e <= c))
-        return torch.tensor([out])
-
-    return spans(a_offs), spans(b_offs)
+    return [bos, *prompt, *enc.ids], [(0, 0)] * (1 + len(prompt)) + list(enc.offsets)
 
 
 def _model(vocab: int, seed: int) -> LlamaForCausalLM:
@@ -97,7 +82,7 @@ def two_sides():
         ids, offs = _encode(tok, TEXT)
         sides.append((_model(tok.get_vocab_size(), seed), torch.tensor([ids]), offs))
     (ms, ids_s, offs_s), (mt, ids_t, offs_t) = sides
-    span_s, span_t = _align(offs_s, offs_t)
+    span_s, span_t = (x.unsqueeze(0) for x in align_spans(offs_s, offs_t))
     assert ids_s.shape[1] != ids_t.shape[1]  # really two different tokenizations
     return (ms, ids_s, span_s), (mt, ids_t, span_t)
 

@@ -51,6 +51,7 @@ class TokenBytes:
         length_V: int64 [V] ``len(bytes_V[i])``.
         special_V: bool [V] special tokens (zero-width markers when generated or added).
         added_V: bool [V] added tokens (special or not): matched literally in text.
+        byte_fallback_V: bool [V] SentencePiece byte-fallback pieces ``<0xNN>``.
         byte_exact: False for tokenizers whose tokens do not spell the text (WordPiece).
         prefix_space: True if the tokenizer prepends a dummy "▁" to the text (SentencePiece).
     """
@@ -59,6 +60,7 @@ class TokenBytes:
     length_V: np.ndarray
     special_V: np.ndarray
     added_V: np.ndarray
+    byte_fallback_V: np.ndarray
     byte_exact: bool
     prefix_space: bool
 
@@ -144,8 +146,10 @@ def token_bytes_table(tokenizer: Any) -> TokenBytes:
     V = max(max(vocab.values(), default=-1), max(added, default=-1)) + 1
     wp_prefix = getattr(backend.model, "continuing_subword_prefix", "") or ""
     table = [b""] * V
+    fallback = np.zeros(V, dtype=bool)
     for piece, i in vocab.items():
         table[i] = _piece_bytes(piece, kind, wp_prefix)
+        fallback[i] = kind == "sentencepiece" and len(piece) == 6 and piece.startswith("<0x")
     special, is_added = np.zeros(V, dtype=bool), np.zeros(V, dtype=bool)
     for i, tok in added.items():
         table[i] = tok.content.encode("utf-8")
@@ -158,6 +162,7 @@ def token_bytes_table(tokenizer: Any) -> TokenBytes:
         length_V=np.fromiter((len(b) for b in table), dtype=np.int64, count=V),
         special_V=special,
         added_V=is_added,
+        byte_fallback_V=fallback & ~is_added,
         byte_exact=kind != "wordpiece",
         prefix_space=kind == "sentencepiece" and _prefix_space(backend),
     )

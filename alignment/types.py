@@ -87,3 +87,29 @@ class SpanLossTerms:
     matched_B_S: torch.Tensor
     unmatched_B_S: torch.Tensor
     mask_B_S: torch.Tensor
+
+
+@dataclass(frozen=True)
+class VocabMap:
+    """Tokens of two vocabularies that stand for the same bytes (``Ġthe``, ``▁the`` -> b" the").
+
+    Attributes:
+        student_ids_M: int64 [M] student ids of the matched non-special tokens.
+        teacher_ids_M: int64 [M] teacher ids, pairwise with ``student_ids_M`` (one-to-one: when a
+            vocabulary holds several ids with the same bytes, the non-byte-fallback one with the
+            lowest id represents them).
+        special_roles: role of each matched special pair (``bos``, ``eos``, ``end_of_turn``, ...,
+            or ``content`` for specials with the same text on both sides).
+        student_special_P: int64 [P] student ids of those pairs.
+        teacher_special_P: int64 [P] teacher ids of those pairs.
+        student_vocab_size: the student tokenizer's size (ids below it); logits may be padded wider.
+        teacher_vocab_size: the teacher tokenizer's size.
+    """
+
+    student_ids_M: torch.Tensor
+    teacher_ids_M: torch.Tensor
+    special_roles: tuple[str, ...]
+    student_special_P: torch.Tensor
+    teacher_special_P: torch.Tensor
+    student_vocab_size: int
+    teacher_vocab_size: int

@@ -48,7 +48,7 @@ class VLLMEngineOptions:
         dtype: engine dtype (``auto`` = the checkpoint's; ``float32`` for exact parity tests).
         gpu_memory_utilization: share of accelerator memory vLLM may take (weights + KV cache).
         kv_cache_space_gib: KV cache size on CPU (sets ``VLLM_CPU_KVCACHE_SPACE`` if unset).
-        max_model_len: longest prompt + completion the engine accepts.
+        max_model_len: longest prompt + completion the engine accepts (None = the model's).
         enforce_eager: no CUDA graphs / compilation (required on CPU, faster start-up anywhere).
         sync_every: push weights every this many optimizer steps (1 = after each step).
         lora_sync: ``merged`` (push ``W + delta`` merged in float32) or ``adapter`` (LoRARequest).
@@ -57,13 +57,14 @@ class VLLMEngineOptions:
         enable_prefix_caching: reuse KV of shared prompt prefixes (reset after each sync).
         in_process: run the engine core in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``):
             weight sync then passes tensors without serialization.
-        seed: engine seed (per-request seeds come from ``SamplingParams.seed``).
+        seed: engine seed; None leaves the process' global RNG alone (an in-process engine with a
+            seed reseeds it). Per-request seeds come from ``SamplingParams.seed``.
     """
 
     dtype: str = "auto"
     gpu_memory_utilization: float = 0.3
     kv_cache_space_gib: int = 1
-    max_model_len: int = 2048
+    max_model_len: int | None = None
     enforce_eager: bool = True
     sync_every: int = 1
     lora_sync: LoraSync = "merged"
@@ -71,7 +72,7 @@ class VLLMEngineOptions:
     max_logprobs: int = 20
     enable_prefix_caching: bool = True
     in_process: bool = True
-    seed: int = 0
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.gpu_memory_utilization <= 1:
@@ -82,7 +83,7 @@ class VLLMEngineOptions:
             raise ConfigError(f"rollout.sync_every={self.sync_every} must be >= 1")
         if self.lora_sync not in ("merged", "adapter"):
             raise ConfigError(f"rollout.lora_sync={self.lora_sync!r}; use 'merged' or 'adapter'")
-        if self.max_model_len < 2:
+        if self.max_model_len is not None and self.max_model_len < 2:
             raise ConfigError(f"rollout.max_model_len={self.max_model_len} is too small")
 
     @classmethod
@@ -181,7 +182,15 @@ def _finish_reason(reason: str | None) -> FinishReason:
 
 
 class VLLMEngineBackend:
-    """Colocated vLLM engine sampling the student (see the module docstring)."""
+    """Colocated vLLM engine sampling the student (see the module docstring).
+
+    Args:
+        model_path: Hugging Face folder of the student's (base) weights, loaded by the engine.
+        options: ``VLLMEngineOptions``.
+        stop_token_ids: ids that end a completion; default ``default_stop_token_ids(model_path)``.
+        llm: an already started ``vllm.LLM`` to use instead of starting one (shared engines;
+            ``adapter`` sync needs it started with ``enable_lora=True``).
+    """
 
     def __init__(
         self,
@@ -189,13 +198,14 @@ class VLLMEngineBackend:
         *,
         options: VLLMEngineOptions | None = None,
         stop_token_ids: Sequence[int] | None = None,
+        llm: Any = None,
     ) -> None:
         self.options = options or VLLMEngineOptions()
         self.model_path = str(model_path)
         self.stop_token_ids = tuple(
             default_stop_token_ids(model_path) if stop_token_ids is None else stop_token_ids
         )
-        self.llm = _start_engine(self.model_path, self.options)
+        self.llm = _start_engine(self.model_path, self.options) if llm is None else llm
         self.policy_version = 0
         self._lora_request = None
         self._lora_dir: Path | None = None
@@ -285,13 +295,15 @@ def engine_kwargs(model_path: str, options: VLLMEngineOptions) -> dict[str, Any]
         "model": model_path,
         "dtype": options.dtype,
         "gpu_memory_utilization": options.gpu_memory_utilization,
-        "max_model_len": options.max_model_len,
         "enforce_eager": options.enforce_eager,
         "enable_prefix_caching": options.enable_prefix_caching,
         "logprobs_mode": "raw_logprobs",
         "max_logprobs": options.max_logprobs,
-        "seed": options.seed,
     }
+    if options.max_model_len is not None:
+        kwargs["max_model_len"] = options.max_model_len
+    if options.seed is not None:
+        kwargs["seed"] = options.seed
     if options.lora_sync == "adapter":
         kwargs.update(enable_lora=True, max_lora_rank=options.max_lora_rank, max_loras=1)
     return kwargs

@@ -113,3 +113,29 @@ class VocabMap:
     teacher_special_P: torch.Tensor
     student_vocab_size: int
     teacher_vocab_size: int
+
+
+@dataclass(frozen=True)
+class TeacherView:
+    """The teacher's input for one student sample, and the alignment of the completion tokens.
+
+    Attributes:
+        teacher_input_ids_T: int64 [T] teacher prompt (the teacher's chat template and tokenizer)
+            followed by the completion's bytes tokenized by the teacher, then the teacher's
+            end-of-turn token if the student stopped.
+        completion: slice of ``teacher_input_ids_T`` holding the completion tokens (end-of-turn
+            included); logits at ``completion.start - 1 ...`` predict them.
+        student_span_Ts: int64 [Ts] span per student completion token (``-1``: zero-width special).
+        teacher_span_Tt: int64 [Tt] span per teacher completion token, ``Tt = len(completion)``.
+        num_spans: number of spans; when the student stopped, the last span ``num_spans - 1`` holds
+            only the two stop tokens (student EOS/end-of-turn <-> teacher end-of-turn, matched by
+            role, zero bytes).
+        stopped: the student's completion ended with one of its stop tokens.
+    """
+
+    teacher_input_ids_T: torch.Tensor
+    completion: slice
+    student_span_Ts: torch.Tensor
+    teacher_span_Tt: torch.Tensor
+    num_spans: int
+    stopped: bool

@@ -1,0 +1,81 @@
+"""The teacher's view: its own template, the completion's exact bytes, stop tokens by role."""
+
+from __future__ import annotations
+
+import pytest
+
+from alignment.chat import encode_bytes, render_prompt, teacher_view
+from alignment.offsets import token_bytes_table, token_offsets
+
+MESSAGES = [{"role": "user", "content": "What is the capital of France? Answer briefly."}]
+ANSWER = "The capital of France is Paris 🇫🇷.\nПариж — 巴黎."
+
+
+def span_bytes(tokenizer, ids, spans, k):
+    table = token_bytes_table(tokenizer)
+    return b"".join(
+        b"" if table.special_V[i] else table.bytes_V[i]
+        for i, s in zip(ids, spans.tolist(), strict=True)
+        if s == k
+    )
+
+
+@pytest.mark.parametrize(("student", "teacher"), [("smollm2", "gemma3"), ("smollm2", "qwen")])
+def test_teacher_view_of_a_stopped_completion(real_tokenizers, student, teacher):
+    s_tok, t_tok = real_tokenizers[student], real_tokenizers[teacher]
+    completion = [*s_tok(ANSWER, add_special_tokens=False)["input_ids"], s_tok.eos_token_id]
+    view = teacher_view(MESSAGES, completion, s_tok, t_tok)
+    ids = view.teacher_input_ids_T.tolist()
+    # the prompt is the teacher's own template rendering, not the student's
+    assert ids[: view.completion.start] == render_prompt(t_tok, MESSAGES)
+    assert t_tok.decode(ids[: view.completion.start]).count("France") == 1
+    t_completion = ids[view.completion]
+    eot = {"gemma3": "<end_of_turn>", "qwen": "<|im_end|>"}[teacher]
+    assert view.stopped and t_completion[-1] == t_tok.convert_tokens_to_ids(eot)
+    assert t_tok.decode(t_completion[:-1]) == ANSWER
+    # every span covers the same bytes on both sides; the stop pair is the last, zero-byte span
+    assert view.student_span_Ts[-1] == view.teacher_span_Tt[-1] == view.num_spans - 1
+    for k in range(view.num_spans - 1):
+        a = span_bytes(s_tok, completion, view.student_span_Ts, k)
+        b = span_bytes(t_tok, t_completion, view.teacher_span_Tt, k)
+        assert a == b != b""
+    assert len(view.teacher_span_Tt) == len(t_completion)
+
+
+def test_truncated_completion_with_invalid_utf8(real_tokenizers):
+    """GPT-2-style byte tokens cut an emoji: the teacher gets the same bytes, not U+FFFD."""
+    s_tok, t_tok = real_tokenizers["smollm2"], real_tokenizers["gemma3"]
+    full = s_tok("ok 👨‍👩‍👧", add_special_tokens=False)["input_ids"]
+    _, raw_full = token_offsets(s_tok, full)
+    for cut in range(1, len(full)):
+        _, raw = token_offsets(s_tok, full[:cut])
+        view = teacher_view(MESSAGES, full[:cut], s_tok, t_tok)
+        assert not view.stopped
+        t_ids = view.teacher_input_ids_T[view.completion].tolist()
+        assert token_offsets(t_tok, t_ids)[1] == raw == raw_full[: len(raw)]
+
+
+def test_encode_bytes_invalid_utf8_round_trip(real_tokenizers):
+    data = "añb".encode() + b"\xf0\x9f" + b"c\xff"
+    for name in ("gpt2", "gemma3"):
+        tok = real_tokenizers[name]
+        ids, off = encode_bytes(tok, data)
+        assert token_offsets(tok, ids)[1] == data
+        assert off[0, 0] == 0 and off[-1, 1] == len(data)
+        assert (off[1:, 0] == off[:-1, 1]).all()
+
+
+def test_empty_completion_and_stop_only(real_tokenizers):
+    s_tok, t_tok = real_tokenizers["smollm2"], real_tokenizers["gemma3"]
+    view = teacher_view(MESSAGES, [], s_tok, t_tok)
+    assert view.num_spans == 0 and view.completion.stop == view.completion.start
+    view = teacher_view(MESSAGES, [s_tok.eos_token_id], s_tok, t_tok)
+    assert view.num_spans == 1 and view.teacher_input_ids_T[-1].item() == 106
+
+
+def test_teacher_without_template_gets_plain_rendering(real_tokenizers):
+    s_tok, t_tok = real_tokenizers["smollm2"], real_tokenizers["gpt2"]
+    completion = [*s_tok("Paris.", add_special_tokens=False)["input_ids"], 2]
+    view = teacher_view(MESSAGES, completion, s_tok, t_tok)
+    text = t_tok.decode(view.teacher_input_ids_T)
+    assert text == f"user: {MESSAGES[0]['content']}\nassistant: Paris.<|endoftext|>"

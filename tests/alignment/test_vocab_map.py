@@ -22,9 +22,9 @@ from onpolicy import offline
 
 def test_same_tokenizer_by_content(real_tokenizers):
     qwen = real_tokenizers["qwen"]
-    again = AutoTokenizer.from_pretrained(offline.qwen_tokenizer_dir())
+    again = AutoTokenizer.from_pretrained(offline.smollm2_dir())
     again.model_max_length = 7  # settings that do not change ids do not count
-    assert same_tokenizer(qwen, again)
+    assert same_tokenizer(real_tokenizers["smollm2"], again)
     assert not same_tokenizer(qwen, real_tokenizers["gpt2"])
     assert not same_tokenizer(real_tokenizers["smollm2"], real_tokenizers["gemma3"])
     changed = copy.deepcopy(real_tokenizers["gpt2"])

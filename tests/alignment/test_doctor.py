@@ -1,0 +1,56 @@
+"""The compatibility doctor on real tokenizer pairs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from alignment.doctor import load_conversations, main, recommend, run_doctor
+from onpolicy import offline
+
+
+def test_cross_family_pair_report():
+    report = run_doctor(offline.gemma3_dir(), offline.smollm2_dir())
+    assert "same tokenizer (by content): no" in report
+    assert "<end_of_turn> (106)" in report and "<|im_end|> (2)" in report
+    assert "262,144 / 262,144" in report and "49,152 / 49,152" in report
+    assert "| digits '31415926'" in report and "3|1|4|1|5|9|2|6" in report
+    assert "recommended loss: GOLD-style hybrid" in report
+    assert "warning: different end-of-turn tokens" in report
+    assert "renders <bos> and the tokenizer adds another" in report
+
+
+def test_same_tokenizer_report(tmp_path, real_tokenizers):
+    data = tmp_path / "conv.jsonl"
+    rows = [{"prompt": "2+2?", "completion": "4, of course."},
+            {"messages": [{"role": "user", "content": "hi"},
+                          {"role": "assistant", "content": "Hello  there!"}]}]  # fmt: skip
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    qwen = real_tokenizers["qwen"]
+    report = run_doctor(qwen, qwen, data)
+    assert "same tokenizer (by content): yes" in report
+    assert "alignment coverage: 100% of" in report and "(2 conversations)" in report
+    assert "recommended loss: same-vocab divergence" in report
+    assert "warning" not in report
+
+
+def test_base_model_without_template_is_flagged(real_tokenizers):
+    report = run_doctor(real_tokenizers["qwen"], real_tokenizers["gpt2"])
+    assert "the student has no chat template" in report
+
+
+def test_recommend_thresholds():
+    assert recommend(True, 0.0, 0.0).startswith("same-vocab")
+    assert recommend(False, 0.9, 0.1).startswith("GOLD")
+    assert recommend(False, 0.1, 0.9).startswith("ULD")
+    assert recommend(False, 0.1, 0.1).startswith("sampled-token span reward")
+
+
+def test_bad_inputs(tmp_path, capsys):
+    assert main(["--teacher", str(tmp_path / "nope"), "--student", str(tmp_path)]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "x"}\n')
+    with pytest.raises(ValueError, match="expected a `messages` or `prompt` key"):
+        load_conversations(bad)

@@ -1,0 +1,62 @@
+"""onpolicy: on-policy and cross-tokenizer distillation of language models.
+
+The main names are importable from the package; modules that pull torch/transformers load on
+first use (``import onpolicy`` stays cheap)::
+
+    from onpolicy import (LocalTeacher, SamplingParams, Prompt, load_model, load_tokenizer,
+                          make_backend, make_objective, score, loss, step)
+    from onpolicy.api import rollout
+
+(``rollout`` is not re-exported here: ``onpolicy.rollout`` is the backends' subpackage.)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    # the contract
+    "Prompt": "onpolicy.types",
+    "SamplingParams": "onpolicy.types",
+    "Rollout": "onpolicy.types",
+    "PaddedBatch": "onpolicy.types",
+    "IGNORE_INDEX": "onpolicy.types",
+    "TeacherScores": "onpolicy.teacher.types",
+    "LossOutput": "onpolicy.objectives.base",
+    # the Python API
+    "score": "onpolicy.api",
+    "loss": "onpolicy.api",
+    "step": "onpolicy.api",
+    "distillation_reward": "onpolicy.api",
+    "completion_rollout": "onpolicy.api",
+    "make_objective": "onpolicy.api",
+    "make_backend": "onpolicy.rollout.base",
+    "LocalTeacher": "onpolicy.teacher.local",
+    # models
+    "load_model": "onpolicy.models",
+    "load_tokenizer": "onpolicy.models",
+    "LoraSpec": "onpolicy.models",
+    "apply_lora": "onpolicy.models",
+    "export_merged": "onpolicy.models",
+    "save_student": "onpolicy.models",
+    "render_prompt": "onpolicy.chat",
+    "tiny_model_dir": "onpolicy.tiny",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'onpolicy' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

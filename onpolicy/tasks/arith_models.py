@@ -29,7 +29,7 @@ SPECIALS = ("<pad>", "<eos>")
 
 
 def cache_root() -> Path:
-    """The project cache (``onpolicy.offline.cache_dir()`` when present, else ``.cache/onpolicy``)."""
+    """The project cache: ``onpolicy.offline.cache_dir()`` (else ``.cache/onpolicy``)."""
     try:
         from onpolicy.offline import cache_dir
 
@@ -39,30 +39,32 @@ def cache_root() -> Path:
 
 
 def _wrap(tok) -> PreTrainedTokenizerFast:
-    from tokenizers import decoders
+    """Byte-level pre-tokenizer and decoder (identity on the task's ASCII alphabet, so tokens spell
+    their bytes: the alignment layer reads them as byte-level BPE)."""
+    from tokenizers import decoders, pre_tokenizers
 
-    tok.decoder = decoders.Fuse()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", padding_side="left"
     )
 
 
 def char_tokenizer() -> PreTrainedTokenizerFast:
-    """One token per character of ``ALPHABET`` (ids 2..), ``<pad>`` = 0, ``<eos>`` = 1."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    """One token per character of ``ALPHABET`` (ids 2..), ``<pad>`` = 0, ``<eos>`` = 1: a BPE
+    without merges."""
+    from tokenizers import AddedToken, Tokenizer, models
 
-    vocab = {s: i for i, s in enumerate((*SPECIALS, *ALPHABET))}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok = Tokenizer(models.BPE({s: i for i, s in enumerate((*SPECIALS, *ALPHABET))}, []))
+    tok.add_special_tokens([AddedToken(s, special=True) for s in SPECIALS])
     return _wrap(tok)
 
 
 def bpe_tokenizer(texts: list[str], vocab_size: int = 48) -> PreTrainedTokenizerFast:
-    """A BPE over ``ALPHABET`` trained on ``texts`` (merges stay inside ``|``-separated steps)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    """A BPE over ``ALPHABET`` trained on ``texts`` (merges may cross step boundaries)."""
+    from tokenizers import Tokenizer, models, trainers
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Split("|", behavior="isolated")
+    tok = _wrap(Tokenizer(models.BPE())).backend_tokenizer
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=list(SPECIALS),
@@ -110,9 +112,11 @@ class ArithmeticModelsConfig:
     teacher: ModelSpec = ModelSpec(layers=3, heads=2, ffn=256)
     teacher_steps: int = 800
     student: ModelSpec = ModelSpec(layers=2, heads=2, ffn=128)
-    student_steps: int = 200
+    student_steps: int = 700
     batch_size: int = 64
     lr: float = 3e-3
+
+    version: int = 2  # bump when the tokenizers or the training recipe change
 
     def key(self) -> str:
         blob = json.dumps(asdict(self), sort_keys=True).encode()

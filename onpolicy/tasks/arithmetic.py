@@ -1,8 +1,8 @@
 """Multi-digit addition with a written scratchpad: a reasoning task where exposure bias matters.
 
-A problem ``0347+0985=`` (operands zero-padded to ``digits`` digits) is answered column by column from
-the right, each step writing ``a+b+carry=sum`` (sum on two digits), then ``#`` and the result on
-``digits + 1`` digits::
+A problem ``0347+0985=`` (operands zero-padded to ``digits`` digits) is answered column by column
+from the right, each step writing ``a+b+carry=sum`` (sum on two digits), then ``#`` and the result
+on ``digits + 1`` digits::
 
     0347+0985=7+5+0=12|4+8+1=13|3+9+1=13|0+0+1=01|#01332
 
@@ -43,7 +43,7 @@ def make_problem(a: int, b: int, digits: int) -> tuple[str, str]:
 
 
 def final_answer(text: str) -> str | None:
-    """The digits after the last ``#`` in ``text`` (None if there is no ``#`` or no digit after it)."""
+    """The digits after the last ``#`` in ``text`` (None without a ``#`` or a digit after it)."""
     if "#" not in text:
         return None
     tail = text.rsplit("#", 1)[1]

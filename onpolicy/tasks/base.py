@@ -1,7 +1,7 @@
 """The task interface: prompts, optional reference answers, and a scoring function.
 
-A task is what the comparison harness trains on and evaluates with. Built-in tasks register a factory
-under a name (``task.name`` in config); a user's own task is a JSONL file of
+A task is what the comparison harness trains on and evaluates with. Built-in tasks register a
+factory under a name (``task.name`` in config); a user's own task is a JSONL file of
 ``{"prompt": ..., "reference": ...}`` rows plus a metric name (see ``onpolicy.tasks.dataset``).
 """
 
@@ -15,7 +15,8 @@ from onpolicy.errors import ConfigError
 from onpolicy.types import Prompt
 
 ScoreFn = Callable[[str, Prompt], float]
-"""``score(completion_text, prompt) -> float`` in [0, 1] (1 = correct); uses ``prompt.reference``."""
+"""``score(completion_text, prompt) -> float`` in [0, 1] (1 = correct), e.g. against
+``prompt.reference``."""
 
 
 @dataclass(frozen=True)

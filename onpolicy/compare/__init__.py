@@ -1,0 +1,129 @@
+"""The comparison harness: ``onpolicy compare --config configs/compare/<task>.yaml`` and the
+quickstart (``onpolicy quickstart`` / ``examples/quickstart.py``).
+
+Every method trains from the same student initialization with the same optimizer, number of
+optimizer steps and prompts per step, is evaluated on the same held-out prompts, and reports its
+compute; see ``run.py`` (jobs), ``methods.py`` (the loop), ``evaluate.py`` (metrics) and
+``report.py`` (table, JSON, plots).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from onpolicy.compare.config import CompareConfig, load_config, parse_config
+from onpolicy.compare.methods import BUILTIN_METHODS, MethodSpec, TrainSettings
+from onpolicy.compare.report import Row, aggregate, markdown, write_report
+from onpolicy.compare.run import JobResult, output_dir, run_compare
+
+__all__ = [
+    "BUILTIN_METHODS",
+    "CompareConfig",
+    "JobResult",
+    "MethodSpec",
+    "Row",
+    "TrainSettings",
+    "compare",
+    "load_config",
+    "main",
+    "parse_config",
+    "quickstart_main",
+]
+
+
+def compare(cfg: CompareConfig, progress: bool = True, note: str = "") -> tuple[list[Row], dict]:
+    """Run the comparison and write its report; returns the rows and the written paths."""
+    from onpolicy.tasks.base import make_task
+
+    teacher, jobs, dirs, seconds = run_compare(cfg, progress=progress)
+    task = make_task(**cfg.task)
+    rows = aggregate(teacher, jobs)
+    meta: dict[str, Any] = {
+        "task": cfg.task,
+        "models": vars(dirs),
+        "methods": [vars(m) for m in cfg.methods],
+        "steps": cfg.train.steps,
+        "batch_size": cfg.train.batch_size,
+        "lr": cfg.train.lr,
+        "max_new_tokens": cfg.train.max_new_tokens,
+        "temperature": cfg.train.temperature,
+        "seeds": cfg.seeds,
+        "workers": cfg.workers,
+        "num_eval": len(task.eval_prompts),
+        "total_seconds": round(seconds, 1),
+        "note": note,
+    }
+    paths = write_report(rows, jobs, meta, output_dir(cfg), task.metric_name)
+    return rows, paths
+
+
+def _parser(prog: str, default_config: str | None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--config",
+        default=default_config,
+        required=default_config is None,
+        help="YAML comparison config (see configs/compare/)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=10")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``onpolicy compare --config FILE [key=value ...]``: run, print the table and the paths."""
+    args = _parser("onpolicy compare", None).parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    rows, paths = compare(cfg, progress=not args.no_progress)
+    print(markdown(rows))
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0 if all(r.status == "ok" for r in rows) else 1
+
+
+def quickstart_main(argv: Sequence[str] | None = None) -> int:
+    """``onpolicy quickstart``: the arithmetic task's teacher (trained and cached on first use),
+    the untouched student, SFT on teacher samples and on-policy reverse KL, same budget; prints a
+    before/after table and where the report and plots are."""
+    default = Path(__file__).resolve().parents[2] / "configs" / "compare" / "quickstart.yaml"
+    args = _parser("onpolicy quickstart", str(default)).parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    rows, paths = compare(cfg, progress=not args.no_progress)
+    print()
+    print(quickstart_table(rows))
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def quickstart_table(rows: Sequence[Row]) -> str:
+    """Student vs teacher vs SFT baseline vs on-policy: held-out score, KL and compute."""
+    names = {
+        "teacher": "teacher",
+        "untouched": "student before distillation",
+        "sft": "student + SFT on teacher samples (off-policy)",
+        "reverse_kl": "student + on-policy reverse KL",
+    }
+    out = [
+        "| model | exact match (± sd) | KL to teacher (nats/char) | train FLOPs | train s |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r.status != "ok":
+            out.append(f"| {names.get(r.method, r.method)} | FAILED: {r.error} | | | |")
+            continue
+        kl = "–" if r.kl_per_char is None else f"{r.kl_per_char:.4f}"
+        out.append(
+            f"| {names.get(r.method, r.method)} | {r.score:.3f} ± {r.score_std:.3f} | {kl} | "
+            f"{'–' if r.flops is None else f'{r.flops:.2e}'} | "
+            f"{'–' if r.seconds is None else f'{r.seconds:.0f}'} |"
+        )
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""The comparison's outputs: one row per method (mean and spread over seeds), written as a Markdown
+table, a JSON file and PNG plots of score against compute."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from onpolicy.compare.run import JobResult
+
+
+@dataclass
+class Row:
+    """One method aggregated over its seeds (``*_std`` = sample standard deviation, 0 for one)."""
+
+    method: str
+    status: str  # ok | failed | partial (some seeds failed)
+    seeds: int
+    score: float | None
+    score_std: float | None
+    retained: float | None  # score / teacher score
+    kl_per_char: float | None
+    kl_std: float | None
+    agreement: float | None
+    student_tokens: float | None
+    teacher_tokens: float | None
+    flops: float | None
+    seconds: float | None
+    params: int | None
+    disk_mb: float | None
+    latency_ms: float | None
+    tokens_per_s: float | None
+    error: str | None
+
+
+def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None, None
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def aggregate(teacher: JobResult, jobs: Sequence[JobResult]) -> list[Row]:
+    """Teacher row first, then one row per method in config order."""
+    rows = [
+        Row(
+            "teacher",
+            "ok",
+            1,
+            teacher.score,
+            0.0,
+            1.0 if teacher.score else None,
+            0.0,
+            0.0,
+            1.0,
+            None,
+            None,
+            None,
+            None,
+            teacher.params,
+            teacher.disk_bytes / 1e6 if teacher.disk_bytes else None,
+            1e3 * teacher.latency_s,
+            teacher.tokens_per_s,
+            None,
+        )
+    ]
+    for method in dict.fromkeys(j.method for j in jobs):
+        runs = [j for j in jobs if j.method == method]
+        ok = [j for j in runs if j.status == "ok"]
+        status = "ok" if len(ok) == len(runs) else ("failed" if not ok else "partial")
+        error = next((j.error for j in runs if j.status == "failed"), None)
+        score, score_std = _mean_std([j.score for j in ok])
+        kl, kl_std = _mean_std([j.kl_per_char for j in ok])
+
+        def m(key: str, src: Sequence[Any] = ok) -> float | None:
+            return _mean_std([_get(j, key) for j in src])[0]
+
+        retained = (score / teacher.score) if score is not None and teacher.score else None
+        params = ok[0].params if ok else None
+        disk = ok[0].disk_bytes / 1e6 if ok and ok[0].disk_bytes else None
+        latency = m("latency_s")
+        rows.append(
+            Row(
+                method,
+                status,
+                len(runs),
+                score,
+                score_std,
+                retained,
+                kl,
+                kl_std,
+                m("agreement"),
+                m("student_tokens"),
+                m("teacher_tokens"),
+                m("flops"),
+                m("seconds"),
+                params,
+                disk,
+                None if latency is None else 1e3 * latency,
+                m("tokens_per_s"),
+                error,
+            )
+        )
+    return rows
+
+
+def _get(job: JobResult, key: str) -> float | None:
+    b = job.budget
+    if key == "student_tokens":
+        return b.get("student_train_tokens", 0) + b.get("student_gen_tokens", 0)
+    if key in ("teacher_tokens", "seconds"):
+        return b.get(key)
+    return getattr(job, key)
+
+
+def _fmt(v: float | None, spec: str = ".3f") -> str:
+    return "–" if v is None else format(v, spec)
+
+
+def markdown(rows: Sequence[Row], header: str = "") -> str:
+    """The report table (failed methods stay in it, with their error)."""
+    cols = (
+        "| method | status | seeds | score (± sd) | retained | KL/char (± sd) | agree | "
+        "student tok | teacher tok | FLOPs | train s | params | disk MB | latency ms | tok/s |"
+    )
+    lines = [header, "", cols, "|" + "---|" * 15] if header else [cols, "|" + "---|" * 15]
+    for r in rows:
+        score = "–" if r.score is None else f"{r.score:.3f} ± {r.score_std:.3f}"
+        kl = "–" if r.kl_per_char is None else f"{r.kl_per_char:.4f} ± {r.kl_std:.4f}"
+        lines.append(
+            f"| {r.method} | {r.status} | {r.seeds} | {score} | {_fmt(r.retained, '.0%')} | {kl} | "
+            f"{_fmt(r.agreement, '.2f')} | {_fmt(r.student_tokens, ',.0f')} | "
+            f"{_fmt(r.teacher_tokens, ',.0f')} | {_fmt(r.flops, '.2e')} | "
+            f"{_fmt(r.seconds, '.0f')} | "
+            f"{_fmt(r.params, ',')} | {_fmt(r.disk_mb, '.2f')} | {_fmt(r.latency_ms, '.0f')} | "
+            f"{_fmt(r.tokens_per_s, ',.0f')} |"
+        )
+    failed = [r for r in rows if r.error]
+    if failed:
+        lines += ["", "Failed runs:"] + [f"- {r.method}: {r.error}" for r in failed]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: Sequence[Row], path: Path, metric: str = "score") -> Path | None:
+    """Score (mean ± sd over seeds) against estimated training FLOPs and wall time; None when
+    matplotlib is missing or no method has both."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    pts = [r for r in rows if r.score is not None and r.flops is not None]
+    if not pts:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, attr, label in (
+        (axes[0], "flops", "estimated FLOPs (6N train + 2N inference)"),
+        (axes[1], "seconds", "wall time (s)"),
+    ):
+        for r in pts:
+            x = max(getattr(r, attr) or 0.0, 1.0)
+            ax.errorbar(x, r.score, yerr=r.score_std, fmt="o", capsize=3, label=r.method)
+            ax.annotate(
+                r.method, (x, r.score), textcoords="offset points", xytext=(4, 4), fontsize=8
+            )
+        teacher = next((r for r in rows if r.method == "teacher"), None)
+        if teacher is not None and teacher.score is not None:
+            ax.axhline(teacher.score, ls="--", c="gray", lw=1, label="teacher")
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, loc="best")
+    fig.suptitle(f"{metric} against compute (mean ± sd over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(
+    rows: Sequence[Row], jobs: Sequence[JobResult], meta: dict[str, Any], out: Path, metric: str
+) -> dict[str, Path]:
+    """``report.md``, ``report.json`` (rows + every job + meta) and ``score_vs_compute.png``."""
+    header = (
+        f"## {meta['task']} — {meta['steps']} optimizer steps x {meta['batch_size']} prompts, "
+        f"lr {meta['lr']}, seeds {meta['seeds']}, {metric}"
+    )
+    paths = {"markdown": out / "report.md", "json": out / "report.json"}
+    paths["markdown"].write_text(markdown(rows, header) + "\n" + meta.get("note", "") + "\n")
+    paths["json"].write_text(
+        json.dumps(
+            {"meta": meta, "rows": [asdict(r) for r in rows], "jobs": [asdict(j) for j in jobs]},
+            indent=1,
+            default=str,
+        )
+    )
+    png = plot(rows, out / "score_vs_compute.png", metric)
+    if png is not None:
+        paths["plot"] = png
+    return paths

@@ -1,0 +1,63 @@
+"""A tiny comparison end to end: models built, two methods trained, a failing method reported as
+failed, the table, JSON and plot written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from onpolicy.compare import compare, parse_config
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("onpolicy-cache")
+
+
+@pytest.mark.slow
+def test_tiny_compare_end_to_end(tiny_cache, tmp_path, monkeypatch):
+    monkeypatch.setenv("ONPOLICY_CACHE", str(tiny_cache))
+    cfg = parse_config(
+        {
+            "task": {"name": "arithmetic", "digits": 2, "num_train": 200, "num_eval": 8},
+            "models": {
+                "kind": "arithmetic",
+                "num_train": 200,
+                "teacher_steps": 20,
+                "student_steps": 5,
+                "batch_size": 16,
+                "teacher": {"layers": 1, "heads": 1, "ffn": 64},
+                "student": {"layers": 1, "heads": 1, "ffn": 32},
+            },
+            "methods": [
+                "untouched",
+                "sft",
+                "reverse_kl",
+                {"name": "broken", "objective": "no_such_objective"},
+            ],
+            "train": {"steps": 2, "batch_size": 4, "max_new_tokens": 24},
+            "seeds": [0],
+            "workers": 1,
+            "output_dir": str(tmp_path / "out"),
+        }
+    )
+    rows, paths = compare(cfg, progress=False)
+    by_name = {r.method: r for r in rows}
+    assert list(by_name) == ["teacher", "untouched", "sft", "reverse_kl", "broken"]
+    assert by_name["broken"].status == "failed"
+    assert "no_such_objective" in by_name["broken"].error
+    for name in ("sft", "reverse_kl"):
+        row = by_name[name]
+        assert row.status == "ok" and 0.0 <= row.score <= 1.0
+        assert row.kl_per_char is not None and row.flops > 0 and row.student_tokens > 0
+    # on-policy generates with the student and scores with the teacher; SFT samples the teacher
+    data = json.loads(paths["json"].read_text())
+    jobs = {j["method"]: j for j in data["jobs"]}
+    assert jobs["reverse_kl"]["budget"]["student_gen_tokens"] > 0
+    assert jobs["sft"]["budget"]["student_gen_tokens"] == 0
+    assert jobs["sft"]["budget"]["teacher_tokens"] > 0
+    assert jobs["untouched"]["budget"]["student_train_tokens"] == 0
+    assert len(jobs["sft"]["losses"]) == 2
+    assert "| broken | failed |" in paths["markdown"].read_text()
+    assert paths["plot"].stat().st_size > 1000

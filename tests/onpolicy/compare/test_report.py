@@ -1,0 +1,124 @@
+"""Aggregation over seeds, the Markdown table and config validation (no training)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from onpolicy.compare import load_config, parse_config
+from onpolicy.compare.methods import Budget
+from onpolicy.compare.report import aggregate, markdown, write_report
+from onpolicy.compare.run import JobResult
+from onpolicy.errors import ConfigError
+
+
+def _job(method, seed, score, status="ok", error=None):
+    return JobResult(
+        method=method,
+        seed=seed,
+        status=status,
+        error=error,
+        score=score,
+        kl_per_char=None if score is None else 1.0 - score,
+        agreement=score,
+        latency_s=0.01,
+        tokens_per_s=100.0,
+        budget={
+            "student_train_tokens": 10,
+            "student_gen_tokens": 5,
+            "teacher_tokens": 20,
+            "seconds": 2.0,
+        },
+        flops=1e6,
+        params=100,
+        disk_bytes=2_000_000,
+    )
+
+
+def test_aggregate_mean_spread_and_failures():
+    teacher = JobResult(
+        "teacher",
+        0,
+        "ok",
+        score=0.8,
+        latency_s=0.02,
+        tokens_per_s=50.0,
+        params=1000,
+        disk_bytes=4_000_000,
+    )
+    jobs = [
+        _job("sft", 0, 0.2),
+        _job("sft", 1, 0.4),
+        _job("bad", 0, None, "failed", "ConfigError: unknown objective 'x'"),
+        _job("half", 0, 0.5),
+        _job("half", 1, None, "failed", "RuntimeError: boom"),
+    ]
+    rows = {r.method: r for r in aggregate(teacher, jobs)}
+    assert list(rows) == ["teacher", "sft", "bad", "half"]
+    sft = rows["sft"]
+    assert sft.score == pytest.approx(0.3) and sft.score_std == pytest.approx(0.1414213, rel=1e-5)
+    assert sft.retained == pytest.approx(0.3 / 0.8)
+    assert sft.student_tokens == 15 and sft.teacher_tokens == 20 and sft.disk_mb == 2.0
+    assert rows["bad"].status == "failed" and rows["bad"].score is None
+    assert rows["half"].status == "partial" and rows["half"].score == 0.5
+    table = markdown(list(rows.values()))
+    assert "| bad | failed |" in table and "unknown objective 'x'" in table
+    assert "| sft | ok | 2 | 0.300 ± 0.141 | 38% |" in table
+
+
+def test_write_report_files(tmp_path):
+    teacher = JobResult(
+        "teacher",
+        0,
+        "ok",
+        score=1.0,
+        latency_s=0.02,
+        tokens_per_s=50.0,
+        params=1000,
+        disk_bytes=4_000_000,
+    )
+    jobs = [_job("sft", 0, 0.5), _job("x", 0, None, "failed", "E: e")]
+    rows = aggregate(teacher, jobs)
+    meta = {"task": {"name": "t"}, "steps": 3, "batch_size": 2, "lr": 1e-3, "seeds": [0]}
+    paths = write_report(rows, jobs, meta, tmp_path, "exact_match")
+    data = json.loads(paths["json"].read_text())
+    assert [r["method"] for r in data["rows"]] == ["teacher", "sft", "x"]
+    assert data["jobs"][1]["status"] == "failed"
+    assert "3 optimizer steps x 2 prompts" in paths["markdown"].read_text()
+    assert paths["plot"].stat().st_size > 1000  # a PNG was drawn
+
+
+def test_budget_flops():
+    b = Budget(student_train_tokens=10, student_gen_tokens=4, teacher_tokens=7)
+    assert b.flops(100, 1000) == 6 * 100 * 10 + 2 * 100 * 4 + 2 * 1000 * 7
+
+
+def test_config_validation(tmp_path):
+    good = {
+        "task": {"name": "arithmetic"},
+        "models": {"kind": "arithmetic"},
+        "methods": [
+            "untouched",
+            {"name": "rkl2", "objective": "reverse_kl", "params": {"beta": 0.9}},
+        ],
+    }
+    cfg = parse_config(good)
+    assert [m.name for m in cfg.methods] == ["untouched", "rkl2"]
+    assert cfg.methods[1].params == {"beta": 0.9}
+    with pytest.raises(ConfigError, match="unknown method"):
+        parse_config({**good, "methods": ["nope"]})
+    with pytest.raises(ConfigError, match="distinct"):
+        parse_config({**good, "methods": ["sft", "sft"]})
+    with pytest.raises(ConfigError, match="unknown compare config keys"):
+        parse_config({**good, "sedes": [0]})
+    with pytest.raises(ConfigError, match="unknown train keys"):
+        parse_config({**good, "train": {"stepz": 3}})
+    with pytest.raises(ConfigError, match="models.kind"):
+        parse_config({**good, "models": {"kind": "hub"}})
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps(good))
+    cfg = load_config(path, ["train.steps=7", "seeds=[1,2]"])
+    assert cfg.train.steps == 7 and cfg.seeds == [1, 2]
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(path, ["train.steps"])

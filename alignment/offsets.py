@@ -134,12 +134,15 @@ def _piece_bytes(piece: str, kind: str, wp_prefix: str) -> bytes:
 
 
 def token_bytes_table(tokenizer: Any) -> TokenBytes:
-    """The (cached) table of every token id's bytes for a Hugging Face fast tokenizer."""
-    try:
-        return _CACHE[tokenizer]
-    except (KeyError, TypeError):
-        pass
+    """The (cached) table of every token id's bytes for a Hugging Face fast tokenizer.
+
+    Cached per tokenizer object (weakly); rebuilt if tokens were added since."""
     backend = _backend(tokenizer)
+    size = backend.get_vocab_size(with_added_tokens=True)
+    with contextlib.suppress(KeyError, TypeError):
+        cached_size, cached = _CACHE[tokenizer]
+        if cached_size == size:
+            return cached
     kind = _kind(backend)
     vocab: dict[str, int] = backend.get_vocab(with_added_tokens=True)
     added = backend.get_added_tokens_decoder()
@@ -167,7 +170,7 @@ def token_bytes_table(tokenizer: Any) -> TokenBytes:
         prefix_space=kind == "sentencepiece" and _prefix_space(backend),
     )
     with contextlib.suppress(TypeError):  # not weak-referenceable: rebuilt on each call
-        _CACHE[tokenizer] = result
+        _CACHE[tokenizer] = (size, result)
     return result
 
 
@@ -263,29 +266,36 @@ def _offsets_from_chars(
     table: TokenBytes, ids: np.ndarray, chars: np.ndarray, text: str, data: bytes
 ) -> np.ndarray:
     """Offsets from the tokenizer's character offsets into the original text (normalizing
-    tokenizers). Starts are the byte positions of the tokens' first characters, made monotone;
-    whitespace the tokenizer dropped goes to the following token (the last token takes the tail);
-    tokens that share a character split it by their own byte lengths, each keeping >= 1 byte."""
+    tokenizers, unknown tokens). A token starts where the previous one ended, and ends where the
+    next token's first character starts: whitespace the tokenizer dropped goes to the following
+    token, the last token takes the tail. Tokens that share a character split it by their own byte
+    lengths, capped by their character span, each keeping >= 1 byte. A SentencePiece dummy-prefix
+    "▁" alone in its token is zero-width."""
     char_to_byte = np.zeros(len(text) + 1, dtype=np.int64)
     char_to_byte[1:] = np.cumsum([len(c.encode("utf-8")) for c in text])
-    T = len(ids)
-    marker = chars[:, 0] == chars[:, 1]
     starts = char_to_byte[np.clip(chars[:, 0], 0, len(text))]
-    offsets = np.zeros((T, 2), dtype=np.int64)
+    ends = char_to_byte[np.clip(chars[:, 1], 0, len(text))]
+    lengths = table.length_V[ids].copy()
+    marker = chars[:, 0] == chars[:, 1]
+    text_pos = np.flatnonzero(~marker)
+    if table.prefix_space and text_pos.size and table.bytes_V[ids[text_pos[0]]][:1] == b" ":
+        lengths[text_pos[0]] -= 1  # the dummy "▁" is no byte of the text
+        marker[text_pos[0]] = lengths[text_pos[0]] == 0
+    offsets = np.zeros((len(ids), 2), dtype=np.int64)
     text_tokens = np.flatnonzero(~marker).tolist()
     pos = 0
     for n, i in enumerate(text_tokens):
         s = pos
         if n + 1 < len(text_tokens):
             nxt = max(int(starts[text_tokens[n + 1]]), s)
-            if nxt == s:  # the next token starts inside the same character: split it
-                nxt = s + max(1, int(table.length_V[ids[i]]))
+            if nxt == s:  # the next token starts inside this token's characters: split them
+                nxt = s + min(max(1, int(lengths[i])), max(1, int(ends[i]) - s))
             remaining = len(text_tokens) - n - 1
-            e = min(max(nxt, s + 1), len(data) - remaining)
+            e = max(min(nxt, len(data) - remaining), s)
         else:
             e = len(data)
-        offsets[i] = (s, max(e, s))
-        pos = max(e, s)
+        offsets[i] = (s, e)
+        pos = e
     marker_pos = np.maximum.accumulate(np.where(marker, 0, offsets[:, 1]))
     offsets[marker] = np.stack([marker_pos[marker]] * 2, axis=1)
     return offsets

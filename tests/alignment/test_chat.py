@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from alignment.chat import encode_bytes, render_prompt, teacher_view
 from alignment.offsets import token_bytes_table, token_offsets
@@ -63,6 +65,20 @@ def test_encode_bytes_invalid_utf8_round_trip(real_tokenizers):
         assert token_offsets(tok, ids)[1] == data
         assert off[0, 0] == 0 and off[-1, 1] == len(data)
         assert (off[1:, 0] == off[:-1, 1]).all()
+
+
+@pytest.mark.parametrize("name", ["gpt2", "gemma3"])
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.binary(max_size=40))
+def test_encode_random_bytes_partitions(real_tokenizers, name, data):
+    tok = real_tokenizers[name]
+    ids, off = encode_bytes(tok, data)
+    assert token_offsets(tok, ids)[1] == data
+    assert off[:, 1].tolist() == (off[:, 0] + token_bytes_table(tok).length_V[ids]).tolist()
+    if data:
+        assert off[0, 0] == 0 and off[-1, 1] == len(data) and (off[1:, 0] == off[:-1, 1]).all()
 
 
 def test_empty_completion_and_stop_only(real_tokenizers):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tokenizers import SentencePieceBPETokenizer
+from tokenizers import SentencePieceBPETokenizer, normalizers
 from tokenizers.implementations import BertWordPieceTokenizer
 from transformers import PreTrainedTokenizerFast
 
@@ -145,6 +145,27 @@ def test_sentencepiece_dummy_prefix_is_not_a_text_byte():
         assert off[0, 0] == 0
 
 
+def test_llama2_legacy_prefix_with_unknown_tokens():
+    """Prepend("▁") normalizer, no byte fallback: unknown characters map via character offsets
+    and the dummy "▁" (alone in its token) is zero-width."""
+    sp = SentencePieceBPETokenizer(add_prefix_space=True)
+    sp.train_from_iterator(["hello world"] * 20 + ["the cat sat"] * 20, vocab_size=80)
+    backend = sp._tokenizer
+    backend.normalizer = normalizers.Sequence(
+        [normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")]
+    )
+    backend.pre_tokenizer = None
+    tok = _wrap(backend)
+    cases = {
+        "zz hello": [[0, 0], [0, 1], [1, 2], [2, 8]],  # ▁ | <unk> | <unk> | ▁hello
+        "é hello": [[0, 0], [0, 2], [2, 8]],
+        " hello": [[0, 0], [0, 6]],
+        "hello": [[0, 5]],
+    }
+    for text, expected in cases.items():
+        assert byte_offsets(tok, text)[1].tolist() == expected
+
+
 def test_wordpiece_lowercased_text_maps_via_characters():
     wp = BertWordPieceTokenizer(lowercase=True)
     wp.train_from_iterator(["Hello world, the cat sat on the mat."] * 10, vocab_size=60)
@@ -154,3 +175,13 @@ def test_wordpiece_lowercased_text_maps_via_characters():
     data = text.encode("utf-8")
     check_partition(off.numpy(), len(data), np.ones(len(ids), dtype=bool))
     assert data[off[0, 0] : off[0, 1]].strip().lower().startswith(b"h")
+
+
+def test_table_is_rebuilt_after_adding_tokens():
+    wp = BertWordPieceTokenizer(lowercase=True)
+    wp.train_from_iterator(["hello world"] * 5, vocab_size=40)
+    tok = _wrap(wp._tokenizer)
+    before = len(token_bytes_table(tok).bytes_V)
+    tok.add_tokens(["<new>"])
+    table = token_bytes_table(tok)
+    assert len(table.bytes_V) == before + 1 and table.bytes_V[-1] == b"<new>"

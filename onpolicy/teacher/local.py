@@ -8,12 +8,12 @@ tokens (``onpolicy.teacher.cross``).
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any, Literal
 
 import torch
 
+from alignment.vocab_map import same_tokenizer
 from onpolicy.errors import ConfigError, TokenizerMismatchError
 from onpolicy.forward import forward_completions, head_logits
 from onpolicy.losses import LMHead
@@ -22,6 +22,7 @@ from onpolicy.teacher.types import TeacherScores
 from onpolicy.types import Rollout
 
 TeacherModeArg = Literal["same", "cross", "auto", "self"]
+__all__ = ["LocalTeacher", "same_tokenizer"]  # same_tokenizer: by content (alignment.vocab_map)
 
 
 class LocalTeacher:
@@ -154,31 +155,3 @@ def _chunked_token_logprobs(
 
 def _name(tokenizer: Any) -> str:
     return repr(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
-
-
-def same_tokenizer(a: Any, b: Any) -> bool:
-    """True when two tokenizers map every text to the same ids: same vocabulary (token -> id,
-    added tokens included) and the same model/normalizer/pre-tokenizer (merges and rules), not
-    merely the same vocabulary size. Uses ``alignment.vocab_map.same_tokenizer`` when present."""
-    try:
-        from alignment.vocab_map import same_tokenizer as aligned_same
-    except ImportError:
-        aligned_same = None
-    if aligned_same is not None:
-        return bool(aligned_same(a, b))
-    if a is b:
-        return True
-    if a.get_vocab() != b.get_vocab():
-        return False
-    return _backend_signature(a) == _backend_signature(b)
-
-
-def _backend_signature(tokenizer: Any) -> str | None:
-    """JSON of the fast tokenizer's model (vocab + merges), normalizer and pre-tokenizer."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        return None
-    spec = json.loads(backend.to_str())
-    return json.dumps(
-        {k: spec.get(k) for k in ("model", "normalizer", "pre_tokenizer")}, sort_keys=True
-    )

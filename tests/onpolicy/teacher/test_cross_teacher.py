@@ -14,10 +14,9 @@ from onpolicy.api import make_objective
 from onpolicy.chat import render_prompt, render_prompts
 from onpolicy.models import load_model, load_tokenizer
 from onpolicy.rollout.hf import HFRolloutBackend
-from onpolicy.teacher.cross import teacher_view
 from onpolicy.teacher.local import LocalTeacher
 from onpolicy.tiny import tiny_model_dir
-from onpolicy.types import Prompt, SamplingParams
+from onpolicy.types import Prompt, Rollout, SamplingParams
 
 QUESTIONS = ["What is 3 plus 4?", "Spell naïve.", "Repeat: 日本", "Count to 4."]
 
@@ -61,18 +60,24 @@ def test_teacher_sees_its_own_template_and_the_same_bytes(setup):
     assert cross.logits_Nt_V.shape == (sum(cross.num_tokens_B), len(ttok))
 
 
-def test_invalid_utf8_is_aligned_up_to_its_valid_prefix():
-    stok, ttok = (
-        load_tokenizer(tiny_model_dir("tiny", "bpe")),
-        load_tokenizer(tiny_model_dir("tiny", "char")),
-    )
+def test_invalid_utf8_bytes_reach_the_teacher_as_byte_tokens(setup):
+    _, stok, teacher, ttok, _, _ = setup
     ids = stok.encode("ab", add_special_tokens=False) + stok.convert_tokens_to_ids(["æ"])
     ids += [*stok.encode("cd", add_special_tokens=False), stok.convert_tokens_to_ids("<|im_end|>")]
-    stops = (stok.eos_token_id, ids[-1])
-    view = teacher_view([1], ids, stok, ttok, stops, ttok.convert_tokens_to_ids("<end_of_turn>"))
-    n_ab = len(stok.encode("ab", add_special_tokens=False))
-    assert ttok.decode(view.completion_ids) == "ab"  # no end of turn: the text was cut
-    assert (view.student_span_Ts[:n_ab] >= 0).all() and (view.student_span_Ts[n_ab:] == -1).all()
+    prompt = Prompt(text="x")
+    ro = Rollout(
+        [prompt], [0], [render_prompt(stok, prompt)], [ids], [[0.0] * len(ids)], ["stop"], ["ab?cd"]
+    )
+    scores = LocalTeacher(teacher, ttok, stok).score(ro)
+    cross = scores.cross
+    assert scores.metrics["teacher/coverage"] == 1.0
+    t_ids = cross.completion_ids_B[0]
+    assert ttok.convert_ids_to_tokens(t_ids) == ["a", "b", "<0xE6>", "c", "d", "<end_of_turn>"]
+    S = cross.num_spans_B[0]
+    assert (
+        _span_bytes(stok, ids, cross.student_span_B[0], S)[:-1]
+        == _span_bytes(ttok, t_ids, cross.teacher_span_B[0], S)[:-1]
+    )
 
 
 def test_span_advantages_follow_the_chain_rule(setup):

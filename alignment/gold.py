@@ -67,9 +67,23 @@ class _Plan:
     rest_span_N: torch.Tensor
 
 
-def _log_softmax_rows(logits, rows: torch.Tensor, tau: float, dtype) -> torch.Tensor:
+def _rows(logits, rows: torch.Tensor, tau: float, dtype) -> torch.Tensor:
+    """[c, V] the given logits rows divided by ``tau``, a fresh float32 (or float64) copy."""
     z = logits.index_select(0, rows).to(dtype)
-    return torch.log_softmax(z / tau if tau != 1.0 else z, dim=-1)
+    return z.div_(tau) if tau != 1.0 else z
+
+
+def _log_softmax_rows(logits, rows: torch.Tensor, tau: float, dtype) -> torch.Tensor:
+    return torch.log_softmax(_rows(logits, rows, tau, dtype), dim=-1)
+
+
+def _softmax_rows(logits, rows: torch.Tensor, tau: float, dtype) -> torch.Tensor:
+    return torch.softmax(_rows(logits, rows, tau, dtype), dim=-1)
+
+
+def _unscale(dz: torch.Tensor, tau: float) -> torch.Tensor:
+    """The chain rule through ``z = logits / tau`` (in place)."""
+    return dz.div_(tau) if tau != 1.0 else dz
 
 
 def _chunks(n: int, size: int):
@@ -107,11 +121,14 @@ def _gjsd_rows(
     return (beta * tb + (1 - beta) * ta).sum(-1), (1 - beta) * ta
 
 
-def _span_rows(logits, plan: _Plan, scale_R, sl: slice, tau: float, dtype):
-    """``(log_a, a)`` [c, V] span distributions of the spans in ``sl``."""
-    log_a = _log_softmax_rows(logits, plan.anchor_rows_R[sl], tau, dtype)
-    log_a.add_(scale_R[sl].unsqueeze(-1))
-    return log_a, log_a.exp()
+def _span_rows(logits, plan: _Plan, scale_R, sl: slice, tau: float, dtype, need_log: bool):
+    """``(log_a or None, a)`` [c, V]: span distributions of the spans in ``sl``."""
+    if need_log:
+        log_a = _log_softmax_rows(logits, plan.anchor_rows_R[sl], tau, dtype)
+        log_a.add_(scale_R[sl].unsqueeze(-1))
+        return log_a, log_a.exp()
+    a = _softmax_rows(logits, plan.anchor_rows_R[sl], tau, dtype)
+    return None, a.mul_(scale_R[sl].exp().unsqueeze(-1))
 
 
 class _SpanDivergence(torch.autograd.Function):
@@ -128,9 +145,15 @@ class _SpanDivergence(torch.autograd.Function):
         h_M = None if ms is None else torch.empty(R, ms.shape[0], dtype=dt, device=s_logits.device)
         out_m, out_u = s_scale.new_zeros(R), s_scale.new_zeros(R)
         for sl in _chunks(R, ch):
-            log_a, a = _span_rows(s_logits, s_plan, s_scale, sl, spec.student_temperature, dt)
-            log_b, b = _span_rows(t_logits, t_plan, t_scale, sl, spec.teacher_temperature, dt)
+            need_log = ms is not None
+            log_a, a = _span_rows(
+                s_logits, s_plan, s_scale, sl, spec.student_temperature, dt, need_log
+            )
+            log_b, b = _span_rows(
+                t_logits, t_plan, t_scale, sl, spec.teacher_temperature, dt, need_log
+            )
             if ms is not None and mt is not None and h_M is not None:
+                assert log_a is not None and log_b is not None
                 out_m[sl], h_M[sl] = _gjsd_rows(log_a[:, ms], log_b[:, mt], spec.beta)
                 a.index_fill_(1, ms, 0.0)  # matched entries leave the ULD part; zeros sort last
                 b.index_fill_(1, mt, 0.0)
@@ -153,20 +176,21 @@ class _SpanDivergence(torch.autograd.Function):
         grad = torch.zeros_like(s_logits)
         grad_scale = torch.zeros_like(s_scale)  # dL/d(log scale) per span
         for sl in _chunks(plan.anchor_rows_R.shape[0], ch):
-            log_p = _log_softmax_rows(s_logits, plan.anchor_rows_R[sl], tau, dt)
-            a = (log_p + s_scale[sl].unsqueeze(-1)).exp()
-            h = a.mul_(sign[sl].to(dt)).mul_(g_u_R[sl].to(dt).unsqueeze(-1))  # h = a * dL/da
+            p = _softmax_rows(s_logits, plan.anchor_rows_R[sl], tau, dt)
+            # h = a * dL/da with a = p * exp(scale); the ULD part is a * sign * g_u
+            h = p * (s_scale[sl].exp() * g_u_R[sl].to(dt)).unsqueeze(-1)
+            h.mul_(sign[sl])
             if h_M is not None:
                 h.index_add_(1, spec.matched_student_M, h_M[sl] * g_m_R[sl].to(dt).unsqueeze(-1))
             h_sum = h.sum(-1, keepdim=True)
-            dz = h.sub_(log_p.exp_().mul_(h_sum))  # softmax backward: h - p * sum(h)
-            grad.index_add_(0, plan.anchor_rows_R[sl], dz.div_(tau).to(grad.dtype))
+            dz = h.sub_(p.mul_(h_sum))  # softmax backward: h - p * sum(h)
+            grad.index_add_(0, plan.anchor_rows_R[sl], _unscale(dz, tau).to(grad.dtype))
             grad_scale[sl] = h_sum.squeeze(-1)
         for sl in _chunks(plan.rest_rows_N.shape[0], ch):  # scale = sum of rest token log-probs
             g_N = grad_scale[plan.rest_span_N[sl]].unsqueeze(-1)
-            p = _log_softmax_rows(s_logits, plan.rest_rows_N[sl], tau, dt).exp_()
+            p = _softmax_rows(s_logits, plan.rest_rows_N[sl], tau, dt)
             dz = p.mul_(-g_N).scatter_add_(1, plan.rest_ids_N[sl].unsqueeze(1), g_N)
-            grad.index_add_(0, plan.rest_rows_N[sl], dz.div_(tau).to(grad.dtype))
+            grad.index_add_(0, plan.rest_rows_N[sl], _unscale(dz, tau).to(grad.dtype))
         return grad, None, None, None, None
 
 

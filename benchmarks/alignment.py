@@ -1,0 +1,218 @@
+"""Cross-tokenizer losses: onpolicy's `alignment.gold` side by side with TRL's GOLD `ULDLoss`.
+
+Both sides get the same student/teacher logits, token ids and byte offsets (a prompt, then a
+completion cut into student and teacher tokens at different random byte boundaries; the sampled
+token's logit is raised so it has a realistic probability). TRL runs its extended ULD with the
+"bayesian" merge (the one with the correct logit shift), which is our ``anchor="last"``; the
+values are checked to agree (TRL's per-sequence normalization recomputed from our per-span
+losses). Each (implementation, case) runs in a fresh subprocess with one thread: forward and
+backward time (median over repeats) and peak RSS (ru_maxrss) minus the RSS before the first call.
+
+    .venv/bin/python benchmarks/alignment.py [--cases base,large] [--repeats 3] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import torch
+
+# this file is named like the package it measures: drop its folder from the import path
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
+CASES = {  # name: (B, T, V_student, V_teacher)
+    "base": (4, 256, 32_000, 50_000),
+    "large": (4, 512, 49_152, 64_000),
+}
+PROMPT, MATCHED, TOP_K = 8, 20_000, 256
+IMPLS = ("trl-uld", "ours-uld", "ours-uld-top256", "trl-hybrid", "ours-gold")
+
+
+def _offsets(lengths_B_N: torch.Tensor) -> torch.Tensor:
+    """[B, N, 2] (start, end) of consecutive tokens with the given byte lengths."""
+    end = lengths_B_N.cumsum(-1)
+    return torch.stack([end - lengths_B_N, end], dim=-1)
+
+
+def make_inputs(case: str, seed: int = 0) -> dict:
+    B, T, Vs, Vt = CASES[case]
+    g = torch.Generator().manual_seed(seed)
+    n = T - PROMPT  # completion tokens per side
+    s_off = _offsets(torch.randint(1, 5, (B, n), generator=g))
+    total = s_off[:, -1, 1]
+    t_rows = []
+    for b in range(B):  # the teacher cuts the same bytes at other boundaries
+        cuts = torch.randperm(int(total[b]) - 1, generator=g)[: n - 1].sort().values + 1
+        lengths = torch.diff(cuts, prepend=torch.tensor([0]), append=total[b : b + 1])
+        t_rows.append(_offsets(lengths))
+    t_off = torch.stack(t_rows)
+    out = {}
+    for side, V, off in (("s", Vs, s_off), ("t", Vt, t_off)):
+        ids = torch.randint(0, V, (B, T), generator=g)
+        logits = torch.randn(B, T, V, generator=g) * 2
+        logits[:, :-1].scatter_add_(-1, ids[:, 1:, None], torch.full((B, T - 1, 1), 8.0))
+        full_off = torch.zeros(B, T, 2, dtype=torch.long)
+        full_off[:, PROMPT:] = off
+        labels = ids.clone()
+        labels[:, :PROMPT] = -100
+        out[side] = {"logits": logits, "ids": ids, "offsets": full_off, "labels": labels}
+    perm = torch.Generator().manual_seed(seed + 1)
+    out["ms"] = torch.randperm(Vs, generator=perm)[:MATCHED]
+    out["mt"] = torch.randperm(Vt, generator=perm)[:MATCHED]
+    return out
+
+
+def _trl_loss(inp: dict, hybrid: bool):
+    from trl.experimental.gold.gold_trainer import ULDLoss
+
+    cfg = types.SimpleNamespace(  # the GOLDConfig fields ULDLoss reads
+        uld_crossentropy_weight=0.0, uld_distillation_weight=1.0,
+        uld_student_temperature=1.0, uld_teacher_temperature=1.0,
+        uld_skip_student_eos=False, uld_skip_teacher_eos=False,
+        use_extended_uld=True, uld_token_merge_strategy="bayesian",
+        uld_use_hybrid_loss=hybrid, uld_hybrid_matched_weight=1.0,
+        uld_hybrid_unmatched_weight=1.0, beta=0.5,
+    )  # fmt: skip
+    s_vocab, t_vocab = _vocabs(inp)
+    fn = ULDLoss(cfg, s_vocab, t_vocab)
+    s, t = inp["s"], inp["t"]
+
+    def run(logits_s):
+        return fn(logits_s, t["logits"], s["labels"], t["labels"], s["ids"], t["ids"],
+                  s["offsets"], t["offsets"])  # fmt: skip
+
+    return run
+
+
+def _vocabs(inp: dict):
+    """Objects with ``get_vocab()`` whose equal strings are exactly the matched id pairs."""
+    Vs, Vt = inp["s"]["logits"].shape[-1], inp["t"]["logits"].shape[-1]
+    s_names = {i: f"s{i}" for i in range(Vs)}
+    t_names = {i: f"t{i}" for i in range(Vt)}
+    for k, (i, j) in enumerate(zip(inp["ms"].tolist(), inp["mt"].tolist(), strict=True)):
+        s_names[i] = t_names[j] = f"m{k}"
+    make = lambda names: types.SimpleNamespace(get_vocab=lambda: {v: k for k, v in names.items()})  # noqa: E731
+    return make(s_names), make(t_names)
+
+
+def _our_loss(inp: dict, impl: str):
+    from alignment.gold import gold_loss, span_uld_loss
+    from alignment.spans import align_spans_batch
+    from alignment.types import SideLogits
+
+    s, t = inp["s"], inp["t"]
+    aligned = align_spans_batch(s["offsets"], t["offsets"])  # prompt tokens are zero-width
+    span_s, span_t = aligned.student_span_B_Ts, aligned.teacher_span_B_Tt
+    teacher = SideLogits(t["logits"], t["ids"], span_t)
+
+    def run(logits_s):
+        student = SideLogits(logits_s, s["ids"], span_s)
+        if impl == "ours-gold":
+            return gold_loss(student, teacher, inp["ms"], inp["mt"], beta=0.5, anchor="last",
+                             reduction="none")  # fmt: skip
+        top_k = TOP_K if impl == "ours-uld-top256" else None
+        return span_uld_loss(student, teacher, anchor="last", top_k=top_k, reduction="none")
+
+    return run, span_s
+
+
+def _trl_normalized(per_span_B_S: torch.Tensor, span_B_T: torch.Tensor) -> torch.Tensor:
+    """TRL's reduction: mean over a sequence's spans, then mean over sequences."""
+    count_B = (span_B_T.max(1).values + 1).clamp(min=1)
+    return (per_span_B_S.sum(1) / count_B).mean()
+
+
+def worker(impl: str, case: str, repeats: int) -> dict:
+    torch.set_num_threads(1)
+    inp = make_inputs(case)
+    logits_s = inp["s"]["logits"].requires_grad_()
+    if impl.startswith("trl"):
+        run, span = _trl_loss(inp, hybrid=impl == "trl-hybrid"), None
+    else:
+        run, span = _our_loss(inp, impl)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fwd, bwd, value = [], [], None
+    for _ in range(repeats):
+        logits_s.grad = None
+        t0 = time.perf_counter()
+        loss = run(logits_s)
+        scalar = loss if span is None else _trl_normalized(loss, span)
+        t1 = time.perf_counter()
+        scalar.backward()
+        t2 = time.perf_counter()
+        fwd.append(t1 - t0)
+        bwd.append(t2 - t1)
+        value = float(scalar)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"fwd": fwd, "bwd": bwd, "value": value, "peak_mb": peak / 1024,
+            "loss_mb": (peak - rss_before) / 1024}  # fmt: skip
+
+
+def _spawn(impl: str, case: str, repeats: int) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", TRL_EXPERIMENTAL_SILENCE="1")
+    cmd = [sys.executable, __file__, "--worker", impl, "--cases", case, "--repeats", str(repeats)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _table(case: str, res: dict[str, dict]) -> list[str]:
+    B, T, Vs, Vt = CASES[case]
+    med = {k: (statistics.median(v["fwd"]), statistics.median(v["bwd"])) for k, v in res.items()}
+    lines = [
+        f"\n### {case}: B={B}, T={T}, V_student={Vs:,}, V_teacher={Vt:,}, matched={MATCHED:,}\n",
+        "| implementation | fwd s | bwd s | fwd+bwd s | speedup vs TRL | peak RSS MB | "
+        "loss RSS MB | value | value - TRL |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for impl, r in res.items():
+        peer = "trl-hybrid" if impl in ("trl-hybrid", "ours-gold") else "trl-uld"
+        f, b = med[impl]
+        pf, pb = med[peer]
+        lines.append(
+            f"| {impl} | {f:.3f} | {b:.3f} | {f + b:.3f} | {(pf + pb) / (f + b):.1f}x | "
+            f"{r['peak_mb']:.0f} | {r['loss_mb']:.0f} | {r['value']:.6f} | "
+            f"{r['value'] - res[peer]['value']:+.2e} |"
+        )
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", default="base,large")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--impls", default=",".join(IMPLS))
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS-alignment.md")))
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.cases, args.repeats)))
+        return
+    lines = [
+        "# Cross-tokenizer loss: alignment.gold vs TRL GOLD ULDLoss (CPU, 1 thread)",
+        "",
+        f"Command: `.venv/bin/python benchmarks/alignment.py --cases {args.cases} "
+        f"--repeats {args.repeats}`. Median of {args.repeats} runs per (implementation, case), "
+        "each in a fresh subprocess. 'loss RSS' = peak RSS minus RSS before the first call "
+        "(inputs excluded). ours-uld-top256 is the top-k bound, not exact ULD.",
+    ]
+    for case in args.cases.split(","):
+        res = {impl: _spawn(impl, case, args.repeats) for impl in args.impls.split(",")}
+        lines += _table(case, res)
+        print("\n".join(lines[-len(res) - 3 :]), flush=True)
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -14,7 +14,7 @@ How the bytes of a token are known (``token_bytes_table``, built once per tokeni
 - WordPiece (BERT): a ``##`` prefix is dropped; tokens are not byte-exact (lowercasing, accents
   stripped, whitespace dropped), so offsets come from the tokenizer's character offsets (below).
 - Added tokens: the bytes of their content; special ones are zero-width markers when added by the
-  tokenizer (empty character offsets), but cover their text when they appear in the text.
+  tokenizer (the encoding's ``special_tokens_mask``), but cover their text when they appear in it.
 
 Text path (``byte_offsets``): the token byte lengths are summed (vectorised ``cumsum``) and the
 concatenation of the tokens' bytes is checked against the text's bytes. If the tokenizer prepended a
@@ -32,6 +32,7 @@ zero-width there.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -133,16 +134,16 @@ def _piece_bytes(piece: str, kind: str, wp_prefix: str) -> bytes:
     return piece.encode("utf-8")
 
 
-def token_bytes_table(tokenizer: Any) -> TokenBytes:
+def token_bytes_table(tokenizer: Any, min_size: int = 0) -> TokenBytes:
     """The (cached) table of every token id's bytes for a Hugging Face fast tokenizer.
 
-    Cached per tokenizer object (weakly); rebuilt if tokens were added since."""
-    backend = _backend(tokenizer)
-    size = backend.get_vocab_size(with_added_tokens=True)
+    Cached per tokenizer object (weakly). Ids of tokens added later are beyond the cached table:
+    callers pass ``min_size = max id + 1`` and the table is rebuilt if it is smaller."""
     with contextlib.suppress(KeyError, TypeError):
-        cached_size, cached = _CACHE[tokenizer]
-        if cached_size == size:
+        cached = _CACHE[tokenizer]
+        if len(cached.bytes_V) >= min_size:
             return cached
+    backend = _backend(tokenizer)
     kind = _kind(backend)
     vocab: dict[str, int] = backend.get_vocab(with_added_tokens=True)
     added = backend.get_added_tokens_decoder()
@@ -170,24 +171,27 @@ def token_bytes_table(tokenizer: Any) -> TokenBytes:
         prefix_space=kind == "sentencepiece" and _prefix_space(backend),
     )
     with contextlib.suppress(TypeError):  # not weak-referenceable: rebuilt on each call
-        _CACHE[tokenizer] = (size, result)
+        _CACHE[tokenizer] = result
     return result
 
 
 def token_bytes(tokenizer: Any, token_ids: Any) -> list[bytes]:
     """The bytes of each id (special tokens give ``b""``: they are markers, not text)."""
-    table = token_bytes_table(tokenizer)
-    ids = _as_ids(token_ids, len(table.bytes_V))
+    ids = _as_ids(token_ids)
+    table = token_bytes_table(tokenizer, min_size=int(ids.max()) + 1 if ids.size else 0)
+    _check_range(ids, len(table.bytes_V))
     return [b"" if table.special_V[i] else table.bytes_V[i] for i in ids.tolist()]
 
 
-def _as_ids(token_ids: Any, V: int) -> np.ndarray:
+def _as_ids(token_ids: Any) -> np.ndarray:
     ids = np.asarray(token_ids.cpu() if isinstance(token_ids, torch.Tensor) else token_ids)
-    ids = ids.astype(np.int64, copy=False).reshape(-1)
+    return ids.astype(np.int64, copy=False).reshape(-1)
+
+
+def _check_range(ids: np.ndarray, V: int) -> None:
     if ids.size and (ids.min() < 0 or ids.max() >= V):
         bad = int(ids[(ids < 0) | (ids >= V)][0])
         raise AlignmentError(f"token id {bad} is outside the tokenizer's vocabulary [0, {V})")
-    return ids
 
 
 def _cumulative(lengths_T: np.ndarray, base: int = 0) -> np.ndarray:
@@ -209,8 +213,9 @@ def token_offsets(tokenizer: Any, token_ids: Any, base: int = 0) -> tuple[torch.
         the concatenated bytes ``data`` (possibly invalid UTF-8): token ``i``'s bytes are
         ``data[start - base : end - base]``.
     """
-    table = token_bytes_table(tokenizer)
-    ids = _as_ids(token_ids, len(table.bytes_V))
+    ids = _as_ids(token_ids)
+    table = token_bytes_table(tokenizer, min_size=int(ids.max()) + 1 if ids.size else 0)
+    _check_range(ids, len(table.bytes_V))
     lengths = np.where(table.special_V[ids], 0, table.length_V[ids])
     data = b"".join([table.bytes_V[i] for i in ids[lengths > 0].tolist()])
     return torch.from_numpy(_cumulative(lengths, base)), data
@@ -236,21 +241,23 @@ def offsets_from_encoding(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``byte_offsets`` for a ``tokenizers.Encoding`` of ``text`` you already have (e.g. from
     ``backend_tokenizer.encode_batch``): the ids and the byte offsets, same conventions."""
-    table = token_bytes_table(tokenizer)
-    ids = np.asarray(encoding.ids, dtype=np.int64)
-    chars = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)
+    ids = np.array(encoding.ids, dtype=np.int64)
+    table = token_bytes_table(tokenizer, min_size=int(ids.max()) + 1 if ids.size else 0)
+    # tokens the post-processor added (BOS, EOS, ...): zero-width markers
+    added = np.array(encoding.special_tokens_mask, dtype=bool)
     data = text.encode("utf-8")
-    offsets = _offsets_from_table(table, ids, chars, data) if table.byte_exact else None
-    if offsets is None:
+    offsets = _offsets_from_table(table, ids, added, data) if table.byte_exact else None
+    if offsets is None:  # fetched only here: converting offsets to Python tuples is slow
+        flat = itertools.chain.from_iterable(encoding.offsets)
+        chars = np.fromiter(flat, dtype=np.int64, count=2 * len(ids)).reshape(-1, 2)
         offsets = _offsets_from_chars(table, ids, chars, text, data)
     return torch.from_numpy(ids), torch.from_numpy(offsets)
 
 
 def _offsets_from_table(
-    table: TokenBytes, ids: np.ndarray, chars: np.ndarray, data: bytes
+    table: TokenBytes, ids: np.ndarray, marker: np.ndarray, data: bytes
 ) -> np.ndarray | None:
     """Exact offsets from the tokens' byte lengths, or None if their bytes don't spell ``data``."""
-    marker = table.added_V[ids] & (chars[:, 0] == chars[:, 1])
     lengths = np.where(marker, 0, table.length_V[ids])
     text_pos = np.flatnonzero(lengths > 0)
     spelled = b"".join([table.bytes_V[i] for i in ids[text_pos].tolist()])

@@ -183,5 +183,7 @@ def test_table_is_rebuilt_after_adding_tokens():
     tok = _wrap(wp._tokenizer)
     before = len(token_bytes_table(tok).bytes_V)
     tok.add_tokens(["<new>"])
+    ids, off = byte_offsets(tok, "hello <new>", add_special_tokens=False)
     table = token_bytes_table(tok)
     assert len(table.bytes_V) == before + 1 and table.bytes_V[-1] == b"<new>"
+    assert ids[-1] == before and off[-1].tolist() == [6, 11]

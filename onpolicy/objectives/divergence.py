@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from onpolicy.losses import LMHead, chunked_divergence, generalized_jsd
+from onpolicy.errors import ConfigError
+from onpolicy.losses import LMHead, chunked_divergence, generalized_jsd, sparse_divergence
 from onpolicy.objectives.base import LossOutput
 from onpolicy.objectives.common import require_same, student_forward
 from onpolicy.teacher.types import TeacherScores
@@ -32,6 +33,8 @@ def divergence_loss(
     positions at a time (``onpolicy.losses.chunked``); needs a teacher that returned hidden states.
     """
     scores = require_same(scores, name)
+    if getattr(scores, "topk_ids_N_K", None) is not None:
+        return _sparse_loss(student, rollout, scores, beta, temperature, name)
     fwd = student_forward(student, rollout, scores.vocab_size, hidden=chunked)
     if chunked:
         if scores.hidden_N_D is None or scores.lm_head is None:
@@ -61,3 +64,23 @@ def divergence_loss(
     return LossOutput(
         loss_sum=loss_sum, num_tokens=n, metrics={"divergence_sum": float(loss_sum.detach())}
     )
+
+
+def _sparse_loss(
+    student: torch.nn.Module, rollout: Rollout, scores, beta: float, temperature: float, name: str
+) -> LossOutput:
+    """Generalized JSD against a top-k teacher (support + one tail bucket), summed."""
+    if temperature != 1.0:
+        raise ConfigError(
+            f"objective {name!r}: temperature={temperature} needs the teacher's full logits; a "
+            "top-k teacher's log-probs are at temperature 1 (set temperature: 1.0 or top_k: 0)"
+        )
+    fwd = student_forward(student, rollout, getattr(scores, "vocab_size", None))
+    device = fwd.logits_N_V.device
+    loss_sum = sparse_divergence(
+        fwd.logits_N_V, scores.topk_ids_N_K.to(device), scores.topk_logprobs_N_K.to(device),
+        divergence="generalized_jsd", coef=beta, reduction="sum",
+        teacher_tail=scores.tail_logprob_N.to(device),
+    )  # fmt: skip
+    n = int(fwd.targets_N.numel())
+    return LossOutput(loss_sum, n, {"divergence_sum": float(loss_sum.detach())})

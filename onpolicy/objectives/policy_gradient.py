@@ -62,7 +62,7 @@ class PolicyGradient:
             )
         else:
             scores = require_same(teacher_scores, self.name)
-            fwd = student_forward(student, rollout, scores.vocab_size)
+            fwd = student_forward(student, rollout, getattr(scores, "vocab_size", None))
             student_lp_N = token_logprobs(fwd.logits_N_V, fwd.targets_N)
             teacher_lp_N = scores.token_logprobs_N.to(student_lp_N.device)
             advantage_N = (teacher_lp_N - student_lp_N).detach()

@@ -37,6 +37,8 @@ class LocalTeacher:
             (alignment layer), ``auto`` (``same`` if the tokenizers are identical, else ``cross``),
             ``self`` (the student's base; implies ``same``).
         hidden: return hidden states + LM head instead of logits (for the chunked loss).
+        top_k: > 0 keeps only the teacher's top-k log-probabilities per position (+ the tail
+            mass), the sparse form a vLLM teacher returns; 0 keeps the full logits.
     """
 
     def __init__(
@@ -46,7 +48,10 @@ class LocalTeacher:
         student_tokenizer: Any,
         mode: TeacherModeArg = "auto",
         hidden: bool = False,
+        top_k: int = 0,
     ) -> None:
+        if top_k < 0 or (top_k and hidden):
+            raise ConfigError(f"teacher top_k={top_k}: use 0 (full logits) or > 0 without hidden")
         if mode not in ("same", "cross", "auto", "self"):
             raise ConfigError(f"teacher mode {mode!r} is unknown; use same, cross, auto or self")
         same = same_tokenizer(tokenizer, student_tokenizer)
@@ -62,6 +67,7 @@ class LocalTeacher:
         self.mode = "same" if mode in ("same", "self") or (mode == "auto" and same) else "cross"
         self.adapters_off = mode == "self"
         self.hidden = hidden
+        self.top_k = top_k
         self.vocab_size = len(tokenizer)
         if mode != "self":
             model.requires_grad_(False)
@@ -96,7 +102,7 @@ class LocalTeacher:
             logprobs_N = _token_logprobs(fwd.logits_N_V, fwd.targets_N)
         else:  # a slice of positions at a time: [N, V] logits never exist at once
             logprobs_N = _chunked_token_logprobs(fwd.hidden_N_D, fwd.lm_head, fwd.targets_N)
-        return TeacherScores(
+        scores = TeacherScores(
             mode="same",
             vocab_size=self.vocab_size,
             num_tokens_B=fwd.num_tokens_B,
@@ -105,6 +111,12 @@ class LocalTeacher:
             hidden_N_D=fwd.hidden_N_D,
             lm_head=fwd.lm_head,
         )
+        if self.top_k:
+            scores.topk_logprobs_N_K, scores.topk_ids_N_K, scores.tail_logprob_N = _sparse(
+                fwd.logits_N_V, min(self.top_k, self.vocab_size)
+            )
+            scores.logits_N_V = None
+        return scores
 
     def _eval_mode(self):
         return _EvalMode(self.model)
@@ -140,6 +152,15 @@ class _null:
 def _token_logprobs(logits_N_V: torch.Tensor, targets_N: torch.Tensor) -> torch.Tensor:
     """float32 log-softmax of each row at its target."""
     return torch.log_softmax(logits_N_V.float(), dim=-1).gather(1, targets_N[:, None]).squeeze(1)
+
+
+def _sparse(logits_N_V: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
+    """(top-k log-probs [N, K] float32, their ids [N, K], log tail mass [N]) per position."""
+    from onpolicy.losses import teacher_tail_logprob
+
+    logprobs = torch.log_softmax(logits_N_V.float(), dim=-1)
+    top_lp, top_ids = logprobs.topk(k, dim=-1)
+    return top_lp, top_ids, teacher_tail_logprob(top_lp)
 
 
 def _chunked_token_logprobs(

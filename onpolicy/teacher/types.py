@@ -70,6 +70,10 @@ class TeacherScores:
         token_logprobs_N: the teacher's log-probability (temperature 1, full vocabulary) of the
             completion token at each position: the sampled-token signal (``same`` only).
         num_tokens_B: completion tokens per row (``sum == N``).
+        topk_ids_N_K, topk_logprobs_N_K, tail_logprob_N: a sparse teacher (``same``): its top-k
+            token ids and float32 log-probabilities per position (temperature 1) and the log of
+            the remaining mass (``LocalTeacher(top_k=K)`` or a vLLM teacher); ``logits_N_V`` is
+            then None.
         cross: the cross-tokenizer view (``mode == "cross"``), else None.
         metrics: plain floats (e.g. seconds, alignment coverage).
     """
@@ -81,6 +85,9 @@ class TeacherScores:
     logits_N_V: torch.Tensor | None = None
     hidden_N_D: torch.Tensor | None = None
     lm_head: LMHead | None = None
+    topk_ids_N_K: torch.Tensor | None = None
+    topk_logprobs_N_K: torch.Tensor | None = None
+    tail_logprob_N: torch.Tensor | None = None
     cross: CrossTeacherScores | None = None
     metrics: dict[str, float] = field(default_factory=dict)
 

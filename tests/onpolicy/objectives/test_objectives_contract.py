@@ -22,6 +22,7 @@ from onpolicy.types import Prompt, SamplingParams
 CASES = {  # name -> (params, is a divergence: student == teacher gives 0)
     "reverse_kl": ({}, True),
     "reverse_kl_chunked": ({"chunked": True}, True),
+    "reverse_kl_topk": ({}, True),
     "gkd": ({"lmbda": 0.5, "beta": 0.3, "temperature": 0.8}, True),
     "supervised_kd": ({}, True),
     "sft": ({}, False),
@@ -33,7 +34,11 @@ SAME_TOKENIZER = {"reverse_kl", "gkd", "supervised_kd", "sft", "policy_gradient"
 
 def _objective(case):
     params, _ = CASES[case]
-    return make_objective(case.split("_chunked")[0].split("_tis")[0], **params)
+    return make_objective(_base(case), **params)
+
+
+def _base(case):
+    return case.removesuffix("_chunked").removesuffix("_tis").removesuffix("_topk")
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +60,11 @@ def rollout(models):
     return backend.generate(render_prompts(tok, prompts), SamplingParams(10, n=2, seed=3), prompts)
 
 
-def _scores(teacher, tok, ro, chunked=False):
-    return LocalTeacher(teacher, tok, tok, mode="same", hidden=chunked).score(ro)
+def _scores(teacher, tok, ro, case=""):
+    top_k = 16 if "topk" in case else 0
+    return LocalTeacher(
+        teacher, tok, tok, mode="same", hidden="chunked" in case, top_k=top_k
+    ).score(ro)
 
 
 def test_every_builtin_is_registered_and_tested():
@@ -70,7 +78,7 @@ def test_every_builtin_is_registered_and_tested():
 def test_contract(case, models, rollout):
     student, tok, teacher = models
     obj = _objective(case)
-    scores = _scores(teacher, tok, rollout, "chunked" in case) if obj.needs_teacher else None
+    scores = _scores(teacher, tok, rollout, case) if obj.needs_teacher else None
     student.zero_grad(set_to_none=True)
     out = obj.loss(student, rollout, scores)
     assert out.loss_sum.dim() == 0 and torch.isfinite(out.loss_sum)
@@ -88,7 +96,7 @@ def test_student_equal_to_teacher_gives_zero(case, models, rollout):
     _, tok, teacher = models
     twin = copy.deepcopy(teacher).requires_grad_(True)
     obj = _objective(case)
-    out = obj.loss(twin, rollout, _scores(teacher, tok, rollout, "chunked" in case))
+    out = obj.loss(twin, rollout, _scores(teacher, tok, rollout, case))
     assert abs(out.loss_sum.item()) < 1e-4
 
 
@@ -125,7 +133,8 @@ def test_divergence_value_and_gradient_match_float64_reference(name, params, bet
     student, tok, teacher = models
     obj = make_objective(name, **params)
     student.zero_grad(set_to_none=True)
-    out = obj.loss(student, rollout, _scores(teacher, tok, rollout, params.get("chunked", False)))
+    case = "chunked" if params.get("chunked") else ""
+    out = obj.loss(student, rollout, _scores(teacher, tok, rollout, case))
     out.loss_sum.backward()
     got = [p.grad.clone() for p in student.parameters()]
     student.zero_grad(set_to_none=True)
@@ -135,6 +144,23 @@ def test_divergence_value_and_gradient_match_float64_reference(name, params, bet
     for g, p in zip(got, student.parameters(), strict=True):
         torch.testing.assert_close(g.double(), p.grad.double(), rtol=1e-3, atol=1e-5)
     student.zero_grad(set_to_none=True)
+
+
+def test_sparse_teacher_with_the_whole_vocabulary_equals_dense(models, rollout):
+    student, tok, teacher = models
+    dense = _scores(teacher, tok, rollout)
+    full = LocalTeacher(teacher, tok, tok, mode="same", top_k=len(tok)).score(rollout)
+    assert full.logits_N_V is None and full.topk_ids_N_K.shape[1] == len(tok)
+    for beta in (0.0, 0.5, 1.0):
+        obj = make_objective("reverse_kl", beta=beta)
+        torch.testing.assert_close(
+            obj.loss(student, rollout, full).loss_sum,
+            obj.loss(student, rollout, dense).loss_sum,
+            rtol=1e-4,
+            atol=1e-4,
+        )
+    with pytest.raises(ConfigError, match="top-k teacher"):
+        make_objective("reverse_kl", temperature=2.0).loss(student, rollout, full)
 
 
 def test_sft_is_the_summed_nll(models, rollout):

@@ -109,8 +109,12 @@ def _kind(backend: Any) -> str:
     )
 
 
-def _prefix_space(backend: Any) -> bool:
+def _prefix_space(backend: Any, kind: str) -> bool:
+    """Does the tokenizer prepend a space the text doesn't have (SentencePiece's dummy prefix,
+    byte-level ``add_prefix_space=True``)?"""
     parts = repr(backend.normalizer) + repr(backend.pre_tokenizer)
+    if kind == "bytelevel":
+        return "add_prefix_space=True" in repr(backend.pre_tokenizer)
     if "Prepend" in parts and "▁" in parts:
         return True
     return "Metaspace" in parts and "prepend_scheme=never" not in parts.replace('"', "")
@@ -168,7 +172,7 @@ def token_bytes_table(tokenizer: Any, min_size: int = 0) -> TokenBytes:
         added_V=is_added,
         byte_fallback_V=fallback & ~is_added,
         byte_exact=kind != "wordpiece",
-        prefix_space=kind == "sentencepiece" and _prefix_space(backend),
+        prefix_space=kind != "wordpiece" and _prefix_space(backend, kind),
     )
     with contextlib.suppress(TypeError):  # not weak-referenceable: rebuilt on each call
         _CACHE[tokenizer] = result

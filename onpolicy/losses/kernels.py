@@ -91,7 +91,7 @@ def _tv(log_ps: Tensor, log_pt: Tensor, coef: float) -> Tensor:
 
 
 def _rowdot(a: Tensor, b: Tensor) -> Tensor:
-    """Row-wise dot product ``(a * b).sum(-1)`` of [..., V] tensors, without a [..., V] temporary."""
+    """Row-wise dot ``(a * b).sum(-1)`` of [..., V] tensors, without a [..., V] temporary."""
     v = a.shape[-1]
     return torch.bmm(a.reshape(-1, 1, v), b.reshape(-1, v, 1)).reshape(a.shape[:-1])
 

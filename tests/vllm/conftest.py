@@ -1,8 +1,9 @@
 """Shared fixtures of the vLLM lane (run with ``.venv-vllm/bin/python -m pytest tests/vllm``).
 
-One in-process engine per module (started once, closed at module end); one ``vllm serve`` per
-session on 127.0.0.1 (a free port, bounded wait, killed at the end). Without vllm every test module
-skips itself (``pytest.importorskip``); these fixtures import vllm only when a test asks for them.
+One in-process engine per module (started once, closed at module end); two ``vllm serve`` on
+127.0.0.1 for the session (free ports, started together, bounded wait, killed at the end).
+Without vllm every test module skips itself (``pytest.importorskip``); these fixtures import vllm
+only when a test asks for them.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ import pytest
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
 
-SERVER_START_TIMEOUT_S = 180.0
+SERVER_START_TIMEOUT_S = 300.0
 
 
 def teacher_path() -> Path:
@@ -48,33 +52,68 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def vllm_server(tmp_path_factory):
-    """``(base_url, model_path)`` of a real ``vllm serve`` on the char-tokenizer tiny model, with
-    runtime LoRA loading and the dev-mode weight reload route enabled."""
-    from onpolicy.rollout.vllm_server import serve_command
+class _Servers:
+    """Both test servers, started together on first use (their start-ups overlap), killed at the
+    end of the session."""
 
-    path = char_model_path()
-    port = free_port()
-    argv, env = serve_command(
-        path, port, python=sys.executable, max_model_len=256, dtype="float32", max_lora_rank=8
-    )
-    log_path = tmp_path_factory.mktemp("server") / "vllm-serve.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            argv, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
+    def __init__(self, log_dir: Path) -> None:
+        from onpolicy.rollout.vllm_server import serve_command
+
+        self.procs: dict[str, tuple[subprocess.Popen, str, Path]] = {}
+        path = char_model_path()
+        for name, rank in (("student", 8), ("teacher", None)):
+            port = free_port()
+            argv, env = serve_command(
+                path,
+                port,
+                python=sys.executable,
+                max_model_len=256,
+                dtype="float32",
+                max_lora_rank=rank,
+            )
+            log_path = log_dir / f"vllm-serve-{name}.log"
+            with open(log_path, "w") as log:
+                proc = subprocess.Popen(
+                    argv, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT
+                )
+            self.procs[name] = (proc, f"http://127.0.0.1:{port}", log_path)
+        self.path = path
+
+    def get(self, name: str) -> tuple[str, Path]:
+        proc, url, log_path = self.procs[name]
         _wait_healthy(url, proc, log_path)
-        yield url, path
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
+        return url, self.path
+
+    def close(self) -> None:
+        for proc, _, _ in self.procs.values():
+            proc.terminate()
+        for proc, _, _ in self.procs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def _servers(tmp_path_factory):
+    servers = _Servers(tmp_path_factory.mktemp("servers"))
+    yield servers
+    servers.close()
+
+
+@pytest.fixture(scope="session")
+def vllm_server(_servers):
+    """``(url, model_path)`` of a student server: runtime LoRA loading and the dev-mode weight
+    reload route enabled (tiny char-tokenizer model)."""
+    return _servers.get("student")
+
+
+@pytest.fixture(scope="session")
+def vllm_teacher_server(_servers):
+    """A teacher server, LoRA off: on vllm-cpu 0.32 ``prompt_logprobs`` for several requests on a
+    LoRA-enabled engine crashes the engine (CPU punica ``add_lora_logits`` shape error)."""
+    return _servers.get("teacher")
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen, log_path: Path) -> None:

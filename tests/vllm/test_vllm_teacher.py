@@ -1,0 +1,117 @@
+"""The vLLM teacher on a real ``vllm serve`` (tiny char-tokenizer model, LoRA off): top-k prompt
+logprobs equal the teacher's own forward pass, same tokenizer and across tokenizers (the teacher
+scores its own rendering and tokenization; the alignment layer maps them)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+vllm = pytest.importorskip("vllm")
+
+from onpolicy.chat import render_prompt, render_prompts  # noqa: E402
+from onpolicy.errors import ConfigError  # noqa: E402
+from onpolicy.models import load_model, load_tokenizer  # noqa: E402
+from onpolicy.rollout.base import make_backend  # noqa: E402
+from onpolicy.teacher.vllm_teacher import VLLMTeacher, sparse_rows  # noqa: E402
+from onpolicy.types import Prompt, SamplingParams  # noqa: E402
+
+pytestmark = pytest.mark.vllm
+
+QUESTIONS = ["What is 3 plus 4?", "Spell façade.", "What color is the snow?"]
+
+
+@pytest.fixture(scope="module")
+def served(vllm_teacher_server):
+    url, path = vllm_teacher_server
+    return url, path, load_model(path, trainable=False), load_tokenizer(path)
+
+
+def _ids(tok):
+    prompts = [Prompt(messages=({"role": "user", "content": q},)) for q in QUESTIONS]
+    return prompts, render_prompts(tok, prompts)
+
+
+def _forward_logprobs(model, prompt_ids_B, completion_ids_B):
+    out = []
+    with torch.no_grad():
+        for p, c in zip(prompt_ids_B, completion_ids_B, strict=True):
+            logp = torch.log_softmax(model(input_ids=torch.tensor([p + c])).logits[0].float(), -1)
+            out.append(logp[len(p) - 1 : len(p) + len(c) - 1])  # (len(c), V)
+    return out
+
+
+def _check_scores(scores, model, prompt_ids_B, completion_ids_B, k):
+    logp = _forward_logprobs(model, prompt_ids_B, completion_ids_B)
+    lp_N_V = torch.cat(logp)  # (N, V) packed row-major
+    targets = torch.tensor([t for c in completion_ids_B for t in c])
+    torch.testing.assert_close(
+        scores.token_logprobs_N, lp_N_V[torch.arange(len(targets)), targets], atol=1e-4, rtol=0
+    )
+    top_lp, _ = lp_N_V.topk(k, dim=-1)
+    torch.testing.assert_close(scores.topk_logprobs_N_K, top_lp, atol=1e-4, rtol=0)
+    picked = lp_N_V.gather(1, scores.topk_ids_N_K)  # the ids are the ones with those logprobs
+    torch.testing.assert_close(picked, scores.topk_logprobs_N_K, atol=1e-4, rtol=0)
+    tail = torch.log1p(-top_lp.double().exp().sum(-1)).float()
+    torch.testing.assert_close(scores.tail_logprob_N, tail, atol=1e-4, rtol=1e-4)
+    assert scores.num_tokens_B == [len(c) for c in completion_ids_B]
+
+
+def test_server_teacher_same_tokenizer_top_k(served):
+    url, _, model, tok = served
+    _, ids = _ids(tok)
+    ro = make_backend("vllm-server", server_url=url, sync="none").generate(
+        ids, SamplingParams(max_new_tokens=6, seed=2)
+    )
+    scores = VLLMTeacher(url, top_k=8).score(ro)
+    _check_scores(scores, model, ro.prompt_ids_B, ro.completion_ids_B, 8)
+
+
+def test_server_teacher_cross_tokenizer_scores_its_own_tokens(served, tiny_teacher_path):
+    url, _, teacher_model, teacher_tok = served
+    student, student_tok = (
+        load_model(tiny_teacher_path, trainable=False),
+        load_tokenizer(tiny_teacher_path),
+    )
+    prompts, ids = _ids(student_tok)
+    ro = make_backend("hf", model=student, tokenizer=student_tok).generate(
+        ids, SamplingParams(max_new_tokens=16, temperature=0), prompts
+    )
+    teacher = VLLMTeacher(
+        url, top_k=5, mode="cross", tokenizer=teacher_tok, student_tokenizer=student_tok
+    )
+    scores = teacher.score(ro)
+    assert scores.mode == "cross"
+    for b, text in enumerate(ro.texts_B):
+        assert scores.prompt_ids_B[b] == render_prompt(teacher_tok, prompts[b])
+        assert teacher_tok.decode(scores.completion_ids_B[b], skip_special_tokens=True) == text
+    _check_scores(scores, teacher_model, scores.prompt_ids_B, scores.completion_ids_B, 5)
+
+
+def test_sparse_rows_by_hand():
+    """Rank decides the top-k (the actual token may be outside it); tail = log(1 - sum p)."""
+    import math
+
+    positions = [
+        None,
+        {5: (-0.1, 1)},
+        {7: (math.log(0.5), 1), 3: (math.log(0.2), 2), 9: (math.log(0.1), 3)},
+    ]
+    ids, lps, tok, tail = sparse_rows([positions], [2], [[9]], k=2)
+    assert ids.tolist() == [[7, 3]] and tok.tolist() == pytest.approx([math.log(0.1)])
+    assert lps[0].tolist() == pytest.approx([math.log(0.5), math.log(0.2)])
+    assert tail.tolist() == pytest.approx([math.log(0.3)], abs=1e-6)
+
+
+def test_a_lora_enabled_engine_is_refused_as_teacher():
+    class FakeConfig:  # only the attribute the guard reads
+        lora_config = object()
+
+    class FakeEngine:
+        vllm_config = FakeConfig()
+
+    class FakeLLM:
+        llm_engine = FakeEngine()
+
+    with pytest.raises(ConfigError, match="enable_lora"):
+        VLLMTeacher(FakeLLM())

@@ -73,11 +73,12 @@ def load_student(config: Config, device: torch.device) -> tuple[Any, Any]:
     tokenizer = load_tokenizer(path, config.student.gguf_file)
     model = load_model(path, dtype=dtype, device=device, gguf_file=config.student.gguf_file)
     if config.lora.enabled:
+        targets = config.lora.target_modules
         spec = LoraSpec(
             rank=config.lora.r,
             alpha=config.lora.alpha,
             dropout=config.lora.dropout,
-            target_modules=tuple(config.lora.target_modules),
+            target_modules="all-linear" if targets == ["all-linear"] else tuple(targets),
         )
         model = apply_lora(model, spec)
     model.train()

@@ -11,6 +11,7 @@ from onpolicy.config import Config, apply_overrides, from_dict
 REPO = Path(__file__).resolve().parents[3]
 DATA = REPO / "configs" / "data" / "tiny_chat.jsonl"
 TEACHER = "tiny:small,seed=1,pretrain_steps=300"
+PRETRAINED_STUDENT = "tiny:tiny,seed=2,pretrain_steps=100"
 
 
 def base_raw(output_dir: Path) -> dict:
@@ -39,3 +40,4 @@ def _tiny_models_built():
 
     tiny_model_dir("tiny")
     tiny_model_dir("small", seed=1, pretrain_steps=300)
+    tiny_model_dir("tiny", seed=2, pretrain_steps=100)

@@ -18,16 +18,18 @@ per file, until the student side has >= 1,000,000 tokens.
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
+# benchmarks/alignment.py would shadow the `alignment` package: put the repo root first
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("RAYON_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import statistics
-import sys
 import sysconfig
 import time
-from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer

@@ -196,7 +196,7 @@ def test_policy_gradient_on_policy_gradient_is_reinforce(models, rollout):
     student.zero_grad(set_to_none=True)
     reward = make_objective("policy_gradient", kl_coef=0.0, reward_fn=lambda ro: [2.0] * len(ro))
     out = reward.loss(student, rollout, scores)
-    assert abs(float(out.loss_sum) + 2.0 * out.num_tokens) < 1e-2  # ratio 1: -sum(A)
+    assert abs(out.loss_sum.item() + 2.0 * out.num_tokens) < 1e-2  # ratio 1: -sum(A)
 
 
 def test_empty_completions_are_an_explicit_zero(models):

@@ -17,6 +17,9 @@ Given the conversation (messages) and the student's sampled completion ids:
    is taught to stop where the teacher would end its turn. Other special tokens inside a completion
    are zero-width (span ``-1``).
 4. Only the completion is aligned (``align_spans`` on the two sides' completion offsets).
+
+``collate_views`` pads a batch of views and puts the span indices on full-sequence positions
+(``-1`` on prompts and padding), the layout ``alignment.spans_math`` consumes.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from alignment.errors import AlignmentError
 from alignment.offsets import byte_offsets, token_bytes_table, token_offsets
 from alignment.spans import align_spans
 from alignment.special import end_of_turn_id, stop_ids
-from alignment.types import TeacherView
+from alignment.types import SpanAlignment, TeacherView
 
 
 def render_prompt(tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[int]:
@@ -137,3 +140,43 @@ def teacher_view(
         num_spans=num_spans,
         stopped=stopped,
     )
+
+
+def collate_views(
+    views: Sequence[TeacherView],
+    student_prompt_lens_B: Sequence[int],
+    student_T: int,
+    teacher_pad_id: int,
+) -> tuple[torch.Tensor, torch.Tensor, SpanAlignment]:
+    """Pad a batch of teacher views and place the span indices on full-sequence positions.
+
+    Args:
+        views: one ``TeacherView`` per row.
+        student_prompt_lens_B: each row's student prompt length (its completion starts there, as
+            in ``onpolicy.types.PaddedBatch``).
+        student_T: the student batch's padded length ``Ts``.
+        teacher_pad_id: id that pads the teacher rows.
+
+    Returns:
+        (teacher_input_ids_B_Tt, teacher_attention_B_Tt, alignment): right-padded teacher inputs,
+        their int64 attention mask, and a ``SpanAlignment`` whose ``[B, Ts]`` / ``[B, Tt]`` span
+        tensors index token positions of the full sequences (``-1`` on prompts and padding), the
+        layout ``alignment.spans_math`` takes.
+    """
+    B = len(views)
+    Tt = max((len(v.teacher_input_ids_T) for v in views), default=0)
+    t_ids = torch.full((B, Tt), teacher_pad_id, dtype=torch.long)
+    t_att = torch.zeros((B, Tt), dtype=torch.long)
+    s_span = torch.full((B, student_T), -1, dtype=torch.long)
+    t_span = torch.full((B, Tt), -1, dtype=torch.long)
+    for b, (view, p) in enumerate(zip(views, student_prompt_lens_B, strict=True)):
+        n, c, k = len(view.teacher_input_ids_T), view.completion, len(view.student_span_Ts)
+        if p + k > student_T:
+            raise AlignmentError(
+                f"row {b}: student prompt {p} + completion {k} tokens exceed student_T={student_T}"
+            )
+        t_ids[b, :n], t_att[b, :n] = view.teacher_input_ids_T, 1
+        t_span[b, c] = view.teacher_span_Tt
+        s_span[b, p : p + k] = view.student_span_Ts
+    num_spans_B = torch.tensor([v.num_spans for v in views], dtype=torch.long)
+    return t_ids, t_att, SpanAlignment(s_span, t_span, num_spans_B)

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from alignment.chat import encode_bytes, render_prompt, teacher_view
+from alignment.chat import collate_views, encode_bytes, render_prompt, teacher_view
+from alignment.errors import AlignmentError
 from alignment.offsets import token_bytes_table, token_offsets
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France? Answer briefly."}]
@@ -95,3 +96,25 @@ def test_teacher_without_template_gets_plain_rendering(real_tokenizers):
     view = teacher_view(MESSAGES, completion, s_tok, t_tok)
     text = t_tok.decode(view.teacher_input_ids_T)
     assert text == f"user: {MESSAGES[0]['content']}\nassistant: Paris.<|endoftext|>"
+
+
+def test_collate_views_places_spans_on_sequence_positions(real_tokenizers):
+    s_tok, t_tok = real_tokenizers["smollm2"], real_tokenizers["gemma3"]
+    answers = ["Paris.", "It is Paris, of course! 🇫🇷"]
+    completions = [[*s_tok(a, add_special_tokens=False)["input_ids"], 2] for a in answers]
+    views = [teacher_view(MESSAGES, c, s_tok, t_tok) for c in completions]
+    prompt_lens, student_T = [3, 5], 5 + max(len(c) for c in completions) + 2
+    t_ids, t_att, al = collate_views(views, prompt_lens, student_T, t_tok.pad_token_id)
+    for b, view in enumerate(views):
+        n = len(view.teacher_input_ids_T)
+        assert t_ids[b, :n].tolist() == view.teacher_input_ids_T.tolist()
+        assert t_att[b].sum() == n and (t_ids[b, n:] == t_tok.pad_token_id).all()
+        p, k = prompt_lens[b], len(completions[b])
+        assert al.student_span_B_Ts[b, p : p + k].tolist() == view.student_span_Ts.tolist()
+        assert (al.student_span_B_Ts[b, :p] == -1).all()
+        assert (al.student_span_B_Ts[b, p + k :] == -1).all()
+        assert al.teacher_span_B_Tt[b, view.completion].tolist() == view.teacher_span_Tt.tolist()
+        assert (al.teacher_span_B_Tt[b, : view.completion.start] == -1).all()
+        assert al.num_spans_B[b] == view.num_spans
+    with pytest.raises(AlignmentError, match="exceed student_T"):
+        collate_views(views, prompt_lens, 4, 0)

@@ -127,7 +127,7 @@ def collapse_warnings(metrics: dict[str, float]) -> dict[str, str]:
     rep = metrics.get("diag/repetition_rate")
     if rep is not None and rep > 0.5:
         out["diag/repetition_rate"] = f"repetition rate {rep:.2f}: completions loop; lower optim.lr"
-    cov = metrics.get("diag/alignment_coverage")
+    cov = metrics.get("diag/alignment_coverage", metrics.get("teacher/coverage"))
     if cov is not None and cov < 0.5:
         out["diag/alignment_coverage"] = (
             f"only {cov:.0%} of student tokens align to teacher spans: check the tokenizers"

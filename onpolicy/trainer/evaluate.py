@@ -103,8 +103,8 @@ def _batch_sums(
         out["n_positions"] = n
     else:
         teacher_lp = scores.cross.token_logprobs_Nt.sum()
-        if "alignment/coverage" in scores.metrics:
-            out["coverage"] = scores.metrics["alignment/coverage"] * len(rollout)
+        if "teacher/coverage" in scores.metrics:  # share of student tokens inside aligned spans
+            out["coverage"] = scores.metrics["teacher/coverage"] * len(rollout)
     out["student_lp"] = student_lp.item()
     out["teacher_lp"] = float(teacher_lp)
     return out

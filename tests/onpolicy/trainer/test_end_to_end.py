@@ -7,6 +7,7 @@ teacher-forced on the student's greedy completions of held-out prompts.
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -107,23 +108,23 @@ def test_off_policy_baselines_run(tmp_path, objective):
     assert [r["train/on_policy"] for r in _records(tmp_path)] == [0.0, 0.0]
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(
-    "gold" not in OBJECTIVES and "uld" not in OBJECTIVES,
-    reason="cross-tokenizer objectives not registered yet",
-)
+@pytest.mark.skipif("gold" not in OBJECTIVES, reason="cross-tokenizer objectives not registered")
 def test_cross_tokenizer_student(tmp_path):
-    name = "gold" if "gold" in OBJECTIVES else "uld"
+    # char-level student (SentencePiece-like, byte fallback) distilled from a byte-level BPE teacher
     cfg = make_config(
         tmp_path,
-        *FAST,
+        "train.micro_batch_size=8",
+        "eval.num_prompts=4",
         "train.steps=8",
-        "optim.lr=5e-3",
-        "student.path=tiny:tiny,tokenizer=char",
+        "optim.lr=1e-2",
+        "student.path='tiny:tiny,tokenizer=char'",
         "teacher.mode=cross",
-        f"objective.name={name}",
+        "objective.name=gold",
     )
     result = train(cfg)
     assert "eval/kl_per_token" not in result.eval_after  # no shared vocabulary
-    before = result.eval_before["eval/teacher_nll_per_byte"]
-    assert result.eval_after["eval/teacher_nll_per_byte"] < before
+    assert result.eval_after["eval/alignment_coverage"] > 0.5
+    assert all(math.isfinite(x) for x in result.losses)
+    assert result.losses[-1] < 0.6 * result.losses[0]  # the GOLD loss goes down
+    coverage = [r["teacher/coverage"] for r in _records(tmp_path) if "teacher/coverage" in r]
+    assert len(coverage) == 8 and min(coverage) > 0.5

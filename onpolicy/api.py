@@ -58,9 +58,11 @@ def step(
     token count and the gradient norm (when ``model`` and clipping are given).
     """
     outs = [out] if isinstance(out, LossOutput) else list(out)
+    if not outs:
+        raise ValueError("step() needs at least one LossOutput")
     num_tokens = sum(o.num_tokens for o in outs)
     # global normalization: every counted token weighs the same, whatever the micro-batch split
-    total = sum((o.loss_sum for o in outs), start=torch.zeros(())) / max(num_tokens, 1)
+    total = sum((o.loss_sum for o in outs[1:]), start=outs[0].loss_sum) / max(num_tokens, 1)
     if extra_loss is not None:
         total = total + extra_loss
     total.backward()

@@ -27,9 +27,10 @@ DTYPES = {
 }
 
 
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """``"bfloat16"``/``"bf16"``/... or a ``torch.dtype`` -> ``torch.dtype``."""
-    if isinstance(dtype, torch.dtype):
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
+    """``"bfloat16"``/``"bf16"``/... or a ``torch.dtype`` -> ``torch.dtype``; ``"auto"`` stays
+    ``"auto"`` (the dtype the checkpoint was saved in)."""
+    if isinstance(dtype, torch.dtype) or dtype == "auto":
         return dtype
     if dtype not in DTYPES:
         raise ConfigError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")

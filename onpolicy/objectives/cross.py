@@ -86,7 +86,8 @@ def span_advantages_and_logprobs(
         S = cross.num_spans_B[b]
         s_span = cross.student_span_B[b].to(logp_N.device)[None]
         s_span_lp, s_mask = span_logprobs(s_lp[None], s_span, S)
-        t_span_lp, t_mask = span_logprobs(t_rows[b][None], cross.teacher_span_B[b][None], S)
+        t_span = cross.teacher_span_B[b].to(logp_N.device)[None]
+        t_span_lp, t_mask = span_logprobs(t_rows[b][None], t_span, S)
         reward = span_sampled_reward(s_span_lp, t_span_lp, s_mask & t_mask)
         advantages.append(span_values_to_tokens(reward, s_span)[0])
     advantage_N = torch.cat(advantages) if advantages else logp_N.new_zeros(0)

@@ -28,7 +28,6 @@ log-probs of the non-anchor tokens only (a 1:1 span needs none).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -101,21 +100,21 @@ def _rest_scale(logits, plan: _Plan, R: int, tau: float, dtype, chunk: int) -> t
 
 
 def _gjsd_rows(
-    la: torch.Tensor, lb: torch.Tensor, beta: float
+    la: torch.Tensor, lb: torch.Tensor, a: torch.Tensor, b: torch.Tensor, beta: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalized JSD of positive measures ``a = exp(la)``, ``b = exp(lb)`` per row [R, M].
 
-    Returns ``(J_R, h_R_M)`` with ``h = a * dJ/da`` (what the softmax backward needs).
+    Returns ``(J_R, h_R_M)`` with ``h = a * dJ/da`` (what the softmax backward needs). Terms with
+    a zero measure count 0 (``0 log 0 = 0``).
     """
-    a, b = la.exp(), lb.exp()
     zero = torch.zeros((), dtype=la.dtype)
     if beta == 0.0:  # KL(b || a) + sum(a - b)
         J = torch.where(b > 0, b * (lb - la), zero) - b + a
         return J.sum(-1), a - b
     if beta == 1.0:  # KL(a || b) + sum(b - a)
-        J = torch.where(a > 0, a * (la - lb), zero) - a + b
-        return J.sum(-1), torch.where(a > 0, a * (la - lb), zero)
-    lm = torch.logaddexp(la + math.log1p(-beta), lb + math.log(beta))
+        ta = torch.where(a > 0, a * (la - lb), zero)
+        return (ta - a + b).sum(-1), ta
+    lm = torch.log((1 - beta) * a + beta * b)  # the mixture m = beta t + (1 - beta) s
     ta = torch.where(a > 0, a * (la - lm), zero)
     tb = torch.where(b > 0, b * (lb - lm), zero)
     return (beta * tb + (1 - beta) * ta).sum(-1), (1 - beta) * ta
@@ -154,7 +153,9 @@ class _SpanDivergence(torch.autograd.Function):
             )
             if ms is not None and mt is not None and h_M is not None:
                 assert log_a is not None and log_b is not None
-                out_m[sl], h_M[sl] = _gjsd_rows(log_a[:, ms], log_b[:, mt], spec.beta)
+                out_m[sl], h_M[sl] = _gjsd_rows(
+                    log_a[:, ms], log_b[:, mt], a[:, ms], b[:, mt], spec.beta
+                )
                 a.index_fill_(1, ms, 0.0)  # matched entries leave the ULD part; zeros sort last
                 b.index_fill_(1, mt, 0.0)
             if spec.top_k is None:
@@ -173,7 +174,13 @@ class _SpanDivergence(torch.autograd.Function):
         s_logits, s_scale, sign, h_M = ctx.saved_tensors
         plan, spec = ctx.plan, ctx.spec
         dt, tau, ch = s_scale.dtype, spec.student_temperature, spec.chunk_rows
-        grad = torch.zeros_like(s_logits)
+        # every row is written once (anchor and rest rows are distinct tokens' predictors), so
+        # only the rows no span uses are zeroed: no separate pass over the whole gradient
+        grad = torch.empty_like(s_logits)
+        unused = torch.ones(grad.shape[0], dtype=torch.bool, device=grad.device)
+        unused[plan.anchor_rows_R] = False
+        unused[plan.rest_rows_N] = False
+        grad[unused] = 0
         grad_scale = torch.zeros_like(s_scale)  # dL/d(log scale) per span
         for sl in _chunks(plan.anchor_rows_R.shape[0], ch):
             p = _softmax_rows(s_logits, plan.anchor_rows_R[sl], tau, dt)
@@ -184,13 +191,13 @@ class _SpanDivergence(torch.autograd.Function):
                 h.index_add_(1, spec.matched_student_M, h_M[sl] * g_m_R[sl].to(dt).unsqueeze(-1))
             h_sum = h.sum(-1, keepdim=True)
             dz = h.sub_(p.mul_(h_sum))  # softmax backward: h - p * sum(h)
-            grad.index_add_(0, plan.anchor_rows_R[sl], _unscale(dz, tau).to(grad.dtype))
+            grad.index_copy_(0, plan.anchor_rows_R[sl], _unscale(dz, tau).to(grad.dtype))
             grad_scale[sl] = h_sum.squeeze(-1)
         for sl in _chunks(plan.rest_rows_N.shape[0], ch):  # scale = sum of rest token log-probs
             g_N = grad_scale[plan.rest_span_N[sl]].unsqueeze(-1)
             p = _softmax_rows(s_logits, plan.rest_rows_N[sl], tau, dt)
             dz = p.mul_(-g_N).scatter_add_(1, plan.rest_ids_N[sl].unsqueeze(1), g_N)
-            grad.index_add_(0, plan.rest_rows_N[sl], _unscale(dz, tau).to(grad.dtype))
+            grad.index_copy_(0, plan.rest_rows_N[sl], _unscale(dz, tau).to(grad.dtype))
         return grad, None, None, None, None
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,7 +247,7 @@ def warn_collapse(metrics: dict[str, float], accelerator: Any, seen: set[str]) -
         for key, message in found.items():
             if key not in seen:
                 seen.add(key)
-                print(f"[onpolicy] warning: {message}", flush=True)
+                print(f"[onpolicy] warning: {message}", file=sys.stderr, flush=True)
     return found
 
 

@@ -7,8 +7,9 @@ are the temperature-1 policy's log-probabilities, what the student's own forward
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -131,12 +132,13 @@ class HFRolloutBackend:
             return_dict_in_generate=True,
             stop_strings=list(sampling.stop_strings) or None,
         )
-        out = self.model.generate(
-            input_ids=input_ids.to(device),
-            attention_mask=attention.to(device),
-            generation_config=config,
-            tokenizer=self.tokenizer if sampling.stop_strings else None,
-        )
+        with _neutral_generation_config(self.model):
+            out = self.model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention.to(device),
+                generation_config=config,
+                tokenizer=self.tokenizer if sampling.stop_strings else None,
+            )
         new_B_T = out.sequences[:, P:].cpu()  # (B, steps)
         logits_T_B_V = torch.stack(out.logits, dim=0)  # raw logits of each step (B, V) stacked
         logprobs_B_T = _token_logprobs(logits_T_B_V, new_B_T)
@@ -152,6 +154,31 @@ class HFRolloutBackend:
     def close(self) -> None:
         """Drop the reference to the model."""
         self.model = None
+
+
+@contextlib.contextmanager
+def _neutral_generation_config(model: Any) -> Iterator[None]:
+    """Inside the block the model's own ``generation_config`` holds token ids only: transformers
+    fills every option left unset (None) from it, so a checkpoint's shipped defaults (Qwen's
+    ``repetition_penalty``, ``top_k``, ``suppress_tokens``, ...) would silently change what
+    ``SamplingParams`` asks for."""
+    from transformers import GenerationConfig
+
+    holders = [model]
+    get_base = getattr(model, "get_base_model", None)
+    if callable(get_base):  # PEFT: the wrapped transformers model generates
+        holders.append(get_base())
+    saved = [(h, h.generation_config) for h in holders if getattr(h, "generation_config", None)]
+    for holder, config in saved:
+        holder.generation_config = GenerationConfig(
+            bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
+            pad_token_id=config.pad_token_id, decoder_start_token_id=config.decoder_start_token_id,
+        )  # fmt: skip
+    try:
+        yield
+    finally:
+        for holder, config in saved:
+            holder.generation_config = config
 
 
 def _token_logprobs(logits_T_B_V: torch.Tensor, tokens_B_T: torch.Tensor) -> torch.Tensor:

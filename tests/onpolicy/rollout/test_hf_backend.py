@@ -3,6 +3,8 @@ equal a separate forward pass, KV cache in use, n samples, seeds, left padding."
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -66,6 +68,22 @@ def test_greedy_is_the_argmax_continuation_and_keeps_the_stop_token(teacher):
     labels = batch.labels()
     for b, c in enumerate(ro.completion_ids_B):  # the stop token is a learned target
         assert labels[b][labels[b] != -100].tolist() == c
+
+
+def test_checkpoint_generation_defaults_do_not_leak_into_sampling(teacher):
+    model, tok = teacher
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    shipped = copy.deepcopy(model.generation_config)
+    model.generation_config.repetition_penalty = 5.0
+    model.generation_config.suppress_tokens = [im_end]
+    model.generation_config.min_new_tokens = 12
+    model.generation_config.top_k = 1
+    try:
+        ro = _generate(model, tok, SamplingParams(max_new_tokens=16, temperature=0))
+        assert ro.texts_B[0] == "3 plus 4 is 7." and ro.completion_ids_B[0][-1] == im_end
+        assert model.generation_config.repetition_penalty == 5.0  # restored afterwards
+    finally:
+        model.generation_config = shipped
 
 
 def test_sampling_logprobs_are_the_unprocessed_policy(student):

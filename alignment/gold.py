@@ -19,11 +19,12 @@ the chain-rule probability of the span's other tokens, unnormalized):
   0 iff equal, the plain KL for distributions, and for ``0 < beta < 1`` the extra terms cancel.
   The weights are explicit (TRL's adaptive choice is ``matched_weight = M / V_t``).
 
-Memory: no [spans x V] tensor is kept. A custom autograd function walks the span rows a chunk at
-a time, gathers only the anchor rows, sorts on numpy's SIMD sort (CPU), and keeps for backward one
-int8 sign per student vocabulary entry (+ one float per matched pair); the backward recomputes
-the softmax from the student logits. The teacher gets no gradient. The chain-rule scale uses
-log-probs of the non-anchor tokens only (a 1:1 span needs none).
+Memory and speed: no [spans x V] tensor is kept. A custom autograd function walks the span rows
+a chunk at a time (``CHUNK_ELEMS``), gathers only the rows it needs (anchor rows, and the rows
+predicting a span's other tokens for the chain-rule scale; a 1:1 span needs none), sorts with
+numpy's SIMD sort on CPU (``alignment.uld``), and keeps for backward one int8 sign per student
+vocabulary entry per span (+ one float per matched pair). The backward recomputes the softmax of
+those rows and writes each gradient row once. The teacher gets no gradient.
 """
 
 from __future__ import annotations

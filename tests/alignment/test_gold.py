@@ -207,3 +207,19 @@ def test_chunked_rows_give_the_same_values_and_grads(monkeypatch) -> None:
     torch.testing.assert_close(part.matched_B_S, whole.matched_B_S)
     torch.testing.assert_close(part.unmatched_B_S, whole.unmatched_B_S)
     torch.testing.assert_close(g_part, g_whole)
+
+
+def test_hand_computed_one_span() -> None:
+    """One 1:1 span; student probs [0.8, 0.2], teacher [0.5, 0.3, 0.2] (logits = log probs)."""
+    ls = torch.log(torch.tensor([[[0.8, 0.2], [0.5, 0.5]]], dtype=torch.float64))
+    lt = torch.log(torch.tensor([[[0.5, 0.3, 0.2], [1 / 3, 1 / 3, 1 / 3]]], dtype=torch.float64))
+    span = torch.tensor([[-1, 0]])
+    s = SideLogits(ls, torch.tensor([[0, 0]]), span)
+    t = SideLogits(lt, torch.tensor([[0, 1]]), span)
+    # ULD: |0.8 - 0.5| + |0.2 - 0.3| + |0 - 0.2| = 0.6
+    torch.testing.assert_close(span_uld_loss(s, t), torch.tensor(0.6, dtype=torch.float64))
+    # student id 0 <-> teacher id 2 matched; reverse KL part: 0.8 log(0.8 / 0.2) - 0.8 + 0.2
+    loss = gold_loss(s, t, torch.tensor([0]), torch.tensor([2]), beta=1.0)
+    # rest: [0, 0.2] vs [0.5, 0.3, 0] -> sorted |0.2 - 0.5| + |0 - 0.3| = 0.6
+    want = 0.8 * math.log(4.0) - 0.6 + 0.6
+    torch.testing.assert_close(loss, torch.tensor(want, dtype=torch.float64))

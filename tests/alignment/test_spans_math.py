@@ -224,3 +224,15 @@ def test_span_logprobs_edges() -> None:
         span_anchor_positions(none, "middle")  # type: ignore[arg-type]
     reward = span_sampled_reward(sp, sp + 1, mask)
     assert torch.all(reward == 0)
+
+
+def test_span_logprobs_hand_computed() -> None:
+    logp = torch.tensor([[0.0, -1.0, -2.0, -3.0, -0.5], [0.0, -0.25, -0.5, 0.0, 0.0]])
+    span = torch.tensor([[-1, 0, 0, 1, -1], [-1, 0, 0, 0, -1]])
+    sp, mask = span_logprobs(logp, span)
+    assert sp.tolist() == [[-3.0, -3.0], [-0.75, 0.0]]
+    assert mask.tolist() == [[True, True], [True, False]]
+    pos, _ = span_anchor_positions(span, "last")
+    assert pos.tolist() == [[2, 3], [3, 0]]
+    row, scale, _ = span_log_scale(logp, span, "first")
+    assert row.tolist() == [[0, 2], [0, 0]] and scale.tolist() == [[-2.0, 0.0], [-0.5, 0.0]]

@@ -27,8 +27,8 @@ class LossOutput:
     """One micro-batch's loss.
 
     Attributes:
-        loss_sum: scalar tensor with grad: the loss SUMMED over counted completion tokens (never a mean:
-            the trainer divides by the global count across micro-batches and processes).
+        loss_sum: scalar tensor with grad: the loss SUMMED over counted completion tokens (never a
+            mean: the trainer divides by the global count across micro-batches and processes).
         num_tokens: number of counted completion tokens in this micro-batch.
         metrics: plain floats for logging (sums or means, named by what they are).
     """
@@ -60,7 +60,8 @@ OBJECTIVES: dict[str, ObjectiveFactory] = {}
 
 
 def register_objective(name: str) -> Callable[[ObjectiveFactory], ObjectiveFactory]:
-    """Register an objective factory under ``name``; its keyword arguments are the config block's keys."""
+    """Register an objective factory under ``name``; its keyword arguments are the config
+    block's keys."""
 
     def wrap(factory: ObjectiveFactory) -> ObjectiveFactory:
         OBJECTIVES[name] = factory

@@ -207,7 +207,7 @@ def test_empty_completions_are_an_explicit_zero(models):
         obj = make_objective(name)
         scores = _scores(teacher, tok, ro) if obj.needs_teacher else None
         out = obj.loss(student, ro, scores)
-        assert out.num_tokens == 0 and float(out.loss_sum) == 0.0
+        assert out.num_tokens == 0 and out.loss_sum.item() == 0.0
         out.loss_sum.backward()  # no error, no NaN
     assert all(torch.isfinite(p.grad).all() for p in student.parameters() if p.grad is not None)
     student.zero_grad(set_to_none=True)

@@ -1,0 +1,113 @@
+"""Rollout throughput: ``hf`` (transformers generate) vs ``vllm`` (colocated engine), SmolLM2-135M.
+
+Tokens/s of completion tokens at batch 1, 8 and 32 prompts (one ``generate`` call each,
+temperature 1, ``max_new_tokens`` new tokens), median over repeats, side by side with the ratio;
+then the time of one full weight sync into the engine. Runs in the vLLM venv:
+
+    .venv-vllm/bin/python benchmarks/rollout.py [--repeats 3] [--max-new-tokens 64] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+
+QUESTIONS = [
+    "What is the capital of France?",
+    "Name three colors.",
+    "What is 12 plus 30?",
+    "Write a haiku about the sea.",
+    "Why is the sky blue?",
+    "List two prime numbers.",
+    "What is a cat?",
+    "Describe a tree in one sentence.",
+]
+
+
+def _tokens_per_s(backend, ids, sampling, repeats: int) -> tuple[float, float]:
+    """Median completion tokens/s and median seconds over ``repeats`` calls (after one warm-up)."""
+    backend.generate(ids[:1], sampling)
+    rates, secs = [], []
+    for r in range(repeats):
+        start = time.perf_counter()
+        ro = backend.generate(ids, type(sampling)(**{**sampling.__dict__, "seed": r}))
+        seconds = time.perf_counter() - start
+        rates.append(sum(len(c) for c in ro.completion_ids_B) / seconds)
+        secs.append(seconds)
+    return statistics.median(rates), statistics.median(secs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--out", default=None, help="also write the table (markdown) here")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from onpolicy.chat import render_prompts
+    from onpolicy.models import load_model, load_tokenizer
+    from onpolicy.offline import smollm2_dir
+    from onpolicy.rollout.base import make_backend
+    from onpolicy.types import Prompt, SamplingParams
+
+    path = smollm2_dir()
+    tok = load_tokenizer(path)
+    model = load_model(path, trainable=False)
+    hf = make_backend("hf", model=model, tokenizer=tok)
+    engine = make_backend("vllm", model_path=path, dtype="float32", max_model_len=1024)
+    sampling = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=1.0)
+    rows = []
+    for batch in args.batches:
+        qs = [QUESTIONS[i % len(QUESTIONS)] for i in range(batch)]
+        ids = render_prompts(tok, [Prompt(messages=({"role": "user", "content": q},)) for q in qs])
+        hf_rate, hf_s = _tokens_per_s(hf, ids, sampling, args.repeats)
+        vl_rate, vl_s = _tokens_per_s(engine, ids, sampling, args.repeats)
+        rows.append((batch, hf_rate, vl_rate, vl_rate / hf_rate, hf_s, vl_s))
+        print(f"batch {batch}: hf {hf_rate:.1f} tok/s, vllm {vl_rate:.1f} tok/s", file=sys.stderr)
+    syncs = []
+    for step in range(1, args.repeats + 2):
+        start = time.perf_counter()
+        engine.sync_weights(model, step)
+        syncs.append(time.perf_counter() - start)
+    engine.close()
+
+    lines = [
+        f"SmolLM2-135M-Instruct, float32, CPU ({platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}), "
+        f"max_new_tokens={args.max_new_tokens}, temperature 1, median of {args.repeats}",
+        "",
+        "| batch | hf tok/s | vllm tok/s | vllm / hf | hf s/call | vllm s/call |",
+        "|---:|---:|---:|---:|---:|---:|",
+        *[
+            f"| {b} | {h:.1f} | {v:.1f} | {r:.2f}x | {hs:.2f} | {vs:.2f} |"
+            for b, h, v, r, hs, vs in rows
+        ],
+        "",
+        f"weight sync (full model, {sum(p.numel() for p in model.parameters()) / 1e6:.0f}M params, "
+        f"reload_weights + reset_prefix_cache): median {statistics.median(syncs):.3f} s "
+        f"over {len(syncs)}",
+    ]
+    table = "\n".join(lines)
+    print(table)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(
+                "# Rollout throughput: hf vs vllm\n\nCommand: `.venv-vllm/bin/python "
+                f"benchmarks/rollout.py --out {args.out}`\n\n{table}\n"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,8 +1,12 @@
 """The ``hf`` rollout backend: transformers ``generate`` on the training model itself (KV cache on).
 
 Batched with left padding; ``sampling.n`` copies of each prompt (prompt-major). The engine's
-logprobs come from ``output_logits=True`` (the raw logits before temperature/top-k/top-p), so they
-are the temperature-1 policy's log-probabilities, what the student's own forward pass computes.
+logprobs are read from the raw logits before temperature/top-k/top-p (a logits processor that
+transformers runs before its sampling warpers; the checkpoint's own processors are switched off,
+see ``_neutral_generation_config``), so they are the temperature-1 policy's log-probabilities, what
+the student's own forward pass computes. Only one step's ``[B, V]`` log-probabilities are held at a
+time (``output_logits=True`` would keep ``[steps, B, V]``: 10 GB for 64 rows x 256 tokens at
+Qwen's 152k vocabulary).
 """
 
 from __future__ import annotations
@@ -128,21 +132,22 @@ class HFRolloutBackend:
             eos_token_id=list(stops),
             pad_token_id=pad,
             use_cache=True,
-            output_logits=True,
             return_dict_in_generate=True,
             stop_strings=list(sampling.stop_strings) or None,
         )
+        recorder = _LogprobRecorder()
         with _neutral_generation_config(self.model):
             out = self.model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention.to(device),
                 generation_config=config,
+                logits_processor=[recorder],
                 tokenizer=self.tokenizer if sampling.stop_strings else None,
             )
-        new_B_T = out.sequences[:, P:].cpu()  # (B, steps)
-        logits_T_B_V = torch.stack(out.logits, dim=0)  # raw logits of each step (B, V) stacked
-        logprobs_B_T = _token_logprobs(logits_T_B_V, new_B_T)
-        return new_B_T.tolist(), logprobs_B_T.tolist()
+        new_B_T = out.sequences[:, P:]  # (B, steps)
+        logprobs_B_T = recorder.finish(out.sequences)  # (B, steps)
+        assert logprobs_B_T.shape == new_B_T.shape, (logprobs_B_T.shape, new_B_T.shape)
+        return new_B_T.cpu().tolist(), logprobs_B_T.cpu().tolist()
 
     def sync_weights(self, model: torch.nn.Module, step: int) -> dict[str, float]:
         """Nothing to copy: the backend samples from the training module itself."""
@@ -181,16 +186,32 @@ def _neutral_generation_config(model: Any) -> Iterator[None]:
             holder.generation_config = config
 
 
-def _token_logprobs(logits_T_B_V: torch.Tensor, tokens_B_T: torch.Tensor) -> torch.Tensor:
-    """[B, T] float32 log-softmax of the raw logits at the generated tokens (tokens the tokenizer
-    can produce; padded vocab rows keep their (tiny) mass as the model's own forward would)."""
-    steps = logits_T_B_V.shape[0]
-    tokens_B_T = tokens_B_T[:, :steps].to(logits_T_B_V.device)
-    logprobs = torch.empty(tokens_B_T.shape, dtype=torch.float32)
-    for t in range(steps):  # one step at a time: never a float32 copy of all [T, B, V] logits
-        lp_B_V = torch.log_softmax(logits_T_B_V[t].float(), dim=-1)
-        logprobs[:, t] = lp_B_V.gather(1, tokens_B_T[:, t : t + 1]).squeeze(1).cpu()
-    return logprobs
+class _LogprobRecorder:
+    """A logits processor that keeps the log-probability of each sampled token under the raw
+    logits it sees (transformers runs custom processors before temperature/top-k/top-p).
+
+    At step ``t`` it holds ``log_softmax(raw logits_t)`` [B, V]; at step ``t + 1`` the token chosen
+    at ``t`` is the last column of ``input_ids``, gathered then; ``finish`` gathers the last one.
+    """
+
+    def __init__(self) -> None:
+        self.prev_B_V: torch.Tensor | None = None
+        self.taken: list[torch.Tensor] = []  # [B] per step
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.prev_B_V is not None:
+            self.taken.append(self.prev_B_V.gather(1, input_ids[:, -1:]).squeeze(1))
+        self.prev_B_V = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def finish(self, sequences_B_T: torch.Tensor) -> torch.Tensor:
+        """[B, steps] float32 log-probabilities of the generated tokens."""
+        if self.prev_B_V is not None:
+            self.taken.append(self.prev_B_V.gather(1, sequences_B_T[:, -1:]).squeeze(1))
+            self.prev_B_V = None
+        if not self.taken:
+            return torch.zeros((sequences_B_T.shape[0], 0))
+        return torch.stack(self.taken, dim=1)
 
 
 def _cut(

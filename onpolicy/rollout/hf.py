@@ -72,7 +72,9 @@ class HFRolloutBackend:
         was_training = self.model.training
         self.model.eval()  # no dropout while sampling (LoRA dropout included)
         try:
-            with torch.random.fork_rng(devices=[]):
+            device = next(self.model.parameters()).device
+            cuda = [device.index or 0] if device.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda):  # a seed never disturbs the caller's RNG
                 if sampling.seed is not None:
                     torch.manual_seed(sampling.seed)
                 for i in range(0, len(rows), self.max_batch_size):

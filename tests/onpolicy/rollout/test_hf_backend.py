@@ -126,6 +126,11 @@ def test_n_samples_seed_and_length(student):
     assert a.finish_reason_B == ["length"] * 9 and {len(c) for c in a.completion_ids_B} == {8}
     c = _generate(model, tok, SamplingParams(max_new_tokens=8, n=3, seed=6), stop_ids=())
     assert c.completion_ids_B != a.completion_ids_B
+    torch.manual_seed(0)
+    want = torch.rand(3)
+    torch.manual_seed(0)
+    _generate(model, tok, s, stop_ids=())
+    assert torch.equal(torch.rand(3), want)  # a seeded rollout leaves the caller's RNG alone
 
 
 def test_stop_strings_and_extra_stop_ids(teacher):

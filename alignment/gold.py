@@ -29,6 +29,7 @@ those rows and writes each gradient row once. The teacher gets no gradient.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -46,10 +47,12 @@ class _Spec:
     student_temperature: float
     teacher_temperature: float
     beta: float
-    matched_student_M: torch.Tensor | None
+    matched_student_M: torch.Tensor | None  # sorted (fast column gathers), pairs kept
     matched_teacher_M: torch.Tensor | None
     top_k: int | None
     chunk_rows: int
+    keep_student_V: torch.Tensor | None = None  # 1 on unmatched student ids, 0 on matched
+    keep_teacher_V: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -154,17 +157,16 @@ class _SpanDivergence(torch.autograd.Function):
             )
             if ms is not None and mt is not None and h_M is not None:
                 assert log_a is not None and log_b is not None
-                out_m[sl], h_M[sl] = _gjsd_rows(
-                    log_a[:, ms], log_b[:, mt], a[:, ms], b[:, mt], spec.beta
-                )
-                a.index_fill_(1, ms, 0.0)  # matched entries leave the ULD part; zeros sort last
-                b.index_fill_(1, mt, 0.0)
+                la, lb = log_a.index_select(1, ms), log_b.index_select(1, mt)
+                out_m[sl], h_M[sl] = _gjsd_rows(la, lb, la.exp(), lb.exp(), spec.beta)
+                a.mul_(spec.keep_student_V)  # matched entries leave the ULD part; zeros sort last
+                b.mul_(spec.keep_teacher_V)
             if spec.top_k is None:
                 out_u[sl], sg, _ = sorted_l1_rows(a, b, grad_p=True, grad_q=False)
             else:
                 out_u[sl], sg = topk_l1_rows(a, b, spec.top_k)
-            if ms is not None:
-                sg.index_fill_(1, ms, 0)  # zeroed entries are constants, not variables
+            if spec.keep_student_V is not None:  # zeroed entries are constants, not variables
+                sg.mul_(spec.keep_student_V.to(torch.int8))
             sign[sl] = sg
         ctx.save_for_backward(s_logits, s_scale, sign, h_M)
         ctx.plan, ctx.spec = s_plan, spec
@@ -255,6 +257,19 @@ def _check_matched(ms: torch.Tensor, mt: torch.Tensor, Vs: int, Vt: int) -> None
             )
 
 
+def _with_matched(spec: _Spec, ms, mt, Vs: int, Vt: int, like: torch.Tensor) -> _Spec:
+    """Pairs sorted by student id (contiguous-ish gathers) and 0/1 masks of the unmatched ids."""
+    order = torch.argsort(ms)
+    dtype = torch.promote_types(like.dtype, torch.float32)
+    keep_s = torch.ones(Vs, dtype=dtype, device=like.device)
+    keep_t = torch.ones(Vt, dtype=dtype, device=like.device)
+    keep_s[ms], keep_t[mt] = 0.0, 0.0
+    return dataclasses.replace(
+        spec, matched_student_M=ms[order], matched_teacher_M=mt[order],
+        keep_student_V=keep_s, keep_teacher_V=keep_t,
+    )  # fmt: skip
+
+
 def _validate(
     student: SideLogits,
     teacher: SideLogits,
@@ -323,6 +338,8 @@ def gold_terms(
         student.temperature, teacher.temperature, beta, ms, mt, top_k,
         max(1, CHUNK_ELEMS // max(Vs, Vt)),
     )  # fmt: skip
+    if ms is not None and mt is not None:
+        spec = _with_matched(spec, ms, mt, Vs, Vt, student.logits_B_T_V)
     matched_R, unmatched_R = _SpanDivergence.apply(
         student.logits_B_T_V.reshape(-1, Vs),
         teacher.logits_B_T_V.detach().reshape(-1, Vt),

@@ -6,7 +6,8 @@ token's logit is raised so it has a realistic probability). TRL runs its extende
 "bayesian" merge (the one with the correct logit shift), which is our ``anchor="last"``; the
 values are checked to agree (TRL's per-sequence normalization recomputed from our per-span
 losses). Each (implementation, case) runs in a fresh subprocess with one thread: forward and
-backward time (median over repeats) and peak RSS (ru_maxrss) minus the RSS before the first call.
+backward wall time and process CPU time (median over repeats; CPU time is the steadier figure on
+a shared machine) and peak RSS (ru_maxrss) minus the RSS before the first call.
 
     .venv/bin/python benchmarks/alignment.py [--cases base,large] [--repeats 3] [--out FILE]
 """
@@ -142,20 +143,22 @@ def worker(impl: str, case: str, repeats: int) -> dict:
     else:
         run, span = _our_loss(inp, impl)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    fwd, bwd, value = [], [], None
+    fwd, bwd, cpu, value = [], [], [], None
     for _ in range(repeats):
         logits_s.grad = None
+        c0 = time.process_time()
         t0 = time.perf_counter()
         loss = run(logits_s)
         scalar = loss if span is None else _trl_normalized(loss, span)
         t1 = time.perf_counter()
         scalar.backward()
         t2 = time.perf_counter()
+        cpu.append(time.process_time() - c0)
         fwd.append(t1 - t0)
         bwd.append(t2 - t1)
-        value = float(scalar)
+        value = float(scalar.detach())
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"fwd": fwd, "bwd": bwd, "value": value, "peak_mb": peak / 1024,
+    return {"fwd": fwd, "bwd": bwd, "cpu": cpu, "value": value, "peak_mb": peak / 1024,
             "loss_mb": (peak - rss_before) / 1024}  # fmt: skip
 
 
@@ -168,21 +171,23 @@ def _spawn(impl: str, case: str, repeats: int) -> dict:
 
 def _table(case: str, res: dict[str, dict]) -> list[str]:
     B, T, Vs, Vt = CASES[case]
-    med = {k: (statistics.median(v["fwd"]), statistics.median(v["bwd"])) for k, v in res.items()}
+    med = {k: {m: statistics.median(v[m]) for m in ("fwd", "bwd", "cpu")} for k, v in res.items()}
     lines = [
         f"\n### {case}: B={B}, T={T}, V_student={Vs:,}, V_teacher={Vt:,}, matched={MATCHED:,}\n",
-        "| implementation | fwd s | bwd s | fwd+bwd s | speedup vs TRL | peak RSS MB | "
-        "loss RSS MB | value | value - TRL |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| implementation | fwd s | bwd s | fwd+bwd s | speedup | CPU s | CPU speedup | "
+        "peak RSS MB | loss RSS MB | value | value - TRL |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for impl, r in res.items():
         peer = "trl-hybrid" if impl in ("trl-hybrid", "ours-gold") else "trl-uld"
-        f, b = med[impl]
-        pf, pb = med[peer]
+        m, p = med[impl], med.get(peer, med[impl])
+        wall, peer_wall = m["fwd"] + m["bwd"], p["fwd"] + p["bwd"]
+        peer_value = res.get(peer, r)["value"]
         lines.append(
-            f"| {impl} | {f:.3f} | {b:.3f} | {f + b:.3f} | {(pf + pb) / (f + b):.1f}x | "
+            f"| {impl} | {m['fwd']:.3f} | {m['bwd']:.3f} | {wall:.3f} | "
+            f"{peer_wall / wall:.1f}x | {m['cpu']:.3f} | {p['cpu'] / m['cpu']:.1f}x | "
             f"{r['peak_mb']:.0f} | {r['loss_mb']:.0f} | {r['value']:.6f} | "
-            f"{r['value'] - res[peer]['value']:+.2e} |"
+            f"{r['value'] - peer_value:+.2e} |"
         )
     return lines
 

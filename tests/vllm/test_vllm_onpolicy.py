@@ -13,7 +13,7 @@ from onpolicy.forward import forward_completions  # noqa: E402
 from onpolicy.losses.divergences import reverse_kl  # noqa: E402
 from onpolicy.models import load_model, load_tokenizer  # noqa: E402
 from onpolicy.rollout.base import make_backend  # noqa: E402
-from onpolicy.tiny import corpus_pairs, tiny_model_dir  # noqa: E402
+from onpolicy.tiny import corpus_pairs  # noqa: E402
 from onpolicy.types import Prompt, Rollout, SamplingParams  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -31,14 +31,17 @@ def _prompts(start, count):
 def setup(tiny_teacher_path):
     teacher = load_model(tiny_teacher_path, trainable=False)
     tok = load_tokenizer(tiny_teacher_path)
-    student_path = tiny_model_dir("tiny", "bpe", seed=0)
+    return teacher, tok, tiny_teacher_path
+
+
+def _eval_kl(student, teacher, tok) -> float:
+    """Teacher-forced KL(student || teacher) on the student's own samples for held-out prompts
+    (sampled by the same ``hf`` evaluator and seed in both runs)."""
     held_out = _prompts(100, 8)
-    ids = render_prompts(tok, held_out)
-    # teacher-forced evaluation set: the teacher's own greedy answers to held-out prompts
-    ref = make_backend("hf", model=teacher, tokenizer=tok).generate(
-        ids, SamplingParams(max_new_tokens=12, temperature=0), held_out
+    ro = make_backend("hf", model=student, tokenizer=tok).generate(
+        render_prompts(tok, held_out), SamplingParams(max_new_tokens=12, n=2, seed=1234), held_out
     )
-    return teacher, tok, student_path, ref
+    return float(_kl(student, teacher, ro, tok, grad=False))
 
 
 def _kl(student, teacher, rollout: Rollout, tok, grad: bool) -> torch.Tensor:
@@ -51,17 +54,28 @@ def _kl(student, teacher, rollout: Rollout, tok, grad: bool) -> torch.Tensor:
     return reverse_kl(s.logits_N_V, t.logits_N_V)
 
 
+def _noisy_copy(path):
+    """The student: the teacher's weights with Gaussian noise (1 std per tensor), so the run has a
+    clear distance to close in 20 steps."""
+    student = load_model(path)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * p.std())
+    return student
+
+
 def _run(backend_name, setup) -> tuple[float, float]:
-    teacher, tok, student_path, ref = setup
-    torch.manual_seed(0)
-    student = load_model(student_path)
-    opt = torch.optim.AdamW(student.parameters(), lr=1e-2)
+    teacher, tok, path = setup
+    student = _noisy_copy(path)
+    opt = torch.optim.AdamW(student.parameters(), lr=3e-4)
     if backend_name == "hf":
         backend = make_backend("hf", model=student, tokenizer=tok)
     else:
-        backend = make_backend("vllm", model_path=student_path, dtype="float32", max_model_len=256)
+        backend = make_backend("vllm", model_path=path, dtype="float32", max_model_len=256)
+        backend.sync_weights(student, 0)  # the engine starts from the student's weights
     try:
-        before = float(_kl(student, teacher, ref, tok, grad=False))
+        before = _eval_kl(student, teacher, tok)
         for step in range(1, STEPS + 1):
             prompts = _prompts((step * 4) % 96, 4)
             ro = backend.generate(
@@ -75,7 +89,7 @@ def _run(backend_name, setup) -> tuple[float, float]:
             opt.step()
             opt.zero_grad()
             backend.sync_weights(student, step)
-        after = float(_kl(student, teacher, ref, tok, grad=False))
+        after = _eval_kl(student, teacher, tok)
     finally:
         backend.close()
     return before, after
@@ -85,6 +99,7 @@ def test_vllm_on_policy_run_lowers_the_kl_like_hf(setup):
     hf_before, hf_after = _run("hf", setup)
     vl_before, vl_after = _run("vllm", setup)
     assert vl_before == pytest.approx(hf_before)  # same initial student
-    assert hf_after < 0.8 * hf_before and vl_after < 0.8 * vl_before
+    assert hf_after < 0.5 * hf_before and vl_after < 0.5 * vl_before
     drop_ratio = (vl_before - vl_after) / (hf_before - hf_after)
-    assert 0.6 < drop_ratio < 1.6, (hf_before, hf_after, vl_before, vl_after)
+    print(f"KL hf {hf_before:.3f} -> {hf_after:.3f}, vllm {vl_before:.3f} -> {vl_after:.3f}")
+    assert 0.5 < drop_ratio < 2.0, (hf_before, hf_after, vl_before, vl_after)

@@ -21,6 +21,7 @@ code runs with the ``vllm`` package.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -330,11 +331,57 @@ def _start_engine(model_path: str, options: VLLMEngineOptions):
         ) from err
 
 
+def student_path(model: Any) -> str:
+    """The Hugging Face folder a (PEFT-wrapped) student was loaded from: what the engine loads."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    path = getattr(base, "name_or_path", None) or getattr(base.config, "_name_or_path", None)
+    if not path or not Path(path).is_dir():
+        raise ConfigError(
+            f"cannot find the folder the student was loaded from ({path!r}); the vllm backend "
+            "loads the student's base weights from a Hugging Face folder: pass model_path"
+        )
+    return str(path)
+
+
+def engine_options(sync: str | None = None, **options: Any) -> VLLMEngineOptions:
+    """``VLLMEngineOptions`` from the config's ``rollout.vllm`` block: ``sync`` (``weights`` |
+    ``merged`` | ``adapter``) picks ``lora_sync``; ``server_url`` is the server backend's key."""
+    options.pop("server_url", None)
+    if sync is not None:
+        if sync not in ("weights", "merged", "adapter"):
+            raise ConfigError(f"rollout.vllm.sync={sync!r}; use weights, merged or adapter")
+        options["lora_sync"] = "adapter" if sync == "adapter" else "merged"
+    if "kv_cache_space_gib" in options:  # vLLM-CPU takes whole GiB
+        options["kv_cache_space_gib"] = max(1, math.ceil(float(options["kv_cache_space_gib"])))
+    return VLLMEngineOptions.from_kwargs(**options)
+
+
 @register_backend("vllm")
 def make_vllm_backend(
-    model_path: str | Path, stop_token_ids: Sequence[int] | None = None, **options: Any
+    model: Any = None,
+    tokenizer: Any = None,
+    *,
+    model_path: str | Path | None = None,
+    stop_token_ids: Sequence[int] | None = None,
+    **options: Any,
 ) -> VLLMEngineBackend:
-    """Factory for ``rollout.backend: vllm``: ``options`` are ``VLLMEngineOptions`` fields."""
+    """Factory for ``rollout.backend: vllm``, called like the ``hf`` backend's (``model``,
+    ``tokenizer``) plus the ``rollout.vllm`` keys (``engine_options``).
+
+    The engine loads ``model_path`` (default: the folder ``model`` was loaded from); stop ids are
+    the ``hf`` backend's (``onpolicy.chat.stop_token_ids(tokenizer, model)``) when a tokenizer is
+    given.
+    """
+    if model_path is None:
+        if model is None:
+            raise ConfigError(
+                "the vllm backend needs the student (model=) or its folder (model_path=)"
+            )
+        model_path = student_path(model)
+    if stop_token_ids is None and tokenizer is not None:
+        from onpolicy.chat import stop_token_ids as chat_stop_ids
+
+        stop_token_ids = chat_stop_ids(tokenizer, model)
     return VLLMEngineBackend(
-        model_path, options=VLLMEngineOptions.from_kwargs(**options), stop_token_ids=stop_token_ids
+        model_path, options=engine_options(**options), stop_token_ids=stop_token_ids
     )

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -309,17 +310,42 @@ def _untie(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+ENGINE_SIDE_KEYS = frozenset({"gpu_memory_utilization", "kv_cache_space_gib", "enforce_eager"})
+"""``rollout.vllm`` keys set on the server's command line, not by the client (ignored here)."""
+
+
 @register_backend("vllm-server")
 def make_vllm_server_backend(
-    server_url: str,
-    model: str | None = None,
-    stop_token_ids: Sequence[int] = (),
+    model: Any = None,
+    tokenizer: Any = None,
+    *,
+    server_url: str | None = None,
+    served_model: str | None = None,
+    stop_token_ids: Sequence[int] | None = None,
+    sync: str = "adapter",
     **options: Any,
 ) -> VLLMServerBackend:
-    """Factory for ``rollout.backend: vllm-server``; ``options``: ``VLLMServerOptions`` fields."""
+    """Factory for ``rollout.backend: vllm-server``, called like the ``hf`` backend's (``model``,
+    ``tokenizer``) plus the ``rollout.vllm`` keys: ``server_url`` (required), ``sync``
+    (``adapter``; ``weights``/``merged`` push full or merged weights; ``none``), and the
+    ``VLLMServerOptions`` fields. ``sync_dir`` defaults to a new temporary folder (the server must
+    be able to read it: same machine or a shared file system)."""
+    if not server_url:
+        raise ConfigError(
+            "rollout.backend vllm-server needs rollout.vllm.server_url (http://host:port)"
+        )
+    for key in ENGINE_SIDE_KEYS:
+        options.pop(key, None)
+    server_sync = {"adapter": "adapter", "weights": "weights", "merged": "weights"}.get(sync, sync)
+    if server_sync != "none" and options.get("sync_dir") is None:
+        options["sync_dir"] = tempfile.mkdtemp(prefix="onpolicy-sync-")
+    if stop_token_ids is None and tokenizer is not None:
+        from onpolicy.chat import stop_token_ids as chat_stop_ids
+
+        stop_token_ids = chat_stop_ids(tokenizer, model)
     return VLLMServerBackend(
         server_url,
-        model=model,
-        stop_token_ids=stop_token_ids,
-        options=VLLMServerOptions.from_kwargs(**options),
+        model=served_model,
+        stop_token_ids=stop_token_ids or (),
+        options=VLLMServerOptions.from_kwargs(sync=server_sync, **options),
     )

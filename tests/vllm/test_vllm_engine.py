@@ -43,7 +43,7 @@ def shared_engine(tiny_teacher_path):
         model_path=tiny_teacher_path,
         dtype="float32",
         max_model_len=256,
-        lora_sync="adapter",
+        sync="adapter",
         max_lora_rank=8,
     )
     yield backend

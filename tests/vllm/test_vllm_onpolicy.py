@@ -72,7 +72,17 @@ def _run(backend_name, setup) -> tuple[float, float]:
     if backend_name == "hf":
         backend = make_backend("hf", model=student, tokenizer=tok)
     else:
-        backend = make_backend("vllm", model_path=path, dtype="float32", max_model_len=256)
+        # called as the trainer calls every backend (model, tokenizer) + rollout.vllm keys
+        backend = make_backend(
+            "vllm",
+            model=student,
+            tokenizer=tok,
+            dtype="float32",
+            max_model_len=256,
+            sync="weights",
+            gpu_memory_utilization=0.3,
+            kv_cache_space_gib=1.0,
+        )
         backend.sync_weights(student, 0)  # the engine starts from the student's weights
     try:
         before = _eval_kl(student, teacher, tok)

@@ -14,7 +14,6 @@ vllm = pytest.importorskip("vllm")
 from onpolicy.chat import render_prompts  # noqa: E402
 from onpolicy.models import LoraSpec, apply_lora, load_model, load_tokenizer  # noqa: E402
 from onpolicy.rollout.base import make_backend  # noqa: E402
-from onpolicy.rollout.vllm_engine import default_stop_token_ids  # noqa: E402
 from onpolicy.types import Prompt, SamplingParams  # noqa: E402
 
 pytestmark = pytest.mark.vllm
@@ -29,11 +28,12 @@ def served(vllm_server):
     return url, path, load_model(path, trainable=False), load_tokenizer(path)
 
 
-def _backend(url, path, tmp_path, sync="adapter"):
+def _backend(url, model, tok, tmp_path, sync="adapter"):
     return make_backend(
         "vllm-server",
+        model=model,
+        tokenizer=tok,
         server_url=url,
-        stop_token_ids=default_stop_token_ids(path),
         sync=sync,
         sync_dir=str(tmp_path / sync),
         timeout_s=60,
@@ -60,9 +60,9 @@ def _forward_logprobs(model, prompt_ids_B, completion_ids_B):
 
 
 def test_server_rollouts_by_token_ids_equal_the_hf_backend(served, tmp_path):
-    url, path, model, tok = served
+    url, _, model, tok = served
     prompts, ids = _ids(tok)
-    backend = _backend(url, path, tmp_path)
+    backend = _backend(url, model, tok, tmp_path)
     ro = backend.generate(ids, GREEDY, prompts)
     assert ro.completion_ids_B == _hf(model, tok, ids).completion_ids_B
     assert ro.prompts == prompts and ro.prompt_ids_B == ids
@@ -80,7 +80,7 @@ def test_server_rollouts_by_token_ids_equal_the_hf_backend(served, tmp_path):
 
 
 def test_adapter_sync_then_weight_sync_to_the_server(served, tmp_path):
-    url, path, model, tok = served
+    url, _, model, tok = served
     _, ids = _ids(tok)
     student = apply_lora(
         copy.deepcopy(model), LoraSpec(rank=8, alpha=16, target_modules="all-linear")
@@ -89,12 +89,12 @@ def test_adapter_sync_then_weight_sync_to_the_server(served, tmp_path):
         for name, p in student.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.3, generator=torch.Generator().manual_seed(0))
-    adapter = _backend(url, path, tmp_path, "adapter")
+    adapter = _backend(url, model, tok, tmp_path, "adapter")
     metrics = adapter.sync_weights(student, step=2)
     assert adapter.model.endswith("step2") and metrics["sync/policy_version"] == 2
     assert adapter.generate(ids, GREEDY).completion_ids_B == _hf(student, tok, ids).completion_ids_B
 
-    full = _backend(url, path, tmp_path, "weights")
+    full = _backend(url, model, tok, tmp_path, "weights")
     updated = copy.deepcopy(model)
     with torch.no_grad():
         for p in updated.parameters():

@@ -183,7 +183,7 @@ class _SpanDivergence(torch.autograd.Function):
         unused = torch.ones(grad.shape[0], dtype=torch.bool, device=grad.device)
         unused[plan.anchor_rows_R] = False
         unused[plan.rest_rows_N] = False
-        grad[unused] = 0
+        grad.index_fill_(0, unused.nonzero().squeeze(1), 0.0)
         grad_scale = torch.zeros_like(s_scale)  # dL/d(log scale) per span
         for sl in _chunks(plan.anchor_rows_R.shape[0], ch):
             p = _softmax_rows(s_logits, plan.anchor_rows_R[sl], tau, dt)

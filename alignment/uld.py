@@ -11,9 +11,10 @@ In 1-D the optimal coupling of two uniform empirical measures with ``n`` atoms m
 sorted, so ``W1 = (1/n) sum_i |p_(i) - q_(i)|`` (POT: ``ot.wasserstein_1d(p, q)``). ULD ignores
 which token carries which probability, so it compares distributions over different vocabularies.
 
-Sorting is the whole cost. On CPU, numpy's SIMD sort (x86-simd-sort) is 15-35x faster than
-``torch.sort``, so CPU tensors are sorted by numpy and CUDA tensors by torch.
-The loss has a custom backward that stores one int8 sign per element instead of int64 sort indices.
+Sorting is the main cost. On CPU, numpy's SIMD sort (x86-simd-sort) is 15-35x faster than
+``torch.sort``, so CPU tensors are sorted by numpy (the argsort the gradient needs is one 64-bit
+key sort of ``value bits << 32 | index``) and CUDA tensors by torch. The loss has a custom
+backward that keeps one int8 sign per element instead of int64 sort indices. Ties: any order.
 """
 
 from __future__ import annotations

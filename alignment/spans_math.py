@@ -121,9 +121,11 @@ def span_logprobs(
 def span_sampled_reward(
     student_span_logp_B_S: torch.Tensor,
     teacher_span_logp_B_S: torch.Tensor,
-    mask_B_S: torch.Tensor,
+    mask_B_S: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """[B, S] per-span reward ``log P_teacher(span) - log P_student(span)``, 0 where masked.
+
+    ``mask_B_S`` (optional): spans that count; ``span_logprobs`` already gives 0 to empty spans.
 
     Both sides score the same bytes, so the sum over a row's spans is
     ``log P_teacher(text) - log P_student(text)`` on the sampled completion, whatever the two
@@ -136,6 +138,8 @@ def span_sampled_reward(
             f"{tuple(teacher_span_logp_B_S.shape)}; compute both with the same num_spans"
         )
     diff = teacher_span_logp_B_S - student_span_logp_B_S
+    if mask_B_S is None:
+        return diff
     return torch.where(mask_B_S, diff, torch.zeros((), dtype=diff.dtype, device=diff.device))
 
 

@@ -206,7 +206,11 @@ class Config:
 def load_config(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> Config:
-    """Read ``path`` (YAML), apply ``key.sub=value`` overrides, build and validate a ``Config``."""
+    """Read ``path`` (YAML), apply ``key.sub=value`` overrides, build and validate a ``Config``.
+
+    Relative ``data.path``/``data.eval_path`` that exist next to the YAML file (and not in the
+    working directory) are made absolute, so the config runs from any directory.
+    """
     raw: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -221,9 +225,14 @@ def load_config(
             raise ConfigError(f"config file {str(p)!r} must hold a mapping of blocks at the top")
     raw = apply_overrides(raw, overrides)
     config = from_dict(raw)
-    from onpolicy.config_checks import validate
+    from onpolicy.config_checks import resolve_path, validate
 
-    validate(config, base_dir=Path(path).parent if path is not None else None)
+    base_dir = Path(path).parent if path is not None else None
+    validate(config, base_dir=base_dir)
+    for key in ("path", "eval_path"):
+        value = getattr(config.data, key)
+        if value is not None:
+            setattr(config.data, key, str(resolve_path(value, base_dir).resolve()))
     return config
 
 

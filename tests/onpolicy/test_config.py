@@ -46,7 +46,7 @@ def test_yaml_file_with_overrides(tmp_path):
     assert cfg.objective.params == {"beta": 0.5}
     assert cfg.lora.target_modules == ["q_proj", "k_proj"]
     assert cfg.rollout.stop_strings == ["\n\n"]
-    assert cfg.data.path == "p.jsonl"  # resolved relative to the YAML file by validate
+    assert cfg.data.path == str(data.resolve())  # made absolute, relative to the YAML file
 
 
 def test_unknown_key_suggests_the_closest():

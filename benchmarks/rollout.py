@@ -33,8 +33,9 @@ QUESTIONS = [
 
 
 def _tokens_per_s(backend, ids, sampling, repeats: int) -> tuple[float, float]:
-    """Median completion tokens/s and median seconds over ``repeats`` calls (after one warm-up)."""
-    backend.generate(ids[:1], sampling)
+    """Median completion tokens/s and median seconds over ``repeats`` calls (after one warm-up
+    call on the same batch)."""
+    backend.generate(ids, sampling)
     rates, secs = [], []
     for r in range(repeats):
         start = time.perf_counter()
@@ -48,7 +49,7 @@ def _tokens_per_s(backend, ids, sampling, repeats: int) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--out", default=None, help="also write the table (markdown) here")
     args = ap.parse_args(argv)
@@ -102,9 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     if args.out:
         with open(args.out, "w") as f:
+            command = " ".join(["benchmarks/rollout.py", *(argv or sys.argv[1:])])
             f.write(
-                "# Rollout throughput: hf vs vllm\n\nCommand: `.venv-vllm/bin/python "
-                f"benchmarks/rollout.py --out {args.out}`\n\n{table}\n"
+                "# Rollout throughput: hf vs vllm\n\nCommand: `OMP_NUM_THREADS=2 "
+                f".venv-vllm/bin/python {command}`\n\n{table}\n"
             )
     return 0
 

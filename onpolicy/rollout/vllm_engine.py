@@ -58,6 +58,9 @@ class VLLMEngineOptions:
         enable_prefix_caching: reuse KV of shared prompt prefixes (reset after each sync).
         in_process: run the engine core in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``):
             weight sync then passes tensors without serialization.
+        cpu_threads_bind: ``VLLM_CPU_OMP_THREADS_BIND`` for an in-process CPU engine (if unset).
+            ``nobind``: vLLM-CPU's default (``auto``) pins the process' OpenMP threads to the
+            cores it keeps for itself, which would pin the training in the same process too.
         seed: engine seed; None leaves the process' global RNG alone (an in-process engine with a
             seed reseeds it). Per-request seeds come from ``SamplingParams.seed``.
     """
@@ -73,6 +76,7 @@ class VLLMEngineOptions:
     max_logprobs: int = 20
     enable_prefix_caching: bool = True
     in_process: bool = True
+    cpu_threads_bind: str = "nobind"
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -315,6 +319,7 @@ def _start_engine(model_path: str, options: VLLMEngineOptions):
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(options.kv_cache_space_gib))
     if options.in_process:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", options.cpu_threads_bind)
     try:
         from vllm import LLM
     except ImportError as err:

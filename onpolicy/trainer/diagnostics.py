@@ -112,19 +112,29 @@ def collapse_warnings(metrics: dict[str, float]) -> dict[str, str]:
     """``{metric key: one-line warning}`` for values that usually precede a collapse (the
     thresholds are heuristics)."""
     out: dict[str, str] = {}
-    s, t = metrics.get("diag/student_entropy"), metrics.get("diag/teacher_entropy")
+
+    def get(name: str) -> float | None:  # a training-step value, else the evaluation's
+        return metrics.get(f"diag/{name}", metrics.get(f"eval/{name}"))
+
+    s, t = get("student_entropy"), get("teacher_entropy")
     if s is not None and t is not None and t > 0.5 and s < 0.1 * t:
         out["diag/student_entropy"] = (
             f"student entropy {s:.3f} is under a tenth of the teacher's {t:.3f}: the student "
             "may be collapsing to one answer; lower optim.lr or raise rollout.temperature"
         )
-    trunc = metrics.get("diag/truncated_share")
+    trunc = get("truncated_share")
     if trunc is not None and trunc > 0.5:
         out["diag/truncated_share"] = (
             f"{trunc:.0%} of completions hit rollout.max_new_tokens: the student stopped "
             "ending its turns; raise max_new_tokens or check the stop tokens"
         )
-    rep = metrics.get("diag/repetition_rate")
+    length = get("completion_length")
+    if length is not None and length < 1.5:
+        out["diag/completion_length"] = (
+            f"completions average {length:.1f} tokens: the student learned to stop at once; "
+            "lower optim.lr or add warmup"
+        )
+    rep = get("repetition_rate")
     if rep is not None and rep > 0.5:
         out["diag/repetition_rate"] = f"repetition rate {rep:.2f}: completions loop; lower optim.lr"
     cov = metrics.get("diag/alignment_coverage", metrics.get("teacher/coverage"))

@@ -115,3 +115,22 @@ def test_defaults_validate_and_round_trip():
     cfg = _config()
     validate(cfg)
     assert from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("name", ["onpolicy_reverse_kl", "gkd", "lora_student", "cross_tokenizer"])
+def test_recipes_load_and_validate(name):
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    cfg = load_config(repo / "configs" / f"{name}.yaml")
+    assert Path(cfg.data.path).is_file()
+
+
+def test_accelerate_configs_are_valid_yaml():
+    from pathlib import Path
+
+    import yaml
+
+    folder = Path(__file__).resolve().parents[2] / "configs" / "accelerate"
+    kinds = {yaml.safe_load(p.read_text())["distributed_type"] for p in folder.glob("*.yaml")}
+    assert kinds == {"NO", "MULTI_CPU", "MULTI_GPU", "FSDP", "DEEPSPEED"}

@@ -54,7 +54,7 @@ def test_collapse_warnings():
         "diag/truncated_share": 0.1,
         "diag/repetition_rate": 0.0,
     }
-    assert d.collapse_warnings(quiet) == {}
+    assert d.collapse_warnings({**quiet, "eval/completion_length": 6.0}) == {}
     loud = {
         "diag/student_entropy": 0.01,
         "diag/teacher_entropy": 2.0,
@@ -62,6 +62,7 @@ def test_collapse_warnings():
         "diag/repetition_rate": 0.8,
         "train/nonfinite_steps": 2.0,
         "diag/alignment_coverage": 0.2,
+        "eval/completion_length": 1.0,  # evaluation metrics are read too
     }
     assert set(d.collapse_warnings(loud)) == {
         "diag/student_entropy",
@@ -69,4 +70,5 @@ def test_collapse_warnings():
         "diag/repetition_rate",
         "train/nonfinite_steps",
         "diag/alignment_coverage",
+        "diag/completion_length",
     }

@@ -1,0 +1,15 @@
+"""Cross-tokenizer distillation (configs/cross_tokenizer.yaml): a character-level student learns
+from a byte-level BPE teacher; each renders the prompt with its own chat template, and the alignment
+layer compares their distributions span by span (GOLD; ``objective.name=uld`` for ULD).
+
+Metrics are per UTF-8 byte (tokenizer-independent): ``eval/teacher_nll_per_byte`` and
+``eval/logratio_per_byte``; ``eval/alignment_coverage`` is the share of student tokens inside
+aligned spans.
+
+    python examples/cross_tokenizer.py [objective.name=uld ...]
+"""
+
+from _common import run_recipe
+
+if __name__ == "__main__":
+    run_recipe("cross_tokenizer")

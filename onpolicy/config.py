@@ -71,19 +71,14 @@ class LoraConfig:
 
 
 @dataclass
-class VllmConfig:
-    """Settings for the vLLM backends (ignored by ``hf``)."""
-
-    gpu_memory_utilization: float = 0.3
-    kv_cache_space_gib: float = 1.0
-    enforce_eager: bool = True
-    server_url: str | None = None
-    sync: Literal["weights", "adapter", "merged"] = "weights"
-
-
-@dataclass
 class RolloutConfig:
-    """The student's sampler (``backend``: a registered rollout backend) and its sampling."""
+    """The student's sampler (``backend``: a registered rollout backend) and its sampling.
+
+    ``vllm``: keyword arguments for the ``vllm`` / ``vllm-server`` backend factories (e.g.
+    ``gpu_memory_utilization``, ``kv_cache_space_gib``, ``lora_sync``, ``server_url``, ``sync``;
+    see ``onpolicy.rollout.vllm_engine`` and ``vllm_server``), checked by the backend itself.
+    Ignored by ``hf``.
+    """
 
     backend: str = "hf"
     max_new_tokens: int = 32
@@ -93,7 +88,7 @@ class RolloutConfig:
     n: int = 1
     stop_strings: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
-    vllm: VllmConfig = field(default_factory=VllmConfig)
+    vllm: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

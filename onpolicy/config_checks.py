@@ -103,8 +103,11 @@ def _check_ranges(c: Config) -> None:
         raise ConfigError(f"optim.grad_clip={c.optim.grad_clip} must be > 0 or null (off)")
     if len(c.optim.betas) != 2 or not all(0 <= b < 1 for b in c.optim.betas):
         raise ConfigError(f"optim.betas={c.optim.betas} must be two numbers in [0, 1)")
-    if not 0 < c.rollout.vllm.gpu_memory_utilization <= 1:
-        raise ConfigError("rollout.vllm.gpu_memory_utilization must be in (0, 1]")
+    if c.rollout.vllm and c.rollout.backend == "hf":
+        raise ConfigError(
+            "rollout.vllm settings are set but rollout.backend=hf; set backend=vllm "
+            "(or vllm-server) or drop the rollout.vllm block"
+        )
     if c.rollout.max_new_tokens >= c.student.max_length:
         raise ConfigError(
             f"rollout.max_new_tokens={c.rollout.max_new_tokens} leaves no room for the prompt in "

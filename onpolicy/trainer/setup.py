@@ -179,7 +179,8 @@ def build_components(config: Config, accelerator: Any) -> Components:
     prepared, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
     raw = accelerator.unwrap_model(prepared)
-    backend = make_backend(config.rollout.backend, model=raw, tokenizer=tokenizer)
+    extra = config.rollout.vllm if config.rollout.backend != "hf" else {}
+    backend = make_backend(config.rollout.backend, model=raw, tokenizer=tokenizer, **extra)
     teacher_backend = None
     if teacher_model is not None and config.teacher.mode != "self":
         from onpolicy.rollout.hf import HFRolloutBackend

@@ -134,3 +134,14 @@ def test_accelerate_configs_are_valid_yaml():
     folder = Path(__file__).resolve().parents[2] / "configs" / "accelerate"
     kinds = {yaml.safe_load(p.read_text())["distributed_type"] for p in folder.glob("*.yaml")}
     assert kinds == {"NO", "MULTI_CPU", "MULTI_GPU", "FSDP", "DEEPSPEED"}
+
+
+def test_vllm_block_passes_through_to_the_backend():
+    cfg = from_dict(
+        apply_overrides(
+            BASE, ["rollout.backend=vllm", "rollout.vllm={gpu_memory_utilization: 0.4}"]
+        )
+    )
+    validate(cfg)
+    assert cfg.rollout.vllm == {"gpu_memory_utilization": 0.4}
+    assert "rollout.backend=hf" in _error(BASE, ("rollout.vllm.server_url=http://x:8000",))

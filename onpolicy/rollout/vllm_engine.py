@@ -164,8 +164,7 @@ def rollout_from_outputs(
             lps.append(sampled_logprobs(comp.logprobs, ids))
             reasons.append(_finish_reason(comp.finish_reason))
             texts.append(comp.text)
-    if prompts is None:
-        prompts = [Prompt(text="") for _ in prompt_ids_B]
+    prompts = [] if prompts is None else prompts  # as the hf backend: no prompts given, none kept
     return Rollout(list(prompts), index, p_ids, c_ids, lps, reasons, texts, policy_version)
 
 

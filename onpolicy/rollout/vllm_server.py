@@ -134,8 +134,7 @@ def rollout_from_response(
         texts.append(choice.get("text", ""))
     index = [i for i in range(len(prompt_ids_B)) for _ in range(n)]
     rows = [list(prompt_ids_B[i]) for i in index]
-    if prompts is None:
-        prompts = [Prompt(text="") for _ in prompt_ids_B]
+    prompts = [] if prompts is None else prompts  # as the hf backend: no prompts given, none kept
     return Rollout(list(prompts), index, rows, c_ids, lps, reasons, texts, policy_version)
 
 

@@ -78,30 +78,7 @@ def train_step(
     # global normalization: each loss SUM is divided by the global token count N; DDP then
     # averages the processes' gradients, so multiply by the process count to undo that average
     scale = accelerator.num_processes / n_global
-    local = [0.0, 0.0, 0.0]  # [loss_sum, counted tokens, non-finite losses]
-    for i, rollout in enumerate(rollouts):
-        scores = c.teacher.score(rollout) if c.objective.needs_teacher else None
-        last = i == len(rollouts) - 1
-        # gradients are all-reduced once, on the last micro-batch
-        sync = contextlib.nullcontext() if last else accelerator.no_sync(c.model)
-        with sync:
-            out = c.objective.loss(c.model, rollout, scores)
-            _backward(out.loss_sum * scale, accelerator, c.model, last)
-        value = float(out.loss_sum.detach())
-        finite = math.isfinite(value)
-        local = [
-            local[0] + (value if finite else 0.0),
-            local[1] + out.num_tokens,
-            local[2] + (not finite),
-        ]
-        diag = rollout_diagnostics(rollout.completion_ids_B, rollout.finish_reason_B)
-        _accumulate(
-            metrics,
-            rollout.metrics,
-            diag,
-            out.metrics,
-            scores.metrics if scores is not None else {},
-        )
+    local, metrics = _backward_all(c, rollouts, scale, accelerator)
     metrics = {k: v / len(rollouts) for k, v in metrics.items()}
     loss_sum, n_counted, n_bad = _reduce(accelerator, local)
     params = [p for p in c.model.parameters() if p.requires_grad]
@@ -130,6 +107,39 @@ def train_step(
         }
     )
     return StepResult(loss_sum / max(n_counted, 1.0), int(n_counted), True, False, metrics)
+
+
+def _backward_all(
+    c: Components, rollouts: list[Any], scale: float, accelerator: Any
+) -> tuple[list[float], dict[str, float]]:
+    """Score, loss and backward (``loss_sum * scale``) per micro-batch; returns this process's
+    ``[loss_sum, counted tokens, non-finite losses]`` and summed metrics."""
+    metrics: dict[str, float] = {}
+    local = [0.0, 0.0, 0.0]  # [loss_sum, counted tokens, non-finite losses]
+    for i, rollout in enumerate(rollouts):
+        scores = c.teacher.score(rollout) if c.objective.needs_teacher else None
+        last = i == len(rollouts) - 1
+        # gradients are all-reduced once, on the last micro-batch
+        sync = contextlib.nullcontext() if last else accelerator.no_sync(c.model)
+        with sync:
+            out = c.objective.loss(c.model, rollout, scores)
+            _backward(out.loss_sum * scale, accelerator, c.model, last)
+        value = float(out.loss_sum.detach())
+        finite = math.isfinite(value)
+        local = [
+            local[0] + (value if finite else 0.0),
+            local[1] + out.num_tokens,
+            local[2] + (not finite),
+        ]
+        diag = rollout_diagnostics(rollout.completion_ids_B, rollout.finish_reason_B)
+        _accumulate(
+            metrics,
+            rollout.metrics,
+            diag,
+            out.metrics,
+            scores.metrics if scores is not None else {},
+        )
+    return local, metrics
 
 
 def make_rollout(c: Components, source: Any, prompts: list[Prompt]) -> Any:

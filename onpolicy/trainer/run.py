@@ -98,7 +98,6 @@ def train(
     task's prompts); ``score_fn(text, prompt)`` is the task metric reported as ``eval/score``.
     """
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
 
     from onpolicy.config_checks import validate
     from onpolicy.data import PromptStream
@@ -112,86 +111,27 @@ def train(
     prompts, held_out, skipped = prepare_prompts(
         config, c.tokenizer, train_prompts, eval_prompts, base_dir
     )
-    out_dir = Path(config.train.output_dir)
-    state, resumed_from = ckpt.TrainerState(), None
-    if accelerator.is_main_process:
-        ckpt.remove_partial(out_dir)
-    accelerator.wait_for_everyone()
-    latest = ckpt.latest_checkpoint(out_dir) if config.train.resume else None
-    if latest is not None:
-        state = ckpt.load_checkpoint(accelerator, latest)
-        resumed_from = state.step
+    state, resumed_from = _resume(accelerator, config)
     stream = PromptStream(prompts, config.train.seed, position=state.data_position)
-    log = MetricsLog(accelerator, config, start_step=state.step)
-
-    def run_eval() -> dict[str, float]:
-        metrics: dict[str, float] = {}
-        if accelerator.is_main_process and held_out:
-            metrics = evaluate(
-                c.raw_model,
-                c.tokenizer,
-                c.teacher,
-                c.backend,
-                held_out,
-                c.sampling,
-                config.eval.greedy,
-                config.eval.batch_size,
-                score_fn,
-            )
-        accelerator.wait_for_everyone()
-        return metrics
-
-    eval_before = {}
-    if resumed_from is None:
-        eval_before = run_eval()
-        if eval_before:
-            log.log(eval_before, step=0)
-    bar = tqdm(
-        total=config.train.steps,
-        initial=state.step,
-        desc="onpolicy",
-        dynamic_ncols=True,
-        disable=not (accelerator.is_main_process and config.logging.progress_bar),
+    session = _Session(
+        config,
+        accelerator,
+        c,
+        held_out,
+        score_fn,
+        MetricsLog(accelerator, config, start_step=state.step),
     )
-
-    warned: set[str] = set()
-
-    def on_step(st: ckpt.TrainerState, result: StepResult) -> None:
-        record = {
-            "train/loss": result.loss,
-            "train/num_tokens": result.num_tokens,
-            "train/applied": float(result.applied),
-            "train/nonfinite_steps": st.nonfinite_steps,
-            **result.metrics,
-        }
-        if st.step % config.logging.every == 0 or st.step == config.train.steps:
-            if (
-                config.eval.every
-                and st.step % config.eval.every == 0
-                and st.step < config.train.steps
-            ):
-                record.update(run_eval())
-            warn_collapse(record, accelerator, warned)
-            log.log(record, step=st.step)
-        bar.update(1)
-        bar.set_postfix(
-            loss=f"{result.loss:.4f}",
-            tok_s=f"{result.metrics.get('train/tokens_per_second', 0.0):.0f}",
-        )
-        every = config.train.checkpoint_every
-        if every and st.step % every == 0 and st.step < config.train.steps:
-            ckpt.save_checkpoint(accelerator, out_dir, st, config.train.keep_checkpoints)
-
+    eval_before = session.run_eval(step=0) if resumed_from is None else {}
+    session.open_bar(state.step)
     try:
-        losses = run_steps(c, config, accelerator, stream, state, on_step)
+        losses = run_steps(c, config, accelerator, stream, state, session.on_step)
     finally:
-        bar.close()
+        session.bar.close()
+    out_dir = Path(config.train.output_dir)
     ckpt.save_checkpoint(accelerator, out_dir, state, config.train.keep_checkpoints)
-    eval_after = run_eval()
-    if eval_after:
-        log.log({"final": 1, **eval_after}, step=state.step)
+    eval_after = session.run_eval(step=state.step, final=True)
     saved, merged = _save_final(config, c, accelerator)
-    log.close()
+    session.log.close()
     return TrainResult(
         out_dir,
         saved,
@@ -204,6 +144,92 @@ def train(
         resumed_from,
         skipped,
     )
+
+
+def _resume(accelerator: Any, config: Config) -> tuple[ckpt.TrainerState, int | None]:
+    """Drop partial checkpoints; restore the newest complete one when ``train.resume``."""
+    out_dir = Path(config.train.output_dir)
+    if accelerator.is_main_process:
+        ckpt.remove_partial(out_dir)
+    accelerator.wait_for_everyone()
+    latest = ckpt.latest_checkpoint(out_dir) if config.train.resume else None
+    if latest is None:
+        return ckpt.TrainerState(), None
+    state = ckpt.load_checkpoint(accelerator, latest)
+    return state, state.step
+
+
+@dataclass
+class _Session:
+    """What the per-step callback needs: evaluation, logging, progress bar, checkpoints."""
+
+    config: Config
+    accelerator: Any
+    c: Any
+    held_out: list[Prompt]
+    score_fn: ScoreFn | None
+    log: Any
+    bar: Any = None
+    warned: set[str] = field(default_factory=set)
+
+    def open_bar(self, initial: int) -> None:
+        from tqdm.auto import tqdm
+
+        show = self.accelerator.is_main_process and self.config.logging.progress_bar
+        self.bar = tqdm(
+            total=self.config.train.steps,
+            initial=initial,
+            desc="onpolicy",
+            dynamic_ncols=True,
+            disable=not show,
+        )
+
+    def evaluate(self) -> dict[str, float]:
+        """Main process only (the others wait): the unwrapped student, no collectives."""
+        c, metrics = self.c, {}
+        if self.accelerator.is_main_process and self.held_out:
+            metrics = evaluate(
+                c.raw_model,
+                c.tokenizer,
+                c.teacher,
+                c.backend,
+                self.held_out,
+                c.sampling,
+                self.config.eval.greedy,
+                self.config.eval.batch_size,
+                self.score_fn,
+            )
+        self.accelerator.wait_for_everyone()
+        return metrics
+
+    def run_eval(self, step: int, final: bool = False) -> dict[str, float]:
+        metrics = self.evaluate()
+        if metrics:
+            self.log.log({"final": 1, **metrics} if final else metrics, step=step)
+        return metrics
+
+    def on_step(self, st: ckpt.TrainerState, result: StepResult) -> None:
+        cfg = self.config
+        last = st.step == cfg.train.steps
+        record = {
+            "train/loss": result.loss,
+            "train/num_tokens": result.num_tokens,
+            "train/applied": float(result.applied),
+            "train/nonfinite_steps": st.nonfinite_steps,
+            **result.metrics,
+        }
+        if cfg.eval.every and st.step % cfg.eval.every == 0 and not last:
+            record.update(self.evaluate())  # the final evaluation runs after the last step
+        warn_collapse(record, self.accelerator, self.warned)
+        if st.step % cfg.logging.every == 0 or last or any(k.startswith("eval/") for k in record):
+            self.log.log(record, step=st.step)
+        self.bar.update(1)
+        tok_s = result.metrics.get("train/tokens_per_second", 0.0)
+        self.bar.set_postfix(loss=f"{result.loss:.4f}", tok_s=f"{tok_s:.0f}")
+        every = cfg.train.checkpoint_every
+        if every and st.step % every == 0 and not last:
+            out = Path(cfg.train.output_dir)
+            ckpt.save_checkpoint(self.accelerator, out, st, cfg.train.keep_checkpoints)
 
 
 def _save_final(config: Config, c: Any, accelerator: Any) -> tuple[Path | None, Path | None]:

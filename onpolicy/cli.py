@@ -23,7 +23,8 @@ from pathlib import Path
 from onpolicy.errors import OnpolicyError
 
 _DISPATCH = {
-    # subcommand: (module, candidate function names); each function takes argv and returns an int
+    # subcommand: (module, candidate function names); the first found is called with the argv
+    # after the subcommand and returns the exit status
     "doctor": ("alignment.doctor", ("main",)),
     "compare": ("onpolicy.compare", ("compare_main", "main")),
     "quickstart": ("onpolicy.compare", ("quickstart_main", "main")),
@@ -113,8 +114,7 @@ def _dispatch(command: str, argv: list[str]) -> int:
         return 2
     for fn in functions:
         if hasattr(module, fn):
-            call_argv = argv if fn != "main" or command == "doctor" else [command, *argv]
-            return int(getattr(module, fn)(call_argv) or 0)
+            return int(getattr(module, fn)(argv) or 0)
     print(f"onpolicy: error: {module_name} has no {' or '.join(functions)}", file=sys.stderr)
     return 2
 

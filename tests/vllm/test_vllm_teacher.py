@@ -11,6 +11,7 @@ vllm = pytest.importorskip("vllm")
 
 from onpolicy.chat import render_prompt, render_prompts  # noqa: E402
 from onpolicy.errors import ConfigError  # noqa: E402
+from onpolicy.losses.sparse import sparse_divergence  # noqa: E402
 from onpolicy.models import load_model, load_tokenizer  # noqa: E402
 from onpolicy.rollout.base import make_backend  # noqa: E402
 from onpolicy.teacher.vllm_teacher import VLLMTeacher, sparse_rows  # noqa: E402
@@ -65,6 +66,20 @@ def test_server_teacher_same_tokenizer_top_k(served):
     )
     scores = VLLMTeacher(url, top_k=8).score(ro)
     _check_scores(scores, model, ro.prompt_ids_B, ro.completion_ids_B, 8)
+    # the sparse losses consume it as is: same loss as from the teacher's own top-k
+    student_N_V = torch.randn(len(scores.token_logprobs_N), len(tok), generator=torch.Generator())
+    teacher_lp = torch.cat(_forward_logprobs(model, ro.prompt_ids_B, ro.completion_ids_B))
+    ref_lp, ref_ids = teacher_lp.topk(8, dim=-1)
+    for name in ("reverse_kl", "forward_kl"):
+        got = sparse_divergence(
+            student_N_V,
+            scores.topk_ids_N_K,
+            scores.topk_logprobs_N_K,
+            name,
+            teacher_tail=scores.tail_logprob_N,
+        )
+        want = sparse_divergence(student_N_V, ref_ids, ref_lp, name)
+        torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
 
 
 def test_server_teacher_cross_tokenizer_scores_its_own_tokens(served, tiny_teacher_path):

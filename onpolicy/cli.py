@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from onpolicy.errors import OnpolicyError
+from onpolicy.errors import ConfigError, OnpolicyError
 
 _DISPATCH = {
     # subcommand: (module, candidate function names); the first found is called with the argv
@@ -71,6 +71,8 @@ def _train(config_path: str, overrides: list[str]) -> int:
     from onpolicy.trainer import train
 
     config = load_config(config_path, overrides)
+    if config.data.path is None:  # the Python API may pass prompts; the CLI reads them from data
+        raise ConfigError("data.path is not set; point it at a JSON/JSONL/parquet file of prompts")
     result = train(config, base_dir=Path(config_path).parent)
     summary = {
         "steps": result.steps,

@@ -35,7 +35,10 @@ sys.path.insert(0, str(_HERE.parent))
 CASES = {  # name: (B, T, V_student, V_teacher)
     "base": (4, 256, 32_000, 50_000),
     "large": (4, 512, 49_152, 64_000),
+    # real tokenizations: SmolLM2 student, GPT-2 teacher, stdlib source text (T: student side)
+    "real": (4, 256, 49_152, 50_257),
 }
+REAL_TEXTS = ("textwrap", "difflib", "argparse", "json.decoder")
 PROMPT, MATCHED, TOP_K = 8, 20_000, 256
 IMPLS = ("trl-uld", "ours-uld", "ours-uld-top256", "trl-hybrid", "ours-gold")
 
@@ -46,7 +49,60 @@ def _offsets(lengths_B_N: torch.Tensor) -> torch.Tensor:
     return torch.stack([end - lengths_B_N, end], dim=-1)
 
 
+def _side(ids_B_T: torch.Tensor, off_B_T2: torch.Tensor, V: int, g: torch.Generator) -> dict:
+    """Random logits (the sampled token's logit raised) and TRL-style labels for one side."""
+    B, T = ids_B_T.shape
+    logits = torch.randn(B, T, V, generator=g) * 2
+    logits[:, :-1].scatter_add_(-1, ids_B_T[:, 1:, None], torch.full((B, T - 1, 1), 8.0))
+    labels = torch.where(off_B_T2[..., 1] > off_B_T2[..., 0], ids_B_T, -100)
+    return {"logits": logits, "ids": ids_B_T, "offsets": off_B_T2, "labels": labels}
+
+
+def _real_inputs(seed: int) -> dict:
+    """Stdlib source text tokenized by SmolLM2 (student) and GPT-2 (teacher), real offsets."""
+    import importlib
+
+    from transformers import AutoTokenizer
+
+    from alignment.offsets import byte_offsets
+    from alignment.vocab_map import build_vocab_map
+    from onpolicy.offline import gpt2_tokenizer_dir, smollm2_dir
+
+    B, T, Vs, Vt = CASES["real"]
+    s_tok = AutoTokenizer.from_pretrained(smollm2_dir())
+    t_tok = AutoTokenizer.from_pretrained(gpt2_tokenizer_dir())
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for name in REAL_TEXTS[:B]:
+        text = Path(importlib.import_module(name).__file__).read_text()[:8000]
+        s_ids, s_off = byte_offsets(s_tok, text, add_special_tokens=False)
+        cut = int(s_off[T - PROMPT - 1, 1])  # bytes of the first T - PROMPT student tokens
+        part = text.encode("utf-8")[:cut].decode("utf-8")
+        t_ids, t_off = byte_offsets(t_tok, part, add_special_tokens=False)
+        rows.append((s_ids[: T - PROMPT], s_off[: T - PROMPT], t_ids, t_off))
+    Tt = PROMPT + max(len(r[2]) for r in rows)
+    ids = {"s": torch.zeros(B, T, dtype=torch.long), "t": torch.zeros(B, Tt, dtype=torch.long)}
+    off = {
+        "s": torch.zeros(B, T, 2, dtype=torch.long),
+        "t": torch.zeros(B, Tt, 2, dtype=torch.long),
+    }
+    for b, (si, so, ti, to) in enumerate(rows):  # prompt: random ids, zero-width
+        ids["s"][b, :PROMPT] = torch.randint(0, Vs, (PROMPT,), generator=g)
+        ids["t"][b, :PROMPT] = torch.randint(0, Vt, (PROMPT,), generator=g)
+        ids["s"][b, PROMPT:], off["s"][b, PROMPT:] = si, so
+        ids["t"][b, PROMPT : PROMPT + len(ti)], off["t"][b, PROMPT : PROMPT + len(ti)] = ti, to
+    vmap = build_vocab_map(s_tok, t_tok)
+    return {
+        "s": _side(ids["s"], off["s"], Vs, g),
+        "t": _side(ids["t"], off["t"], Vt, g),
+        "ms": vmap.student_ids_M,
+        "mt": vmap.teacher_ids_M,
+    }
+
+
 def make_inputs(case: str, seed: int = 0) -> dict:
+    if case == "real":
+        return _real_inputs(seed)
     B, T, Vs, Vt = CASES[case]
     g = torch.Generator().manual_seed(seed)
     n = T - PROMPT  # completion tokens per side
@@ -158,8 +214,8 @@ def worker(impl: str, case: str, repeats: int) -> dict:
         bwd.append(t2 - t1)
         value = float(scalar.detach())
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"fwd": fwd, "bwd": bwd, "cpu": cpu, "value": value, "peak_mb": peak / 1024,
-            "loss_mb": (peak - rss_before) / 1024}  # fmt: skip
+    return {"fwd": fwd, "bwd": bwd, "cpu": cpu, "value": value, "matched": len(inp["ms"]),
+            "peak_mb": peak / 1024, "loss_mb": (peak - rss_before) / 1024}  # fmt: skip
 
 
 def _spawn(impl: str, case: str, repeats: int) -> dict:
@@ -173,7 +229,8 @@ def _table(case: str, res: dict[str, dict]) -> list[str]:
     B, T, Vs, Vt = CASES[case]
     med = {k: {m: statistics.median(v[m]) for m in ("fwd", "bwd", "cpu")} for k, v in res.items()}
     lines = [
-        f"\n### {case}: B={B}, T={T}, V_student={Vs:,}, V_teacher={Vt:,}, matched={MATCHED:,}\n",
+        f"\n### {case}: B={B}, T={T}, V_student={Vs:,}, V_teacher={Vt:,}, "
+        f"matched={next(iter(res.values()))['matched']:,}\n",
         "| implementation | fwd s | bwd s | fwd+bwd s | speedup | CPU s | CPU speedup | "
         "peak RSS MB | loss RSS MB | value | value - TRL |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",

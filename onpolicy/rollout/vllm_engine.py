@@ -238,7 +238,11 @@ class VLLMEngineBackend:
         rollout = rollout_from_outputs(outputs, prompt_ids_B, prompts, self.policy_version)
         n_tokens = sum(len(c) for c in rollout.completion_ids_B)
         rollout.metrics.update(
-            {"rollout/seconds": seconds, "rollout/tokens_per_s": n_tokens / max(seconds, 1e-9)}
+            {  # the hf backend's metric names
+                "rollout/seconds": seconds,
+                "rollout/tokens": float(n_tokens),
+                "rollout/tokens_per_second": n_tokens / max(seconds, 1e-9),
+            }
         )
         return rollout
 

@@ -226,7 +226,11 @@ class VLLMServerBackend:
         )
         n_tokens = sum(len(c) for c in rollout.completion_ids_B)
         rollout.metrics.update(
-            {"rollout/seconds": seconds, "rollout/tokens_per_s": n_tokens / max(seconds, 1e-9)}
+            {  # the hf backend's metric names
+                "rollout/seconds": seconds,
+                "rollout/tokens": float(n_tokens),
+                "rollout/tokens_per_second": n_tokens / max(seconds, 1e-9),
+            }
         )
         return rollout
 

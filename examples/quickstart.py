@@ -2,9 +2,9 @@
 
 On the built-in arithmetic task (3-digit addition with a written scratchpad):
 1. trains the teacher (a small Llama, supervised on gold scratchpads) and a smaller student
-   (pre-trained briefly, so it is partly right), cached under ``.cache/onpolicy`` after the first run;
-2. from the same student, trains SFT on teacher samples (off-policy) and on-policy reverse KL with the
-   same optimizer, optimizer steps and prompts per step, over two seeds in parallel;
+   (pre-trained briefly, so it is partly right), cached under ``.cache/onpolicy`` after a first run;
+2. from the same student, trains SFT on teacher samples (off-policy) and on-policy reverse KL with
+   the same optimizer, optimizer steps and prompts per step, over two seeds in parallel;
 3. prints the before/after table and where the report (Markdown, JSON) and the plot were written.
 
 Run: ``python examples/quickstart.py`` (options: ``train.steps=100 seeds=[0,1,2]``, see

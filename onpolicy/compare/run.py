@@ -83,7 +83,18 @@ def resolve_models(cfg: CompareConfig, log: Callable[[str], None] = print) -> Mo
         for key in ("teacher", "student"):  # YAML gives {layers, heads, ffn}
             if isinstance(spec.get(key), dict):
                 spec[key] = ModelSpec(**spec[key])
-        models = arithmetic_models(ArithmeticModelsConfig(digits=digits, **spec), log=log)
+        kinds = {m.student for m in cfg.methods}
+        which = (
+            "teacher",
+            *(
+                name
+                for kind, name in (("same", "student"), ("cross", "cross_student"))
+                if kind in kinds
+            ),
+        )
+        models = arithmetic_models(
+            ArithmeticModelsConfig(digits=digits, **spec), log=log, which=which
+        )
         log(
             f"[compare] arithmetic models at {models.teacher_dir.parent} "
             f"(held-out exact match when built: {models.scores})"

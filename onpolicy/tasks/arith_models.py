@@ -112,15 +112,12 @@ class ArithmeticModelsConfig:
     teacher: ModelSpec = ModelSpec(layers=3, heads=2, ffn=256)
     teacher_steps: int = 800
     student: ModelSpec = ModelSpec(layers=2, heads=2, ffn=128)
-    student_steps: int = 700
+    student_steps: int = 750
+    cross_student_steps: int = 250
     batch_size: int = 64
     lr: float = 3e-3
 
     version: int = 2  # bump when the tokenizers or the training recipe change
-
-    def key(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -145,41 +142,75 @@ def max_new_tokens(digits: int) -> int:
     return 9 * digits + digits + 2 + 1 + 4
 
 
+MODEL_NAMES = ("teacher", "student", "cross_student")
+
+
+def _model_key(cfg: ArithmeticModelsConfig, name: str) -> str:
+    """Cache key of one model: only the fields it is built from (a student's recipe can change
+    without retraining the teacher)."""
+    fields = asdict(cfg)
+    own_steps = f"{name}_steps"
+    for key in ("teacher_steps", "student_steps", "cross_student_steps"):
+        if key != own_steps:
+            fields.pop(key)
+    fields.pop("student" if name == "teacher" else "teacher")
+    blob = json.dumps({"name": name, **fields}, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
 def arithmetic_models(
-    cfg: ArithmeticModelsConfig | None = None, root: Path | None = None, log=print
+    cfg: ArithmeticModelsConfig | None = None,
+    root: Path | None = None,
+    log=print,
+    which: tuple[str, ...] = MODEL_NAMES,
 ) -> ArithmeticModels:
-    """The cached models for ``cfg`` (built and saved on first use, a few minutes on a CPU)."""
+    """The cached models for ``cfg``; those in ``which`` are built and saved on first use (a few
+    minutes on a CPU), the others are only named (their folder may not exist yet)."""
     cfg = cfg or ArithmeticModelsConfig()
-    folder = (root or cache_root()) / "arithmetic" / cfg.key()
-    done = folder / "scores.json"
-    if done.exists():
-        scores = json.loads(done.read_text())
-        return ArithmeticModels(
-            folder / "teacher", folder / "student", folder / "cross_student", scores
-        )
+    base = (root or cache_root()) / "arithmetic"
+    dirs = {name: base / f"{name}-{_model_key(cfg, name)}" for name in MODEL_NAMES}
+    scores: dict[str, float] = {}
+    for name in which:
+        done = dirs[name] / "build.json"
+        if not done.exists():
+            _build_one(cfg, name, dirs[name], log)
+        scores[name] = json.loads(done.read_text())["held_out_exact_match"]
+    return ArithmeticModels(dirs["teacher"], dirs["student"], dirs["cross_student"], scores)
+
+
+def _build_one(cfg: ArithmeticModelsConfig, name: str, folder: Path, log) -> None:
+    """Train one model by supervised learning on gold scratchpads and save it with its tokenizer."""
+    if name not in MODEL_NAMES:
+        raise ValueError(f"unknown arithmetic model {name!r}; use one of {MODEL_NAMES}")
     task = arithmetic_task(digits=cfg.digits, num_train=cfg.num_train, seed=cfg.data_seed)
-    texts = [p.text + p.reference for p in task.train_prompts]
-    char_tok = char_tokenizer()
-    bpe_tok = bpe_tokenizer(texts)
-    scores = {}
-    plan = [
-        ("teacher", cfg.teacher, char_tok, cfg.teacher_steps),
-        ("student", cfg.student, char_tok, cfg.student_steps),
-        ("cross_student", cfg.student, bpe_tok, cfg.student_steps),
-    ]
-    for name, spec, tok, steps in plan:
-        start = time.perf_counter()
-        model = spec.build(tok, seed=cfg.data_seed)
-        losses = train_supervised(
-            model, tok, task.train_prompts, steps, cfg.batch_size, cfg.lr, cfg.data_seed
-        )
-        scores[name] = evaluate_exact_match(model, tok, task, max_new_tokens(cfg.digits))
-        log(
-            f"[arithmetic] trained {name} ({sum(p.numel() for p in model.parameters()):,} "
-            f"params, {steps} steps, final loss {losses[-1]:.3f}) in "
-            f"{time.perf_counter() - start:.0f}s: held-out exact match {scores[name]:.3f}"
-        )
-        model.save_pretrained(folder / name)
-        tok.save_pretrained(folder / name)
-    done.write_text(json.dumps(scores, indent=1))
-    return arithmetic_models(cfg, root, log)
+    if name == "cross_student":
+        tok = bpe_tokenizer([p.text + p.reference for p in task.train_prompts])
+    else:
+        tok = char_tokenizer()
+    spec, steps = {
+        "teacher": (cfg.teacher, cfg.teacher_steps),
+        "student": (cfg.student, cfg.student_steps),
+        "cross_student": (cfg.student, cfg.cross_student_steps),
+    }[name]
+    start = time.perf_counter()
+    model = spec.build(tok, seed=cfg.data_seed)
+    losses = train_supervised(
+        model, tok, task.train_prompts, steps, cfg.batch_size, cfg.lr, cfg.data_seed
+    )
+    score = evaluate_exact_match(model, tok, task, max_new_tokens(cfg.digits))
+    seconds = time.perf_counter() - start
+    log(
+        f"[arithmetic] trained {name} ({sum(p.numel() for p in model.parameters()):,} params, "
+        f"{steps} steps, final loss {losses[-1]:.3f}) in {seconds:.0f}s: "
+        f"held-out exact match {score:.3f}"
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    record = {
+        "held_out_exact_match": score,
+        "seconds": seconds,
+        "final_loss": losses[-1],
+        "config": asdict(cfg),
+    }
+    (folder / "build.json").write_text(json.dumps(record, indent=1, default=str))

@@ -114,7 +114,7 @@ def test_config_validation(tmp_path):
         parse_config({**good, "sedes": [0]})
     with pytest.raises(ConfigError, match="unknown train keys"):
         parse_config({**good, "train": {"stepz": 3}})
-    with pytest.raises(ConfigError, match="models.kind"):
+    with pytest.raises(ConfigError, match=r"models\.kind"):
         parse_config({**good, "models": {"kind": "hub"}})
     path = tmp_path / "c.yaml"
     path.write_text(json.dumps(good))

@@ -90,10 +90,15 @@ def _tv(log_ps: Tensor, log_pt: Tensor, coef: float) -> Tensor:
 # ----- values and closed-form gradients wrt student logits (finite inputs) ------------------------
 
 
-def _rowdot(a: Tensor, b: Tensor) -> Tensor:
-    """Row-wise dot ``(a * b).sum(-1)`` of [..., V] tensors, without a [..., V] temporary."""
+def _rowdot(a: Tensor, b: Tensor, piece: int = 512) -> Tensor:
+    """Row-wise dot ``(a * b).sum(-1)`` of [..., V] tensors, without a [..., V] temporary: batched
+    dots over pieces of ``piece`` entries, then a sum of the pieces (as accurate as ``sum``, which
+    one long sequential dot is not)."""
     v = a.shape[-1]
-    return torch.bmm(a.reshape(-1, 1, v), b.reshape(-1, v, 1)).reshape(a.shape[:-1])
+    if v % piece:
+        return (a * b).sum(-1)
+    partial = torch.bmm(a.reshape(-1, 1, piece), b.reshape(-1, piece, 1))  # [rows * V / piece]
+    return partial.reshape(*a.shape[:-1], v // piece).sum(-1)
 
 
 def _from_a(p_s: Tensor, a: Tensor) -> Tensor:

@@ -34,17 +34,45 @@ SIDES = ("engine_same", "trl_distillation", "engine_cross", "trl_gold")
 
 
 def _models(args) -> tuple[str, str, str]:
-    """(teacher, same-tokenizer student, cross-tokenizer student) folders."""
+    """(same-tokenizer teacher, student, cross-tokenizer teacher) folders; the cross student is
+    ``student`` for the real pair, the BPE student for the arithmetic models."""
+    if args.pair == "real":  # SmolLM2-135M-Instruct distilled from itself / from Gemma-3-270M
+        from onpolicy.offline import gemma3_dir, smollm2_dir
+
+        return str(smollm2_dir()), str(smollm2_dir()), str(gemma3_dir())
     from onpolicy.tasks.arith_models import arithmetic_models
 
     m = arithmetic_models(log=lambda s: print(s, file=sys.stderr))
-    return str(m.teacher_dir), str(m.student_dir), str(m.cross_student_dir)
+    return str(m.teacher_dir), str(m.student_dir), str(m.teacher_dir)
 
 
-def _prompts(n: int):
+def _cross_student(args) -> str:
+    if args.pair == "real":
+        return _models(args)[1]
+    from onpolicy.tasks.arith_models import arithmetic_models
+
+    return str(arithmetic_models(log=lambda s: print(s, file=sys.stderr)).cross_student_dir)
+
+
+def _prompts(args, n: int):
+    if args.pair == "real":
+        from onpolicy.tasks import make_task
+
+        task = make_task("chat_pair")
+        pool = list(task.train_prompts + task.eval_prompts)
+        return [pool[i % len(pool)] for i in range(n)]
     from onpolicy.tasks.arithmetic import make_prompts
 
     return make_prompts(n, 3, seed=123)
+
+
+def _prompt_row(p, completion: str | None = None) -> dict:
+    if p.messages is not None:
+        row = {"prompt": list(p.messages)}
+        if completion is not None:
+            row["completion"] = [{"role": "assistant", "content": completion}]
+        return row
+    return {"prompt": p.text, **({"completion": completion} if completion is not None else {})}
 
 
 def _peak_mb() -> float:
@@ -61,16 +89,17 @@ def run_engine(args, cross: bool) -> dict:
     from onpolicy.teacher.local import LocalTeacher
     from onpolicy.types import SamplingParams
 
-    teacher_dir, student_dir, cross_dir = _models(args)
-    sdir = cross_dir if cross else student_dir
+    teacher_dir, student_dir, cross_teacher = _models(args)
+    sdir = _cross_student(args) if cross else student_dir
+    tdir = cross_teacher if cross else teacher_dir
     student, stok = load_model(sdir), load_tokenizer(sdir)
-    teacher, ttok = load_model(teacher_dir, trainable=False), load_tokenizer(teacher_dir)
+    teacher, ttok = load_model(tdir, trainable=False), load_tokenizer(tdir)
     objective = make_objective("gold" if cross else "reverse_kl")
     backend = make_backend("hf", model=student, tokenizer=stok)
     scorer = LocalTeacher(teacher, ttok, stok, mode="cross" if cross else "same")
     opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.0)
     sampling = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=1.0)
-    prompts = _prompts(args.batch * (args.steps + 1))
+    prompts = _prompts(args, args.batch * (args.steps + 1))
     times, tokens = [], []
     for i in range(args.steps + 1):
         batch = prompts[i * args.batch : (i + 1) * args.batch]
@@ -163,8 +192,8 @@ def run_trl_distillation(args) -> dict:
     teacher_dir, student_dir, _ = _models(args)
     student, stok = load_model(student_dir), load_tokenizer(student_dir)
     teacher = load_model(teacher_dir, trainable=False)
-    prompts = _prompts(args.batch * (args.steps + 1))
-    data = Dataset.from_list([{"prompt": p.text} for p in prompts])
+    prompts = _prompts(args, args.batch * (args.steps + 1))
+    data = Dataset.from_list([_prompt_row(p) for p in prompts])
     timer = _Timer()
     cfg = DistillationConfig(**_trl_common(args), beta=1.0, shuffle_dataset=False)
     trainer = DistillationTrainer(
@@ -187,11 +216,12 @@ def run_trl_gold(args) -> dict:
 
     from onpolicy.models import load_model, load_tokenizer
 
-    teacher_dir, _, cross_dir = _models(args)
+    _, _, teacher_dir = _models(args)
+    cross_dir = _cross_student(args)
     student, stok = load_model(cross_dir), load_tokenizer(cross_dir)
     teacher = load_model(teacher_dir, trainable=False)
-    prompts = _prompts(args.batch * (args.steps + 1))
-    data = Dataset.from_list([{"prompt": p.text, "completion": p.reference} for p in prompts])
+    prompts = _prompts(args, args.batch * (args.steps + 1))
+    data = Dataset.from_list([_prompt_row(p, p.reference or "") for p in prompts])
     timer = _Timer()
     cfg = GOLDConfig(
         **_trl_common(args),
@@ -297,6 +327,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--side", choices=SIDES)
     p.add_argument("--only", nargs="*", choices=SIDES, default=list(SIDES))
+    p.add_argument(
+        "--pair",
+        choices=("arithmetic", "real"),
+        default="arithmetic",
+        help="arithmetic: the task's tiny Llamas; real: SmolLM2-135M-Instruct student, "
+        "itself (same tokenizer) / Gemma-3-270M (cross) as teacher",
+    )
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=40)

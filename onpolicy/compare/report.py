@@ -155,7 +155,8 @@ def plot(rows: Sequence[Row], path: Path, metric: str = "score") -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    pts = [r for r in rows if r.score is not None and r.flops is not None]
+    pts = [r for r in rows if r.score is not None and r.flops]  # trained methods
+    flat = [r for r in rows if r.score is not None and r.method != "teacher" and not r.flops]
     if not pts:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -163,8 +164,10 @@ def plot(rows: Sequence[Row], path: Path, metric: str = "score") -> Path | None:
         (axes[0], "flops", "estimated FLOPs (6N train + 2N inference)"),
         (axes[1], "seconds", "wall time (s)"),
     ):
+        for i, r in enumerate(flat):  # untouched students: no training compute, a level line
+            ax.axhline(r.score, ls=":", c=f"C{i + 5}", lw=1.2, label=f"{r.method} (no training)")
         for r in pts:
-            x = max(getattr(r, attr) or 0.0, 1.0)
+            x = max(getattr(r, attr) or 0.0, 1e-3)
             ax.errorbar(x, r.score, yerr=r.score_std, fmt="o", capsize=3, label=r.method)
             ax.annotate(
                 r.method, (x, r.score), textcoords="offset points", xytext=(4, 4), fontsize=8

@@ -270,6 +270,8 @@ def _spawn(args, side: str, extra: list[str] = ()) -> dict:
         __file__,
         "--side",
         side,
+        "--pair",
+        args.pair,
         "--steps",
         str(args.steps),
         "--batch",
@@ -300,8 +302,9 @@ def table(results: dict[str, dict], args) -> str:
         ("cross tokenizer", "engine_cross", "trl_gold", "5x"),
     ]
     out = [
-        f"Student tokens/s per optimizer step (rollout included) and peak RSS; batch "
-        f"{args.batch}, max completion {args.max_new_tokens} tokens, {args.steps} timed steps "
+        f"Models: {args.pair}. Student tokens/s per optimizer step (rollout included) and "
+        f"peak RSS; batch {args.batch}, max completion {args.max_new_tokens} tokens, "
+        f"{args.steps} timed steps "
         f"(medians) after 1 warm-up, {args.threads} torch thread(s), CPU.",
         "",
         "| case | engine tok/s | TRL tok/s | speed ratio | target | engine step s | "

@@ -40,10 +40,10 @@ class Prompt:
 class SamplingParams:
     """How a rollout backend samples. ``temperature == 0`` means greedy.
 
-    ``stop_token_ids`` are in addition to the tokenizer's EOS (and, for chat models, the template's
-    end-of-turn token), which backends always treat as stop tokens. A completion that ends with a stop
-    token keeps it (the student learns to stop); one that ends with a stop string is cut after the token
-    that completed the string.
+    ``stop_token_ids`` are in addition to the tokenizer's EOS (and, for chat models, the
+    template's end-of-turn token), which backends always treat as stop tokens. A completion that
+    ends with a stop token keeps it (the student learns to stop); one that ends with a stop string
+    is cut after the token that completed the string.
     """
 
     max_new_tokens: int = 64
@@ -66,9 +66,9 @@ class Rollout:
         prompt_ids_B: the student's rendering of each sequence's prompt (token ids, no padding).
         completion_ids_B: the sampled token ids, up to and including the stop token actually used
             (absent if truncated at ``max_new_tokens``); nothing after it.
-        sampling_logprobs_B: per completion token, the log-probability the rollout engine gave it under
-            the policy's unprocessed distribution (temperature 1, no top-p/top-k), i.e. what the
-            student's own forward pass computes; used for importance ratios.
+        sampling_logprobs_B: per completion token, the log-probability the rollout engine gave it
+            under the policy's unprocessed distribution (temperature 1, no top-p/top-k), i.e. what
+            the student's own forward pass computes; used for importance ratios.
         finish_reason_B: ``stop`` or ``length`` per sequence.
         texts_B: decoded completions (for metrics and display; never used for offsets).
         policy_version: optimizer step of the weights that produced the rollout.
@@ -86,10 +86,16 @@ class Rollout:
 
     def __post_init__(self) -> None:
         n = len(self.prompt_index_B)
-        for name in ("prompt_ids_B", "completion_ids_B", "sampling_logprobs_B",
-                     "finish_reason_B", "texts_B"):
+        for name in (
+            "prompt_ids_B",
+            "completion_ids_B",
+            "sampling_logprobs_B",
+            "finish_reason_B",
+            "texts_B",
+        ):
             if len(getattr(self, name)) != n:
-                raise ValueError(f"Rollout.{name} has {len(getattr(self, name))} rows, expected {n}")
+                rows = len(getattr(self, name))
+                raise ValueError(f"Rollout.{name} has {rows} rows, expected {n}")
 
     def __len__(self) -> int:
         return len(self.prompt_index_B)
@@ -130,8 +136,8 @@ class PaddedBatch:
         return cls(input_ids, attention, completion)
 
     def labels(self) -> torch.Tensor:
-        """[B, T] labels shifted for next-token loss: ``labels[:, t] = input_ids[:, t + 1]`` where that
-        token is a completion token, ``IGNORE_INDEX`` elsewhere (last column always ignored)."""
+        """[B, T] labels shifted for next-token loss: ``labels[:, t] = input_ids[:, t + 1]`` where
+        that token is a completion token, ``IGNORE_INDEX`` elsewhere (last column always ignored)."""
         labels = torch.full_like(self.input_ids_B_T, IGNORE_INDEX)
         target = self.input_ids_B_T[:, 1:]
         labels[:, :-1] = torch.where(self.completion_mask_B_T[:, 1:], target, IGNORE_INDEX)

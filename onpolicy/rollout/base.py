@@ -1,4 +1,5 @@
-"""The rollout-backend interface: every backend (``hf``, ``vllm``, ``vllm-server``) returns a ``Rollout``.
+"""The rollout-backend interface: every backend (``hf``, ``vllm``, ``vllm-server``) returns a
+``Rollout``.
 
 A backend samples the *student's* completions for prompts already rendered with the student's chat
 template (token ids), and receives the student's new weights after optimizer steps.
@@ -15,7 +16,7 @@ from onpolicy.types import Prompt, Rollout, SamplingParams
 
 
 class RolloutBackend(Protocol):
-    """Samples student completions. Implementations: ``onpolicy.rollout.hf``, ``onpolicy.rollout.vllm_*``."""
+    """Samples student completions (``onpolicy.rollout.hf``, ``onpolicy.rollout.vllm_*``)."""
 
     def generate(
         self,
@@ -27,7 +28,7 @@ class RolloutBackend(Protocol):
         ...
 
     def sync_weights(self, model: torch.nn.Module, step: int) -> dict[str, float]:
-        """Make the backend sample from ``model``'s current weights; returns metrics (e.g. seconds)."""
+        """Make the backend sample from ``model``'s current weights; returns metrics."""
         ...
 
     def close(self) -> None:
@@ -63,7 +64,10 @@ def _import_builtin(name: str) -> None:
     """Import the module of a built-in backend (so optional libraries load only when asked)."""
     import importlib
 
-    module = {"hf": "onpolicy.rollout.hf", "vllm": "onpolicy.rollout.vllm_engine",
-              "vllm-server": "onpolicy.rollout.vllm_server"}.get(name)
+    module = {
+        "hf": "onpolicy.rollout.hf",
+        "vllm": "onpolicy.rollout.vllm_engine",
+        "vllm-server": "onpolicy.rollout.vllm_server",
+    }.get(name)
     if module is not None:
         importlib.import_module(module)

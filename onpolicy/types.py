@@ -137,7 +137,8 @@ class PaddedBatch:
 
     def labels(self) -> torch.Tensor:
         """[B, T] labels shifted for next-token loss: ``labels[:, t] = input_ids[:, t + 1]`` where
-        that token is a completion token, ``IGNORE_INDEX`` elsewhere (last column always ignored)."""
+        that token is a completion token, ``IGNORE_INDEX`` elsewhere (the last column always).
+        """
         labels = torch.full_like(self.input_ids_B_T, IGNORE_INDEX)
         target = self.input_ids_B_T[:, 1:]
         labels[:, :-1] = torch.where(self.completion_mask_B_T[:, 1:], target, IGNORE_INDEX)

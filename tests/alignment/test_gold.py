@@ -9,7 +9,7 @@ import torch
 
 from alignment.errors import AlignmentError
 from alignment.gold import gold_loss, gold_terms, span_uld_loss
-from alignment.spans_math import span_distributions
+from alignment.spans_math import span_anchor_positions, span_distributions
 from alignment.types import SideLogits
 from onpolicy.losses.divergences import generalized_jsd
 
@@ -57,7 +57,9 @@ def _ref_uld(p, q):
 
 
 def _reference_terms(student, teacher, ms, mt, beta, anchor):
-    """Materialized float64 definition: span distributions, matched columns removed by mask."""
+    """Materialized float64 definition: span distributions; where the two anchor tokens are a
+    matched pair, the matched columns go to the GJSD and the rest to ULD; elsewhere only the two
+    anchor entries (both the probability of the span) go to the GJSD."""
     la, mask_s = span_distributions(
         student.logits_B_T_V, student.input_ids_B_T, student.span_B_T, anchor,
         temperature=student.temperature,
@@ -69,10 +71,46 @@ def _reference_terms(student, teacher, ms, mt, beta, anchor):
     keep_s = torch.ones(Vs, dtype=torch.bool)
     keep_t = torch.ones(Vt, dtype=torch.bool)
     keep_s[ms], keep_t[mt] = False, False
-    matched = _ref_gjsd(la[..., ms], lb[..., mt], beta) if len(ms) else torch.zeros(la.shape[:2])
-    unmatched = _ref_uld(la.exp()[..., keep_s], lb.exp()[..., keep_t])
+    S = la.shape[1]
+    pos_s, _ = span_anchor_positions(student.span_B_T, anchor, S)
+    pos_t, _ = span_anchor_positions(teacher.span_B_T, anchor, S)
+    s_to_t = dict(zip(ms.tolist(), mt.tolist(), strict=True))
+    matched = torch.zeros(la.shape[:2], dtype=la.dtype)
+    unmatched = torch.zeros(la.shape[:2], dtype=la.dtype)
+    for b in range(la.shape[0]):
+        for k in range(S):
+            sa = int(student.input_ids_B_T[b, pos_s[b, k]])
+            ta = int(teacher.input_ids_B_T[b, pos_t[b, k]])
+            if s_to_t.get(sa) == ta:
+                ks, kt = keep_s, keep_t
+                matched[b, k] = _ref_gjsd(la[b, k, ms], lb[b, k, mt], beta) if len(ms) else 0.0
+            elif len(ms):
+                ks, kt = torch.ones(Vs, dtype=torch.bool), torch.ones(Vt, dtype=torch.bool)
+                ks[sa], kt[ta] = False, False
+                matched[b, k] = _ref_gjsd(la[b, k, [sa]], lb[b, k, [ta]], beta)
+            else:
+                ks, kt = keep_s, keep_t
+            unmatched[b, k] = _ref_uld(la[b, k].exp()[ks], lb[b, k].exp()[kt])
     mask = mask_s & mask_t
     return torch.where(mask, matched, 0.0), torch.where(mask, unmatched, 0.0), mask
+
+
+def _pair_some_anchors(student, teacher, ms, mt, anchor):
+    """Make every other span's teacher anchor the matched partner of the student's anchor, so
+    both kinds of span (anchors a matched pair or not) occur."""
+    S = int(SPAN_S.max()) + 1
+    pos_s, ok_s = span_anchor_positions(student.span_B_T, anchor, S)
+    pos_t, ok_t = span_anchor_positions(teacher.span_B_T, anchor, S)
+    ids_s, ids_t = student.input_ids_B_T.clone(), teacher.input_ids_B_T.clone()
+    for b in range(B):
+        for k in range(0, S, 2):
+            if ok_s[b, k] and ok_t[b, k]:
+                i = (b + k) % len(ms)
+                ids_s[b, pos_s[b, k]], ids_t[b, pos_t[b, k]] = ms[i], mt[i]
+    return (
+        SideLogits(student.logits_B_T_V, ids_s, student.span_B_T, student.temperature),
+        SideLogits(teacher.logits_B_T_V, ids_t, teacher.span_B_T, teacher.temperature),
+    )
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.3, 1.0])
@@ -80,6 +118,7 @@ def _reference_terms(student, teacher, ms, mt, beta, anchor):
 def test_gold_terms_match_float64_reference_values_and_grads(beta, anchor) -> None:
     student, teacher = _sides(1, t_s=1.3, t_t=0.7)
     ms, mt = _matched(9)
+    student, teacher = _pair_some_anchors(student, teacher, ms, mt, anchor)
     got = gold_terms(student, teacher, ms, mt, beta=beta, anchor=anchor)
     ref_m, ref_u, mask = _reference_terms(student, teacher, ms, mt, beta, anchor)
     assert torch.equal(got.mask_B_S, mask)
@@ -215,7 +254,7 @@ def test_hand_computed_one_span() -> None:
     lt = torch.log(torch.tensor([[[0.5, 0.3, 0.2], [1 / 3, 1 / 3, 1 / 3]]], dtype=torch.float64))
     span = torch.tensor([[-1, 0]])
     s = SideLogits(ls, torch.tensor([[0, 0]]), span)
-    t = SideLogits(lt, torch.tensor([[0, 1]]), span)
+    t = SideLogits(lt, torch.tensor([[0, 2]]), span)  # the anchors are the matched pair
     # ULD: |0.8 - 0.5| + |0.2 - 0.3| + |0 - 0.2| = 0.6
     torch.testing.assert_close(span_uld_loss(s, t), torch.tensor(0.6, dtype=torch.float64))
     # student id 0 <-> teacher id 2 matched; reverse KL part: 0.8 log(0.8 / 0.2) - 0.8 + 0.2
@@ -223,3 +262,23 @@ def test_hand_computed_one_span() -> None:
     # rest: [0, 0.2] vs [0.5, 0.3, 0] -> sorted |0.2 - 0.5| + |0 - 0.3| = 0.6
     want = 0.8 * math.log(4.0) - 0.6 + 0.6
     torch.testing.assert_close(loss, torch.tensor(want, dtype=torch.float64))
+
+
+def test_merged_student_token_is_compared_with_the_teacher_span_not_its_first_char() -> None:
+    """Student vocab {0: "a", 1: "b", 2: "ab"} writes "ab" as one token, the char teacher as "a"
+    "b"; matched pairs a<->a, b<->b. Both give the span "ab" probability 0.9, so the span's
+    GJSD is 0 and nothing pushes P_student("ab") down. (Comparing the vocabulary pairs here
+    compares P_s("a" alone) with P_t("a" then "b"), and the loss drove a BPE student onto
+    single-character tokens.)"""
+    ls = torch.log(torch.tensor([[[0.05, 0.05, 0.9], [1 / 3, 1 / 3, 1 / 3]]], dtype=torch.float64))
+    ls.requires_grad_(True)
+    lt = torch.log(torch.tensor([[[0.9, 0.1], [1e-300, 1.0], [0.5, 0.5]]], dtype=torch.float64))
+    s = SideLogits(ls, torch.tensor([[0, 2]]), torch.tensor([[-1, 0]]))
+    t = SideLogits(lt, torch.tensor([[0, 0, 1]]), torch.tensor([[-1, 0, 0]]))
+    ms, mt = torch.tensor([0, 1]), torch.tensor([0, 1])
+    terms = gold_terms(s, t, ms, mt, beta=1.0)
+    torch.testing.assert_close(terms.matched_B_S, torch.zeros(1, 1, dtype=torch.float64))
+    # the alternatives by ULD: student [0.05, 0.05] vs teacher [0.1] (first char "b")
+    torch.testing.assert_close(terms.unmatched_B_S, torch.full((1, 1), 0.1, dtype=torch.float64))
+    (grad,) = torch.autograd.grad(gold_loss(s, t, ms, mt, beta=1.0), ls)
+    assert abs(float(grad[0, 0, 2])) < 1e-12

@@ -17,8 +17,8 @@ import sys
 import pytest
 import torch
 import yaml
-from conftest import REPO, base_raw
 from safetensors.torch import load_file
+from trainer_configs import REPO, base_raw
 
 from onpolicy.config import apply_overrides, from_dict
 from onpolicy.trainer import train

@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from conftest import PRETRAINED_STUDENT, make_config
+from trainer_configs import PRETRAINED_STUDENT, make_config
 
 from onpolicy.errors import ConfigError
 from onpolicy.objectives.base import OBJECTIVES

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TEACHER, make_config
+from trainer_configs import TEACHER, make_config
 
 from onpolicy.chat import render_prompt
 from onpolicy.data import load_prompts

@@ -15,7 +15,7 @@ import time
 
 import pytest
 import yaml
-from conftest import REPO, base_raw
+from trainer_configs import REPO, base_raw
 
 from onpolicy.trainer import checkpoint as ckpt
 

@@ -1,0 +1,35 @@
+"""Config factory for trainer tests: tiny in-process models, the repo's tiny chat data.
+
+(A module of its own, not conftest.py: several test folders have a conftest.py, so
+``from conftest import`` would depend on import order.)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from onpolicy.config import Config, apply_overrides, from_dict
+
+REPO = Path(__file__).resolve().parents[3]
+DATA = REPO / "configs" / "data" / "tiny_chat.jsonl"
+TEACHER = "tiny:small,seed=1,pretrain_steps=300"
+PRETRAINED_STUDENT = "tiny:tiny,seed=2,pretrain_steps=100"
+
+
+def base_raw(output_dir: Path) -> dict:
+    return {
+        "student": {"path": "tiny:tiny", "max_length": 96},
+        "teacher": {"path": TEACHER, "mode": "same"},
+        "rollout": {"max_new_tokens": 12, "temperature": 1.0},
+        "objective": {"name": "reverse_kl"},
+        "data": {"path": str(DATA), "eval_size": 8},
+        "optim": {"lr": 3e-3, "grad_clip": 1.0},
+        "train": {"steps": 4, "micro_batch_size": 4, "output_dir": str(output_dir), "seed": 0},
+        "eval": {"num_prompts": 8},
+        "logging": {"progress_bar": False},
+    }
+
+
+def make_config(output_dir: Path, *overrides: str) -> Config:
+    """The base config with ``key.sub=value`` overrides."""
+    return from_dict(apply_overrides(base_raw(output_dir), list(overrides)))

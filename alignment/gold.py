@@ -12,6 +12,12 @@ the chain-rule probability of the span's other tokens, unnormalized):
 * ``gold_loss``: ``matched_weight * GJSD_beta(a_k[ms], b_k[mt])
   + unmatched_weight * ULD(a_k without ms, b_k without mt)``, where ``ms[i]``/``mt[i]`` are the
   student/teacher ids of the ``i``-th matched vocabulary pair (same bytes; ``alignment.vocab_map``).
+  This holds where the span's two anchor tokens are themselves a matched pair: then ``a_k[ms[i]]``
+  and ``b_k[mt[i]]`` are the same event (``ms[i]`` followed by the same rest of the span). Where
+  the anchors spell different bytes (a merged student token ``+4`` against a teacher's ``+``
+  ``4``), ``a_k["+"]`` is "the span is ``+`` alone" but ``b_k["+"]`` is "``+`` then ``4``": the
+  vocabulary pairs would push the student off its merged tokens. There the only known pair is
+  the two anchors (both equal the span's probability): ``ms = [anchor_s]``, ``mt = [anchor_t]``.
   ``GJSD_beta`` is the generalized JSD in GKD's/TRL's convention (``beta = 0``: KL(teacher ||
   student), ``1``: KL(student || teacher), else ``beta KL(t||m) + (1-beta) KL(s||m)``,
   ``m = beta t + (1-beta) s``), written with the KL for positive measures
@@ -53,18 +59,21 @@ class _Spec:
     chunk_rows: int
     keep_student_V: torch.Tensor | None = None  # 1 on unmatched student ids, 0 on matched
     keep_teacher_V: torch.Tensor | None = None
+    same_anchor_R: torch.Tensor | None = None  # bool: the two anchor tokens are a matched pair
 
 
 @dataclass(frozen=True)
 class _Plan:
     """Flat logits rows one side needs, for the ``R`` spans that count (index tensors only).
 
-    ``anchor_rows_R``: the row holding each span's anchor distribution. ``rest_rows_N``,
+    ``anchor_rows_R``: the row holding each span's anchor distribution; ``anchor_ids_R``: the
+    anchor token itself. ``rest_rows_N``,
     ``rest_ids_N``, ``rest_span_N``: for every other token of those spans, the row that predicts
     it, its id, and its span's index in ``0 .. R - 1`` (for the chain-rule scale).
     """
 
     anchor_rows_R: torch.Tensor
+    anchor_ids_R: torch.Tensor
     rest_rows_N: torch.Tensor
     rest_ids_N: torch.Tensor
     rest_span_N: torch.Tensor
@@ -146,6 +155,7 @@ class _SpanDivergence(torch.autograd.Function):
         t_scale = _rest_scale(t_logits, t_plan, R, spec.teacher_temperature, dt, ch)
         sign = torch.empty(R, Vs, dtype=torch.int8, device=s_logits.device)
         h_M = None if ms is None else torch.empty(R, ms.shape[0], dtype=dt, device=s_logits.device)
+        h_pair = s_scale.new_zeros(R)  # ``a * dJ/da`` of the anchor pair (anchors that differ)
         out_m, out_u = s_scale.new_zeros(R), s_scale.new_zeros(R)
         for sl in _chunks(R, ch):
             need_log = ms is not None
@@ -157,24 +167,35 @@ class _SpanDivergence(torch.autograd.Function):
             )
             if ms is not None and mt is not None and h_M is not None:
                 assert log_a is not None and log_b is not None
+                assert spec.same_anchor_R is not None
                 la, lb = log_a.index_select(1, ms), log_b.index_select(1, mt)
-                out_m[sl], h_M[sl] = _gjsd_rows(la, lb, la.exp(), lb.exp(), spec.beta)
-                a.mul_(spec.keep_student_V)  # matched entries leave the ULD part; zeros sort last
-                b.mul_(spec.keep_teacher_V)
+                j_vocab, h_vocab = _gjsd_rows(la, lb, la.exp(), lb.exp(), spec.beta)
+                # anchors spelling different bytes: a vocabulary pair is not the same event
+                # (the rests of the span differ), only the two sampled anchors are
+                same = spec.same_anchor_R[sl]
+                sa, ta = s_plan.anchor_ids_R[sl, None], t_plan.anchor_ids_R[sl, None]
+                la1, lb1 = log_a.gather(1, sa), log_b.gather(1, ta)
+                j_pair, h1 = _gjsd_rows(la1, lb1, la1.exp(), lb1.exp(), spec.beta)
+                out_m[sl] = torch.where(same, j_vocab, j_pair)
+                h_M[sl] = h_vocab * same.unsqueeze(-1)
+                h_pair[sl] = torch.where(same, 0.0, h1.squeeze(-1))
+                keep_a = _keep_rows(spec.keep_student_V, same, sa)  # compared entries leave ULD
+                a.mul_(keep_a)  # zeros sort last
+                b.mul_(_keep_rows(spec.keep_teacher_V, same, ta))
             if spec.top_k is None:
                 out_u[sl], sg, _ = sorted_l1_rows(a, b, grad_p=True, grad_q=False)
             else:
                 out_u[sl], sg = topk_l1_rows(a, b, spec.top_k)
-            if spec.keep_student_V is not None:  # zeroed entries are constants, not variables
-                sg.mul_(spec.keep_student_V.to(torch.int8))
+            if ms is not None:  # zeroed entries are constants, not variables
+                sg.mul_(keep_a.to(torch.int8))
             sign[sl] = sg
-        ctx.save_for_backward(s_logits, s_scale, sign, h_M)
+        ctx.save_for_backward(s_logits, s_scale, sign, h_M, h_pair)
         ctx.plan, ctx.spec = s_plan, spec
         return out_m, out_u
 
     @staticmethod
     def backward(ctx, g_m_R, g_u_R):  # type: ignore[override]
-        s_logits, s_scale, sign, h_M = ctx.saved_tensors
+        s_logits, s_scale, sign, h_M, h_pair = ctx.saved_tensors
         plan, spec = ctx.plan, ctx.spec
         dt, tau, ch = s_scale.dtype, spec.student_temperature, spec.chunk_rows
         # every row is written once (anchor and rest rows are distinct tokens' predictors), so
@@ -192,6 +213,8 @@ class _SpanDivergence(torch.autograd.Function):
             h.mul_(sign[sl])
             if h_M is not None:
                 h.index_add_(1, spec.matched_student_M, h_M[sl] * g_m_R[sl].to(dt).unsqueeze(-1))
+                h_1 = (h_pair[sl] * g_m_R[sl].to(dt)).unsqueeze(-1)
+                h.scatter_add_(1, plan.anchor_ids_R[sl, None], h_1)
             h_sum = h.sum(-1, keepdim=True)
             dz = h.sub_(p.mul_(h_sum))  # softmax backward: h - p * sum(h)
             grad.index_copy_(0, plan.anchor_rows_R[sl], _unscale(dz, tau).to(grad.dtype))
@@ -202,6 +225,14 @@ class _SpanDivergence(torch.autograd.Function):
             dz = p.mul_(-g_N).scatter_add_(1, plan.rest_ids_N[sl].unsqueeze(1), g_N)
             grad.index_copy_(0, plan.rest_rows_N[sl], _unscale(dz, tau).to(grad.dtype))
         return grad, None, None, None, None
+
+
+def _keep_rows(keep_V: torch.Tensor, same_c: torch.Tensor, anchor_c_1: torch.Tensor):
+    """[c, V] 0/1 entries left to the ULD part: ``keep_V`` where the anchors are a matched pair,
+    else every entry but the anchor token's."""
+    keep = torch.where(same_c.unsqueeze(-1), keep_V, torch.ones_like(keep_V))
+    at_anchor = torch.where(same_c, keep_V[anchor_c_1[:, 0]], 0.0)
+    return keep.scatter(1, anchor_c_1, at_anchor.unsqueeze(-1))
 
 
 def _check_side(side: SideLogits, name: str) -> None:
@@ -237,6 +268,7 @@ def _side_plan(side: SideLogits, S: int, anchor: Anchor, sel_B_S: torch.Tensor) 
     rows_B_S = torch.arange(B, device=span.device).unsqueeze(1) * T + pos_B_S - 1
     return _Plan(
         anchor_rows_R=rows_B_S.reshape(-1)[sel],
+        anchor_ids_R=side.input_ids_B_T.long().gather(1, pos_B_S).reshape(-1)[sel],
         rest_rows_N=b * T + t - 1,
         rest_ids_N=side.input_ids_B_T[b, t].long(),
         rest_span_N=rest_span[keep],
@@ -338,13 +370,18 @@ def gold_terms(
         student.temperature, teacher.temperature, beta, ms, mt, top_k,
         max(1, CHUNK_ELEMS // max(Vs, Vt)),
     )  # fmt: skip
+    s_plan, t_plan = _side_plan(student, S, anchor, mask), _side_plan(teacher, S, anchor, mask)
     if ms is not None and mt is not None:
         spec = _with_matched(spec, ms, mt, Vs, Vt, student.logits_B_T_V)
+        s_to_t = torch.full((Vs,), -1, dtype=torch.long, device=ms.device)
+        s_to_t[ms] = mt
+        same = s_to_t[s_plan.anchor_ids_R.to(ms.device)] == t_plan.anchor_ids_R.to(ms.device)
+        spec = dataclasses.replace(spec, same_anchor_R=same.to(s_plan.anchor_ids_R.device))
     matched_R, unmatched_R = _SpanDivergence.apply(
         student.logits_B_T_V.reshape(-1, Vs),
         teacher.logits_B_T_V.detach().reshape(-1, Vt),
-        _side_plan(student, S, anchor, mask),
-        _side_plan(teacher, S, anchor, mask),
+        s_plan,
+        t_plan,
         spec,
     )
     dtype = matched_R.dtype

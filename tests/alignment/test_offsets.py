@@ -6,7 +6,7 @@ import copy
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from tokenizers import SentencePieceBPETokenizer, normalizers, pre_tokenizers
 from tokenizers.implementations import BertWordPieceTokenizer
@@ -98,6 +98,10 @@ def test_qwen_nfc_normalization_maps_back_to_original_bytes(real_tokenizers):
 def test_any_text_partitions(real_tokenizers, name, text):
     tok = real_tokenizers[name]
     ids, off = byte_offsets(tok, text)
+    # SmolLM2's GGUF vocabulary has no token for some control bytes (e.g. 0x1d): a text made only
+    # of them encodes to nothing, and no offsets can cover it. Inside other text such bytes are
+    # given to a neighbouring token (checked by the partition below).
+    assume(len(ids) > 0 or not text)
     table = token_bytes_table(tok)
     zero = table.special_V[ids.numpy()] & (off[:, 0] == off[:, 1]).numpy()
     check_partition(off.numpy(), len(text.encode("utf-8")), ~zero)

@@ -49,13 +49,17 @@ class ModelConfig:
 class TeacherConfig:
     """The teacher. ``mode``: ``same`` (same tokenizer, checked by content), ``cross`` (different
     tokenizers, through the alignment layer), ``auto`` (decide by comparing tokenizers), ``self``
-    (the student's own base with LoRA adapters disabled; needs ``lora.enabled``)."""
+    (the student's own base with LoRA adapters disabled; needs ``lora.enabled``).
+    ``samples``: teacher-sampled batches (SFT, GKD's off-policy share) are ``fresh`` samples every
+    step, or ``fixed``: one sample per prompt drawn once before training (sequence-level KD's
+    dataset)."""
 
     path: str | None = None
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     mode: Literal["same", "cross", "auto", "self"] = "auto"
     top_k: int = 0  # 0 = full distribution; > 0 = sparse top-k scores
     gguf_file: str | None = None
+    samples: Literal["fresh", "fixed"] = "fresh"
 
 
 @dataclass

@@ -12,7 +12,6 @@ another tokenizer the advantage is per aligned span (chain rule, exact on the sa
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -74,9 +73,11 @@ class PolicyGradient:
             clip_eps=self.clip_eps, tis_cap=self.tis_cap, reduction="sum",
         )  # fmt: skip
         n = int(targets.numel())
+        bad = ~torch.isfinite(behaviour_N) | ~torch.isfinite(advantage_N)
         metrics = {
             "advantage_sum": float(advantage_N.sum()),
             "pg_loss_sum": float(loss_sum.detach()),
+            "pg/nonfinite_inputs_sum": float(bad.sum()),
         }
         return LossOutput(loss_sum=loss_sum, num_tokens=n, metrics=metrics)
 
@@ -93,15 +94,13 @@ class PolicyGradient:
 
 
 def _behaviour(rollout: Rollout, student_lp_N: torch.Tensor) -> torch.Tensor:
-    """The engine's logprobs packed like the completion positions; where the engine reported none
-    (NaN: fixed completions), the student's own (detached: ratio 1)."""
+    """The engine's logprobs packed like the completion positions, as given: a NaN/inf one (an
+    engine fault, or fixed completions no engine sampled) makes the loss NaN/inf, which the trainer
+    counts and skips (``train.max_nonfinite``) instead of training on a made-up ratio."""
     flat = [lp for row in rollout.sampling_logprobs_B for lp in row]
     if len(flat) != student_lp_N.numel():
         raise ValueError(
             f"the rollout has {len(flat)} sampling logprobs for {student_lp_N.numel()} completion "
             "tokens; a backend must report one logprob per completion token"
         )
-    behaviour = torch.tensor(flat, dtype=student_lp_N.dtype, device=student_lp_N.device)
-    if any(math.isnan(x) for x in flat):
-        behaviour = torch.where(behaviour.isnan(), student_lp_N.detach(), behaviour)
-    return behaviour
+    return torch.tensor(flat, dtype=student_lp_N.dtype, device=student_lp_N.device)

@@ -19,11 +19,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from onpolicy.errors import TrainingError
+from onpolicy.trainer.step_metrics import ComputeBudget
 
 STATE_FILE = "trainer_state.json"
 _PREFIX = "step-"
@@ -38,11 +39,20 @@ class TrainerState:
         step: optimizer steps completed.
         data_position: prompts consumed from the shared ``PromptStream``.
         nonfinite_steps: steps skipped for a NaN/inf loss so far.
+        budget: the compute spent so far (all processes), so a resumed run reports the whole run's.
     """
 
     step: int = 0
     data_position: int = 0
     nonfinite_steps: int = 0
+    budget: ComputeBudget = field(default_factory=ComputeBudget)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainerState:
+        """From ``asdict`` output (the budget a nested mapping; absent in older checkpoints)."""
+        data = dict(data)
+        budget = ComputeBudget(**data.pop("budget", {}))
+        return cls(**data, budget=budget)
 
 
 def checkpoint_root(output_dir: str | Path) -> Path:
@@ -133,7 +143,7 @@ def load_checkpoint(accelerator: Any, path: str | Path) -> TrainerState:
     if not state_file.is_file():
         raise TrainingError(f"checkpoint {str(p)!r} is incomplete (no {STATE_FILE}); delete it")
     try:
-        state = TrainerState(**json.loads(state_file.read_text()))
+        state = TrainerState.from_json(json.loads(state_file.read_text()))
     except (json.JSONDecodeError, TypeError) as exc:
         raise TrainingError(f"checkpoint state {str(state_file)!r} is unreadable: {exc}") from exc
     accelerator.load_state(str(p))

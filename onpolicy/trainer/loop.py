@@ -12,7 +12,12 @@ accumulation steps and processes. An objective that counts other tokens than the
 
 A step whose loss (on any process) or gradient norm is NaN/inf is skipped on every process: no
 update, counted in ``train/nonfinite_steps``; after ``train.max_nonfinite`` of them the run stops
-with a ``TrainingError`` (checkpoints already written are untouched).
+with a ``TrainingError`` (checkpoints already written are untouched). Objectives let a NaN/inf in
+what they train on (a logprob, an advantage) reach the loss, so it lands here too.
+
+Every logged step metric is a global value: each process tallies additive quantities, the tallies
+are gathered, and ratios are computed once from the sums (``step_metrics``); the step's compute
+(student/teacher token positions, seconds) is returned in ``StepResult.budget``.
 """
 
 from __future__ import annotations
@@ -30,23 +35,42 @@ import torch
 from onpolicy.config import Config
 from onpolicy.errors import TrainingError
 from onpolicy.trainer import checkpoint as ckpt
-from onpolicy.trainer.diagnostics import collapse_warnings, rollout_diagnostics
+from onpolicy.trainer.diagnostics import collapse_warnings
 from onpolicy.trainer.setup import Components
 from onpolicy.trainer.sources import completions_for
+from onpolicy.trainer.step_metrics import (
+    ComputeBudget,
+    StepTally,
+    combine,
+    gather_tallies,
+    global_budget,
+    positions,
+    tally_alignment,
+    tally_components,
+    tally_rollout,
+)
 from onpolicy.types import Prompt
 
 
 @dataclass
 class StepResult:
-    """One optimizer step: the globally normalized loss (NaN when skipped), the global count of
-    counted tokens, whether the update was applied, and metrics (this process's, plus the global
-    loss/token count)."""
+    """One optimizer step.
+
+    Attributes:
+        loss: the globally normalized loss (NaN when skipped for a NaN/inf loss or gradient).
+        num_tokens: the global count of counted tokens.
+        applied: whether the update was applied.
+        nonfinite: the step was skipped for a NaN/inf loss or gradient.
+        metrics: global values over micro-batches and processes (``step_metrics.combine``).
+        budget: the compute the step spent, over all processes.
+    """
 
     loss: float
     num_tokens: int
     applied: bool
     nonfinite: bool
     metrics: dict[str, float] = field(default_factory=dict)
+    budget: ComputeBudget = field(default_factory=ComputeBudget)
 
 
 def micro_batches_for(
@@ -68,53 +92,65 @@ def train_step(
     """One optimizer step over this process's micro-batches (see the module docstring)."""
     source = c.objective.batch_source(step)
     start = time.perf_counter()
-    rollouts = [make_rollout(c, source, prompts) for prompts in micro_batches]
-    rollout_seconds = time.perf_counter() - start
+    tally = StepTally()
+    rollouts = []
+    for prompts in micro_batches:
+        rollout, spent = make_rollout(c, source, prompts)
+        rollouts.append(rollout)
+        tally.budget = tally.budget.add(spent)
+    tally.times["train/rollout_seconds"] = time.perf_counter() - start
     local_tokens = sum(len(x) for r in rollouts for x in r.completion_ids_B)
     n_global = int(_reduce(accelerator, [local_tokens])[0])
-    metrics: dict[str, float] = {}
-    if n_global == 0:  # no completion token anywhere: nothing to learn, every process skips
-        return StepResult(0.0, 0, False, False, metrics)
-    # global normalization: each loss SUM is divided by the global token count N; DDP then
-    # averages the processes' gradients, so multiply by the process count to undo that average
-    scale = accelerator.num_processes / n_global
-    local, metrics = _backward_all(c, rollouts, scale, accelerator)
-    metrics = {k: v / len(rollouts) for k, v in metrics.items()}
-    loss_sum, n_counted, n_bad = _reduce(accelerator, local)
+    loss, n_counted, applied, nonfinite, extra = 0.0, 0, False, False, {}
+    if n_global > 0:  # else no completion token anywhere: nothing to learn, every process skips
+        # global normalization: each loss SUM is divided by the global token count N; DDP then
+        # averages the processes' gradients, so multiply by the process count to undo that average
+        scale = accelerator.num_processes / n_global
+        local = _backward_all(c, rollouts, scale, accelerator, tally)
+        loss_sum, counted, n_bad = _reduce(accelerator, local)
+        n_counted = int(counted)
+        applied, extra = _apply_update(c, accelerator, n_bad, counted, n_global, grad_clip)
+        nonfinite = not applied
+        loss = loss_sum / max(counted, 1.0) if applied else float("nan")
+        if applied:
+            extra.update(c.backend.sync_weights(c.raw_model, step + 1))
+    tally.budget.seconds = time.perf_counter() - start
+    tallies = gather_tallies(accelerator, tally)
+    metrics = {**combine(tallies), **extra, "train/on_policy": float(source == "student")}
+    return StepResult(loss, n_counted, applied, nonfinite, metrics, global_budget(tallies))
+
+
+def _apply_update(
+    c: Components,
+    accelerator: Any,
+    n_bad: float,
+    n_counted: float,
+    n_global: int,
+    grad_clip: float | None,
+) -> tuple[bool, dict[str, float]]:
+    """Skip (zero the gradients) when any process had a NaN/inf loss (``n_bad`` global) or the
+    gradient norm is NaN/inf; else clip and step. Returns ``(applied, metrics)``."""
     params = [p for p in c.model.parameters() if p.requires_grad]
     if n_bad > 0:
         c.optimizer.zero_grad(set_to_none=True)
-        return StepResult(float("nan"), n_global, False, True, metrics)
+        return False, {}
     if n_counted != n_global:  # the objective counts other tokens (e.g. teacher spans)
         _rescale_grads(params, n_global / max(n_counted, 1.0))
     grad_norm = _clip(accelerator, params, grad_clip)
     if not math.isfinite(grad_norm):
         c.optimizer.zero_grad(set_to_none=True)
-        return StepResult(float("nan"), int(n_counted), False, True, metrics)
+        return False, {"train/grad_norm": grad_norm}
     c.optimizer.step()
     c.scheduler.step()
     c.optimizer.zero_grad(set_to_none=True)
-    metrics.update(c.backend.sync_weights(c.raw_model, step + 1))
-    seconds = time.perf_counter() - start
-    metrics.update(
-        {
-            "train/grad_norm": grad_norm,
-            "train/lr": c.scheduler.get_last_lr()[0],
-            "train/tokens_per_second": local_tokens / max(seconds, 1e-9),
-            "train/rollout_seconds": rollout_seconds,
-            "train/step_seconds": seconds,
-            "train/on_policy": float(source == "student"),
-        }
-    )
-    return StepResult(loss_sum / max(n_counted, 1.0), int(n_counted), True, False, metrics)
+    return True, {"train/grad_norm": grad_norm, "train/lr": c.scheduler.get_last_lr()[0]}
 
 
 def _backward_all(
-    c: Components, rollouts: list[Any], scale: float, accelerator: Any
-) -> tuple[list[float], dict[str, float]]:
-    """Score, loss and backward (``loss_sum * scale``) per micro-batch; returns this process's
-    ``[loss_sum, counted tokens, non-finite losses]`` and summed metrics."""
-    metrics: dict[str, float] = {}
+    c: Components, rollouts: list[Any], scale: float, accelerator: Any, tally: StepTally
+) -> list[float]:
+    """Score, loss and backward (``loss_sum * scale``) per micro-batch; adds each micro-batch to
+    ``tally`` and returns this process's ``[loss_sum, counted tokens, non-finite losses]``."""
     local = [0.0, 0.0, 0.0]  # [loss_sum, counted tokens, non-finite losses]
     for i, rollout in enumerate(rollouts):
         scores = c.teacher.score(rollout) if c.objective.needs_teacher else None
@@ -131,35 +167,28 @@ def _backward_all(
             local[1] + out.num_tokens,
             local[2] + (not finite),
         ]
-        diag = rollout_diagnostics(rollout.completion_ids_B, rollout.finish_reason_B)
-        _accumulate(
-            metrics,
-            rollout.metrics,
-            diag,
-            out.metrics,
-            scores.metrics if scores is not None else {},
-        )
-    return local, metrics
+        tally.nonfinite_losses += not finite
+        tally_rollout(tally, rollout)
+        if scores is not None:
+            tally.budget.teacher_tokens += _teacher_positions(rollout, scores)
+            tally_alignment(tally, scores)
+        tally_components(tally, rollout.metrics, out.metrics, scores.metrics if scores else {})
+    return local
 
 
-def make_rollout(c: Components, source: Any, prompts: list[Prompt]) -> Any:
-    """The completions of one micro-batch from ``source``, in the student's tokens."""
+def _teacher_positions(rollout: Any, scores: Any) -> int:
+    """Positions the teacher's scoring forward processed (its own tokens when they differ)."""
+    cross = getattr(scores, "cross", None)
+    return positions(cross) if cross is not None else positions(rollout)
+
+
+def make_rollout(c: Components, source: Any, prompts: list[Prompt]) -> tuple[Any, ComputeBudget]:
+    """The completions of one micro-batch from ``source``, in the student's tokens, and the
+    sampling compute spent."""
     from onpolicy.chat import render_prompt
 
     ids = [render_prompt(c.tokenizer, p) for p in prompts]
-    same = c.teacher is None or c.teacher.mode == "same"
-    return completions_for(
-        source,
-        prompts,
-        ids,
-        c.sampling,
-        c.backend,
-        c.tokenizer,
-        c.end_id,
-        c.teacher_backend,
-        _teacher_renderer(c),
-        same,
-    )
+    return completions_for(source, prompts, ids, c.sampling, c.sources)
 
 
 def _reduce(accelerator: Any, values: list[float]) -> list[float]:
@@ -198,20 +227,6 @@ def _clip(accelerator: Any, params: list[torch.Tensor], grad_clip: float | None)
     return float(torch.stack(grads).norm()) if grads else 0.0
 
 
-def _accumulate(into: dict[str, float], *sources: dict[str, float]) -> None:
-    for src in sources:
-        for k, v in src.items():
-            into[k] = into.get(k, 0.0) + float(v)
-
-
-def _teacher_renderer(c: Components) -> Any:
-    if c.teacher_tokenizer is None:
-        return None
-    from onpolicy.chat import render_prompt
-
-    return lambda prompt: render_prompt(c.teacher_tokenizer, prompt)
-
-
 def run_steps(
     c: Components,
     config: Config,
@@ -237,6 +252,7 @@ def run_steps(
         result = train_step(c, mbs, state.step, accelerator, config.optim.grad_clip)
         state.step += 1
         state.data_position = stream.position
+        state.budget = state.budget.add(result.budget)
         if result.nonfinite:
             state.nonfinite_steps += 1
         losses.append(result.loss)

@@ -12,6 +12,7 @@ from onpolicy.config import Config
 from onpolicy.trainer import checkpoint as ckpt
 from onpolicy.trainer.evaluate import evaluate
 from onpolicy.trainer.loop import StepResult, final_dir, run_steps, warn_collapse
+from onpolicy.trainer.step_metrics import ComputeBudget
 from onpolicy.types import Prompt
 
 ScoreFn = Callable[[str, Prompt], float]
@@ -31,6 +32,8 @@ class TrainResult:
         nonfinite_steps: steps skipped for a NaN/inf loss or gradient.
         resumed_from: the step of the checkpoint the run resumed from, else None.
         skipped_prompts: training prompts dropped for being longer than the context.
+        budget: the compute the whole run spent (student/teacher token positions, seconds), over
+            all processes; a resumed run includes the steps before its checkpoint.
     """
 
     output_dir: Path
@@ -43,6 +46,7 @@ class TrainResult:
     nonfinite_steps: int = 0
     resumed_from: int | None = None
     skipped_prompts: int = 0
+    budget: ComputeBudget = field(default_factory=ComputeBudget)
 
 
 def make_accelerator(config: Config) -> Any:
@@ -112,6 +116,9 @@ def train(
         config, c.tokenizer, train_prompts, eval_prompts, base_dir
     )
     state, resumed_from = _resume(accelerator, config)
+    c, spent = _with_fixed_teacher_samples(c, config, accelerator, prompts)
+    if resumed_from is None:  # a resumed run draws the same samples again: counted once
+        state.budget = state.budget.add(spent)
     stream = PromptStream(prompts, config.train.seed, position=state.data_position)
     session = _Session(
         config,
@@ -143,7 +150,38 @@ def train(
         state.nonfinite_steps,
         resumed_from,
         skipped,
+        state.budget,
     )
+
+
+def _with_fixed_teacher_samples(
+    c: Any, config: Config, accelerator: Any, prompts: list[Prompt]
+) -> tuple[Any, ComputeBudget]:
+    """``c`` with its fixed teacher samples drawn (``teacher.samples=fixed`` and an objective
+    that samples the teacher in some step), and the compute spent; else ``c`` unchanged."""
+    import dataclasses
+
+    from onpolicy.trainer.sources import draw_teacher_samples
+
+    steps = range(config.train.steps)
+    if config.teacher.samples != "fixed" or all(
+        c.objective.batch_source(s) != "teacher" for s in steps
+    ):
+        return c, ComputeBudget()
+    gather = None
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object as gather
+    fixed, spent = draw_teacher_samples(
+        prompts,
+        c.sampling,
+        c.sources,
+        config.train.seed,
+        accelerator.process_index,
+        accelerator.num_processes,
+        gather,
+    )
+    sources = dataclasses.replace(c.sources, fixed_teacher=fixed)
+    return dataclasses.replace(c, sources=sources), spent
 
 
 def _resume(accelerator: Any, config: Config) -> tuple[ckpt.TrainerState, int | None]:

@@ -14,6 +14,7 @@ import torch
 from onpolicy.config import Config, OptimConfig
 from onpolicy.config_checks import resolve_model_path
 from onpolicy.errors import ConfigError
+from onpolicy.trainer.sources import SampleSources
 from onpolicy.types import SamplingParams
 
 
@@ -34,6 +35,8 @@ class Components:
         optimizer, scheduler: from ``config.optim``; the scheduler steps once per optimizer step.
         sampling: the rollout's ``SamplingParams``.
         end_id: the student's end-of-turn (or EOS) token id, appended to finished text completions.
+        sources: where batches come from (``trainer.sources``); its fixed teacher samples are
+            drawn by ``train`` once the prompts are known.
     """
 
     model: Any
@@ -48,6 +51,7 @@ class Components:
     scheduler: Any
     sampling: SamplingParams
     end_id: int | None
+    sources: SampleSources
 
 
 def sampling_params(config: Config) -> SamplingParams:
@@ -189,6 +193,14 @@ def build_components(config: Config, accelerator: Any) -> Components:
     end_id = end_of_turn_token_id(tokenizer)
     if end_id is None:
         end_id = tokenizer.eos_token_id
+    sources = SampleSources(
+        student_backend=backend,
+        tokenizer=tokenizer,
+        end_id=end_id,
+        teacher_backend=teacher_backend,
+        render_teacher=_teacher_renderer(teacher_tok),
+        same_tokenizer=teacher is None or teacher.mode == "same",
+    )
     return Components(
         model=prepared,
         raw_model=raw,
@@ -202,4 +214,14 @@ def build_components(config: Config, accelerator: Any) -> Components:
         scheduler=scheduler,
         sampling=sampling_params(config),
         end_id=end_id,
+        sources=sources,
     )
+
+
+def _teacher_renderer(teacher_tok: Any) -> Any:
+    """``prompt -> ids`` with the teacher's chat template (None without a teacher tokenizer)."""
+    if teacher_tok is None:
+        return None
+    from onpolicy.chat import render_prompt
+
+    return lambda prompt: render_prompt(teacher_tok, prompt)

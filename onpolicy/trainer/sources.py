@@ -1,9 +1,10 @@
 """Where a step's completions come from (``Objective.batch_source``), as a ``Rollout`` in the
-student's tokens.
+student's tokens, with the compute spent producing it.
 
 - ``student``: the student's own samples (on-policy), from its rollout backend;
 - ``teacher``: the teacher's samples (sequence-level KD / SFT baseline), re-tokenized by the student
-  when the tokenizers differ;
+  when the tokenizers differ; fresh ones each step (``teacher.samples=fresh``) or one fixed sample
+  per prompt drawn once before training (``teacher.samples=fixed``: ``draw_teacher_samples``);
 - ``dataset``: the prompts' reference completions (supervised KD), tokenized by the student.
 
 A completion that ended (teacher stop or a dataset reference) gets the student's end-of-turn token,
@@ -12,13 +13,52 @@ so the student learns to stop.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from onpolicy.errors import DataError
 from onpolicy.objectives.base import BatchSource
 from onpolicy.rollout.base import RolloutBackend
+from onpolicy.trainer.step_metrics import ComputeBudget, positions
 from onpolicy.types import Prompt, Rollout, SamplingParams
+
+DRAW_CHUNK = 64  # prompts per ``generate`` call when drawing fixed teacher samples
+
+
+@dataclass
+class FixedTeacherSamples:
+    """The teacher's samples drawn once per distinct prompt (``teacher.samples=fixed``).
+
+    Attributes:
+        rows: per prompt, its ``sampling.n`` samples as ``(teacher completion ids, text, ended)``.
+    """
+
+    rows: dict[Prompt, list[tuple[list[int], str, bool]]] = field(default_factory=dict)
+
+
+@dataclass
+class SampleSources:
+    """What ``completions_for`` draws from.
+
+    Attributes:
+        student_backend: the student's rollout backend (``student`` source).
+        tokenizer, end_id: the student's tokenizer and end-of-turn (or EOS) id for text completions.
+        teacher_backend: samples from the teacher (``teacher`` source), None without a teacher.
+        render_teacher: ``prompt -> ids`` with the teacher's template (tokenizers differ).
+        same_tokenizer: teacher and student share the tokenizer (teacher ids are used as they are).
+        fixed_teacher: fixed teacher samples; None = fresh samples every step.
+    """
+
+    student_backend: RolloutBackend
+    tokenizer: Any
+    end_id: int | None
+    teacher_backend: RolloutBackend | None = None
+    render_teacher: Callable[[Prompt], list[int]] | None = None
+    same_tokenizer: bool = True
+    fixed_teacher: FixedTeacherSamples | None = None
 
 
 def completions_for(
@@ -26,33 +66,114 @@ def completions_for(
     prompts: Sequence[Prompt],
     prompt_ids_B: Sequence[Sequence[int]],
     sampling: SamplingParams,
-    student_backend: RolloutBackend,
-    tokenizer: Any,
-    end_id: int | None,
-    teacher_backend: RolloutBackend | None = None,
-    render_teacher: Any = None,
-    same_tokenizer: bool = True,
-) -> Rollout:
-    """A ``Rollout`` for ``prompts`` from ``source`` (see the module docstring).
-
-    ``render_teacher(prompt) -> ids`` renders a prompt with the teacher's template (teacher source).
-    """
+    src: SampleSources,
+) -> tuple[Rollout, ComputeBudget]:
+    """A ``Rollout`` for ``prompts`` from ``source`` (see the module docstring) and the sampling
+    compute it spent (``student_gen_tokens`` / ``teacher_tokens``; nothing for fixed samples)."""
     if source == "student":
-        return student_backend.generate(prompt_ids_B, sampling, prompts)
+        rollout = src.student_backend.generate(prompt_ids_B, sampling, prompts)
+        return rollout, ComputeBudget(student_gen_tokens=positions(rollout))
     if source == "dataset":
-        return reference_rollout(prompts, prompt_ids_B, tokenizer, end_id)
+        return reference_rollout(prompts, prompt_ids_B, src.tokenizer, src.end_id), ComputeBudget()
     if source != "teacher":
         raise ValueError(f"unknown batch source {source!r}")
-    if teacher_backend is None:
+    if src.fixed_teacher is not None:
+        return _fixed_rollout(prompts, prompt_ids_B, src), ComputeBudget()
+    if src.teacher_backend is None:
         raise DataError("this objective needs teacher samples but no teacher model is loaded")
-    teacher_ids = [render_teacher(p) for p in prompts] if not same_tokenizer else prompt_ids_B
-    sampled = teacher_backend.generate(teacher_ids, sampling, prompts)
-    if same_tokenizer:
-        return sampled
+    same = src.same_tokenizer or src.render_teacher is None
+    teacher_ids = [list(x) for x in prompt_ids_B] if same else _teacher_prompt_ids(prompts, src)
+    sampled = src.teacher_backend.generate(teacher_ids, sampling, prompts)
+    spent = ComputeBudget(teacher_tokens=positions(sampled))
+    if src.same_tokenizer:
+        return sampled, spent
     texts = list(sampled.texts_B)
     ends = [r == "stop" for r in sampled.finish_reason_B]
     rows = [list(prompt_ids_B[i]) for i in sampled.prompt_index_B]
-    return text_rollout(list(prompts), sampled.prompt_index_B, rows, texts, ends, tokenizer, end_id)
+    ro = text_rollout(
+        list(prompts), sampled.prompt_index_B, rows, texts, ends, src.tokenizer, src.end_id
+    )
+    return ro, spent
+
+
+def draw_teacher_samples(
+    prompts: Sequence[Prompt],
+    sampling: SamplingParams,
+    src: SampleSources,
+    seed: int,
+    rank: int = 0,
+    world: int = 1,
+    gather: Callable[[list[Any]], list[Any]] | None = None,
+) -> tuple[FixedTeacherSamples, ComputeBudget]:
+    """One set of ``sampling.n`` teacher samples per distinct prompt, drawn once.
+
+    Prompts are drawn in chunks of ``DRAW_CHUNK`` (in order of first appearance), chunk ``c`` with
+    the sampling seed ``seed * 1_000_003 + c``: the samples depend on neither the training RNG nor
+    the number of processes (exact resume). Process ``rank`` draws chunks ``c % world == rank``;
+    ``gather`` (e.g. accelerate's ``gather_object``) shares them. Returns the samples and the
+    global compute (teacher positions; the wall seconds of the draw).
+    """
+    if src.teacher_backend is None:
+        raise DataError("teacher.samples=fixed needs a teacher model (teacher.path)")
+    start = time.perf_counter()
+    distinct = list(dict.fromkeys(prompts))
+    chunks = [distinct[i : i + DRAW_CHUNK] for i in range(0, len(distinct), DRAW_CHUNK)]
+    mine = []
+    for c in range(rank, len(chunks), world):
+        chunk = chunks[c]
+        drawn = src.teacher_backend.generate(
+            _teacher_prompt_ids(chunk, src),
+            dataclasses.replace(sampling, seed=seed * 1_000_003 + c),
+            chunk,
+        )
+        mine.append((c, drawn.prompt_index_B, drawn.completion_ids_B, drawn.texts_B,
+                     [r == "stop" for r in drawn.finish_reason_B], positions(drawn)))  # fmt: skip
+    everything = gather(mine) if gather is not None else mine
+    out, spent = FixedTeacherSamples(), 0
+    for c, index_B, ids_B, texts_B, ended_B, n_pos in sorted(everything, key=lambda x: x[0]):
+        spent += n_pos
+        for i, ids, text, ended in zip(index_B, ids_B, texts_B, ended_B, strict=True):
+            out.rows.setdefault(chunks[c][i], []).append((list(ids), text, ended))
+    seconds = time.perf_counter() - start
+    return out, ComputeBudget(teacher_tokens=spent, seconds=seconds)
+
+
+def _teacher_prompt_ids(prompts: Sequence[Prompt], src: SampleSources) -> list[list[int]]:
+    """The prompts rendered for the teacher (as the student renders them when tokenizers match)."""
+    if src.same_tokenizer or src.render_teacher is None:
+        from onpolicy.chat import render_prompt
+
+        return [list(render_prompt(src.tokenizer, p)) for p in prompts]
+    return [list(src.render_teacher(p)) for p in prompts]
+
+
+def _fixed_rollout(
+    prompts: Sequence[Prompt], prompt_ids_B: Sequence[Sequence[int]], src: SampleSources
+) -> Rollout:
+    """The fixed teacher samples of ``prompts`` as a ``Rollout`` in the student's tokens."""
+    assert src.fixed_teacher is not None
+    index_B, ids_B, texts_B, ended_B = [], [], [], []
+    for i, prompt in enumerate(prompts):
+        if prompt not in src.fixed_teacher.rows:
+            raise DataError("a prompt has no fixed teacher sample; draw them for every prompt")
+        for ids, text, ended in src.fixed_teacher.rows[prompt]:
+            index_B.append(i)
+            ids_B.append(ids)
+            texts_B.append(text)
+            ended_B.append(ended)
+    rows = [list(prompt_ids_B[i]) for i in index_B]
+    if not src.same_tokenizer:
+        return text_rollout(list(prompts), index_B, rows, texts_B, ended_B, src.tokenizer,
+                            src.end_id)  # fmt: skip
+    return Rollout(
+        prompts=list(prompts),
+        prompt_index_B=index_B,
+        prompt_ids_B=rows,
+        completion_ids_B=ids_B,
+        sampling_logprobs_B=[[float("nan")] * len(ids) for ids in ids_B],
+        finish_reason_B=["stop" if e else "length" for e in ended_B],
+        texts_B=texts_B,
+    )
 
 
 def reference_rollout(

@@ -5,6 +5,7 @@ as failed (with its error) and the others go on."""
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import traceback
 from collections.abc import Callable
@@ -17,9 +18,10 @@ import torch
 
 from onpolicy.compare.config import CompareConfig
 from onpolicy.compare.evaluate import evaluate_model, num_params, size_on_disk
-from onpolicy.compare.methods import MethodSpec, Models, train_method
+from onpolicy.compare.methods import MethodSpec, trainer_config
 from onpolicy.errors import ConfigError
 from onpolicy.tasks.base import Task, make_task
+from onpolicy.trainer.step_metrics import ComputeBudget
 
 
 @dataclass
@@ -156,15 +158,8 @@ def run_job(
                 f"method {spec.name!r} needs models.{spec.student}_student "
                 "(student / cross_student) in the config"
             )
-        student, stok = _load(student_dir, trainable=True)
+        student, stok, budget, losses = _train(cfg, dirs, spec, seed, student_dir, task)
         teacher, ttok = _load(dirs.teacher, trainable=False)
-        models = Models(student, stok, teacher, ttok)
-        if spec.objective == "trl_sft":
-            from onpolicy.compare.trl_sft import train_trl_sft
-
-            budget, losses = train_trl_sft(models, task.train_prompts, cfg.train, seed)
-        else:
-            budget, losses = train_method(spec, models, task.train_prompts, cfg.train, seed)
         ev = evaluate_model(
             student, stok, task, max_new_tokens(cfg), (teacher, ttok), teacher_texts, seed
         )
@@ -193,6 +188,34 @@ def run_job(
             status="failed",
             error=f"{type(exc).__name__}: {exc}"[:300] or tail,
         )
+
+
+def _train(
+    cfg: CompareConfig, dirs: ModelDirs, spec: MethodSpec, seed: int, student_dir: str, task: Task
+) -> tuple[Any, Any, ComputeBudget, list[float]]:
+    """``(trained student, its tokenizer, budget, losses)``: the untouched student as is, TRL's
+    ``SFTTrainer`` for ``trl_sft``, else a run of ``onpolicy.trainer.train`` (its checkpoints
+    removed after; the trained student is in ``<output_dir>/runs/<method>-seed<seed>/final``)."""
+    if spec.objective == "none":
+        student, stok = _load(student_dir, trainable=False)
+        return student, stok, ComputeBudget(), []
+    if spec.objective == "trl_sft":
+        from onpolicy.compare.trl_sft import train_trl_sft
+
+        student, stok = _load(student_dir, trainable=True)
+        teacher, ttok = _load(dirs.teacher, trainable=False)
+        budget, losses = train_trl_sft(
+            student, stok, teacher, ttok, task.train_prompts, cfg.train, seed
+        )
+        return student, stok, budget, losses
+    from onpolicy.trainer import train
+
+    run_dir = Path(cfg.output_dir) / "runs" / f"{spec.name}-seed{seed}"
+    config = trainer_config(spec, cfg.train, seed, student_dir, dirs.teacher, run_dir)
+    result = train(config, train_prompts=task.train_prompts)
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the final student is kept
+    student, stok = _load(str(result.final_dir), trainable=False)
+    return student, stok, result.budget, [float(x) for x in result.losses]
 
 
 def run_compare(

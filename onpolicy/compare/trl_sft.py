@@ -4,14 +4,15 @@ own ``sft`` method, so the two rows of the table can be compared."""
 
 from __future__ import annotations
 
-import random
 import tempfile
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
-from onpolicy.compare.methods import Budget, Models, TeacherSamples, TrainSettings
+from onpolicy.compare.methods import TrainSettings
+from onpolicy.trainer.step_metrics import ComputeBudget
 from onpolicy.types import Prompt, SamplingParams
 
 
@@ -25,26 +26,29 @@ def _row(prompt: Prompt, completion: str) -> dict:
 
 
 def train_trl_sft(
-    models: Models, train_prompts: Sequence[Prompt], settings: TrainSettings, seed: int
-) -> tuple[Budget, list[float]]:
-    """Train ``models.student`` in place with TRL's ``SFTTrainer``; returns budget and losses."""
+    student: Any,
+    student_tok: Any,
+    teacher: Any,
+    teacher_tok: Any,
+    train_prompts: Sequence[Prompt],
+    settings: TrainSettings,
+    seed: int,
+) -> tuple[ComputeBudget, list[float]]:
+    """Train ``student`` in place with TRL's ``SFTTrainer`` on the same fixed teacher samples
+    (``trainer.sources.draw_teacher_samples``, same seed) and the same prompt stream as the
+    engine's ``sft``; returns budget and losses."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    budget = Budget()
+    from onpolicy.data import PromptStream
+
     start = time.perf_counter()
-    rng = random.Random(seed)
     sampling = SamplingParams(
         max_new_tokens=settings.max_new_tokens, temperature=settings.temperature
     )
-    samples = TeacherSamples(models, sampling, budget)
-    prompts = [
-        p
-        for _ in range(settings.steps)
-        for p in rng.sample(list(train_prompts), min(settings.batch_size, len(train_prompts)))
-    ]
-    texts = samples.texts(prompts)
-    data = Dataset.from_list([_row(p, t) for p, t in zip(prompts, texts, strict=True)])
+    texts, budget = _teacher_texts(teacher, teacher_tok, student_tok, train_prompts, sampling, seed)
+    prompts = PromptStream(train_prompts, seed).take(settings.steps * settings.batch_size)
+    data = Dataset.from_list([_row(p, texts[p]) for p in prompts])
     with tempfile.TemporaryDirectory() as out:
         args = SFTConfig(
             output_dir=out,
@@ -69,15 +73,39 @@ def train_trl_sft(
             fp16=False,
         )
         trainer = SFTTrainer(
-            model=models.student, args=args, train_dataset=data, processing_class=models.student_tok
+            model=student, args=args, train_dataset=data, processing_class=student_tok
         )
         trainer.train()
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-        for batch_ids in data["input_ids"] if "input_ids" in data.column_names else []:
-            budget.student_train_tokens += len(batch_ids)
-        if not budget.student_train_tokens:
-            budget.student_train_tokens = sum(len(r["input_ids"]) for r in trainer.train_dataset)
-    models.student.eval()
+        budget.student_train_tokens = sum(len(r["input_ids"]) for r in trainer.train_dataset)
+    student.eval()
     torch.set_grad_enabled(True)
     budget.seconds = time.perf_counter() - start
     return budget, losses
+
+
+def _teacher_texts(
+    teacher: Any,
+    teacher_tok: Any,
+    student_tok: Any,
+    prompts: Sequence[Prompt],
+    sampling: SamplingParams,
+    seed: int,
+) -> tuple[dict[Prompt, str], ComputeBudget]:
+    """One fixed teacher sample per prompt, drawn as the trainer draws them (same seed, same
+    samples as the engine's ``sft``), as text; and the teacher compute spent."""
+    from alignment.vocab_map import same_tokenizer
+    from onpolicy.chat import render_prompt
+    from onpolicy.rollout.hf import HFRolloutBackend
+    from onpolicy.trainer.sources import SampleSources, draw_teacher_samples
+
+    src = SampleSources(
+        student_backend=None,
+        tokenizer=student_tok,
+        end_id=None,
+        teacher_backend=HFRolloutBackend(teacher, teacher_tok),
+        render_teacher=lambda p: render_prompt(teacher_tok, p),
+        same_tokenizer=same_tokenizer(student_tok, teacher_tok),
+    )
+    fixed, spent = draw_teacher_samples(prompts, sampling, src, seed)
+    return {p: rows[0][1] for p, rows in fixed.rows.items()}, spent

@@ -52,7 +52,7 @@ class SampleSources:
         fixed_teacher: fixed teacher samples; None = fresh samples every step.
     """
 
-    student_backend: RolloutBackend
+    student_backend: RolloutBackend | None
     tokenizer: Any
     end_id: int | None
     teacher_backend: RolloutBackend | None = None
@@ -71,6 +71,8 @@ def completions_for(
     """A ``Rollout`` for ``prompts`` from ``source`` (see the module docstring) and the sampling
     compute it spent (``student_gen_tokens`` / ``teacher_tokens``; nothing for fixed samples)."""
     if source == "student":
+        if src.student_backend is None:
+            raise DataError("this objective samples the student but no rollout backend is given")
         rollout = src.student_backend.generate(prompt_ids_B, sampling, prompts)
         return rollout, ComputeBudget(student_gen_tokens=positions(rollout))
     if source == "dataset":

@@ -4,6 +4,8 @@ A checkpoint is a folder ``<output_dir>/checkpoints/step-00000042`` holding:
 
 - accelerate's state (``accelerator.save_state``): model weights (adapters and base for a LoRA
   student), optimizer, scheduler, and every process's RNG states (python, numpy, torch, cuda);
+  under FSDP the FULL model and optimizer state dicts written by rank 0
+  (``pytorch_model_fsdp.bin``, ``optimizer.bin``), which load into any process count;
 - ``trainer_state.json``: the optimizer step, the data stream position, the count of skipped
   non-finite steps; written last.
 
@@ -16,9 +18,11 @@ complete (then all but the newest ``keep`` are removed).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,5 +150,55 @@ def load_checkpoint(accelerator: Any, path: str | Path) -> TrainerState:
         state = TrainerState.from_json(json.loads(state_file.read_text()))
     except (json.JSONDecodeError, TypeError) as exc:
         raise TrainingError(f"checkpoint state {str(state_file)!r} is unreadable: {exc}") from exc
-    accelerator.load_state(str(p))
+    with _stateless_optimizers_hidden(accelerator, p) as hidden:
+        accelerator.load_state(str(p))
+    for optimizer, groups in hidden:
+        _restore_hyperparameters(optimizer, groups)
     return state
+
+
+def _is_fsdp(accelerator: Any) -> bool:
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+@contextlib.contextmanager
+def _stateless_optimizers_hidden(
+    accelerator: Any, path: Path
+) -> Iterator[list[tuple[Any, list[dict[str, Any]]]]]:
+    """Under FSDP with a FULL state dict, an optimizer that keeps no per-parameter state (SGD
+    without momentum) cannot be loaded by torch's ``set_optimizer_state_dict`` ("Expected device
+    to be set"). Hide such optimizers from ``load_state`` (their saved state is empty: nothing is
+    lost) and yield ``(optimizer, saved param_groups)`` to restore their hyperparameters."""
+    import torch
+
+    hidden: list[tuple[Any, list[dict[str, Any]]]] = []
+    optimizers = list(getattr(accelerator, "_optimizers", []))
+    if not _is_fsdp(accelerator):
+        yield hidden
+        return
+    kept = []
+    for i, opt in enumerate(optimizers):
+        f = path / ("optimizer.bin" if i == 0 else f"optimizer_{i}.bin")
+        saved = torch.load(f, map_location="cpu", weights_only=False) if f.is_file() else None
+        if saved is not None and not saved.get("state"):
+            hidden.append((opt, saved.get("param_groups", [])))
+        else:
+            kept.append(opt)
+    accelerator._optimizers = kept
+    try:
+        yield hidden
+    finally:
+        accelerator._optimizers = optimizers
+
+
+def _restore_hyperparameters(optimizer: Any, groups: list[dict[str, Any]]) -> None:
+    """Saved ``param_groups`` hyperparameters (lr, weight decay, ...) into ``optimizer``."""
+    if len(groups) != len(optimizer.param_groups):
+        raise TrainingError(
+            f"checkpoint has {len(groups)} optimizer parameter groups, the run has "
+            f"{len(optimizer.param_groups)}; resume with the same optimizer settings"
+        )
+    for live, saved in zip(optimizer.param_groups, groups, strict=True):
+        live.update({k: v for k, v in saved.items() if k != "params"})

@@ -23,9 +23,10 @@ class Components:
     """Everything the loop drives.
 
     Attributes:
-        model: the student as ``accelerator.prepare`` returned it (DDP-wrapped when distributed);
-            losses run through it so the wrappers see every forward.
-        raw_model: the unwrapped student (generation, saving).
+        model: the student as ``accelerator.prepare`` returned it (DDP-wrapped when distributed,
+            sharded under FSDP); losses run through it so the wrappers see every forward.
+        raw_model: the unwrapped student (generation, saving); under FSDP an unsharded copy
+            refreshed after every optimizer step (``onpolicy.trainer.sharding.FullCopy``).
         tokenizer: the student's tokenizer.
         teacher: a ``LocalTeacher`` (None when the objective needs none).
         backend: the student's rollout backend.
@@ -170,21 +171,29 @@ def build_components(config: Config, accelerator: Any) -> Components:
     checkpointing, not prepared: accelerate would step it once per process)."""
     from onpolicy.chat import end_of_turn_token_id
     from onpolicy.rollout.base import make_backend
+    from onpolicy.trainer.sharding import FullCopy, FullCopyBackend, adopt_cpu_fsdp
 
+    sharded = adopt_cpu_fsdp(accelerator)  # FSDP: the student is sharded in place by prepare
     model, tokenizer = load_student(config, accelerator.device)
+    full = FullCopy(model) if sharded else None  # unsharded copy: rollouts, eval, saving
     objective = build_objective(config)
     teacher = teacher_model = teacher_tok = None
     if objective.needs_teacher or config.teacher.path is not None or config.teacher.mode == "self":
         teacher, teacher_model, teacher_tok = load_teacher(
-            config, model, tokenizer, accelerator.device
+            config, model if full is None else full.model, tokenizer, accelerator.device
         )
     optimizer = build_optimizer(model, config.optim)
     scheduler = build_scheduler(optimizer, config.optim, config.train.steps)
     prepared, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
-    raw = accelerator.unwrap_model(prepared)
+    raw = accelerator.unwrap_model(prepared) if full is None else full.model
     extra = config.rollout.vllm if config.rollout.backend != "hf" else {}
     backend = make_backend(config.rollout.backend, model=raw, tokenizer=tokenizer, **extra)
+    if full is not None:
+        full.attach(prepared)
+        full.refresh()
+        accelerator.register_for_checkpointing(full)  # refreshed when a checkpoint loads
+        backend = FullCopyBackend(backend, full)
     teacher_backend = None
     if teacher_model is not None and config.teacher.mode != "self":
         from onpolicy.rollout.hf import HFRolloutBackend

@@ -74,6 +74,9 @@ class PolicyGradient:
         )  # fmt: skip
         n = int(targets.numel())
         bad = ~torch.isfinite(behaviour_N) | ~torch.isfinite(advantage_N)
+        if bool(bad.any()):  # clipping can hide a bad input (ratio exp(-inf) = 0): say it loudly,
+            # a NaN loss, which the trainer counts and skips (``train.max_nonfinite``)
+            loss_sum = torch.where(bad.any(), torch.full_like(loss_sum, float("nan")), loss_sum)
         metrics = {
             "advantage_sum": float(advantage_N.sum()),
             "pg_loss_sum": float(loss_sum.detach()),
@@ -95,7 +98,7 @@ class PolicyGradient:
 
 def _behaviour(rollout: Rollout, student_lp_N: torch.Tensor) -> torch.Tensor:
     """The engine's logprobs packed like the completion positions, as given: a NaN/inf one (an
-    engine fault, or fixed completions no engine sampled) makes the loss NaN/inf, which the trainer
+    engine fault, or fixed completions no engine sampled) makes the loss NaN, which the trainer
     counts and skips (``train.max_nonfinite``) instead of training on a made-up ratio."""
     flat = [lp for row in rollout.sampling_logprobs_B for lp in row]
     if len(flat) != student_lp_N.numel():

@@ -1,0 +1,60 @@
+"""A NaN/inf in what the policy-gradient objective trains on (an engine logprob, a teacher logprob)
+reaches its loss instead of being replaced by a made-up ratio (the trainer then counts and skips
+the step: tests/onpolicy/trainer/test_nonfinite_inputs.py)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+
+from onpolicy.api import make_objective
+from onpolicy.chat import render_prompts
+from onpolicy.models import load_model, load_tokenizer
+from onpolicy.rollout.hf import HFRolloutBackend
+from onpolicy.teacher.local import LocalTeacher
+from onpolicy.tiny import tiny_model_dir
+from onpolicy.types import Prompt, SamplingParams
+
+
+@pytest.fixture(scope="module")
+def setup():
+    spath = tiny_model_dir("tiny", "bpe", seed=0)
+    tpath = tiny_model_dir("small", "bpe", seed=1, pretrain_steps=300)
+    tok = load_tokenizer(spath)
+    student, teacher = load_model(spath), load_model(tpath, trainable=False)
+    prompts = [
+        Prompt(messages=({"role": "user", "content": q},)) for q in ("What is 2 plus 2?", "Hi")
+    ]
+    ro = HFRolloutBackend(student, tok).generate(
+        render_prompts(tok, prompts), SamplingParams(10, n=2, seed=3), prompts
+    )
+    assert sum(len(c) for c in ro.completion_ids_B) > 4
+    return student, tok, ro, LocalTeacher(teacher, tok, tok, mode="same").score(ro)
+
+
+@pytest.mark.parametrize("clip_mode", ["ppo", "tis"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_nonfinite_engine_logprob_reaches_the_loss(setup, clip_mode, bad):
+    student, _, ro, scores = setup
+    obj = make_objective("policy_gradient", clip_mode=clip_mode)
+    clean = obj.loss(student, ro, scores)
+    assert math.isfinite(clean.loss_sum.item()) and clean.metrics["pg/nonfinite_inputs_sum"] == 0
+    broken = copy.deepcopy(ro)
+    row = next(i for i, c in enumerate(broken.completion_ids_B) if c)
+    broken.sampling_logprobs_B[row][0] = bad
+    out = obj.loss(student, broken, scores)
+    assert not math.isfinite(out.loss_sum.item())  # not silently ratio 1
+    assert out.metrics["pg/nonfinite_inputs_sum"] == 1
+    assert out.num_tokens == clean.num_tokens
+
+
+def test_nonfinite_teacher_logprob_reaches_the_loss(setup):
+    student, _, ro, scores = setup
+    broken = copy.copy(scores)
+    broken.token_logprobs_N = scores.token_logprobs_N.clone()
+    broken.token_logprobs_N[0] = float("-inf")  # the teacher gives a sampled token no mass
+    out = make_objective("policy_gradient").loss(student, ro, broken)
+    assert not math.isfinite(out.loss_sum.item())
+    assert out.metrics["pg/nonfinite_inputs_sum"] == 1

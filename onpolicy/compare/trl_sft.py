@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from onpolicy.compare.methods import TrainSettings
+from onpolicy.trainer.sources import prompt_key
 from onpolicy.trainer.step_metrics import ComputeBudget
 from onpolicy.types import Prompt, SamplingParams
 
@@ -48,7 +49,7 @@ def train_trl_sft(
     )
     texts, budget = _teacher_texts(teacher, teacher_tok, student_tok, train_prompts, sampling, seed)
     prompts = PromptStream(train_prompts, seed).take(settings.steps * settings.batch_size)
-    data = Dataset.from_list([_row(p, texts[p]) for p in prompts])
+    data = Dataset.from_list([_row(p, texts[prompt_key(p)]) for p in prompts])
     with tempfile.TemporaryDirectory() as out:
         args = SFTConfig(
             output_dir=out,
@@ -91,7 +92,7 @@ def _teacher_texts(
     prompts: Sequence[Prompt],
     sampling: SamplingParams,
     seed: int,
-) -> tuple[dict[Prompt, str], ComputeBudget]:
+) -> tuple[dict[tuple, str], ComputeBudget]:
     """One fixed teacher sample per prompt, drawn as the trainer draws them (same seed, same
     samples as the engine's ``sft``), as text; and the teacher compute spent."""
     from alignment.vocab_map import same_tokenizer
@@ -108,4 +109,4 @@ def _teacher_texts(
         same_tokenizer=same_tokenizer(student_tok, teacher_tok),
     )
     fixed, spent = draw_teacher_samples(prompts, sampling, src, seed)
-    return {p: rows[0][1] for p, rows in fixed.rows.items()}, spent
+    return {prompt_key(p): fixed.for_prompt(p)[0][1] for p in prompts}, spent

@@ -33,10 +33,24 @@ class FixedTeacherSamples:
     """The teacher's samples drawn once per distinct prompt (``teacher.samples=fixed``).
 
     Attributes:
-        rows: per prompt, its ``sampling.n`` samples as ``(teacher completion ids, text, ended)``.
+        rows: per prompt (``prompt_key``), its ``sampling.n`` samples as ``(teacher completion
+            ids, text, ended)``.
     """
 
-    rows: dict[Prompt, list[tuple[list[int], str, bool]]] = field(default_factory=dict)
+    rows: dict[tuple, list[tuple[list[int], str, bool]]] = field(default_factory=dict)
+
+    def for_prompt(self, prompt: Prompt) -> list[tuple[list[int], str, bool]]:
+        """The samples of ``prompt`` (a ``DataError`` when none were drawn for it)."""
+        found = self.rows.get(prompt_key(prompt))
+        if found is None:
+            raise DataError("a prompt has no fixed teacher sample; draw them for every prompt")
+        return found
+
+
+def prompt_key(prompt: Prompt) -> tuple:
+    """A hashable key for what a model sees of a prompt (its text or messages)."""
+    messages = tuple(tuple(sorted(m.items())) for m in prompt.messages or ())
+    return (prompt.text, messages)
 
 
 @dataclass
@@ -118,7 +132,7 @@ def draw_teacher_samples(
     if src.teacher_backend is None:
         raise DataError("teacher.samples=fixed needs a teacher model (teacher.path)")
     start = time.perf_counter()
-    distinct = list(dict.fromkeys(prompts))
+    distinct = list({prompt_key(p): p for p in reversed(prompts)}.values())[::-1]
     chunks = [distinct[i : i + DRAW_CHUNK] for i in range(0, len(distinct), DRAW_CHUNK)]
     mine = []
     for c in range(rank, len(chunks), world):
@@ -135,7 +149,7 @@ def draw_teacher_samples(
     for c, index_B, ids_B, texts_B, ended_B, n_pos in sorted(everything, key=lambda x: x[0]):
         spent += n_pos
         for i, ids, text, ended in zip(index_B, ids_B, texts_B, ended_B, strict=True):
-            out.rows.setdefault(chunks[c][i], []).append((list(ids), text, ended))
+            out.rows.setdefault(prompt_key(chunks[c][i]), []).append((list(ids), text, ended))
     seconds = time.perf_counter() - start
     return out, ComputeBudget(teacher_tokens=spent, seconds=seconds)
 
@@ -156,9 +170,7 @@ def _fixed_rollout(
     assert src.fixed_teacher is not None
     index_B, ids_B, texts_B, ended_B = [], [], [], []
     for i, prompt in enumerate(prompts):
-        if prompt not in src.fixed_teacher.rows:
-            raise DataError("a prompt has no fixed teacher sample; draw them for every prompt")
-        for ids, text, ended in src.fixed_teacher.rows[prompt]:
+        for ids, text, ended in src.fixed_teacher.for_prompt(prompt):
             index_B.append(i)
             ids_B.append(ids)
             texts_B.append(text)

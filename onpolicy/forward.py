@@ -9,6 +9,7 @@ see it), and logits are sliced to ``vocab_size`` (padded embedding rows never co
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -52,7 +53,8 @@ def forward_completions(
 ) -> CompletionForward:
     """Run ``model`` on ``batch`` and keep its outputs at the completion positions (see module doc).
 
-    ``hidden=False``: logits ``[N, vocab_size]`` (model dtype). ``hidden=True``: hidden states
+    ``hidden=False``: logits ``[N, vocab_size]`` (model dtype; computed from the first completion
+    position on, where the model takes ``logits_to_keep``). ``hidden=True``: hidden states
     ``[N, D]`` + the sliced LM head, for the chunked loss (the full ``[B, T, V]`` logits never
     exist: only one position's logits are computed, ``logits_to_keep=1``). Gradients flow.
     """
@@ -69,10 +71,36 @@ def forward_completions(
         return CompletionForward(
             None, hidden_N_D, output_head(model, vocab_size), targets_N.to(device), rows, counts
         )
-    logits_B_T_V = model(input_ids=ids, attention_mask=attn).logits
-    _check_vocab(logits_B_T_V.shape[-1], vocab_size)
-    logits_N_V = logits_B_T_V[mask_dev][:, :vocab_size]
+    # logits only from the first position predicting a completion token on (the prompts' [T, V]
+    # logits are never computed): logits_to_keep = K keeps the last K positions
+    keep = _first_counted(mask_B_T)
+    if keep > 0 and _takes_logits_to_keep(model):
+        out = model(input_ids=ids, attention_mask=attn, logits_to_keep=mask_B_T.shape[1] - keep)
+        mask_dev = mask_dev[:, keep:]
+    else:
+        out = model(input_ids=ids, attention_mask=attn)
+    logits_B_K_V = out.logits  # (B, K, V): the last K positions
+    _check_vocab(logits_B_K_V.shape[-1], vocab_size)
+    logits_N_V = logits_B_K_V[mask_dev][:, :vocab_size]
     return CompletionForward(logits_N_V, None, None, targets_N.to(device), rows, counts)
+
+
+def _first_counted(mask_B_T: torch.Tensor) -> int:
+    """The first column with a counted position in any row (0 when none is counted)."""
+    cols = mask_B_T.any(dim=0).nonzero()
+    return int(cols[0]) if len(cols) else 0
+
+
+def _takes_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether the transformers model under any DDP/PEFT wrappers accepts ``logits_to_keep``."""
+    inner = getattr(model, "module", model)
+    get_base = getattr(inner, "get_base_model", None)
+    if callable(get_base):
+        inner = get_base()
+    try:
+        return "logits_to_keep" in inspect.signature(inner.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _check_vocab(model_vocab: int, vocab_size: int) -> None:

@@ -43,7 +43,9 @@ class SamplingParams:
     ``stop_token_ids`` are in addition to the tokenizer's EOS (and, for chat models, the
     template's end-of-turn token), which backends always treat as stop tokens. A completion that
     ends with a stop token keeps it (the student learns to stop); one that ends with a stop string
-    is cut after the token that completed the string.
+    is cut after the token that completed the string. ``min_new_tokens`` suppresses every stop
+    token before that many tokens (e.g. ``min_new_tokens == max_new_tokens``: equal lengths, as in
+    throughput benchmarks); the engine's logprobs stay those of the unprocessed distribution.
     """
 
     max_new_tokens: int = 64
@@ -54,6 +56,7 @@ class SamplingParams:
     stop_strings: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     seed: int | None = None
+    min_new_tokens: int = 0
 
 
 @dataclass

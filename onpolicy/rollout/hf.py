@@ -137,7 +137,8 @@ class HFRolloutBackend:
             return_dict_in_generate=True,
             stop_strings=list(sampling.stop_strings) or None,
         )
-        recorder = _LogprobRecorder()
+        # min_new_tokens: stops masked by the recorder itself, after it read the raw logprobs
+        recorder = _LogprobRecorder(stops, sampling.min_new_tokens)
         with _neutral_generation_config(self.model):
             out = self.model.generate(
                 input_ids=input_ids.to(device),
@@ -194,16 +195,26 @@ class _LogprobRecorder:
 
     At step ``t`` it holds ``log_softmax(raw logits_t)`` [B, V]; at step ``t + 1`` the token chosen
     at ``t`` is the last column of ``input_ids``, gathered then; ``finish`` gathers the last one.
+    During the first ``min_new_tokens`` steps it returns the scores with the ``stops`` columns at
+    ``-inf`` (so no stop is sampled), having read the logprobs before masking (transformers' own
+    ``min_new_tokens`` processor runs first and would hide the stop tokens' mass from them).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, stops: tuple[int, ...] = (), min_new_tokens: int = 0) -> None:
         self.prev_B_V: torch.Tensor | None = None
         self.taken: list[torch.Tensor] = []  # [B] per step
+        self.stops = list(stops)
+        self.min_new_tokens = min_new_tokens
+        self.steps = 0
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if self.prev_B_V is not None:
             self.taken.append(self.prev_B_V.gather(1, input_ids[:, -1:]).squeeze(1))
         self.prev_B_V = torch.log_softmax(scores.float(), dim=-1)
+        self.steps += 1
+        if self.steps <= self.min_new_tokens and self.stops:
+            scores = scores.clone()
+            scores[:, [s for s in self.stops if s < scores.shape[-1]]] = float("-inf")
         return scores
 
     def finish(self, sequences_B_T: torch.Tensor) -> torch.Tensor:
@@ -264,3 +275,8 @@ def _check_sampling(s: SamplingParams) -> None:
         raise ConfigError(f"top_k must be >= 0 (0 = off), got {s.top_k}")
     if s.n < 1:
         raise ConfigError(f"n (samples per prompt) must be >= 1, got {s.n}")
+    if not 0 <= s.min_new_tokens <= s.max_new_tokens:
+        raise ConfigError(
+            f"min_new_tokens must be in [0, max_new_tokens={s.max_new_tokens}], "
+            f"got {s.min_new_tokens}"
+        )

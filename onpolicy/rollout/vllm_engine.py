@@ -135,6 +135,7 @@ def to_vllm_sampling(
         top_p=sampling.top_p,
         top_k=sampling.top_k if sampling.top_k > 0 else 0,
         max_tokens=sampling.max_new_tokens,
+        min_tokens=sampling.min_new_tokens,
         stop=list(sampling.stop_strings) or None,
         stop_token_ids=stops,
         include_stop_str_in_output=True,

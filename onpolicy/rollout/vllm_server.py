@@ -93,6 +93,7 @@ def completion_payload(
         "prompt": [list(map(int, ids)) for ids in prompt_ids_B],
         "n": sampling.n,
         "max_tokens": sampling.max_new_tokens,
+        "min_tokens": sampling.min_new_tokens,
         "temperature": sampling.temperature,
         "top_p": sampling.top_p,
         "top_k": sampling.top_k if sampling.top_k > 0 else 0,

@@ -154,6 +154,28 @@ def test_stop_strings_and_extra_stop_ids(teacher):
     assert ro.completion_ids_B[0][-1] == four and ro.finish_reason_B == ["stop"]
 
 
+def test_min_new_tokens_suppresses_stops_and_keeps_raw_logprobs(teacher):
+    model, tok = teacher
+    free = _generate(model, tok, SamplingParams(max_new_tokens=16, temperature=0))
+    assert all(len(c) < 16 for c in free.completion_ids_B)  # it would stop early on its own
+    ro = _generate(model, tok, SamplingParams(max_new_tokens=16, min_new_tokens=16, temperature=0))
+    stops = {tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id}
+    assert ro.finish_reason_B == ["length"] * 3
+    for b, (c, c_free) in enumerate(zip(ro.completion_ids_B, free.completion_ids_B, strict=True)):
+        assert len(c) == 16 and not stops & set(c)
+        assert c[: len(c_free) - 1] == c_free[:-1]  # the same text up to where it stopped
+        ids = torch.tensor([ro.prompt_ids_B[b] + c])
+        with torch.no_grad():  # logprobs of the unmasked policy: stop tokens keep their mass
+            logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+        P = len(ro.prompt_ids_B[b])
+        want = logp[P - 1 : -1].gather(1, ids[0, P:, None]).squeeze(1)
+        torch.testing.assert_close(torch.tensor(ro.sampling_logprobs_B[b]), want, atol=1e-4, rtol=0)
+    short = _generate(
+        model, tok, SamplingParams(max_new_tokens=16, min_new_tokens=3, temperature=0)
+    )
+    assert short.completion_ids_B == free.completion_ids_B  # a minimum below the length: no effect
+
+
 def test_lora_student_samples_in_eval_mode_and_keeps_train_mode():
     path = tiny_model_dir("tiny", "bpe", seed=0)
     model = apply_lora(load_model(path), LoraSpec(rank=4, dropout=0.5))
@@ -167,6 +189,14 @@ def test_lora_student_samples_in_eval_mode_and_keeps_train_mode():
 
 def test_bad_sampling_params(student):
     model, tok = student
-    for bad in ({"temperature": -1}, {"top_p": 0}, {"n": 0}, {"max_new_tokens": 0}, {"top_k": -2}):
+    for bad in (
+        {"temperature": -1},
+        {"top_p": 0},
+        {"n": 0},
+        {"max_new_tokens": 0},
+        {"top_k": -2},
+        {"min_new_tokens": -1},
+        {"max_new_tokens": 4, "min_new_tokens": 5},
+    ):
         with pytest.raises(ConfigError):
             _generate(model, tok, SamplingParams(**bad))

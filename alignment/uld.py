@@ -20,6 +20,7 @@ backward that keeps one int8 sign per element instead of int64 sort indices. Tie
 from __future__ import annotations
 
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import numpy as np
@@ -28,6 +29,10 @@ import torch
 from alignment.errors import AlignmentError
 
 Reduction = Literal["mean", "sum", "none"]
+
+
+PARTIAL_TAIL = 0.3  # partition before sorting when the zero-compared tail is >= this share of V
+_POOL: ThreadPoolExecutor | None = None
 
 
 def argsort_rows(x_R_V: torch.Tensor) -> torch.Tensor:
@@ -47,30 +52,120 @@ def sort_rows(x_R_V: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.sort(x_R_V.detach().contiguous().numpy(), axis=-1))
 
 
-def _packed_sort_f32(x_R_V: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Ascending values and argsort of non-negative float32 rows with one 64-bit key sort.
+def _row_blocks(R: int) -> list[slice]:
+    """Row slices, one per torch intra-op thread (numpy's sort itself is single-threaded)."""
+    n = max(1, min(torch.get_num_threads(), R // 8))
+    step = -(-R // n)
+    return [slice(i, min(i + step, R)) for i in range(0, R, step)]
 
-    The bits of a non-negative float32 order like the float, so ``bits << 32 | index`` sorts by
-    value (then index) and carries the index along: numpy's SIMD 64-bit sort beats its argsort.
+
+def _in_blocks(fn, R: int) -> None:
+    """``fn(rows)`` for each row block, in threads when torch may use several (numpy frees the
+    GIL while it sorts)."""
+    global _POOL
+    blocks = _row_blocks(R)
+    if len(blocks) == 1:
+        fn(blocks[0])
+        return
+    if _POOL is None or _POOL._max_workers < len(blocks):
+        _POOL = ThreadPoolExecutor(max_workers=len(blocks), thread_name_prefix="uld-sort")
+    list(_POOL.map(fn, blocks))
+
+
+def _top_ascending_f32(
+    x_R_V: np.ndarray, m: int, need_index: bool, partial: bool | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Each row's ``m`` largest values in ascending order, the sum of the other ``V - m``.
+
+    Args:
+        x_R_V: C-contiguous non-negative float32 rows (no ``-0.0``), ``V < 2**32``.
+        m: how many of the largest values are needed in order (``1 <= m <= V``).
+        need_index: also return the column of each of those values.
+        partial: select the top ``m`` (``ndarray.partition``) before sorting them instead of
+            sorting the whole row; default: when the tail is at least ``PARTIAL_TAIL`` of ``V``.
+            Both give the same top values and indices; the tail sum may differ in rounding.
+
+    Returns:
+        ``(tail_R, top_R_m, idx_R_m)``: float32 sum of the ``V - m`` smallest values, the top
+        values ascending (possibly a strided view), int64 columns of those values or ``None``.
+
+    With an index, one 64-bit key ``value bits << 32 | column`` is sorted: the bits of a
+    non-negative float32 order like the float, so the key sorts by value (ties by column) and
+    carries the column along; numpy's SIMD 64-bit sort beats its argsort.
     """
-    key = x_R_V.view(np.uint32).astype(np.uint64)
-    key <<= np.uint64(32)
-    key |= np.arange(x_R_V.shape[-1], dtype=np.uint64)
-    key.sort(axis=-1)
-    words = key.view(np.uint32)  # little-endian: (index, value bits) pairs
-    return words[:, 1::2].view(np.float32), words[:, 0::2].astype(np.int64)
+    R, V = x_R_V.shape
+    cut = V - m
+    if partial is None:
+        partial = cut >= PARTIAL_TAIL * V
+    if need_index:
+        arr = np.empty((R, V), dtype=np.uint64)
+        cols = np.arange(V, dtype=np.uint32)
+    else:
+        arr = np.empty_like(x_R_V)
+
+    def work(rows: slice) -> None:
+        block = arr[rows]
+        if need_index:  # little-endian: word 0 is the low half (column), word 1 the value
+            words = block.view(np.uint32).reshape(block.shape[0], V, 2)
+            words[..., 1] = x_R_V[rows].view(np.uint32)
+            words[..., 0] = cols
+        else:
+            block[...] = x_R_V[rows]
+        if partial and cut > 0:
+            block.partition(cut, axis=-1)
+            block[:, cut:].sort(axis=-1)
+        else:
+            block.sort(axis=-1)
+
+    _in_blocks(work, R)
+    if not need_index:
+        return arr[:, :cut].sum(-1), arr[:, cut:], None
+    words = arr.view(np.uint32).reshape(R, V, 2)  # little-endian: (column, value bits)
+    values = words[..., 1].view(np.float32)
+    return values[:, :cut].sum(-1), values[:, cut:], words[:, cut:, 0].astype(np.int64)
+
+
+def _signs_in_place(x_R_V: torch.Tensor, sorted_sign_R_m: torch.Tensor, idx_R_m: torch.Tensor):
+    """int8 [R, V]: ``sorted_sign`` at columns ``idx``, ``sign(x)`` (vs the padding) elsewhere."""
+    if idx_R_m.shape[-1] == x_R_V.shape[-1]:
+        out = torch.empty(x_R_V.shape, dtype=torch.int8)
+    else:
+        out = (x_R_V > 0).to(torch.int8)
+    return out.scatter_(-1, idx_R_m, sorted_sign_R_m)
+
+
+def _sorted_l1_cpu_f32(
+    p_R_Vp: torch.Tensor, q_R_Vq: torch.Tensor, grad_p: bool, grad_q: bool
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``sorted_l1_rows`` for float32 CPU rows (numpy SIMD sort / partition, see there)."""
+    m = min(p_R_Vp.shape[-1], q_R_Vq.shape[-1])
+    p, q = p_R_Vp.detach().contiguous(), q_R_Vq.detach().contiguous()
+    tail_p, top_p, idx_p = _top_ascending_f32(p.numpy(), m, grad_p)
+    tail_q, top_q, idx_q = _top_ascending_f32(q.numpy(), m, grad_q)
+    diff = torch.from_numpy(np.subtract(top_p, top_q))
+    loss_R = diff.abs().sum(-1) + torch.from_numpy(tail_p + tail_q)
+    sign_d = diff.sign_().to(torch.int8)
+    sign_p = None if idx_p is None else _signs_in_place(p, sign_d, torch.from_numpy(idx_p))
+    sign_q = None if idx_q is None else _signs_in_place(q, sign_d.neg_(), torch.from_numpy(idx_q))
+    return loss_R, sign_p, sign_q
 
 
 def _sorted_with_index(x_R_V: torch.Tensor, need_index: bool):
-    """Ascending ``(values, argsort or None)`` of rows of non-negative values."""
+    """Ascending ``(values, argsort or None)`` of rows of non-negative values (any device)."""
     if not need_index:
         return sort_rows(x_R_V).to(x_R_V.device), None
-    packable = x_R_V.shape[-1] < 2**32 and sys.byteorder == "little"
-    if x_R_V.device.type == "cpu" and x_R_V.dtype == torch.float32 and packable:
-        values, idx = _packed_sort_f32(x_R_V.detach().contiguous().numpy())
-        return torch.from_numpy(values), torch.from_numpy(idx)
     idx = argsort_rows(x_R_V).to(x_R_V.device)
     return x_R_V.gather(-1, idx), idx
+
+
+def _fast_cpu(x_R_V: torch.Tensor) -> bool:
+    """Whether the numpy packed-key path applies: float32 rows on CPU, column fits 32 bits."""
+    return (
+        x_R_V.device.type == "cpu"
+        and x_R_V.dtype == torch.float32
+        and x_R_V.shape[-1] < 2**32
+        and sys.byteorder == "little"
+    )
 
 
 def sorted_l1_rows(
@@ -89,8 +184,12 @@ def sorted_l1_rows(
 
     Works on ascending sorts: the descending, zero-padded pairing of ULD pairs the top
     ``m = min(Vp, Vq)`` of each side (the ends of the ascending arrays) and compares the rest of
-    the longer side with zeros.
+    the longer side with zeros. That tail only adds its mass (and sign ``+1``/``0``), so on CPU
+    it is not sorted: each row's top ``m`` is selected first (``ndarray.partition``) where the
+    tail is a large share of the row (``PARTIAL_TAIL``), then sorted.
     """
+    if _fast_cpu(p_R_Vp) and _fast_cpu(q_R_Vq):
+        return _sorted_l1_cpu_f32(p_R_Vp, q_R_Vq, grad_p, grad_q)
     Vp, Vq = p_R_Vp.shape[-1], q_R_Vq.shape[-1]
     m = min(Vp, Vq)
     ps, idx_p = _sorted_with_index(p_R_Vp, grad_p)

@@ -5,11 +5,15 @@ completion cut into student and teacher tokens at different random byte boundari
 token's logit is raised so it has a realistic probability). TRL runs its extended ULD with the
 "bayesian" merge (the one with the correct logit shift), which is our ``anchor="last"``; the
 values are checked to agree (TRL's per-sequence normalization recomputed from our per-span
-losses). Each (implementation, case) runs in a fresh subprocess with one thread: forward and
-backward wall time and process CPU time (median over repeats; CPU time is the steadier figure on
-a shared machine) and peak RSS (ru_maxrss) minus the RSS before the first call.
+losses). Each (implementation, case) runs in a fresh subprocess with one thread: ``--warmup``
+untimed calls, then forward and backward wall time and process CPU time (median over
+``--repeats``; CPU time is the steadier figure on a shared machine) and peak RSS (ru_maxrss)
+minus the RSS before the first call. Both sides are timed on the same work: one call from byte
+offsets to the reduced loss, its backward to the student logits (ours aligns the spans inside
+the timed call, as TRL's ``ULDLoss`` does).
 
-    .venv/bin/python benchmarks/alignment.py [--cases base,large] [--repeats 3] [--out FILE]
+    .venv/bin/python benchmarks/alignment.py [--cases base,large] [--repeats 3] [--warmup 1]
+        [--impls trl-uld,ours-uld,...] [--out FILE]
 """
 
 from __future__ import annotations
@@ -169,12 +173,12 @@ def _our_loss(inp: dict, impl: str):
     from alignment.types import SideLogits
 
     s, t = inp["s"], inp["t"]
-    aligned = align_spans_batch(s["offsets"], t["offsets"])  # prompt tokens are zero-width
-    span_s, span_t = aligned.student_span_B_Ts, aligned.teacher_span_B_Tt
-    teacher = SideLogits(t["logits"], t["ids"], span_t)
+    span_s = align_spans_batch(s["offsets"], t["offsets"]).student_span_B_Ts  # for the reduction
 
-    def run(logits_s):
-        student = SideLogits(logits_s, s["ids"], span_s)
+    def run(logits_s):  # aligns inside the timed call, as TRL's ULDLoss does
+        aligned = align_spans_batch(s["offsets"], t["offsets"])  # prompt tokens are zero-width
+        student = SideLogits(logits_s, s["ids"], aligned.student_span_B_Ts)
+        teacher = SideLogits(t["logits"], t["ids"], aligned.teacher_span_B_Tt)
         if impl == "ours-gold":
             return gold_loss(student, teacher, inp["ms"], inp["mt"], beta=0.5, anchor="last",
                              reduction="none")  # fmt: skip
@@ -190,7 +194,7 @@ def _trl_normalized(per_span_B_S: torch.Tensor, span_B_T: torch.Tensor) -> torch
     return (per_span_B_S.sum(1) / count_B).mean()
 
 
-def worker(impl: str, case: str, repeats: int) -> dict:
+def worker(impl: str, case: str, repeats: int, warmup: int) -> dict:
     torch.set_num_threads(1)
     inp = make_inputs(case)
     logits_s = inp["s"]["logits"].requires_grad_()
@@ -199,6 +203,10 @@ def worker(impl: str, case: str, repeats: int) -> dict:
     else:
         run, span = _our_loss(inp, impl)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(warmup):  # first-call costs (lazy imports, allocator, dispatch) not timed
+        logits_s.grad = None
+        loss = run(logits_s)
+        (loss if span is None else _trl_normalized(loss, span)).backward()
     fwd, bwd, cpu, value = [], [], [], None
     for _ in range(repeats):
         logits_s.grad = None
@@ -218,9 +226,10 @@ def worker(impl: str, case: str, repeats: int) -> dict:
             "peak_mb": peak / 1024, "loss_mb": (peak - rss_before) / 1024}  # fmt: skip
 
 
-def _spawn(impl: str, case: str, repeats: int) -> dict:
+def _spawn(impl: str, case: str, repeats: int, warmup: int) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", TRL_EXPERIMENTAL_SILENCE="1")
-    cmd = [sys.executable, __file__, "--worker", impl, "--cases", case, "--repeats", str(repeats)]
+    cmd = [sys.executable, __file__, "--worker", impl, "--cases", case]
+    cmd += ["--repeats", str(repeats), "--warmup", str(warmup)]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -253,19 +262,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", default="base,large")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1, help="untimed calls before the timed ones")
     ap.add_argument("--impls", default=",".join(IMPLS))
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS-alignment.md")))
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.cases, args.repeats)))
+        print(json.dumps(worker(args.worker, args.cases, args.repeats, args.warmup)))
         return
     lines = [
         "# Cross-tokenizer loss: alignment.gold vs TRL GOLD ULDLoss (CPU, 1 thread)",
         "",
         f"Command: `.venv/bin/python benchmarks/alignment.py --cases {args.cases} "
-        f"--repeats {args.repeats}`. Median of {args.repeats} runs per (implementation, case), "
-        "each in a fresh subprocess. 'loss RSS' = peak RSS minus RSS before the first call "
+        f"--repeats {args.repeats} --warmup {args.warmup}`. Median of {args.repeats} runs per "
+        f"(implementation, case) after {args.warmup} untimed, each (implementation, case) in a "
+        "fresh subprocess. 'loss RSS' = peak RSS minus RSS before the first call "
         "(inputs excluded). ours-uld-top256 is the top-k bound, not exact ULD.",
         "",
         "Setup: TRL `ULDLoss` with extended ULD, `bayesian` merge, no EOS skipping; hybrid: fixed "
@@ -278,7 +289,8 @@ def main() -> None:
         "from a shared 2-core VM (other jobs running): CPU time is the steadier column.",
     ]
     for case in args.cases.split(","):
-        res = {impl: _spawn(impl, case, args.repeats) for impl in args.impls.split(",")}
+        impls = args.impls.split(",")
+        res = {impl: _spawn(impl, case, args.repeats, args.warmup) for impl in impls}
         lines += _table(case, res)
         print("\n".join(lines[-len(res) - 3 :]), flush=True)
     Path(args.out).write_text("\n".join(lines) + "\n")

@@ -1,0 +1,228 @@
+"""One side of ``benchmarks/e2e.py``, run in its own process: the engine's loop or a TRL trainer.
+
+Every side times each optimizer step (rollout included) by wall clock and by this process's CPU
+time (all its threads; an in-process vLLM engine included), counts the student completion tokens
+it sampled and trained on, and reports its peak RSS. The first step is a warm-up and is dropped.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from typing import Any
+
+from benchmarks.e2e_models import model_pair, prompt_row, prompts
+
+
+def peak_mb() -> float:
+    """This process's peak resident memory (``ru_maxrss``) in MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _result(wall: list[float], cpu: list[float], tokens: list[float], **extra: Any) -> dict:
+    return {"wall_s": wall, "cpu_s": cpu, "tokens": tokens, "peak_mb": peak_mb(), **extra}
+
+
+def run_engine(args, cross: bool, rollout: str) -> dict:
+    """The engine's explicit loop (``onpolicy.api``): rollout -> score -> loss -> step -> sync.
+
+    Same tokenizer: ``reverse_kl`` with the chunked LM-head loss (the teacher returns hidden
+    states; neither model's [tokens x V] logits exist). Cross tokenizer: ``gold``.
+    """
+    import torch
+
+    from onpolicy.api import loss, make_objective, score, step
+    from onpolicy.api import rollout as do_rollout
+    from onpolicy.models import load_model, load_tokenizer
+    from onpolicy.rollout.base import make_backend
+    from onpolicy.teacher.local import LocalTeacher
+    from onpolicy.types import SamplingParams
+
+    pair = model_pair(args.pair)
+    sdir, tdir = (pair.cross_student, pair.cross_teacher) if cross else (pair.student, pair.teacher)
+    student, stok = load_model(sdir), load_tokenizer(sdir)
+    teacher, ttok = load_model(tdir, trainable=False), load_tokenizer(tdir)
+    chunked = not cross and args.chunked
+    objective = make_objective("gold") if cross else make_objective("reverse_kl", chunked=chunked)
+    scorer = LocalTeacher(teacher, ttok, stok, mode="cross" if cross else "same", hidden=chunked)
+    if rollout == "vllm":
+        backend = make_backend(
+            "vllm", model=student, tokenizer=stok, dtype="float32", max_model_len=1024
+        )
+    else:
+        backend = make_backend("hf", model=student, tokenizer=stok)
+    opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.0)
+    sampling = SamplingParams(
+        max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens, temperature=1.0
+    )
+    data = prompts(args.pair, args.batch * (args.steps + 1))
+    wall, cpu, tokens, rollout_s = [], [], [], []
+    for i in range(args.steps + 1):
+        batch = data[i * args.batch : (i + 1) * args.batch]
+        t0, c0 = time.perf_counter(), time.process_time()
+        with torch.no_grad():
+            ro = do_rollout(backend, batch, stok, sampling)
+        t1 = time.perf_counter()
+        out = loss(objective, student, ro, score(scorer, ro))
+        step(opt, out, model=student, max_grad_norm=1.0)
+        backend.sync_weights(student, i + 1)
+        if i:  # step 0 is the warm-up
+            wall.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+            rollout_s.append(t1 - t0)
+            tokens.append(float(sum(len(c) for c in ro.completion_ids_B)))
+    return _result(wall, cpu, tokens, rollout_s=rollout_s)
+
+
+class _Timer:
+    """A TrainerCallback timing each optimizer step as the gap between consecutive step ends (so
+    generation, done while TRL prepares the batch, is counted), by wall clock and CPU time."""
+
+    def __init__(self) -> None:
+        from transformers import TrainerCallback
+
+        timer = self
+
+        class CB(TrainerCallback):
+            def on_train_begin(self, a, state, control, **kw):
+                timer.last = (time.perf_counter(), time.process_time())
+
+            def on_step_end(self, a, state, control, **kw):
+                now = (time.perf_counter(), time.process_time())
+                timer.wall.append(now[0] - timer.last[0])
+                timer.cpu.append(now[1] - timer.last[1])
+                timer.last = now
+
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+        self.last = (0.0, 0.0)
+        self.callback = CB()
+
+
+def _trl_common(args, rollout: str) -> dict:
+    common = {
+        "output_dir": "/tmp/onpolicy-e2e-trl",
+        "max_steps": args.steps + 1,
+        "per_device_train_batch_size": args.batch,
+        "learning_rate": args.lr,
+        "lr_scheduler_type": "constant",
+        "warmup_steps": 0,
+        "weight_decay": 0.0,
+        "max_grad_norm": 1.0,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": [],
+        "use_cpu": True,
+        "bf16": False,
+        "fp16": False,
+        "gradient_checkpointing": False,
+        "temperature": 1.0,
+        "max_completion_length": args.max_new_tokens,
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
+        "seed": 0,
+    }
+    if rollout == "vllm":  # TRL's colocated vLLM, sized as the engine's (CPU: KV cache in GiB)
+        common.update(
+            use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=0.3,
+            vllm_max_model_length=1024, vllm_enable_sleep_mode=False,
+        )  # fmt: skip
+    return common
+
+
+def _force_min_tokens(trainer, args, rollout: str) -> None:
+    """Equal completion lengths: TRL's generation with the same minimum as the engine's."""
+    if not args.min_new_tokens:
+        return
+    if rollout == "vllm":
+        gen = trainer.vllm_generation
+        gen.generation_kwargs = {**gen.generation_kwargs, "min_tokens": args.min_new_tokens}
+    else:
+        trainer.generation_config.min_new_tokens = args.min_new_tokens
+        trainer.generation_kwargs = {
+            **trainer.generation_kwargs,
+            "min_new_tokens": args.min_new_tokens,
+        }
+
+
+def run_trl_distillation(args, rollout: str) -> dict:
+    """TRL's ``DistillationTrainer`` (always on-policy; beta = 1: reverse KL)."""
+    from datasets import Dataset
+    from trl import DistillationConfig, DistillationTrainer
+
+    from onpolicy.models import load_model, load_tokenizer
+
+    pair = model_pair(args.pair)
+    student, stok = load_model(pair.student), load_tokenizer(pair.student)
+    teacher = load_model(pair.teacher, trainable=False)
+    n = args.batch * (args.steps + 1)
+    data = Dataset.from_list([prompt_row(p) for p in prompts(args.pair, n)])
+    timer = _Timer()
+    cfg = DistillationConfig(**_trl_common(args, rollout), beta=1.0, shuffle_dataset=False)
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=cfg, train_dataset=data,
+        processing_class=stok, callbacks=[timer.callback],
+    )  # fmt: skip
+    _force_min_tokens(trainer, args, rollout)
+    trainer.train()
+    lengths = [h["completions/mean_length"] for h in trainer.state.log_history
+               if "completions/mean_length" in h]  # fmt: skip
+    tokens = [args.batch * n for n in lengths][1 : args.steps + 1]
+    return _result(timer.wall[1:], timer.cpu[1:], tokens)
+
+
+def run_trl_gold(args, rollout: str) -> dict:
+    """TRL's ``GOLDTrainer`` (ULD + hybrid matched/unmatched loss; lmbda = 1: on-policy)."""
+    from datasets import Dataset
+    from trl.experimental.gold import GOLDConfig, GOLDTrainer
+
+    from onpolicy.models import load_model, load_tokenizer
+
+    pair = model_pair(args.pair)
+    student, stok = load_model(pair.cross_student), load_tokenizer(pair.cross_student)
+    teacher = load_model(pair.cross_teacher, trainable=False)
+    n = args.batch * (args.steps + 1)
+    rows = [prompt_row(p, p.reference or "") for p in prompts(args.pair, n)]
+    timer = _Timer()
+    cfg = GOLDConfig(
+        **_trl_common(args, rollout), lmbda=1.0, beta=1.0, use_uld_loss=True,
+        uld_use_hybrid_loss=True, teacher_tokenizer_name_or_path=pair.cross_teacher,
+        uld_crossentropy_weight=0.0, uld_distillation_weight=1.0,
+    )  # fmt: skip
+    trainer = GOLDTrainer(
+        model=student, teacher_model=teacher, args=cfg, train_dataset=Dataset.from_list(rows),
+        processing_class=stok, callbacks=[timer.callback],
+    )  # fmt: skip
+    _force_min_tokens(trainer, args, rollout)
+    counted: list[float] = []
+    generate = trainer.generate_on_policy_outputs
+
+    def counting(*a, **kw):  # GOLD logs no completion length: count the trained tokens here
+        out = generate(*a, **kw)
+        counted.append(float((out[2] != -100).sum()))
+        return out
+
+    trainer.generate_on_policy_outputs = counting
+    trainer.train()
+    if len(counted) >= args.steps + 1:
+        tokens = counted[1 : args.steps + 1]
+    else:  # the vLLM path generates elsewhere: equal lengths are forced, so batch x length
+        per_step = args.batch * args.min_new_tokens if args.min_new_tokens else float("nan")
+        tokens = [float(per_step)] * args.steps
+    return _result(timer.wall[1:], timer.cpu[1:], tokens)
+
+
+def run_side(args) -> dict:
+    """Run ``args.side`` (``engine_same``, ``engine_cross``, ``trl_distillation``, ``trl_gold``)
+    with ``args.rollout`` (``hf`` or ``vllm``)."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    fns = {
+        "engine_same": lambda: run_engine(args, cross=False, rollout=args.rollout),
+        "engine_cross": lambda: run_engine(args, cross=True, rollout=args.rollout),
+        "trl_distillation": lambda: run_trl_distillation(args, args.rollout),
+        "trl_gold": lambda: run_trl_gold(args, args.rollout),
+    }
+    return fns[args.side]()

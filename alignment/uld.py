@@ -12,13 +12,19 @@ sorted, so ``W1 = (1/n) sum_i |p_(i) - q_(i)|`` (POT: ``ot.wasserstein_1d(p, q)`
 which token carries which probability, so it compares distributions over different vocabularies.
 
 Sorting is the main cost. On CPU, numpy's SIMD sort (x86-simd-sort) is 15-35x faster than
-``torch.sort``, so CPU tensors are sorted by numpy (the argsort the gradient needs is one 64-bit
-key sort of ``value bits << 32 | index``) and CUDA tensors by torch. The loss has a custom
-backward that keeps one int8 sign per element instead of int64 sort indices. Ties: any order.
+``torch.sort``, so float32 CPU tensors are sorted by numpy (the argsort the gradient needs is one
+64-bit key sort of ``value bits << 32 | index``) and CUDA tensors by torch. The longer side's
+smallest ``|V_s - V_t|`` values meet the zero padding: they add their sum whatever their order,
+so where they are a large share of the row (``PARTIAL_TAIL``) the top ``min(V_s, V_t)`` are
+selected first (``ndarray.partition``, linear) and only those sorted (a 152k-token teacher
+against a 49k student: ~40% less sorting). Rows are split over ``torch.get_num_threads()``
+threads (numpy sorts outside the GIL). The loss has a custom backward that keeps one int8 sign
+per element instead of int64 sort indices. Ties: any order.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
@@ -32,7 +38,8 @@ Reduction = Literal["mean", "sum", "none"]
 
 
 PARTIAL_TAIL = 0.3  # partition before sorting when the zero-compared tail is >= this share of V
-_POOL: ThreadPoolExecutor | None = None
+_POOLS: dict[int, ThreadPoolExecutor] = {}  # by number of workers, made on first use
+os.register_at_fork(after_in_child=_POOLS.clear)  # a forked child has none of the threads
 
 
 def argsort_rows(x_R_V: torch.Tensor) -> torch.Tensor:
@@ -62,14 +69,14 @@ def _row_blocks(R: int) -> list[slice]:
 def _in_blocks(fn, R: int) -> None:
     """``fn(rows)`` for each row block, in threads when torch may use several (numpy frees the
     GIL while it sorts)."""
-    global _POOL
     blocks = _row_blocks(R)
     if len(blocks) == 1:
         fn(blocks[0])
         return
-    if _POOL is None or _POOL._max_workers < len(blocks):
-        _POOL = ThreadPoolExecutor(max_workers=len(blocks), thread_name_prefix="uld-sort")
-    list(_POOL.map(fn, blocks))
+    n = len(blocks)
+    if n not in _POOLS:
+        _POOLS[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="uld-sort")
+    list(_POOLS[n].map(fn, blocks))
 
 
 def _top_ascending_f32(
@@ -86,8 +93,9 @@ def _top_ascending_f32(
             Both give the same top values and indices; the tail sum may differ in rounding.
 
     Returns:
-        ``(tail_R, top_R_m, idx_R_m)``: float32 sum of the ``V - m`` smallest values, the top
-        values ascending (possibly a strided view), int64 columns of those values or ``None``.
+        ``(tail_R, top_R_m, keys_R_m)``: float32 sum of the ``V - m`` smallest values, the top
+        values ascending (possibly a strided view), and with ``need_index`` their sorted packed
+        keys (``_columns`` turns them into the int64 columns, overwriting ``top``), else ``None``.
 
     With an index, one 64-bit key ``value bits << 32 | column`` is sorted: the bits of a
     non-negative float32 order like the float, so the key sorts by value (ties by column) and
@@ -120,9 +128,15 @@ def _top_ascending_f32(
     _in_blocks(work, R)
     if not need_index:
         return arr[:, :cut].sum(-1), arr[:, cut:], None
-    words = arr.view(np.uint32).reshape(R, V, 2)  # little-endian: (column, value bits)
-    values = words[..., 1].view(np.float32)
-    return values[:, :cut].sum(-1), values[:, cut:], words[:, cut:, 0].astype(np.int64)
+    values = arr.view(np.uint32).reshape(R, V, 2)[..., 1].view(np.float32)  # the high words
+    return values[:, :cut].sum(-1), values[:, cut:], arr[:, cut:]
+
+
+def _columns(keys_R_m: np.ndarray) -> torch.Tensor:
+    """int64 columns from sorted packed keys, in place: the keys' values are gone after this."""
+    return torch.from_numpy(
+        np.bitwise_and(keys_R_m, np.uint64(0xFFFFFFFF), out=keys_R_m).view(np.int64)
+    )
 
 
 def _signs_in_place(x_R_V: torch.Tensor, sorted_sign_R_m: torch.Tensor, idx_R_m: torch.Tensor):
@@ -145,8 +159,8 @@ def _sorted_l1_cpu_f32(
     diff = torch.from_numpy(np.subtract(top_p, top_q))
     loss_R = diff.abs().sum(-1) + torch.from_numpy(tail_p + tail_q)
     sign_d = diff.sign_().to(torch.int8)
-    sign_p = None if idx_p is None else _signs_in_place(p, sign_d, torch.from_numpy(idx_p))
-    sign_q = None if idx_q is None else _signs_in_place(q, sign_d.neg_(), torch.from_numpy(idx_q))
+    sign_p = None if idx_p is None else _signs_in_place(p, sign_d, _columns(idx_p))
+    sign_q = None if idx_q is None else _signs_in_place(q, sign_d.neg_(), _columns(idx_q))
     return loss_R, sign_p, sign_q
 
 

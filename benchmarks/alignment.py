@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import statistics
@@ -194,22 +195,46 @@ def _trl_normalized(per_span_B_S: torch.Tensor, span_B_T: torch.Tensor) -> torch
     return (per_span_B_S.sum(1) / count_B).mean()
 
 
+def _time_uld_rows() -> list[float]:
+    """Make ``alignment.gold`` count the CPU time of its ULD row kernels (the sorts) in a cell."""
+    import alignment.gold as gold
+
+    spent = [0.0]
+
+    def timed(fn):
+        def wrapper(*args, **kwargs):
+            c0 = time.process_time()
+            out = fn(*args, **kwargs)
+            spent[0] += time.process_time() - c0
+            return out
+
+        return wrapper
+
+    gold.sorted_l1_rows = timed(gold.sorted_l1_rows)
+    gold.topk_l1_rows = timed(gold.topk_l1_rows)
+    return spent
+
+
 def worker(impl: str, case: str, repeats: int, warmup: int) -> dict:
     torch.set_num_threads(1)
     inp = make_inputs(case)
     logits_s = inp["s"]["logits"].requires_grad_()
+    spent = [float("nan")]  # CPU time in the ULD row kernels (ours only)
     if impl.startswith("trl"):
         run, span = _trl_loss(inp, hybrid=impl == "trl-hybrid"), None
     else:
         run, span = _our_loss(inp, impl)
+        spent = _time_uld_rows()
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     for _ in range(warmup):  # first-call costs (lazy imports, allocator, dispatch) not timed
         logits_s.grad = None
         loss = run(logits_s)
         (loss if span is None else _trl_normalized(loss, span)).backward()
-    fwd, bwd, cpu, value = [], [], [], None
+    fwd, bwd, cpu, uld, value = [], [], [], [], None
     for _ in range(repeats):
         logits_s.grad = None
+        if not math.isnan(spent[0]):
+            spent[0] = 0.0
         c0 = time.process_time()
         t0 = time.perf_counter()
         loss = run(logits_s)
@@ -218,12 +243,14 @@ def worker(impl: str, case: str, repeats: int, warmup: int) -> dict:
         scalar.backward()
         t2 = time.perf_counter()
         cpu.append(time.process_time() - c0)
+        uld.append(spent[0])
         fwd.append(t1 - t0)
         bwd.append(t2 - t1)
         value = float(scalar.detach())
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"fwd": fwd, "bwd": bwd, "cpu": cpu, "value": value, "matched": len(inp["ms"]),
-            "peak_mb": peak / 1024, "loss_mb": (peak - rss_before) / 1024}  # fmt: skip
+    return {"fwd": fwd, "bwd": bwd, "cpu": cpu, "uld": uld, "value": value,
+            "matched": len(inp["ms"]), "peak_mb": peak / 1024,
+            "loss_mb": (peak - rss_before) / 1024}  # fmt: skip
 
 
 def _spawn(impl: str, case: str, repeats: int, warmup: int) -> dict:
@@ -236,22 +263,25 @@ def _spawn(impl: str, case: str, repeats: int, warmup: int) -> dict:
 
 def _table(case: str, res: dict[str, dict]) -> list[str]:
     B, T, Vs, Vt = CASES[case]
-    med = {k: {m: statistics.median(v[m]) for m in ("fwd", "bwd", "cpu")} for k, v in res.items()}
+    keys = ("fwd", "bwd", "cpu", "uld")
+    med = {k: {m: statistics.median(v[m]) for m in keys} for k, v in res.items()}
     lines = [
         f"\n### {case}: B={B}, T={T}, V_student={Vs:,}, V_teacher={Vt:,}, "
         f"matched={next(iter(res.values()))['matched']:,}\n",
         "| implementation | fwd s | bwd s | fwd+bwd s | speedup | CPU s | CPU speedup | "
-        "peak RSS MB | loss RSS MB | value | value - TRL |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "of which ULD rows CPU s | peak RSS MB | loss RSS MB | value | value - TRL |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for impl, r in res.items():
         peer = "trl-hybrid" if impl in ("trl-hybrid", "ours-gold") else "trl-uld"
         m, p = med[impl], med.get(peer, med[impl])
         wall, peer_wall = m["fwd"] + m["bwd"], p["fwd"] + p["bwd"]
         peer_value = res.get(peer, r)["value"]
+        uld_cell = "-" if math.isnan(m["uld"]) else f"{m['uld']:.3f}"
         lines.append(
             f"| {impl} | {m['fwd']:.3f} | {m['bwd']:.3f} | {wall:.3f} | "
             f"{peer_wall / wall:.1f}x | {m['cpu']:.3f} | {p['cpu'] / m['cpu']:.1f}x | "
+            f"{uld_cell} | "
             f"{r['peak_mb']:.0f} | {r['loss_mb']:.0f} | {r['value']:.6f} | "
             f"{r['value'] - peer_value:+.2e} |"
         )

@@ -74,8 +74,11 @@ class HFRolloutBackend:
         try:
             device = next(self.model.parameters()).device
             cuda = [device.index or 0] if device.type == "cuda" else []
-            with torch.random.fork_rng(devices=cuda):  # a seed never disturbs the caller's RNG
-                if sampling.seed is not None:
+            # a seed never disturbs the caller's RNG; without one, sampling draws from (and
+            # advances) the global RNG, so successive rollouts get fresh randomness
+            seeded = sampling.seed is not None
+            with torch.random.fork_rng(devices=cuda, enabled=seeded):
+                if seeded:
                     torch.manual_seed(sampling.seed)
                 for i in range(0, len(rows), self.max_batch_size):
                     ids, lps = self._generate_chunk(

@@ -133,6 +133,16 @@ def test_n_samples_seed_and_length(student):
     assert torch.equal(torch.rand(3), want)  # a seeded rollout leaves the caller's RNG alone
 
 
+def test_unseeded_rollouts_draw_fresh_randomness(student):
+    model, tok = student
+    s = SamplingParams(max_new_tokens=8, temperature=1.0, n=3)
+    torch.manual_seed(0)
+    a, b = _generate(model, tok, s, stop_ids=()), _generate(model, tok, s, stop_ids=())
+    assert a.completion_ids_B != b.completion_ids_B  # not the same noise every call
+    torch.manual_seed(0)
+    assert _generate(model, tok, s, stop_ids=()).completion_ids_B == a.completion_ids_B
+
+
 def test_stop_strings_and_extra_stop_ids(teacher):
     model, tok = teacher
     ro = _generate(

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
@@ -38,6 +39,8 @@ Reduction = Literal["mean", "sum", "none"]
 
 
 PARTIAL_TAIL = 0.3  # partition before sorting when the zero-compared tail is >= this share of V
+SCRATCH_MAX_BYTES = 1 << 26  # scratch buffers up to this size are kept between calls
+_SCRATCH = threading.local()
 _POOLS: dict[int, ThreadPoolExecutor] = {}  # by number of workers, made on first use
 os.register_at_fork(after_in_child=_POOLS.clear)  # a forked child has none of the threads
 
@@ -79,8 +82,20 @@ def _in_blocks(fn, R: int) -> None:
     list(_POOLS[n].map(fn, blocks))
 
 
+def _scratch(slot: str, shape: tuple[int, int], dtype) -> np.ndarray:
+    """An uninitialized array that this thread reuses between calls (up to
+    ``SCRATCH_MAX_BYTES``): fresh pages would be faulted in and zeroed by the kernel each call."""
+    nbytes = shape[0] * shape[1] * np.dtype(dtype).itemsize
+    if nbytes > SCRATCH_MAX_BYTES:
+        return np.empty(shape, dtype)
+    bufs = _SCRATCH.__dict__.setdefault("bufs", {})
+    if slot not in bufs or bufs[slot].nbytes < nbytes:
+        bufs[slot] = np.empty(nbytes, np.uint8)
+    return bufs[slot][:nbytes].view(dtype).reshape(shape)
+
+
 def _top_ascending_f32(
-    x_R_V: np.ndarray, m: int, need_index: bool, partial: bool | None = None
+    x_R_V: np.ndarray, m: int, need_index: bool, partial: bool | None = None, slot: str = "x"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Each row's ``m`` largest values in ascending order, the sum of the other ``V - m``.
 
@@ -91,6 +106,7 @@ def _top_ascending_f32(
         partial: select the top ``m`` (``ndarray.partition``) before sorting them instead of
             sorting the whole row; default: when the tail is at least ``PARTIAL_TAIL`` of ``V``.
             Both give the same top values and indices; the tail sum may differ in rounding.
+        slot: the scratch buffer the results live in (valid until the next call with it).
 
     Returns:
         ``(tail_R, top_R_m, keys_R_m)``: float32 sum of the ``V - m`` smallest values, the top
@@ -105,11 +121,8 @@ def _top_ascending_f32(
     cut = V - m
     if partial is None:
         partial = cut >= PARTIAL_TAIL * V
-    if need_index:
-        arr = np.empty((R, V), dtype=np.uint64)
-        cols = np.arange(V, dtype=np.uint32)
-    else:
-        arr = np.empty_like(x_R_V)
+    arr = _scratch(slot, (R, V), np.uint64 if need_index else np.float32)
+    cols = np.arange(V, dtype=np.uint32) if need_index else None
 
     def work(rows: slice) -> None:
         block = arr[rows]
@@ -154,13 +167,15 @@ def _sorted_l1_cpu_f32(
     """``sorted_l1_rows`` for float32 CPU rows (numpy SIMD sort / partition, see there)."""
     m = min(p_R_Vp.shape[-1], q_R_Vq.shape[-1])
     p, q = p_R_Vp.detach().contiguous(), q_R_Vq.detach().contiguous()
-    tail_p, top_p, idx_p = _top_ascending_f32(p.numpy(), m, grad_p)
-    tail_q, top_q, idx_q = _top_ascending_f32(q.numpy(), m, grad_q)
-    diff = torch.from_numpy(np.subtract(top_p, top_q))
-    loss_R = diff.abs().sum(-1) + torch.from_numpy(tail_p + tail_q)
-    sign_d = diff.sign_().to(torch.int8)
-    sign_p = None if idx_p is None else _signs_in_place(p, sign_d, _columns(idx_p))
-    sign_q = None if idx_q is None else _signs_in_place(q, sign_d.neg_(), _columns(idx_q))
+    tail_p, top_p, keys_p = _top_ascending_f32(p.numpy(), m, grad_p, slot="p")
+    tail_q, top_q, keys_q = _top_ascending_f32(q.numpy(), m, grad_q, slot="q")
+    # in place, no fresh pages: the difference over q's top (its columns, if any, stay intact)
+    diff = np.subtract(top_p, top_q, out=top_q)
+    sign = np.sign(diff, out=_scratch("sign", diff.shape, np.int8), casting="unsafe")
+    loss_R = torch.from_numpy(np.abs(diff, out=diff).sum(-1) + tail_p + tail_q)
+    sign_d = torch.from_numpy(sign)
+    sign_p = None if keys_p is None else _signs_in_place(p, sign_d, _columns(keys_p))
+    sign_q = None if keys_q is None else _signs_in_place(q, sign_d.neg_(), _columns(keys_q))
     return loss_R, sign_p, sign_q
 
 

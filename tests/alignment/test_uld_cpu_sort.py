@@ -79,8 +79,9 @@ def test_partial_sort_equals_full_sort(monkeypatch, Vp: int, Vq: int, levels) ->
 def test_top_ascending_partial_equals_full(need_index: bool) -> None:
     x = _rows(9, 700, seed=5, levels=4).numpy()
     for m in (1, 250, 699, 700):
-        tp, top_p, idx_p = uld._top_ascending_f32(x, m, need_index, partial=True)
-        tf, top_f, idx_f = uld._top_ascending_f32(x, m, need_index, partial=False)
+        # separate scratch slots: each result lives in its slot's buffer
+        tp, top_p, idx_p = uld._top_ascending_f32(x, m, need_index, partial=True, slot="a")
+        tf, top_f, idx_f = uld._top_ascending_f32(x, m, need_index, partial=False, slot="b")
         np.testing.assert_array_equal(top_p, top_f)
         np.testing.assert_array_equal(top_f, np.sort(x, -1)[:, 700 - m :])
         np.testing.assert_allclose(tp, tf, rtol=1e-6, atol=1e-9)
@@ -127,3 +128,17 @@ def test_float32_partial_path_vs_pot_and_float64_autograd() -> None:
     # no ties off the zeros here, so the subgradient is unique: equal to float64 autograd
     torch.testing.assert_close(gp.double(), rp)
     torch.testing.assert_close(gq.double(), rq)
+
+
+def test_scratch_reuse_leaves_earlier_results_intact(monkeypatch) -> None:
+    """Results own their memory: a later call (reusing the scratch buffers) changes nothing, and
+    fresh buffers (scratch over its size cap) give the same results."""
+    p1, q1 = _rows(6, 300, seed=11), _rows(6, 800, seed=12)
+    p2, q2 = _rows(6, 300, seed=13), _rows(6, 800, seed=14)
+    first = sorted_l1_rows(p1, q1, grad_p=True, grad_q=True)
+    kept = [t.clone() for t in first]
+    sorted_l1_rows(p2, q2, grad_p=True, grad_q=True)
+    assert all(torch.equal(a, b) for a, b in zip(first, kept, strict=True))
+    monkeypatch.setattr(uld, "SCRATCH_MAX_BYTES", 0)
+    fresh = sorted_l1_rows(p1, q1, grad_p=True, grad_q=True)
+    assert all(torch.equal(a, b) for a, b in zip(fresh, kept, strict=True))

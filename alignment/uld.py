@@ -94,19 +94,31 @@ def _scratch(slot: str, shape: tuple[int, int], dtype) -> np.ndarray:
     return bufs[slot][:nbytes].view(dtype).reshape(shape)
 
 
+def _check_non_negative(bad_R, name: str) -> None:
+    """Raise for the first row flagged (numpy or torch bool/int ``[R]``)."""
+    bad = np.flatnonzero(np.asarray(bad_R))
+    if bad.size:
+        raise AlignmentError(
+            f"ULD takes non-negative values (probabilities): row {bad[0]} of {name} has a "
+            "negative value (or -0.0); clamp it at 0 (x.clamp(min=0) + 0.0)"
+        )
+
+
 def _top_ascending_f32(
     x_R_V: np.ndarray, m: int, need_index: bool, partial: bool | None = None, slot: str = "x"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Each row's ``m`` largest values in ascending order, the sum of the other ``V - m``.
 
     Args:
-        x_R_V: C-contiguous non-negative float32 rows (no ``-0.0``), ``V < 2**32``.
+        x_R_V: C-contiguous non-negative float32 rows, ``V < 2**32``; a negative value or
+            ``-0.0`` raises ``AlignmentError``.
         m: how many of the largest values are needed in order (``1 <= m <= V``).
         need_index: also return the column of each of those values.
         partial: select the top ``m`` (``ndarray.partition``) before sorting them instead of
             sorting the whole row; default: when the tail is at least ``PARTIAL_TAIL`` of ``V``.
             Both give the same top values and indices; the tail sum may differ in rounding.
-        slot: the scratch buffer the results live in (valid until the next call with it).
+        slot: the scratch buffer the results live in (valid until the next call with it);
+            names the input in errors.
 
     Returns:
         ``(tail_R, top_R_m, keys_R_m)``: float32 sum of the ``V - m`` smallest values, the top
@@ -121,7 +133,7 @@ def _top_ascending_f32(
     cut = V - m
     if partial is None:
         partial = cut >= PARTIAL_TAIL * V
-    arr = _scratch(slot, (R, V), np.uint64 if need_index else np.float32)
+    arr = _scratch(slot, (R, V), np.uint64 if need_index else np.uint32)
     cols = np.arange(V, dtype=np.uint32) if need_index else None
 
     def work(rows: slice) -> None:
@@ -130,8 +142,8 @@ def _top_ascending_f32(
             words = block.view(np.uint32).reshape(block.shape[0], V, 2)
             words[..., 1] = x_R_V[rows].view(np.uint32)
             words[..., 0] = cols
-        else:
-            block[...] = x_R_V[rows]
+        else:  # the bits, sorted as integers: the same order for non-negative floats
+            block[...] = x_R_V[rows].view(np.uint32)
         if partial and cut > 0:
             block.partition(cut, axis=-1)
             block[:, cut:].sort(axis=-1)
@@ -139,8 +151,11 @@ def _top_ascending_f32(
             block.sort(axis=-1)
 
     _in_blocks(work, R)
+    # a set sign bit (negative or -0.0) sorts last as an integer: one look per row finds it
+    _check_non_negative(arr[:, -1] >> (63 if need_index else 31), slot)
     if not need_index:
-        return arr[:, :cut].sum(-1), arr[:, cut:], None
+        values = arr.view(np.float32)
+        return values[:, :cut].sum(-1), values[:, cut:], None
     values = arr.view(np.uint32).reshape(R, V, 2)[..., 1].view(np.float32)  # the high words
     return values[:, :cut].sum(-1), values[:, cut:], arr[:, cut:]
 
@@ -167,8 +182,8 @@ def _sorted_l1_cpu_f32(
     """``sorted_l1_rows`` for float32 CPU rows (numpy SIMD sort / partition, see there)."""
     m = min(p_R_Vp.shape[-1], q_R_Vq.shape[-1])
     p, q = p_R_Vp.detach().contiguous(), q_R_Vq.detach().contiguous()
-    tail_p, top_p, keys_p = _top_ascending_f32(p.numpy(), m, grad_p, slot="p")
-    tail_q, top_q, keys_q = _top_ascending_f32(q.numpy(), m, grad_q, slot="q")
+    tail_p, top_p, keys_p = _top_ascending_f32(p.numpy(), m, grad_p, slot="p (student)")
+    tail_q, top_q, keys_q = _top_ascending_f32(q.numpy(), m, grad_q, slot="q (teacher)")
     # in place, no fresh pages: the difference over q's top (its columns, if any, stay intact)
     diff = np.subtract(top_p, top_q, out=top_q)
     sign = np.sign(diff, out=_scratch("sign", diff.shape, np.int8), casting="unsafe")
@@ -203,7 +218,8 @@ def sorted_l1_rows(
     """Row-wise ULD with its subgradient signs, no autograd.
 
     Args:
-        p_R_Vp, q_R_Vq: non-negative rows (same ``R``; vocabularies may differ; no ``-0.0``).
+        p_R_Vp, q_R_Vq: non-negative rows (same ``R``; vocabularies may differ); a negative
+            value (on the float32 CPU path also ``-0.0``) raises ``AlignmentError``.
         grad_p, grad_q: whether to return the subgradient of each side.
 
     Returns:
@@ -223,6 +239,8 @@ def sorted_l1_rows(
     m = min(Vp, Vq)
     ps, idx_p = _sorted_with_index(p_R_Vp, grad_p)
     qs, idx_q = _sorted_with_index(q_R_Vq, grad_q)
+    _check_non_negative((ps[:, 0] < 0).cpu(), "p (student)")
+    _check_non_negative((qs[:, 0] < 0).cpu(), "q (teacher)")
     diff = ps[:, Vp - m :] - qs[:, Vq - m :]
     # the zero padding: the longer side's smallest values are compared with zeros
     loss_R = diff.abs().sum(-1) + ps[:, : Vp - m].sum(-1) + qs[:, : Vq - m].sum(-1)

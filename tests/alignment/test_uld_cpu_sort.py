@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import alignment.uld as uld
+from alignment.errors import AlignmentError
 from alignment.uld import sorted_l1_rows, uld_loss
 
 
@@ -142,3 +143,18 @@ def test_scratch_reuse_leaves_earlier_results_intact(monkeypatch) -> None:
     monkeypatch.setattr(uld, "SCRATCH_MAX_BYTES", 0)
     fresh = sorted_l1_rows(p1, q1, grad_p=True, grad_q=True)
     assert all(torch.equal(a, b) for a, b in zip(fresh, kept, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "bad"),
+    [(torch.float32, -1e-9), (torch.float32, -0.0), (torch.float64, -1e-9)],
+)
+def test_negative_values_raise_a_clear_error(dtype, bad: float) -> None:
+    """The packed keys order non-negative floats only: a negative (or, in float32, -0.0) input
+    is refused, not silently mis-sorted (float64 takes the generic path, where -0.0 == 0)."""
+    p, q = _rows(3, 50, seed=15).to(dtype), _rows(3, 70, seed=16).to(dtype)
+    q[2, 5] = bad
+    with pytest.raises(AlignmentError, match=r"non-negative .* row 2 of q \(teacher\)"):
+        sorted_l1_rows(p, q, grad_p=True, grad_q=False)
+    with pytest.raises(AlignmentError, match="row 2 of q"):
+        uld_loss(p, q)

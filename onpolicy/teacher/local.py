@@ -39,6 +39,11 @@ class LocalTeacher:
         hidden: return hidden states + LM head instead of logits (for the chunked loss).
         top_k: > 0 keeps only the teacher's top-k log-probabilities per position (+ the tail
             mass), the sparse form a vLLM teacher returns; 0 keeps the full logits.
+        token_logprobs: compute ``TeacherScores.token_logprobs_N`` (the sampled-token signal:
+            policy gradient, ``distillation_reward``, evaluation). With ``hidden=True`` it costs a
+            full pass of the teacher's LM head over every position, which a chunked divergence
+            does again: set False when the objective only needs the distribution (``reverse_kl``
+            / ``gkd`` with ``chunked=True``); ``token_logprobs_N`` is then None.
     """
 
     def __init__(
@@ -49,6 +54,7 @@ class LocalTeacher:
         mode: TeacherModeArg = "auto",
         hidden: bool = False,
         top_k: int = 0,
+        token_logprobs: bool = True,
     ) -> None:
         if top_k < 0 or (top_k and hidden):
             raise ConfigError(f"teacher top_k={top_k}: use 0 (full logits) or > 0 without hidden")
@@ -68,6 +74,7 @@ class LocalTeacher:
         self.adapters_off = mode == "self"
         self.hidden = hidden
         self.top_k = top_k
+        self.token_logprobs = token_logprobs
         self.vocab_size = len(tokenizer)
         if mode != "self":
             model.requires_grad_(False)
@@ -98,9 +105,10 @@ class LocalTeacher:
         batch = rollout.to_padded(self.tokenizer.pad_token_id)
         with self._eval_mode(), adapters_disabled(self.model) if self.adapters_off else _null():
             fwd = forward_completions(self.model, batch, self.vocab_size, hidden=self.hidden)
+        logprobs_N = None
         if fwd.logits_N_V is not None:
             logprobs_N = _token_logprobs(fwd.logits_N_V, fwd.targets_N)
-        else:  # a slice of positions at a time: [N, V] logits never exist at once
+        elif self.token_logprobs:  # a slice of positions at a time: [N, V] never exists at once
             logprobs_N = _chunked_token_logprobs(fwd.hidden_N_D, fwd.lm_head, fwd.targets_N)
         scores = TeacherScores(
             mode="same",

@@ -61,6 +61,10 @@ def test_same_tokenizer_logits_and_token_logprobs(student, rollout):
     torch.testing.assert_close(
         hidden.token_logprobs_N, scores.token_logprobs_N, atol=1e-5, rtol=1e-5
     )
+    lean = LocalTeacher(model, tok, tok, mode="same", hidden=True, token_logprobs=False)
+    lean_scores = lean.score(rollout)  # the same hidden states, no token log-probs pass
+    assert lean_scores.token_logprobs_N is None
+    assert torch.equal(lean_scores.hidden_N_D, hidden.hidden_N_D)
 
 
 def test_tokenizer_mismatch_is_a_one_line_error_naming_cross(student):

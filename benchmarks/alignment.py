@@ -13,7 +13,11 @@ offsets to the reduced loss, its backward to the student logits (ours aligns the
 the timed call, as TRL's ``ULDLoss`` does).
 
     .venv/bin/python benchmarks/alignment.py [--cases base,large] [--repeats 3] [--warmup 1]
-        [--impls trl-uld,ours-uld,...] [--out FILE]
+        [--rounds 1] [--impls trl-uld,ours-uld,...] [--out FILE]
+
+``--rounds N`` runs every implementation N times in turn (A B A B ...) and takes the medians
+over all of them, so a load that comes and goes on a shared machine hits both sides alike. The
+"ULD rows" column is the CPU time ours spends in ``alignment.uld``'s row kernels (the sorts).
 """
 
 from __future__ import annotations
@@ -261,6 +265,15 @@ def _spawn(impl: str, case: str, repeats: int, warmup: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _pooled(acc: dict | None, run: dict) -> dict:
+    """Per-repeat lists of two runs of one implementation joined (one run: itself)."""
+    if acc is None:
+        return run
+    joined = {k: acc[k] + run[k] for k in ("fwd", "bwd", "cpu", "uld")}
+    peaks = {k: max(acc[k], run[k]) for k in ("peak_mb", "loss_mb")}
+    return {**run, **joined, **peaks}
+
+
 def _table(case: str, res: dict[str, dict]) -> list[str]:
     B, T, Vs, Vt = CASES[case]
     keys = ("fwd", "bwd", "cpu", "uld")
@@ -293,6 +306,7 @@ def main() -> None:
     ap.add_argument("--cases", default="base,large")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1, help="untimed calls before the timed ones")
+    ap.add_argument("--rounds", type=int, default=1, help="interleaved runs of every impl")
     ap.add_argument("--impls", default=",".join(IMPLS))
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS-alignment.md")))
@@ -304,10 +318,11 @@ def main() -> None:
         "# Cross-tokenizer loss: alignment.gold vs TRL GOLD ULDLoss (CPU, 1 thread)",
         "",
         f"Command: `.venv/bin/python benchmarks/alignment.py --cases {args.cases} "
-        f"--repeats {args.repeats} --warmup {args.warmup}`. Median of {args.repeats} runs per "
-        f"(implementation, case) after {args.warmup} untimed, each (implementation, case) in a "
-        "fresh subprocess. 'loss RSS' = peak RSS minus RSS before the first call "
-        "(inputs excluded). ours-uld-top256 is the top-k bound, not exact ULD.",
+        f"--repeats {args.repeats} --warmup {args.warmup} --rounds {args.rounds}`. Median of "
+        f"{args.rounds} x {args.repeats} timed calls per (implementation, case): {args.rounds} "
+        "interleaved round(s), each implementation in a fresh subprocess per round with "
+        f"{args.warmup} untimed call(s) first. 'loss RSS' = peak RSS minus RSS before the first "
+        "call (inputs excluded). ours-uld-top256 is the top-k bound, not exact ULD.",
         "",
         "Setup: TRL `ULDLoss` with extended ULD, `bayesian` merge, no EOS skipping; hybrid: fixed "
         "weights 1/1, beta 0.5, vocabularies whose equal strings are the matched pairs. Ours: "
@@ -315,12 +330,18 @@ def main() -> None:
         "Offsets cut the same bytes at random places on each side: ~20% of spans are 1:1 and a "
         "span holds ~2.6 tokens per side (real tokenizer pairs are mostly 1:1), the harder case "
         "for the chain-rule scale. "
-        "`value - TRL` for GOLD: TRL clamps probabilities at 1e-8 inside its JSD. Timings come "
-        "from a shared 2-core VM (other jobs running): CPU time is the steadier column.",
+        "`value - TRL` for GOLD: ours compares vocabulary pairs only on spans whose two anchor "
+        "tokens are a matched pair (elsewhere the anchors are the pair, the rest goes to ULD; "
+        "commit 7aa2350), TRL on every span; TRL also clamps probabilities at 1e-8 in its JSD. "
+        "Timings come from a shared 2-core VM (other jobs running): CPU time is the steadier "
+        "column.",
     ]
     for case in args.cases.split(","):
-        impls = args.impls.split(",")
-        res = {impl: _spawn(impl, case, args.repeats, args.warmup) for impl in impls}
+        impls, res = args.impls.split(","), {}
+        for _ in range(args.rounds):  # interleaved: a shared machine's load hits every side
+            for impl in impls:
+                run = _spawn(impl, case, args.repeats, args.warmup)
+                res[impl] = _pooled(res.get(impl), run)
         lines += _table(case, res)
         print("\n".join(lines[-len(res) - 3 :]), flush=True)
     Path(args.out).write_text("\n".join(lines) + "\n")

@@ -112,8 +112,8 @@ def train_step(
         applied, extra = _apply_update(c, accelerator, n_bad, counted, n_global, grad_clip)
         nonfinite = not applied
         loss = loss_sum / max(counted, 1.0) if applied else float("nan")
-        if applied:
-            extra.update(c.backend.sync_weights(c.raw_model, step + 1))
+        if applied:  # per-process values (seconds), averaged over processes like the others
+            tally_components(tally, c.backend.sync_weights(c.raw_model, step + 1))
     tally.budget.seconds = time.perf_counter() - start
     tallies = gather_tallies(accelerator, tally)
     metrics = {**combine(tallies), **extra, "train/on_policy": float(source == "student")}

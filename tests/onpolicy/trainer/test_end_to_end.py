@@ -34,10 +34,12 @@ def _records(output_dir):
 
 @pytest.mark.slow
 def test_reverse_kl_lowers_kl_to_teacher(tmp_path):
-    cfg = make_config(tmp_path, *FAST, "train.steps=20", "optim.lr=1e-2")
+    # a pretrained student: an untrained one samples noise, and its greedy completions (what the
+    # evaluation scores) jump between degenerate loops, so its held-out KL says little
+    cfg = make_config(tmp_path, *PRETRAINED, "train.steps=20", "optim.lr=2e-3")
     result = train(cfg)
     before, after = result.eval_before["eval/kl_per_token"], result.eval_after["eval/kl_per_token"]
-    assert after < 0.75 * before, (before, after)
+    assert after < 0.9 * before, (before, after)
     assert result.eval_after["eval/top5_overlap"] > result.eval_before["eval/top5_overlap"]
     assert (result.final_dir / "model.safetensors").is_file()
     # the saved student evaluates to the same numbers from the CLI-facing entry point

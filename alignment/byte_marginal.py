@@ -54,7 +54,8 @@ from alignment.types import SideLogits
 
 STOP = 256  # class of the tokens without bytes (EOS, end of turn, specials, padded ids)
 NUM_CLASSES = 257
-_DUMP = 257  # scatter column of tokens outside an event's range (dropped)
+END = 257  # column of the tokens that end exactly at the bytes already written (depth >= 1)
+_DUMP = 258  # scatter column of tokens outside an event's range (dropped)
 CHUNK_ELEMS = 1 << 22  # rows per chunk = CHUNK_ELEMS // V
 Reduction = Literal["mean", "sum", "none"]
 
@@ -188,16 +189,21 @@ def _select(events: ByteEvents, keep_E: torch.Tensor) -> ByteEvents:
     return ByteEvents(*(getattr(events, f)[keep_E] for f in ByteEvents.__dataclass_fields__))
 
 
-def class_logmass(
+def class_logprobs(
     logits_N_V: torch.Tensor,
     events: ByteEvents,
     trie: ByteTrie,
     temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(logmass_E_C, support_E_C)``: log of each class's unnormalized mass and whether any
-    token can produce it (``C = 257``), for all events, one chunk of rows at a time.
+    """``(logp_E_K, support_E_K)`` for ``K = 258`` columns, one chunk of rows at a time.
 
-    Rows of ``logits_N_V`` beyond ``trie.vocab_size`` columns are an error; differentiable."""
+    For an event at depth ``ell`` of token ``w*`` (``u = bytes(w*)[:ell]``), with ``P`` the
+    softmax of its logits row at ``temperature``: column ``c < 256`` holds
+    ``log sum P(w)`` over the tokens extending ``u + c`` (at depth 0: starting with byte ``c``),
+    column ``STOP`` (256) the tokens without bytes (depth 0 only), column ``END`` (257) the tokens
+    whose bytes are exactly ``u`` (depth >= 1 only). ``support`` is True where at least one token
+    falls in the column. Differentiable in ``logits_N_V`` (checkpointed per chunk).
+    """
     if logits_N_V.shape[-1] != trie.vocab_size:
         raise AlignmentError(
             f"logits have {logits_N_V.shape[-1]} columns but the byte trie {trie.vocab_size}; "
@@ -213,13 +219,13 @@ def class_logmass(
         sl = slice(s, s + chunk)
         r, d = rank[events.token_E[sl]], events.depth_E[sl]
         label = _labels(byte_L_V, lo_L_V[d, r], hi_L_V[d, r], d)
-        rows = events.row_E[sl]
-        fn = _chunk_logmass
-        args = (logits_N_V, rows, perm, label, temperature)
-        lm = checkpoint(fn, *args, use_reentrant=False) if logits_N_V.requires_grad else fn(*args)
-        out.append(lm)
-        sup.append(torch.zeros(label.shape[0], _DUMP + 1, dtype=torch.bool, device=dev).scatter_(
-            1, label, True)[:, :NUM_CLASSES])  # fmt: skip
+        args = (logits_N_V, events.row_E[sl], perm, label, temperature)
+        fn = _chunk_logprobs
+        out.append(
+            checkpoint(fn, *args, use_reentrant=False) if logits_N_V.requires_grad else fn(*args)
+        )
+        here = torch.zeros(label.shape[0], _DUMP + 1, dtype=torch.bool, device=dev)
+        sup.append(here.scatter_(1, label, True)[:, :_DUMP])
     return torch.cat(out), torch.cat(sup)
 
 
@@ -228,20 +234,21 @@ def _dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def _labels(byte_L_V, lo_n, hi_n, depth_n) -> torch.Tensor:
-    """int64 [n, V] class of each sorted token for each event, ``_DUMP`` outside its range."""
+    """int64 [n, V] column of each sorted token for each event, ``_DUMP`` outside its range."""
     V = byte_L_V.shape[1]
     cls = byte_L_V.index_select(0, depth_n).long()  # [n, V]
     pos = torch.arange(V, device=cls.device)
     keep = (pos >= lo_n[:, None]) & (pos < hi_n[:, None])
-    keep &= (cls != STOP) | (depth_n[:, None] == 0)  # inside a token: it must go on
+    cls = torch.where((cls == STOP) & (depth_n[:, None] > 0), END, cls)  # ends exactly at u
     return torch.where(keep, cls, _DUMP)
 
 
-def _chunk_logmass(logits_N_V, rows, perm, label, temperature: float) -> torch.Tensor:
-    """[n, 257] log of the class masses of ``softmax(logits[rows] / tau)`` (unnormalized)."""
+def _chunk_logprobs(logits_N_V, rows, perm, label, temperature: float) -> torch.Tensor:
+    """[n, 258] log of the column masses of ``softmax(logits[rows] / tau)``."""
     z = logits_N_V.index_select(0, rows).to(_dtype(logits_N_V)).index_select(1, perm)
     if temperature != 1.0:
         z = z / temperature
+    lse = torch.logsumexp(z, dim=-1, keepdim=True)
     z = z.masked_fill(label == _DUMP, float("-inf"))
     n = z.shape[0]
     cmax = torch.full((n, _DUMP + 1), float("-inf"), dtype=z.dtype, device=z.device)
@@ -249,7 +256,7 @@ def _chunk_logmass(logits_N_V, rows, perm, label, temperature: float) -> torch.T
     cmax = torch.where(torch.isfinite(cmax), cmax, torch.zeros((), dtype=z.dtype))
     e = torch.exp(z - cmax.gather(1, label))  # 0 outside the range
     mass = torch.zeros_like(cmax).scatter_add(1, label, e)
-    return (torch.log(mass) + cmax)[:, :NUM_CLASSES]
+    return (torch.log(mass) + cmax - lse)[:, :_DUMP]
 
 
 def restricted_logprobs(logmass_E_C: torch.Tensor, keep_E_C: torch.Tensor) -> torch.Tensor:
@@ -281,115 +288,3 @@ def gjsd_log(ls_E_C: torch.Tensor, lt_E_C: torch.Tensor, beta: float) -> torch.T
     kl_t = torch.where(t_pos, lt.exp() * (lt - lm), zero).sum(-1)
     kl_s = torch.where(s_pos, ls.exp() * (ls - lm), zero).sum(-1)
     return beta * kl_t + (1 - beta) * kl_s
-
-
-@dataclass(frozen=True)
-class ByteTerms:
-    """Per-event next-byte divergences (events with at least two common classes).
-
-    Attributes:
-        divergence_E: the generalized JSD per event (differentiable w.r.t. the student logits).
-        batch_E, span_E: where each event is.
-        exact_E: bool, both sides at a token boundary (both distributions exact marginals).
-        student_logprobs_E_C, teacher_logprobs_E_C: the compared distributions (``-inf``
-            outside the common support), for diagnostics and tests.
-    """
-
-    divergence_E: torch.Tensor
-    batch_E: torch.Tensor
-    span_E: torch.Tensor
-    exact_E: torch.Tensor
-    student_logprobs_E_C: torch.Tensor
-    teacher_logprobs_E_C: torch.Tensor
-
-
-def next_byte_terms(
-    student: SideLogits,
-    teacher: SideLogits,
-    student_trie: ByteTrie,
-    teacher_trie: ByteTrie,
-    beta: float = 0.5,
-    within_tokens: bool = True,
-) -> ByteTerms:
-    """Next-byte divergences between the two sides at every aligned byte (module docstring).
-
-    Args:
-        student, teacher: each side's logits, tokens and span ids (``alignment.SideLogits``, same
-            ``B``; the same spans cover the same bytes on both sides).
-        student_trie, teacher_trie: ``byte_trie`` of each side's tokenizer for its logit width.
-        beta: generalized JSD coefficient in [0, 1].
-        within_tokens: also compare at bytes inside a token (the within-token conditional);
-            False keeps only the positions where both sides are at a token boundary (span starts
-            and the stop), where both distributions are exact marginals.
-
-    Returns:
-        ``ByteTerms`` over the events that count. Spans whose two sides disagree on their number
-        of bytes (or of stop tokens) are skipped. The teacher gets no gradient.
-    """
-    if not 0.0 <= beta <= 1.0:
-        raise AlignmentError(f"beta={beta} must lie in [0, 1] (0: forward KL, 1: reverse KL)")
-    for side, name in ((student, "student"), (teacher, "teacher")):
-        if side.logits_B_T_V.dim() != 3 or side.span_B_T.shape != side.logits_B_T_V.shape[:2]:
-            raise AlignmentError(
-                f"{name}: logits {tuple(side.logits_B_T_V.shape)} must be [B, T, V] with span "
-                f"ids {tuple(side.span_B_T.shape)} [B, T]"
-            )
-        if side.span_B_T.numel() and bool((side.span_B_T[:, 0] >= 0).any()):
-            raise AlignmentError(f"{name}: token 0 is in a span but nothing predicts it; give -1")
-    if student.logits_B_T_V.shape[0] != teacher.logits_B_T_V.shape[0]:
-        raise AlignmentError("student and teacher batches differ in size")
-    S = max(_num_spans(student.span_B_T), _num_spans(teacher.span_B_T))
-    s_ev, s_count = side_events(student, student_trie, S)
-    t_ev, t_count = side_events(teacher, teacher_trie, S)
-    valid_B_S = (s_count == t_count) & (s_count > 0)
-    s_ev = _select(s_ev, valid_B_S[s_ev.batch_E, s_ev.span_E])
-    t_ev = _select(t_ev, valid_B_S[t_ev.batch_E, t_ev.span_E])
-    exact = (s_ev.depth_E == 0) & (t_ev.depth_E == 0)
-    if not within_tokens:
-        s_ev, t_ev, exact = _select(s_ev, exact), _select(t_ev, exact), exact[exact]
-    Vs, Vt = student.logits_B_T_V.shape[-1], teacher.logits_B_T_V.shape[-1]
-    s_lm, s_sup = class_logmass(
-        student.logits_B_T_V.reshape(-1, Vs), s_ev, student_trie, student.temperature
-    )
-    with torch.no_grad():
-        t_lm, t_sup = class_logmass(
-            teacher.logits_B_T_V.detach().reshape(-1, Vt), t_ev, teacher_trie, teacher.temperature
-        )
-    common = s_sup & t_sup
-    informative = common.sum(-1) >= 2
-    ls = restricted_logprobs(s_lm[informative], common[informative])
-    lt = restricted_logprobs(t_lm[informative].to(ls.dtype), common[informative])
-    return ByteTerms(
-        divergence_E=gjsd_log(ls, lt, beta),
-        batch_E=s_ev.batch_E[informative],
-        span_E=s_ev.span_E[informative],
-        exact_E=exact[informative],
-        student_logprobs_E_C=ls,
-        teacher_logprobs_E_C=lt,
-    )
-
-
-def next_byte_loss(
-    student: SideLogits,
-    teacher: SideLogits,
-    student_trie: ByteTrie,
-    teacher_trie: ByteTrie,
-    beta: float = 0.5,
-    within_tokens: bool = True,
-    reduction: Reduction = "mean",
-) -> torch.Tensor:
-    """``next_byte_terms`` reduced: ``mean`` over the counted events (0 if none), ``sum``, or
-    ``none`` ([E])."""
-    d = next_byte_terms(student, teacher, student_trie, teacher_trie, beta, within_tokens)
-    d = d.divergence_E
-    if reduction == "none":
-        return d
-    if reduction == "sum":
-        return d.sum()
-    if reduction == "mean":
-        return d.sum() / max(d.shape[0], 1)
-    raise AlignmentError(f"reduction={reduction!r} must be 'mean', 'sum' or 'none'")
-
-
-def _num_spans(span_B_T: torch.Tensor) -> int:
-    return int(span_B_T.max()) + 1 if span_B_T.numel() else 0

@@ -60,6 +60,7 @@ BUILTIN_METHODS: dict[str, MethodSpec] = {
         MethodSpec("sft_cross", "sft", student="cross"),
         MethodSpec("gold", "gold", student="cross"),
         MethodSpec("uld", "uld", student="cross"),
+        MethodSpec("next_byte_cross", "next_byte", student="cross"),
     )
 }
 

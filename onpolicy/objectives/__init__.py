@@ -1,7 +1,16 @@
 """Training objectives, registered by name (``objective.name`` in config); importing this package
 registers the built-ins. See ``onpolicy.objectives.base`` for the interface."""
 
-from onpolicy.objectives import gkd, gold, policy_gradient, reverse_kl, sft, supervised_kd, uld
+from onpolicy.objectives import (
+    gkd,
+    gold,
+    next_byte,
+    policy_gradient,
+    reverse_kl,
+    sft,
+    supervised_kd,
+    uld,
+)
 from onpolicy.objectives.base import OBJECTIVES, LossOutput, Objective, register_objective
 
 __all__ = [
@@ -10,6 +19,7 @@ __all__ = [
     "Objective",
     "gkd",
     "gold",
+    "next_byte",
     "policy_gradient",
     "register_objective",
     "reverse_kl",

@@ -1,16 +1,27 @@
 """The ``gold`` objective: on-policy distillation across tokenizers, GOLD-style.
 
-Per aligned span (``onpolicy.teacher.cross``), the student's and the teacher's span distributions
-are compared: on the vocabulary pairs that spell the same bytes with a generalized JSD (``beta``),
-on the rest with ULD (sorted-probability L1); see ``alignment.gold``. Counted units are the spans
-with tokens on both sides (``LossOutput.num_tokens``).
+Per aligned span (``onpolicy.teacher.cross``) the student's and the teacher's distributions are
+compared: on the vocabulary pairs that spell the same bytes with a generalized JSD (``beta``), on
+the rest with ULD (sorted-probability L1); see ``alignment.gold``. Counted units are the spans with
+tokens on both sides (``LossOutput.num_tokens``).
+
+``matched`` picks what a vocabulary pair compares:
+
+* ``prefix`` (default, ``alignment.gold_prefix``): each side's prefix marginal at the span start
+  (the probability that the text goes on with the pair's bytes, summed over the tokens that start
+  with them), the same event on both sides; no chain-rule scale, so spans where the student went
+  off-track do not dominate, and with ``0 < beta < 1`` each span's term is bounded.
+* ``token``: TRL's GOLD semantics (``alignment.gold``): the pair's token probabilities in the span
+  distributions (anchor distribution times the chain-rule probability of the span's other
+  tokens). On the arithmetic cross pair this collapsed the student (exact match 0.615 -> 0.0).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
+from onpolicy.errors import ConfigError
 from onpolicy.objectives.base import BatchSource, LossOutput, register_objective
 from onpolicy.objectives.common import check_temperature, check_unit
 from onpolicy.objectives.cross import cross_sides
@@ -24,14 +35,17 @@ class GOLD:
     """GOLD-style hybrid loss on the student's own samples.
 
     Attributes:
-        beta: generalized JSD coefficient on matched tokens (1 = reverse KL, 0 = forward KL).
+        beta: generalized JSD coefficient on matched pairs (1 = reverse KL, 0 = forward KL; 0.5
+            by default: bounded per span).
+        matched: ``prefix`` (same events on both sides, default) or ``token`` (TRL's semantics).
         matched_weight, unmatched_weight: weights of the matched (JSD) and unmatched (ULD) terms.
         temperature: softmax temperature of both sides (``teacher_temperature`` overrides the
             teacher's).
         top_k: compare only the top ``k`` unmatched probabilities exactly (memory), None = all.
     """
 
-    beta: float = 1.0
+    beta: float = 0.5
+    matched: Literal["prefix", "token"] = "prefix"
     matched_weight: float = 1.0
     unmatched_weight: float = 1.0
     temperature: float = 1.0
@@ -44,21 +58,36 @@ class GOLD:
     def __post_init__(self) -> None:
         check_unit("beta", self.beta)
         check_temperature(self.temperature)
+        if self.matched not in ("prefix", "token"):
+            raise ConfigError(f"gold option matched={self.matched!r}; use 'prefix' or 'token'")
 
     def batch_source(self, step: int) -> BatchSource:
         return "student"
 
     def loss(self, student, rollout: Rollout, teacher_scores: TeacherScores | None) -> LossOutput:
-        from alignment.gold import gold_terms
-
         s_side, t_side, cross = cross_sides(
             student, rollout, teacher_scores, self.name, self.temperature, self.teacher_temperature
         )
         device = s_side.logits_B_T_V.device
-        terms = gold_terms(
-            s_side, t_side, cross.matched_student_ids_M.to(device),
-            cross.matched_teacher_ids_M.to(device), self.beta, top_k=self.top_k,
-        )  # fmt: skip
+        ms, mt = cross.matched_student_ids_M.to(device), cross.matched_teacher_ids_M.to(device)
+        if self.matched == "token":
+            from alignment.gold import gold_terms
+
+            terms = gold_terms(s_side, t_side, ms, mt, self.beta, top_k=self.top_k)
+        else:
+            from alignment.byte_marginal import byte_trie
+            from alignment.gold_prefix import gold_prefix_terms
+
+            if cross.student_tokenizer is None or cross.teacher_tokenizer is None:
+                raise ConfigError(
+                    "gold matched=prefix needs the tokenizers in the cross scores; score with "
+                    "onpolicy.teacher.LocalTeacher, or set matched=token"
+                )
+            s_trie = byte_trie(cross.student_tokenizer, s_side.logits_B_T_V.shape[-1])
+            t_trie = byte_trie(cross.teacher_tokenizer, t_side.logits_B_T_V.shape[-1])
+            terms = gold_prefix_terms(
+                s_side, t_side, s_trie, t_trie, ms, mt, self.beta, top_k=self.top_k
+            )
         mask = terms.mask_B_S
         matched = terms.matched_B_S[mask].sum()
         unmatched = terms.unmatched_B_S[mask].sum()

@@ -58,6 +58,8 @@ def score_cross(teacher: LocalTeacher, rollout: Rollout) -> TeacherScores:
         vocab_size=teacher.vocab_size,
         matched_student_ids_M=matched[0],
         matched_teacher_ids_M=matched[1],
+        student_tokenizer=s_tok,
+        teacher_tokenizer=t_tok,
     )
     return TeacherScores(
         mode="cross",

@@ -10,7 +10,7 @@ tokens.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -39,6 +39,8 @@ class CrossTeacherScores:
         vocab_size: the teacher tokenizer's size.
         matched_student_ids_M, matched_teacher_ids_M: vocabulary pairs spelling the same bytes
             (for the GOLD-style loss).
+        student_tokenizer, teacher_tokenizer: the two tokenizers (byte tables of the next-byte
+            and prefix-marginal losses); None when the scorer did not attach them.
     """
 
     prompt_ids_B: list[list[int]]
@@ -52,6 +54,8 @@ class CrossTeacherScores:
     vocab_size: int
     matched_student_ids_M: torch.Tensor
     matched_teacher_ids_M: torch.Tensor
+    student_tokenizer: Any = None
+    teacher_tokenizer: Any = None
 
 
 @dataclass

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import alignment.byte_marginal as bm
-from alignment.byte_marginal import byte_trie, next_byte_loss, next_byte_terms, trie_from_bytes
+from alignment.byte_loss import next_byte_loss, next_byte_terms
+from alignment.byte_marginal import byte_trie, trie_from_bytes
 from alignment.errors import AlignmentError
 from alignment.types import SideLogits
 
@@ -61,6 +62,11 @@ def _ref_dist(p: list[float], vocab: list[bytes], prefix: bytes) -> dict[int, ob
     return out
 
 
+def _normalized(d: dict) -> dict:
+    z = sum(d.values())
+    return {c: v / z for c, v in d.items()}
+
+
 def _ref_gjsd(s: dict, t: dict, beta: float):
     common = sorted(set(s) & set(t))
     if len(common) < 2:
@@ -79,37 +85,57 @@ def _ref_gjsd(s: dict, t: dict, beta: float):
     return total
 
 
+def _ref_events(logits, ids, spans, vocab):
+    """span -> [(probs of the row, token bytes, depth)], one per byte (or byte-less stop)."""
+    per_span: dict[int, list] = {}
+    span_bytes: dict[int, int] = {}
+    for tok, k in zip(ids, spans, strict=True):
+        span_bytes[k] = span_bytes.get(k, 0) + len(vocab[tok])
+    for t, (tok, k) in enumerate(zip(ids, spans, strict=True)):
+        w = vocab[tok]
+        if k < 0 or (not w and span_bytes[k]):
+            continue  # byte-less tokens count only as a byte-less span's stop
+        p = torch.softmax(logits[t - 1].double(), -1)
+        for d in range(max(len(w), 1)):
+            per_span.setdefault(k, []).append((p, w, d))
+    return per_span
+
+
+def _ref_student(p, w, d, vocab, teacher_at):
+    """The student's distribution at depth ``d`` of its token ``w`` (``alignment.byte_loss``):
+    ``teacher_at[i]`` is the teacher's normalized distribution at the token's ``i``-th byte."""
+    cont = _ref_dist(list(p), vocab, w[:d])
+    ends = [k for k in range(1, d + 1) if w[:k] in vocab]
+    if d == 0 or not ends:
+        return cont
+    k = max(ends)  # the longest token ending on the path
+    r = sum(pw for v, pw in zip(vocab, p, strict=True) if v == w[:k])
+    for i in range(k, d):
+        r = r * teacher_at[i][w[i]]
+    out = dict(cont)
+    for c, v in teacher_at[d].items():
+        if c not in cont:  # bytes the current token cannot go on with
+            out[c] = r * v
+    return out
+
+
 def _ref_loss(s_logits, t_logits, s_ids, t_ids, s_spans, t_spans, s_vocab, t_vocab, beta, inside):
     """Sum of the divergences, one Python loop per event (float64)."""
     total, count = 0.0, 0
     for b in range(len(s_ids)):
-        ev = []
-        for logits, ids, spans, vocab in (
-            (s_logits, s_ids, s_spans, s_vocab),
-            (t_logits, t_ids, t_spans, t_vocab),
-        ):
-            per_span: dict[int, list] = {}
-            span_bytes: dict[int, int] = {}
-            for tok, k in zip(ids[b], spans[b], strict=True):
-                span_bytes[k] = span_bytes.get(k, 0) + len(vocab[tok])
-            for t, (tok, k) in enumerate(zip(ids[b], spans[b], strict=True)):
-                w = vocab[tok]
-                if k < 0 or (not w and span_bytes[k]):
-                    continue  # byte-less tokens count only as a byte-less span's stop
-                p = torch.softmax(logits[b, t - 1].double(), -1)
-                for d in range(max(len(w), 1)):
-                    per_span.setdefault(k, []).append((p, w[:d], d))
-            ev.append(per_span)
-        for k in sorted(set(ev[0]) & set(ev[1])):
-            a, c = ev[0][k], ev[1][k]
-            if len(a) != len(c):
+        s_ev = _ref_events(s_logits[b], s_ids[b], s_spans[b], s_vocab)
+        t_ev = _ref_events(t_logits[b], t_ids[b], t_spans[b], t_vocab)
+        for k in sorted(set(s_ev) & set(t_ev)):
+            if len(s_ev[k]) != len(t_ev[k]):
                 continue
-            for (ps, us, ds), (pt, ut, dt) in zip(a, c, strict=True):
+            teacher_at: list[dict] = []
+            for (ps, ws, ds), (pt, wt, dt) in zip(s_ev[k], t_ev[k], strict=True):
+                t_dist = _normalized(_ref_dist(list(pt), t_vocab, wt[:dt]))
+                teacher_at = [t_dist] if ds == 0 else [*teacher_at, t_dist]
                 if not inside and (ds or dt):
                     continue
-                j = _ref_gjsd(
-                    _ref_dist(list(ps), s_vocab, us), _ref_dist(list(pt), t_vocab, ut), beta
-                )
+                s_dist = _ref_student(ps, ws, ds, s_vocab, teacher_at)
+                j = _ref_gjsd(s_dist, t_dist, beta)
                 if j is not None:
                     total, count = total + j, count + 1
     return total, count
@@ -191,9 +217,11 @@ def test_hand_computed_case_with_a_within_token_position():
     terms = next_byte_terms(s, t, trie_from_bytes(s_vocab), trie_from_bytes(t_vocab), 1.0)
     # byte 0: student (stop .1, a .2+.3+.1, b .3), teacher (.5, .25, .25); KL(student || teacher)
     kl0 = 0.1 * math.log(0.1 / 0.5) + 0.6 * math.log(0.6 / 0.25) + 0.3 * math.log(0.3 / 0.25)
-    # byte 1, inside the student's "ab" after "a": a <- "aa" .1, b <- "ab" .3 (renormalized);
-    # the teacher's (a .2, b .6) renormalized over the common {a, b}
-    kl1 = 0.25 * math.log(0.25 / 0.25) + 0.75 * math.log(0.75 / 0.75)
+    # byte 1, inside the student's "ab" after "a": the token goes on with a ("aa" .1) or b ("ab"
+    # .3); the other bytes (stop) come from the path that ended with the token "a" (.2), continued
+    # as the teacher does (stop .2): q = (.2 * .2, .1, .3) / .44 over (stop, a, b)
+    q1 = (0.04 / 0.44, 0.1 / 0.44, 0.3 / 0.44)
+    kl1 = sum(a * math.log(a / b) for a, b in zip(q1, (0.2, 0.2, 0.6), strict=True))
     assert terms.divergence_E.tolist() == pytest.approx([kl0, kl1], abs=1e-12)
     assert terms.exact_E.tolist() == [True, False]
     t_logits[0, 1] = torch.tensor(
@@ -201,7 +229,7 @@ def test_hand_computed_case_with_a_within_token_position():
     ).log()  # the teacher now prefers "a" after "a"
     s, t = _sides(s_logits, t_logits, [[1, 3]], [[1, 1, 2]], [[-1, 0]], [[-1, 0, 0]])
     terms = next_byte_terms(s, t, trie_from_bytes(s_vocab), trie_from_bytes(t_vocab), 1.0)
-    kl1 = 0.25 * math.log(0.25 / 0.75) + 0.75 * math.log(0.75 / 0.25)
+    kl1 = sum(a * math.log(a / b) for a, b in zip(q1, (0.2, 0.6, 0.2), strict=True))
     assert float(terms.divergence_E[1]) == pytest.approx(kl1, abs=1e-12)
     # the gradient moves the student's mass from "ab" towards "aa" at row 0
     terms.divergence_E[1].backward()

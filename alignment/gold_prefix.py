@@ -1,0 +1,156 @@
+"""GOLD-style loss whose matched vocabulary pairs compare the same events: prefix marginals.
+
+In ``alignment.gold`` (TRL's semantics) matched pair ``(s, t)`` compares the student's probability
+of the *token* ``s`` with the teacher's probability of the token ``t``. When the two tokens spell
+the same bytes ``beta_i`` these are still different events whenever either vocabulary has longer
+tokens starting with ``beta_i``: a char-level teacher's ``P("+")`` means "the text goes on with
+``+``", the BPE student's ``P("+")`` means "a bare ``+`` token" (its ``+4``, ``+0=1`` ... are the
+rest of that event). Here each side's pair value is the *prefix marginal* at the span start
+
+    M(beta_i) = sum_{w : bytes(w) starts with beta_i} P(w)
+
+(for a one-byte ``beta_i`` the exact next-byte marginal, ``alignment.byte_marginal``; a byte-less
+special such as the end of turn is its own token). Both sides are at a token boundary at a span
+start, so the first anchor rows are used, without the chain-rule scale of the span's other tokens:
+a span where the student went off-track (teacher span log-probability -10 .. -22) then weighs no
+more than any other, and with ``0 < beta < 1`` each span's term is bounded. The pairs' values are
+positive measures (they need not sum to 1); the generalized JSD uses the positive-measure KL
+``sum p log(p/q) - p + q`` as in ``alignment.gold``. The unmatched part is ``alignment.gold``'s
+ULD (bounded by 2 per span).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from alignment.byte_marginal import CHUNK_ELEMS, ByteTrie
+from alignment.gold import gold_terms
+from alignment.spans_math import Anchor, count_spans, span_anchor_positions
+from alignment.types import SideLogits, SpanLossTerms
+from alignment.uld import Reduction, reduce_rows
+
+
+def prefix_logmass(
+    logits_N_V: torch.Tensor,
+    rows_R: torch.Tensor,
+    trie: ByteTrie,
+    ids_M: torch.Tensor,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """float64 [R, M] ``log M(bytes(ids_M[i]))`` under ``softmax(logits[rows_R[r]] / tau)``.
+
+    Sums over the sorted range of tokens extending the pair's bytes (a float64 cumulative sum,
+    differences clamped at 0); byte-less ids give their own probability. Differentiable,
+    checkpointed a chunk of rows at a time."""
+    dev = logits_N_V.device
+    rank = trie.rank_V.to(dev)[ids_M]
+    length = trie.length_V.to(dev)[ids_M]
+    lo = trie.lo_L_V.to(dev)[length, rank].long()
+    hi = trie.hi_L_V.to(dev)[length, rank].long()
+    perm = trie.perm_V.to(dev)
+    chunk = max(1, CHUNK_ELEMS // max(trie.vocab_size, 1))
+    out = []
+    for s in range(0, max(rows_R.shape[0], 1), chunk):
+        args = (logits_N_V, rows_R[s : s + chunk], perm, ids_M, length, lo, hi, temperature)
+        fn = _chunk_prefix
+        out.append(
+            checkpoint(fn, *args, use_reentrant=False) if logits_N_V.requires_grad else fn(*args)
+        )
+    return torch.cat(out)
+
+
+def _chunk_prefix(logits_N_V, rows, perm, ids_M, length, lo, hi, temperature):
+    z = logits_N_V.index_select(0, rows).double()
+    if temperature != 1.0:
+        z = z / temperature
+    logp = torch.log_softmax(z, dim=-1)
+    c = torch.nn.functional.pad(torch.cumsum(logp.exp().index_select(1, perm), 1), (1, 0))
+    ranged = (c.index_select(1, hi) - c.index_select(1, lo)).clamp(min=0.0)
+    own = logp.index_select(1, ids_M).exp()
+    return torch.log(torch.where(length == 0, own, ranged))
+
+
+def gjsd_measure(la: torch.Tensor, lb: torch.Tensor, beta: float) -> torch.Tensor:
+    """[...] generalized JSD of positive measures ``exp(la)``, ``exp(lb)`` over the last axis
+    (``alignment.gold``'s convention; zero masses count 0, with finite gradients)."""
+    a_pos, b_pos = la > -math.inf, lb > -math.inf
+    zero = torch.zeros((), dtype=la.dtype)
+    la, lb = torch.where(a_pos, la, zero), torch.where(b_pos, lb, zero)
+    a, b = torch.where(a_pos, la.exp(), zero), torch.where(b_pos, lb.exp(), zero)
+
+    def kl(lp, p, p_pos, lq, q):  # sum p log(p / q) - p + q
+        return (torch.where(p_pos, p * (lp - lq), zero) - p + q).sum(-1)
+
+    if beta == 0.0:
+        return kl(lb, b, b_pos, la, a)
+    if beta == 1.0:
+        return kl(la, a, a_pos, lb, b)
+    m = beta * b + (1 - beta) * a
+    lm = torch.log(torch.where(m > 0, m, torch.ones((), dtype=m.dtype)))
+    return beta * kl(lb, b, b_pos, lm, m) + (1 - beta) * kl(la, a, a_pos, lm, m)
+
+
+def gold_prefix_terms(
+    student: SideLogits,
+    teacher: SideLogits,
+    student_trie: ByteTrie,
+    teacher_trie: ByteTrie,
+    matched_student_ids_M: torch.Tensor,
+    matched_teacher_ids_M: torch.Tensor,
+    beta: float = 0.5,
+    top_k: int | None = None,
+) -> SpanLossTerms:
+    """Per-span matched (GJSD of prefix marginals at the span start) and unmatched (ULD, as in
+    ``alignment.gold.gold_terms``) terms; [B, S], zero where ``mask_B_S`` is False."""
+    anchor: Anchor = "first"
+    base = gold_terms(
+        student, teacher, matched_student_ids_M, matched_teacher_ids_M, beta, anchor, top_k
+    )
+    S = max(count_spans(student.span_B_T), count_spans(teacher.span_B_T))
+    mask = base.mask_B_S
+    sel = mask.reshape(-1).nonzero().squeeze(1)
+    logs = []
+    for side, trie, ids in (
+        (student, student_trie, matched_student_ids_M),
+        (teacher, teacher_trie, matched_teacher_ids_M),
+    ):
+        B, T, V = side.logits_B_T_V.shape
+        pos, _ = span_anchor_positions(side.span_B_T.long(), anchor, S)
+        rows = (torch.arange(B, device=pos.device)[:, None] * T + pos - 1).reshape(-1)[sel]
+        logits = side.logits_B_T_V.reshape(-1, V)
+        if side is teacher:
+            logits = logits.detach()
+        logs.append(prefix_logmass(logits, rows, trie, ids.long(), side.temperature))
+    matched_R = gjsd_measure(logs[0], logs[1], beta).to(base.unmatched_B_S.dtype)
+    zeros = torch.zeros(mask.numel(), dtype=matched_R.dtype, device=mask.device)
+    return SpanLossTerms(
+        matched_B_S=zeros.index_put((sel,), matched_R).reshape(mask.shape),
+        unmatched_B_S=base.unmatched_B_S,
+        mask_B_S=mask,
+    )
+
+
+def gold_prefix_loss(
+    student: SideLogits,
+    teacher: SideLogits,
+    student_trie: ByteTrie,
+    teacher_trie: ByteTrie,
+    matched_student_ids_M: torch.Tensor,
+    matched_teacher_ids_M: torch.Tensor,
+    beta: float = 0.5,
+    matched_weight: float = 1.0,
+    unmatched_weight: float = 1.0,
+    top_k: int | None = None,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    """``matched_weight * GJSD(prefix marginals) + unmatched_weight * ULD`` per span, reduced
+    (``mean`` over spans with tokens on both sides, ``sum``, ``none``)."""
+    terms = gold_prefix_terms(
+        student, teacher, student_trie, teacher_trie, matched_student_ids_M,
+        matched_teacher_ids_M, beta, top_k,
+    )  # fmt: skip
+    per_span = matched_weight * terms.matched_B_S + unmatched_weight * terms.unmatched_B_S
+    return reduce_rows(per_span, terms.mask_B_S, reduction)

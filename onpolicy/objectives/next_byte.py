@@ -1,0 +1,77 @@
+"""The ``next_byte`` objective: on-policy distillation across tokenizers on next-byte marginals.
+
+At every byte of the student's completion (``alignment.byte_marginal``) each model's next-token
+distribution is projected onto the next byte: exactly where the model is at a token boundary (for
+both at every span start, and at the stop), and as the within-token conditional (the tokens that
+extend the bytes already written) inside a token. The two 257-class distributions (256 bytes + a
+stop class) are compared with the generalized JSD (``beta``; bounded for ``0 < beta < 1``, so
+positions where the student went off-track cannot dominate). No vocabulary map is needed and the
+comparison is independent of how either side splits the text.
+
+Counted units (``LossOutput.num_tokens``) are the compared byte positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from onpolicy.errors import ConfigError
+from onpolicy.objectives.base import BatchSource, LossOutput, register_objective
+from onpolicy.objectives.common import check_temperature, check_unit
+from onpolicy.objectives.cross import cross_sides
+from onpolicy.teacher.types import TeacherScores
+from onpolicy.types import Rollout
+
+
+@register_objective("next_byte")
+@dataclass
+class NextByte:
+    """Generalized JSD between next-byte distributions on the student's own samples.
+
+    Attributes:
+        beta: generalized JSD coefficient (0 = forward KL(teacher||student), 1 = reverse KL;
+            0.5 by default: bounded per position).
+        within_tokens: also compare inside tokens (the within-token conditional); False keeps the
+            positions where both sides are at a token boundary (exact marginals only).
+        temperature: softmax temperature of both sides (``teacher_temperature`` overrides the
+            teacher's).
+    """
+
+    beta: float = 0.5
+    within_tokens: bool = True
+    temperature: float = 1.0
+    teacher_temperature: float | None = None
+
+    name: ClassVar[str] = "next_byte"
+    needs_teacher: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        check_unit("beta", self.beta)
+        check_temperature(self.temperature)
+
+    def batch_source(self, step: int) -> BatchSource:
+        return "student"
+
+    def loss(self, student, rollout: Rollout, teacher_scores: TeacherScores | None) -> LossOutput:
+        from alignment.byte_loss import next_byte_terms
+        from alignment.byte_marginal import byte_trie
+
+        s_side, t_side, cross = cross_sides(
+            student, rollout, teacher_scores, self.name, self.temperature, self.teacher_temperature
+        )
+        if cross.student_tokenizer is None or cross.teacher_tokenizer is None:
+            raise ConfigError(
+                "objective 'next_byte' needs the tokenizers in the cross scores; score with "
+                "onpolicy.teacher.LocalTeacher (mode cross)"
+            )
+        s_trie = byte_trie(cross.student_tokenizer, s_side.logits_B_T_V.shape[-1])
+        t_trie = byte_trie(cross.teacher_tokenizer, t_side.logits_B_T_V.shape[-1])
+        terms = next_byte_terms(s_side, t_side, s_trie, t_trie, self.beta, self.within_tokens)
+        loss_sum = terms.divergence_E.sum()
+        n = int(terms.divergence_E.shape[0])
+        metrics = {
+            "next_byte/divergence_sum": float(loss_sum.detach()),
+            "next_byte/exact_share": float(terms.exact_E.float().mean()) if n else 0.0,
+        }
+        return LossOutput(loss_sum=loss_sum, num_tokens=n, metrics=metrics)

@@ -166,22 +166,45 @@ def mixed_precision(requested: str) -> str:
     return requested
 
 
+def _load_models(config: Config, accelerator: Any) -> tuple:
+    """``(student, tokenizer, full copy, objective, LocalTeacher, teacher model, teacher tok)``.
+
+    FSDP / DeepSpeed ZeRO-3 shard the student in place in ``prepare``: then ``full`` is an
+    unsharded ``FullCopy`` for rollouts, evaluation and saving (else None), a self-distillation
+    teacher reads it, and every model is loaded whole (the teacher is never sharded)."""
+    from onpolicy.trainer.sharding import (
+        FullCopy,
+        adopt_cpu_fsdp,
+        configure_deepspeed,
+        keep_models_whole,
+    )
+
+    t = config.train
+    sharded = adopt_cpu_fsdp(accelerator)
+    sharded |= configure_deepspeed(accelerator, t.micro_batch_size, t.grad_accum)
+    keep_models_whole(accelerator)
+    model, tokenizer = load_student(config, accelerator.device)
+    full = FullCopy(model) if sharded else None
+    objective = build_objective(config)
+    teacher = teacher_model = teacher_tok = None
+    if objective.needs_teacher or config.teacher.path is not None or config.teacher.mode == "self":
+        student = model if full is None else full.model
+        teacher, teacher_model, teacher_tok = load_teacher(
+            config, student, tokenizer, accelerator.device
+        )
+    return model, tokenizer, full, objective, teacher, teacher_model, teacher_tok
+
+
 def build_components(config: Config, accelerator: Any) -> Components:
     """Load everything and ``prepare`` the student and optimizer (the scheduler is registered for
     checkpointing, not prepared: accelerate would step it once per process)."""
     from onpolicy.chat import end_of_turn_token_id
     from onpolicy.rollout.base import make_backend
-    from onpolicy.trainer.sharding import FullCopy, FullCopyBackend, adopt_cpu_fsdp
+    from onpolicy.trainer.sharding import FullCopyBackend
 
-    sharded = adopt_cpu_fsdp(accelerator)  # FSDP: the student is sharded in place by prepare
-    model, tokenizer = load_student(config, accelerator.device)
-    full = FullCopy(model) if sharded else None  # unsharded copy: rollouts, eval, saving
-    objective = build_objective(config)
-    teacher = teacher_model = teacher_tok = None
-    if objective.needs_teacher or config.teacher.path is not None or config.teacher.mode == "self":
-        teacher, teacher_model, teacher_tok = load_teacher(
-            config, model if full is None else full.model, tokenizer, accelerator.device
-        )
+    model, tokenizer, full, objective, teacher, teacher_model, teacher_tok = _load_models(
+        config, accelerator
+    )
     optimizer = build_optimizer(model, config.optim)
     scheduler = build_scheduler(optimizer, config.optim, config.train.steps)
     prepared, optimizer = accelerator.prepare(model, optimizer)
@@ -190,7 +213,7 @@ def build_components(config: Config, accelerator: Any) -> Components:
     extra = config.rollout.vllm if config.rollout.backend != "hf" else {}
     backend = make_backend(config.rollout.backend, model=raw, tokenizer=tokenizer, **extra)
     if full is not None:
-        full.attach(prepared)
+        full.attach(accelerator.unwrap_model(prepared))  # the DeepSpeed engine's module
         full.refresh()
         accelerator.register_for_checkpointing(full)  # refreshed when a checkpoint loads
         backend = FullCopyBackend(backend, full)

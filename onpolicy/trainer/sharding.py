@@ -31,8 +31,11 @@ from onpolicy.errors import ConfigError
 
 
 def no_accelerator_device() -> bool:
-    """True when torch sees no accelerator (CUDA, XPU, MPS, ...): the run is CPU-only."""
-    return torch.accelerator.current_accelerator() is None
+    """True when torch sees no accelerator (CUDA, XPU, MPS, ...) and the launcher did not ask
+    for DeepSpeed (which sets up its own CPU accelerator and gloo group): build the
+    ``Accelerator`` with ``cpu=True``."""
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    return torch.accelerator.current_accelerator() is None and not deepspeed
 
 
 def fsdp_requested() -> bool:
@@ -75,6 +78,69 @@ def check_fsdp_config(accelerator: Any) -> None:
         )
 
 
+def is_deepspeed(accelerator: Any) -> bool:
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.DEEPSPEED
+
+
+def configure_deepspeed(accelerator: Any, micro_batch_size: int, grad_accum: int) -> bool:
+    """Fill what accelerate's DeepSpeed ``prepare`` needs without a dataloader, and refuse what
+    the loop cannot do under DeepSpeed. Returns True when the run uses ZeRO stage 3 (partitioned
+    parameters: rollouts need ``FullCopy``). Call before ``accelerator.prepare``.
+
+    accelerate runs ``engine.step()`` inside every ``accelerator.backward`` (``no_sync`` is a no-op
+    under ZeRO >= 2), so one optimizer step must be one backward: ``train.grad_accum`` 1 and
+    DeepSpeed's ``gradient_accumulation_steps`` 1 (raise ``train.micro_batch_size`` instead)."""
+    if not is_deepspeed(accelerator):
+        return False
+    _fix_cpu_deepspeed_ranks(accelerator)
+    plugin = accelerator.state.deepspeed_plugin
+    ds = plugin.deepspeed_config
+    if grad_accum != 1 or ds.get("gradient_accumulation_steps", 1) not in (1, "auto"):
+        raise ConfigError(
+            "under DeepSpeed one optimizer step must be one backward: set train.grad_accum=1 and "
+            "deepspeed gradient_accumulation_steps: 1 (raise train.micro_batch_size instead)"
+        )
+    ds["gradient_accumulation_steps"] = 1
+    if ds.get("train_micro_batch_size_per_gpu", "auto") == "auto":
+        ds["train_micro_batch_size_per_gpu"] = micro_batch_size
+    return int(ds.get("zero_optimization", {}).get("stage", 0)) == 3
+
+
+def _fix_cpu_deepspeed_ranks(accelerator: Any) -> None:
+    """On a machine without an accelerator, accelerate starts DeepSpeed's (gloo) process group but
+    records one process of rank 0 everywhere (it finds no backend name): every process would act
+    as the main one. Record the group's real size and ranks."""
+    import torch.distributed as dist
+    from accelerate.state import PartialState
+
+    if accelerator.state.backend is not None or not dist.is_initialized():
+        return
+    fixed = {
+        "backend": dist.get_backend(),
+        "num_processes": dist.get_world_size(),
+        "process_index": dist.get_rank(),
+        "local_process_index": int(os.environ.get("LOCAL_RANK", dist.get_rank())),
+    }
+    for state in (PartialState(), accelerator.state):
+        for key, value in fixed.items():
+            setattr(state, key, value)
+
+
+def keep_models_whole(accelerator: Any) -> None:
+    """Under DeepSpeed ZeRO-3, stop transformers from treating models as ZeRO-3 ones for the rest
+    of the run. accelerate registers the ZeRO-3 config with transformers, which then partitions
+    every model at load (the teacher and the rollout copy too, useless without DeepSpeed's hooks)
+    and makes ``generate`` synchronize all processes at every token (evaluation runs on the main
+    process alone: it would wait forever). The student is partitioned by ``prepare`` instead."""
+    if not is_deepspeed(accelerator):
+        return
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+
+
 class FullCopy:
     """An unsharded copy of a student that FSDP shards in place.
 
@@ -97,17 +163,20 @@ class FullCopy:
     @torch.no_grad()
     def refresh(self) -> None:
         """Copy the sharded student's trainable parameters into the full copy (collective)."""
-        from torch.distributed.tensor import DTensor
-
         if self._sharded is None:
             raise RuntimeError("FullCopy.refresh before attach()")
         mine = dict(self.model.named_parameters())
         wanted = set(self._trainable)
+        done = 0
         for name, p in self._sharded.named_parameters():
-            if name not in wanted:
-                continue
-            full = p.full_tensor() if isinstance(p, DTensor) else p
-            mine[name].copy_(full.to(mine[name].dtype))
+            if name in wanted:
+                _copy_full(p, mine[name])
+                done += 1
+        if done != len(wanted):
+            raise RuntimeError(
+                f"FullCopy: {done} of {len(wanted)} trainable parameters found in the sharded "
+                "student (attach the unwrapped module)"
+            )
 
     # accelerate's checkpoint protocol (register_for_checkpointing)
     def state_dict(self) -> dict[str, int]:
@@ -115,6 +184,22 @@ class FullCopy:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.refresh()
+
+
+def _copy_full(p: torch.Tensor, into: torch.Tensor) -> None:
+    """The whole of a sharded parameter (FSDP2 ``DTensor`` or ZeRO-3 partition) into ``into``;
+    collective for sharded parameters."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(p, DTensor):
+        into.copy_(p.full_tensor().to(into.dtype))
+    elif hasattr(p, "ds_id"):  # a DeepSpeed ZeRO-3 partitioned parameter
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([p]):
+            into.copy_(p.data.to(into.dtype))
+    else:
+        into.copy_(p.to(into.dtype))
 
 
 class FullCopyBackend:

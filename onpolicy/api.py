@@ -102,23 +102,22 @@ def completion_rollout(
     its prompt, and ends with the template's end-of-turn token (or EOS) when ``end_with_turn_end``,
     so the student also learns to stop. ``sampling_logprobs_B`` are NaN (no engine sampled them).
     """
+    from onpolicy.trainer.sources import text_rollout
+
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
     stop = end_of_turn_token_id(tokenizer)
     stop = tokenizer.eos_token_id if stop is None else stop
-    prompt_ids = render_prompts(tokenizer, prompts)
-    comp_ids = []
-    for text in completions:
-        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-        comp_ids.append([*ids, stop] if end_with_turn_end and stop is not None else ids)
-    return Rollout(
-        prompts=list(prompts),
-        prompt_index_B=list(range(len(prompts))),
-        prompt_ids_B=prompt_ids,
-        completion_ids_B=comp_ids,
-        sampling_logprobs_B=[[float("nan")] * len(c) for c in comp_ids],
-        finish_reason_B=["stop" if end_with_turn_end else "length"] * len(prompts),
-        texts_B=list(completions),
+    n = len(prompts)
+    return text_rollout(
+        list(prompts),
+        list(range(n)),
+        render_prompts(tokenizer, prompts),
+        list(completions),
+        [end_with_turn_end] * n,
+        tokenizer,
+        stop,
+        allow_empty=True,
     )
 
 

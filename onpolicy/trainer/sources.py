@@ -223,18 +223,20 @@ def text_rollout(
     ended_B: list[bool],
     tokenizer: Any,
     end_id: int | None,
+    allow_empty: bool = False,
 ) -> Rollout:
     """Completion texts tokenized by the student (+ ``end_id`` where the completion ended).
 
     The sampling logprobs are unknown for text that the student did not sample: NaN, so that
-    any objective that needs them fails loudly instead of using a made-up value.
+    any objective that needs them fails loudly instead of using a made-up value. An empty
+    completion is a ``DataError`` unless ``allow_empty``.
     """
     ids_B = []
     for text, ended in zip(texts_B, ended_B, strict=True):
         ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
         if ended and end_id is not None:
             ids.append(end_id)
-        if not ids:
+        if not ids and not allow_empty:
             raise DataError("a completion is empty after tokenization; drop empty completions")
         ids_B.append(ids)
     return Rollout(

@@ -16,6 +16,7 @@ from trainer_configs import base_raw
 
 from onpolicy.config import apply_overrides, from_dict
 from onpolicy.trainer import train
+from onpolicy.trainer.metrics_log import read_metrics
 
 
 @pytest.mark.slow
@@ -43,6 +44,11 @@ def test_two_processes_match_one(tmp_path):
     two_losses = losses(tmp_path / "two")
     assert len(two_losses) == 2
     assert two_losses == pytest.approx(losses(tmp_path / "one"), rel=1e-6)
+    # logged metrics are global values under DDP: rank 0 logs what one process sees on all prompts
+    two_records, one_records = (read_metrics(tmp_path / d) for d in ("two", "one"))
+    for key in ("diag/completion_length", "diag/truncated_share", "diag/repetition_rate",
+                "train/student_gen_tokens", "train/teacher_tokens", "divergence_sum"):  # fmt: skip
+        assert [r[key] for r in two_records] == pytest.approx([r[key] for r in one_records]), key
     a = load_file(str(tmp_path / "one" / "final" / "model.safetensors"))
     b = load_file(str(tmp_path / "two" / "final" / "model.safetensors"))
     for k in a:

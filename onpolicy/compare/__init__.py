@@ -1,10 +1,11 @@
 """The comparison harness: ``onpolicy compare --config configs/compare/<task>.yaml`` and the
 quickstart (``onpolicy quickstart`` / ``examples/quickstart.py``).
 
-Every method trains from the same student initialization with the same optimizer, number of
-optimizer steps and prompts per step, is evaluated on the same held-out prompts, and reports its
-compute; see ``run.py`` (jobs), ``methods.py`` (the loop), ``evaluate.py`` (metrics) and
-``report.py`` (table, JSON, plots).
+Every method trains from the same student initialization through ``onpolicy.trainer.train`` (the
+one training loop) with the same optimizer, number of optimizer steps and prompts per step, is
+evaluated on the same held-out prompts, and reports the compute the trainer counted; see
+``run.py`` (jobs), ``methods.py`` (methods -> trainer configs), ``evaluate.py`` (metrics),
+``trl_sft.py`` (the peer: TRL's ``SFTTrainer``) and ``report.py`` (table, JSON, plots).
 """
 
 from __future__ import annotations

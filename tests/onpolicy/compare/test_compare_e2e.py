@@ -58,6 +58,14 @@ def test_tiny_compare_end_to_end(tiny_cache, tmp_path, monkeypatch):
     assert jobs["sft"]["budget"]["student_gen_tokens"] == 0
     assert jobs["sft"]["budget"]["teacher_tokens"] > 0
     assert jobs["untouched"]["budget"]["student_train_tokens"] == 0
-    assert len(jobs["sft"]["losses"]) == 2
+    assert len(jobs["sft"]["losses"]) == 2 and len(jobs["reverse_kl"]["losses"]) == 2
+    # every method ran through the trainer: its run folder holds the log and the student, and the
+    # budget is what the trainer's steps logged (plus the fixed teacher samples drawn up front)
+    run = tmp_path / "out" / "runs" / "reverse_kl-seed0"
+    steps = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert (run / "final").is_dir() and not (run / "checkpoints").exists()
+    budget = jobs["reverse_kl"]["budget"]
+    assert budget["student_gen_tokens"] == sum(r["train/student_gen_tokens"] for r in steps)
+    assert budget["teacher_tokens"] == sum(r["train/teacher_tokens"] for r in steps)
     assert "| broken | failed |" in paths["markdown"].read_text()
     assert paths["plot"].stat().st_size > 1000

@@ -41,6 +41,7 @@ from onpolicy.trainer.sources import completions_for
 from onpolicy.trainer.step_metrics import (
     ComputeBudget,
     StepTally,
+    add_tallies,
     combine,
     gather_tallies,
     global_budget,
@@ -92,13 +93,13 @@ def train_step(
     """One optimizer step over this process's micro-batches (see the module docstring)."""
     source = c.objective.batch_source(step)
     start = time.perf_counter()
-    tally = StepTally()
-    rollouts = []
-    for prompts in micro_batches:
-        rollout, spent = make_rollout(c, source, prompts)
-        rollouts.append(rollout)
-        tally.budget = tally.budget.add(spent)
-    tally.times["train/rollout_seconds"] = time.perf_counter() - start
+    made = [make_rollout(c, source, prompts) for prompts in micro_batches]
+    rollouts = [r for r, _ in made]
+    spent = ComputeBudget()
+    for _, b in made:
+        spent = spent.add(b)
+    rollout_seconds = time.perf_counter() - start
+    tallies = [StepTally(budget=spent, times={"train/rollout_seconds": rollout_seconds})]
     local_tokens = sum(len(x) for r in rollouts for x in r.completion_ids_B)
     n_global = int(_reduce(accelerator, [local_tokens])[0])
     loss, n_counted, applied, nonfinite, extra = 0.0, 0, False, False, {}
@@ -106,16 +107,18 @@ def train_step(
         # global normalization: each loss SUM is divided by the global token count N; DDP then
         # averages the processes' gradients, so multiply by the process count to undo that average
         scale = accelerator.num_processes / n_global
-        local = _backward_all(c, rollouts, scale, accelerator, tally)
+        local, trained = _backward_all(c, rollouts, scale, accelerator)
+        tallies.append(trained)
         loss_sum, counted, n_bad = _reduce(accelerator, local)
         n_counted = int(counted)
         applied, extra = _apply_update(c, accelerator, n_bad, counted, n_global, grad_clip)
         nonfinite = not applied
         loss = loss_sum / max(counted, 1.0) if applied else float("nan")
         if applied:  # per-process values (seconds), averaged over processes like the others
-            tally_components(tally, c.backend.sync_weights(c.raw_model, step + 1))
-    tally.budget.seconds = time.perf_counter() - start
-    tallies = gather_tallies(accelerator, tally)
+            synced = c.backend.sync_weights(c.raw_model, step + 1)
+            tallies.append(StepTally(times={k: float(v) for k, v in synced.items()}))
+    tallies.append(StepTally(budget=ComputeBudget(seconds=time.perf_counter() - start)))
+    tallies = gather_tallies(accelerator, add_tallies(tallies))
     metrics = {**combine(tallies), **extra, "train/on_policy": float(source == "student")}
     return StepResult(loss, n_counted, applied, nonfinite, metrics, global_budget(tallies))
 
@@ -147,11 +150,12 @@ def _apply_update(
 
 
 def _backward_all(
-    c: Components, rollouts: list[Any], scale: float, accelerator: Any, tally: StepTally
-) -> list[float]:
-    """Score, loss and backward (``loss_sum * scale``) per micro-batch; adds each micro-batch to
-    ``tally`` and returns this process's ``[loss_sum, counted tokens, non-finite losses]``."""
+    c: Components, rollouts: list[Any], scale: float, accelerator: Any
+) -> tuple[list[float], StepTally]:
+    """Score, loss and backward (``loss_sum * scale``) per micro-batch; returns this process's
+    ``[loss_sum, counted tokens, non-finite losses]`` and its tally of the micro-batches."""
     local = [0.0, 0.0, 0.0]  # [loss_sum, counted tokens, non-finite losses]
+    tally = StepTally()
     for i, rollout in enumerate(rollouts):
         scores = c.teacher.score(rollout) if c.objective.needs_teacher else None
         last = i == len(rollouts) - 1
@@ -173,7 +177,7 @@ def _backward_all(
             tally.budget.teacher_tokens += _teacher_positions(rollout, scores)
             tally_alignment(tally, scores)
         tally_components(tally, rollout.metrics, out.metrics, scores.metrics if scores else {})
-    return local
+    return local, tally
 
 
 def _teacher_positions(rollout: Any, scores: Any) -> int:

@@ -129,20 +129,25 @@ def tally_alignment(tally: StepTally, scores: Any) -> None:
         tally.alignable_tokens += len(span_Ts)
 
 
-def combine(tallies: Sequence[StepTally]) -> dict[str, float]:
-    """The step's global metrics from every process's tally (see the module docstring)."""
-    world = len(tallies)
+def add_tallies(tallies: Sequence[StepTally]) -> StepTally:
+    """The field-by-field sum of ``tallies`` (a new object; ``times`` are summed too)."""
     total = StepTally()
     for t in tallies:
         for f in fields(StepTally):
-            if f.name in ("budget", "sums", "times"):
-                continue
-            setattr(total, f.name, getattr(total, f.name) + getattr(t, f.name))
+            if f.name not in ("budget", "sums", "times"):
+                setattr(total, f.name, getattr(total, f.name) + getattr(t, f.name))
         total.budget = total.budget.add(t.budget)
-        for key, value in t.sums.items():
-            total.sums[key] = total.sums.get(key, 0.0) + value
-        for key, value in t.times.items():  # per-process times: mean over processes
-            total.times[key] = total.times.get(key, 0.0) + value / world
+        for into, src in ((total.sums, t.sums), (total.times, t.times)):
+            for key, value in src.items():
+                into[key] = into.get(key, 0.0) + value
+    return total
+
+
+def combine(tallies: Sequence[StepTally]) -> dict[str, float]:
+    """The step's global metrics from every process's tally (see the module docstring)."""
+    world = len(tallies)
+    total = add_tallies(tallies)
+    total.times = {k: v / world for k, v in total.times.items()}  # per-process: mean
     seconds = total.budget.seconds / world
     rows = max(total.rows, 1)
     out = {

@@ -101,22 +101,24 @@ def _ref_events(logits, ids, spans, vocab):
     return per_span
 
 
-def _ref_student(p, w, d, vocab, teacher_at):
-    """The student's distribution at depth ``d`` of its token ``w`` (``alignment.byte_loss``):
-    ``teacher_at[i]`` is the teacher's normalized distribution at the token's ``i``-th byte."""
-    cont = _ref_dist(list(p), vocab, w[:d])
+def _ref_inside(p, w, d, vocab, teacher_at):
+    """Both sides' distributions at depth ``d`` of the student's token ``w`` (``alignment.
+    byte_loss``); ``teacher_at[i]``: the teacher's distribution at the token's ``i``-th byte."""
+    cont, t = _ref_dist(list(p), vocab, w[:d]), teacher_at[d]
+    if d == 0:
+        return cont, t
+    t_in = {c: v for c, v in t.items() if c in cont}
+    rest = [v for c, v in t.items() if c not in cont]
+    if rest:  # 256: the bytes (or stop) the token cannot go on with
+        t_in[256] = sum(rest)
     ends = [k for k in range(1, d + 1) if w[:k] in vocab]
-    if d == 0 or not ends:
-        return cont
+    if not ends:
+        return cont, t_in
     k = max(ends)  # the longest token ending on the path
     r = sum(pw for v, pw in zip(vocab, p, strict=True) if v == w[:k])
     for i in range(k, d):
         r = r * teacher_at[i][w[i]]
-    out = dict(cont)
-    for c, v in teacher_at[d].items():
-        if c not in cont:  # bytes the current token cannot go on with
-            out[c] = r * v
-    return out
+    return {**cont, 256: r}, t_in
 
 
 def _ref_loss(s_logits, t_logits, s_ids, t_ids, s_spans, t_spans, s_vocab, t_vocab, beta, inside):
@@ -134,8 +136,7 @@ def _ref_loss(s_logits, t_logits, s_ids, t_ids, s_spans, t_spans, s_vocab, t_voc
                 teacher_at = [t_dist] if ds == 0 else [*teacher_at, t_dist]
                 if not inside and (ds or dt):
                     continue
-                s_dist = _ref_student(ps, ws, ds, s_vocab, teacher_at)
-                j = _ref_gjsd(s_dist, t_dist, beta)
+                j = _ref_gjsd(*_ref_inside(ps, ws, ds, s_vocab, teacher_at), beta)
                 if j is not None:
                     total, count = total + j, count + 1
     return total, count
@@ -218,9 +219,9 @@ def test_hand_computed_case_with_a_within_token_position():
     # byte 0: student (stop .1, a .2+.3+.1, b .3), teacher (.5, .25, .25); KL(student || teacher)
     kl0 = 0.1 * math.log(0.1 / 0.5) + 0.6 * math.log(0.6 / 0.25) + 0.3 * math.log(0.3 / 0.25)
     # byte 1, inside the student's "ab" after "a": the token goes on with a ("aa" .1) or b ("ab"
-    # .3); the other bytes (stop) come from the path that ended with the token "a" (.2), continued
-    # as the teacher does (stop .2): q = (.2 * .2, .1, .3) / .44 over (stop, a, b)
-    q1 = (0.04 / 0.44, 0.1 / 0.44, 0.3 / 0.44)
+    # .3); any other byte (here the stop, class 256) needs the token "a" to end there (.2): the
+    # student (other .2, a .1, b .3) / .6 against the teacher's (stop .2, a .2, b .6)
+    q1 = (0.2 / 0.6, 0.1 / 0.6, 0.3 / 0.6)
     kl1 = sum(a * math.log(a / b) for a, b in zip(q1, (0.2, 0.2, 0.6), strict=True))
     assert terms.divergence_E.tolist() == pytest.approx([kl0, kl1], abs=1e-12)
     assert terms.exact_E.tolist() == [True, False]

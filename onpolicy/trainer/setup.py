@@ -177,8 +177,10 @@ def _load_models(config: Config, accelerator: Any) -> tuple:
         adopt_cpu_fsdp,
         configure_deepspeed,
         keep_models_whole,
+        quiet_deepspeed_on_cpu,
     )
 
+    quiet_deepspeed_on_cpu()
     t = config.train
     sharded = adopt_cpu_fsdp(accelerator)
     sharded |= configure_deepspeed(accelerator, t.micro_batch_size, t.grad_accum)

@@ -38,6 +38,15 @@ def no_accelerator_device() -> bool:
     return torch.accelerator.current_accelerator() is None and not deepspeed
 
 
+def quiet_deepspeed_on_cpu() -> None:
+    """Where DeepSpeed is installed, accelerate imports it (``unwrap_model``), and DeepSpeed warns
+    on stdout that it falls back to its CPU accelerator, which corrupts the CLI's JSON on stdout.
+    Without an accelerator, name that choice (``DS_ACCELERATOR=cpu``, logged at info level only);
+    a value the user set is kept."""
+    if torch.accelerator.current_accelerator() is None:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
 def fsdp_requested() -> bool:
     """The launcher asked for FSDP (``distributed_type: FSDP`` in the accelerate config)."""
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"

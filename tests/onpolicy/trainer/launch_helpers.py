@@ -37,14 +37,25 @@ def launch_env() -> dict[str, str]:
     return {**os.environ, "PATH": path, "OMP_NUM_THREADS": "1"}
 
 
-def train_under_accelerate(config_name: str, run_yaml: Path, timeout: int = 300) -> str:
-    """``accelerate launch --config_file configs/accelerate/<config_name> -m onpolicy.cli train
-    --config <run_yaml>`` from the repository root; returns stderr; raises on a non-zero exit."""
+def ddp_launch_args() -> list[str]:
+    """Two data-parallel CPU processes: ``configs/accelerate/ddp_cpu.yaml`` (MULTI_CPU, started by
+    ``mpirun``) where MPICH is installed, else accelerate's torchrun launcher (``--multi_gpu``),
+    whose processes the trainer joins into a gloo group when there is no GPU."""
+    if mpirun_available():
+        return ["--config_file", str(ACCELERATE_CONFIGS / "ddp_cpu.yaml")]
+    return ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
+
+
+def train_under_accelerate(launch: str | list[str], run_yaml: Path, timeout: int = 300) -> str:
+    """``accelerate launch <launch> -m onpolicy.cli train --config <run_yaml>`` from the
+    repository root, where ``launch`` is a file name in ``configs/accelerate/`` or launcher
+    arguments; returns stderr; raises on a non-zero exit."""
+    if isinstance(launch, str):
+        launch = ["--config_file", str(ACCELERATE_CONFIGS / launch)]
     cmd = [
         str(BIN / "accelerate"),
         "launch",
-        "--config_file",
-        str(ACCELERATE_CONFIGS / config_name),
+        *launch,
         "--main_process_port",
         str(free_port()),
         "-m",

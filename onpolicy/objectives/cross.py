@@ -9,6 +9,9 @@ right-padded to a common length (padding: span ``-1``, zero logits, never gather
 
 from __future__ import annotations
 
+import copy
+from typing import Any
+
 import torch
 
 from onpolicy.forward import split_rows
@@ -92,3 +95,35 @@ def span_advantages_and_logprobs(
         advantages.append(span_values_to_tokens(reward, s_span)[0])
     advantage_N = torch.cat(advantages) if advantages else logp_N.new_zeros(0)
     return logp_N, advantage_N.detach(), fwd.targets_N
+
+
+class FrozenReference:
+    """The student as it was at its first loss call (a frozen copy), for ``reference_kl``.
+
+    A byte-level or span-level cross-tokenizer target cannot tell two tokenizations of the same
+    text apart, so nothing in it keeps a BPE student on its own (canonical) tokenization; on the
+    arithmetic pair the student drifted to splits it was never trained on (``0|`` then ``#``) and
+    collapsed. KL(student || reference) on the student's tokens (the RLHF-style KL to the initial
+    policy) anchors those token-level choices. The copy is taken once: a resumed run anchors to
+    the weights it resumed from.
+    """
+
+    def __init__(self) -> None:
+        self.model: Any = None
+
+    def kl_sum(self, student: torch.nn.Module, rollout: Rollout, s_side, cross) -> torch.Tensor:
+        """KL(student || reference) summed over the completion tokens, at ``s_side``'s
+        temperature (the windows' padded rows hold zero logits on both sides and add 0)."""
+        if self.model is None:
+            base = getattr(student, "module", student)
+            self.model = copy.deepcopy(base).eval().requires_grad_(False)
+        tau = s_side.temperature
+        with torch.no_grad():
+            fwd = student_forward(self.model, rollout, None)
+            ref = side_window(
+                fwd.logits_N_V, fwd.num_tokens_B, [p[-1] for p in rollout.prompt_ids_B],
+                rollout.completion_ids_B, cross.student_span_B, tau,
+            )  # fmt: skip
+            log_r = torch.log_softmax(ref.logits_B_T_V.float() / tau, -1)
+        log_s = torch.log_softmax(s_side.logits_B_T_V.float() / tau, -1)
+        return (log_s.exp() * (log_s - log_r)).sum()

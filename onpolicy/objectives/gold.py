@@ -14,17 +14,21 @@ tokens on both sides (``LossOutput.num_tokens``).
 * ``token``: TRL's GOLD semantics (``alignment.gold``): the pair's token probabilities in the span
   distributions (anchor distribution times the chain-rule probability of the span's other
   tokens). On the arithmetic cross pair this collapsed the student (exact match 0.615 -> 0.0).
+
+``reference_kl`` (default 0.1) adds KL(student || the student at its first step) on the student's
+tokens: span targets cannot tell two tokenizations of a text apart, and without an anchor a BPE
+student drifts to splits it never trained on (``onpolicy.objectives.cross.FrozenReference``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from onpolicy.errors import ConfigError
 from onpolicy.objectives.base import BatchSource, LossOutput, register_objective
 from onpolicy.objectives.common import check_temperature, check_unit
-from onpolicy.objectives.cross import cross_sides
+from onpolicy.objectives.cross import FrozenReference, cross_sides
 from onpolicy.teacher.types import TeacherScores
 from onpolicy.types import Rollout
 
@@ -42,6 +46,8 @@ class GOLD:
         temperature: softmax temperature of both sides (``teacher_temperature`` overrides the
             teacher's).
         top_k: compare only the top ``k`` unmatched probabilities exactly (memory), None = all.
+        reference_kl: weight of KL(student || its weights at the first step) summed over the
+            completion tokens (``onpolicy.objectives.cross.FrozenReference``); 0 turns it off.
     """
 
     beta: float = 0.5
@@ -51,6 +57,10 @@ class GOLD:
     temperature: float = 1.0
     teacher_temperature: float | None = None
     top_k: int | None = None
+    reference_kl: float = 0.1
+    _reference: FrozenReference = field(
+        default_factory=FrozenReference, init=False, repr=False, compare=False
+    )
 
     name: ClassVar[str] = "gold"
     needs_teacher: ClassVar[bool] = True
@@ -96,4 +106,8 @@ class GOLD:
             "gold/matched_sum": float(matched.detach()),
             "gold/unmatched_sum": float(unmatched.detach()),
         }
+        if self.reference_kl:
+            ref_kl = self._reference.kl_sum(student, rollout, s_side, cross)
+            loss_sum = loss_sum + self.reference_kl * ref_kl
+            metrics["gold/reference_kl_sum"] = float(ref_kl.detach())
         return LossOutput(loss_sum=loss_sum, num_tokens=int(mask.sum()), metrics=metrics)

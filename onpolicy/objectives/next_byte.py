@@ -13,16 +13,13 @@ Counted units (``LossOutput.num_tokens``) are the compared byte positions.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
-
-import torch
+from typing import ClassVar
 
 from onpolicy.errors import ConfigError
 from onpolicy.objectives.base import BatchSource, LossOutput, register_objective
 from onpolicy.objectives.common import check_temperature, check_unit
-from onpolicy.objectives.cross import cross_sides
+from onpolicy.objectives.cross import FrozenReference, cross_sides
 from onpolicy.teacher.types import TeacherScores
 from onpolicy.types import Rollout
 
@@ -39,18 +36,19 @@ class NextByte:
             positions where both sides are at a token boundary (exact marginals only).
         temperature: softmax temperature of both sides (``teacher_temperature`` overrides the
             teacher's).
-        reference_kl: weight of KL(student || reference) summed over the completion tokens, the
-            reference being the student's weights at its first loss call (a frozen copy): keeps
-            the student's token-level choices, its tokenization included, near the model it was
-            trained as (a byte-level target cannot tell two tokenizations of a text apart).
+        reference_kl: weight of KL(student || its weights at the first step) summed over the
+            completion tokens (``onpolicy.objectives.cross.FrozenReference``): anchors the
+            student's tokenization, which a byte-level target cannot see; 0 turns it off.
     """
 
     beta: float = 0.5
     within_tokens: bool = True
     temperature: float = 1.0
     teacher_temperature: float | None = None
-    reference_kl: float = 0.0
-    _reference: Any = field(default=None, init=False, repr=False, compare=False)
+    reference_kl: float = 0.1
+    _reference: FrozenReference = field(
+        default_factory=FrozenReference, init=False, repr=False, compare=False
+    )
 
     name: ClassVar[str] = "next_byte"
     needs_teacher: ClassVar[bool] = True
@@ -79,7 +77,9 @@ class NextByte:
         terms = next_byte_terms(s_side, t_side, s_trie, t_trie, self.beta, self.within_tokens)
         loss_sum = terms.divergence_E.sum()
         n = int(terms.divergence_E.shape[0])
-        ref_kl = self._reference_kl(student, rollout, s_side, cross) if self.reference_kl else None
+        ref_kl = (
+            self._reference.kl_sum(student, rollout, s_side, cross) if self.reference_kl else None
+        )
         if ref_kl is not None:
             loss_sum = loss_sum + self.reference_kl * ref_kl
         metrics = {
@@ -89,22 +89,3 @@ class NextByte:
         if ref_kl is not None:
             metrics["next_byte/reference_kl_sum"] = float(ref_kl.detach())
         return LossOutput(loss_sum=loss_sum, num_tokens=n, metrics=metrics)
-
-    def _reference_kl(self, student, rollout: Rollout, s_side, cross) -> torch.Tensor:
-        """KL(student || reference) summed over the completion tokens (padded rows of the
-        windows hold zero logits on both sides and add 0)."""
-        from onpolicy.objectives.common import student_forward
-        from onpolicy.objectives.cross import side_window
-
-        if self._reference is None:
-            base = getattr(student, "module", student)
-            self._reference = copy.deepcopy(base).eval().requires_grad_(False)
-        with torch.no_grad():
-            fwd = student_forward(self._reference, rollout, None)
-            ref = side_window(
-                fwd.logits_N_V, fwd.num_tokens_B, [p[-1] for p in rollout.prompt_ids_B],
-                rollout.completion_ids_B, cross.student_span_B, s_side.temperature,
-            )  # fmt: skip
-            log_r = torch.log_softmax(ref.logits_B_T_V.float() / s_side.temperature, -1)
-        log_s = torch.log_softmax(s_side.logits_B_T_V.float() / s_side.temperature, -1)
-        return (log_s.exp() * (log_s - log_r)).sum()

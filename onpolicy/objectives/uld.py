@@ -4,12 +4,12 @@ Counted units are the spans with tokens on both sides (``LossOutput.num_tokens``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from onpolicy.objectives.base import BatchSource, LossOutput, register_objective
 from onpolicy.objectives.common import check_temperature
-from onpolicy.objectives.cross import cross_sides
+from onpolicy.objectives.cross import FrozenReference, cross_sides
 from onpolicy.teacher.types import TeacherScores
 from onpolicy.types import Rollout
 
@@ -18,11 +18,17 @@ from onpolicy.types import Rollout
 @dataclass
 class ULD:
     """ULD between the student's and the teacher's span distributions on the student's samples
-    (``temperature`` both sides unless ``teacher_temperature``; ``top_k`` bounds memory)."""
+    (``temperature`` both sides unless ``teacher_temperature``; ``top_k`` bounds memory;
+    ``reference_kl``: weight of KL(student || the student at its first step) on its tokens,
+    ``onpolicy.objectives.cross.FrozenReference``, 0 turns it off)."""
 
     temperature: float = 1.0
     teacher_temperature: float | None = None
     top_k: int | None = None
+    reference_kl: float = 0.1
+    _reference: FrozenReference = field(
+        default_factory=FrozenReference, init=False, repr=False, compare=False
+    )
 
     name: ClassVar[str] = "uld"
     needs_teacher: ClassVar[bool] = True
@@ -36,13 +42,14 @@ class ULD:
     def loss(self, student, rollout: Rollout, teacher_scores: TeacherScores | None) -> LossOutput:
         from alignment.gold import gold_terms
 
-        s_side, t_side, _ = cross_sides(
+        s_side, t_side, cross = cross_sides(
             student, rollout, teacher_scores, self.name, self.temperature, self.teacher_temperature
         )
         terms = gold_terms(s_side, t_side, None, None, top_k=self.top_k)
         loss_sum = terms.unmatched_B_S[terms.mask_B_S].sum()
-        return LossOutput(
-            loss_sum=loss_sum,
-            num_tokens=int(terms.mask_B_S.sum()),
-            metrics={"uld_sum": float(loss_sum.detach())},
-        )
+        metrics = {"uld_sum": float(loss_sum.detach())}
+        if self.reference_kl:
+            ref_kl = self._reference.kl_sum(student, rollout, s_side, cross)
+            loss_sum = loss_sum + self.reference_kl * ref_kl
+            metrics["uld/reference_kl_sum"] = float(ref_kl.detach())
+        return LossOutput(loss_sum=loss_sum, num_tokens=int(terms.mask_B_S.sum()), metrics=metrics)

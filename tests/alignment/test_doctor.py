@@ -16,7 +16,7 @@ def test_cross_family_pair_report(real_tokenizers):
     assert "<end_of_turn> (106)" in report and "<|im_end|> (2)" in report
     assert "262,144 / -" in report and "49,152 / -" in report  # no model folder given
     assert "| digits '31415926'" in report and "3|1|4|1|5|9|2|6" in report
-    assert "recommended loss: GOLD-style hybrid" in report
+    assert "recommended loss: next-byte divergence" in report
     assert "warning: different end-of-turn tokens" in report
     assert "renders <bos> and the tokenizer adds another" in report
 
@@ -42,7 +42,8 @@ def test_folders_and_base_model_without_template():
 
 
 def test_recommend_thresholds():
-    assert recommend(True, 0.0, 0.0).startswith("same-vocab")
+    assert recommend(True, 0.0, 0.0, byte_exact=True).startswith("same-vocab")
+    assert recommend(False, 0.9, 0.9, byte_exact=True).startswith("next-byte")
     assert recommend(False, 0.9, 0.1).startswith("GOLD")
     assert recommend(False, 0.1, 0.9).startswith("ULD")
     assert recommend(False, 0.1, 0.1).startswith("sampled-token span reward")

@@ -15,7 +15,7 @@ tokens on both sides (``LossOutput.num_tokens``).
   distributions (anchor distribution times the chain-rule probability of the span's other
   tokens). On the arithmetic cross pair this collapsed the student (exact match 0.615 -> 0.0).
 
-``reference_kl`` (default 0.1) adds KL(student || the student at its first step) on the student's
+``reference_kl`` (default 1.0) adds KL(student || the student at its first step) on the student's
 tokens: span targets cannot tell two tokenizations of a text apart, and without an anchor a BPE
 student drifts to splits it never trained on (``onpolicy.objectives.cross.FrozenReference``).
 """
@@ -57,7 +57,7 @@ class GOLD:
     temperature: float = 1.0
     teacher_temperature: float | None = None
     top_k: int | None = None
-    reference_kl: float = 0.1
+    reference_kl: float = 1.0
     _reference: FrozenReference = field(
         default_factory=FrozenReference, init=False, repr=False, compare=False
     )

@@ -25,7 +25,7 @@ class ULD:
     temperature: float = 1.0
     teacher_temperature: float | None = None
     top_k: int | None = None
-    reference_kl: float = 0.1
+    reference_kl: float = 1.0
     _reference: FrozenReference = field(
         default_factory=FrozenReference, init=False, repr=False, compare=False
     )

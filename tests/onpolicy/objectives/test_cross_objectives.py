@@ -111,3 +111,24 @@ def test_next_byte_lowers_the_held_out_divergence_to_the_teacher(setup):
         step(optimizer, objective.loss(student, ro, scorer.score(ro)), model=student)
     after = held_out()
     assert after < 0.8 * before, (before, after)
+
+
+def test_reference_kl_anchors_to_the_first_step_weights(setup):
+    """The anchor is 0 at the first call, then a frozen copy that the moving student leaves."""
+    *_, ro, scorer = setup
+    student = load_model(tiny_model_dir("small", "bpe", seed=1, pretrain_steps=300))
+    objective = make_objective("next_byte", reference_kl=1.0)
+    scores = scorer.score(ro)
+    first = objective.loss(student, ro, scores)
+    assert first.metrics["next_byte/reference_kl_sum"] == pytest.approx(0.0, abs=1e-6)
+    frozen = [p.detach().clone() for p in objective._reference.model.parameters()]
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-2, weight_decay=0.0)
+    step(optimizer, first, model=student)
+    second = objective.loss(student, ro, scores)
+    assert second.metrics["next_byte/reference_kl_sum"] > 1e-4
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(frozen, objective._reference.model.parameters(), strict=True)
+    )
+    no_anchor = make_objective("next_byte", reference_kl=0.0).loss(student, ro, scores)
+    assert "next_byte/reference_kl_sum" not in no_anchor.metrics

@@ -101,6 +101,7 @@ def merge(runs: list[dict]) -> dict:
         "peak_mb": max(r["peak_mb"] for r in ok),
         "wall_range": (min(wall), max(wall)),
     }
+    out["nonfinite_steps"] = sum(r.get("nonfinite_steps", 0) for r in ok)
     rollout = [s for r in ok for s in r.get("rollout_s", [])]
     if rollout:
         out["rollout_s"] = statistics.median(rollout)
@@ -245,13 +246,17 @@ def main(argv: list[str] | None = None) -> int:
                 continue  # a configuration that failed once is not retried
             runs[config].append(_spawn(args, config))
             print(f"round {r} {config}: {runs[config][-1]}", file=sys.stderr, flush=True)
-    results = {c: merge(v) for c, v in runs.items()}
+            _write(args, argv, {c: merge(v) for c, v in runs.items() if v})  # partial tables too
+    print(_write(args, argv, {c: merge(v) for c, v in runs.items()}))
+    return 0
+
+
+def _write(args, argv: list[str] | None, results: dict[str, dict]) -> str:
     text = table(results, args)
-    print(text)
     if args.out:
         cmd = "python benchmarks/e2e.py " + " ".join(argv if argv is not None else sys.argv[1:])
         Path(args.out).write_text(f"Command: `{cmd}`\n\n{text}\n")
-    return 0
+    return text
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ def run_engine(args, cross: bool, rollout: str) -> dict:
     """
     import torch
 
-    from onpolicy.api import loss, make_objective, score, step
+    from onpolicy.api import loss, make_objective, score
     from onpolicy.api import rollout as do_rollout
     from onpolicy.models import load_model, load_tokenizer
     from onpolicy.rollout.base import make_backend
@@ -44,19 +44,23 @@ def run_engine(args, cross: bool, rollout: str) -> dict:
     teacher, ttok = load_model(tdir, trainable=False), load_tokenizer(tdir)
     chunked = not cross and args.chunked
     objective = make_objective("gold") if cross else make_objective("reverse_kl", chunked=chunked)
-    scorer = LocalTeacher(teacher, ttok, stok, mode="cross" if cross else "same", hidden=chunked)
+    scorer = LocalTeacher(
+        teacher, ttok, stok, mode="cross" if cross else "same", hidden=chunked,
+        token_logprobs=not chunked,  # the chunked divergence needs the hidden states only
+    )  # fmt: skip
     if rollout == "vllm":
         backend = make_backend(
             "vllm", model=student, tokenizer=stok, dtype="float32", max_model_len=1024
         )
     else:
         backend = make_backend("hf", model=student, tokenizer=stok)
-    opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.0)
+    # fused AdamW: TRL's default optimizer (adamw_torch_fused); 4-5x faster than the loop form
+    opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.0, fused=True)
     sampling = SamplingParams(
         max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens, temperature=1.0
     )
     data = prompts(args.pair, args.batch * (args.steps + 1))
-    wall, cpu, tokens, rollout_s = [], [], [], []
+    wall, cpu, tokens, rollout_s, skipped = [], [], [], [], 0
     for i in range(args.steps + 1):
         batch = data[i * args.batch : (i + 1) * args.batch]
         t0, c0 = time.perf_counter(), time.process_time()
@@ -64,14 +68,29 @@ def run_engine(args, cross: bool, rollout: str) -> dict:
             ro = do_rollout(backend, batch, stok, sampling)
         t1 = time.perf_counter()
         out = loss(objective, student, ro, score(scorer, ro))
-        step(opt, out, model=student, max_grad_norm=1.0)
+        skipped += _step_or_skip(opt, student, out)
         backend.sync_weights(student, i + 1)
         if i:  # step 0 is the warm-up
             wall.append(time.perf_counter() - t0)
             cpu.append(time.process_time() - c0)
             rollout_s.append(t1 - t0)
             tokens.append(float(sum(len(c) for c in ro.completion_ids_B)))
-    return _result(wall, cpu, tokens, rollout_s=rollout_s)
+    return _result(wall, cpu, tokens, rollout_s=rollout_s, nonfinite_steps=skipped)
+
+
+def _step_or_skip(opt, student, out) -> int:
+    """The trainer's step: loss / tokens, backward, clip to 1.0, and (as ``onpolicy.trainer``
+    does) no update when the gradient is not finite. Returns 1 for a skipped step."""
+    import torch
+
+    (out.loss_sum / max(out.num_tokens, 1)).backward()
+    params = [p for p in student.parameters() if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+    finite = bool(torch.isfinite(norm))
+    if finite:
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    return 0 if finite else 1
 
 
 class _Timer:

@@ -70,7 +70,12 @@ def _chunk_prefix(logits_N_V, rows, perm, ids_M, length, lo, hi, temperature):
     c = torch.nn.functional.pad(torch.cumsum(logp.exp().index_select(1, perm), 1), (1, 0))
     ranged = (c.index_select(1, hi) - c.index_select(1, lo)).clamp(min=0.0)
     own = logp.index_select(1, ids_M).exp()
-    return torch.log(torch.where(length == 0, own, ranged))
+    mass = torch.where(length == 0, own, ranged)
+    # a mass of exactly 0 (below the cumulative sum's resolution) is log 0 = -inf with a zero
+    # gradient: log of a safe 1 there, so that log's backward never meets 0 / 0 = NaN
+    pos = mass > 0
+    safe = torch.where(pos, mass, torch.ones((), dtype=mass.dtype))
+    return torch.where(pos, torch.log(safe), torch.full((), -math.inf, dtype=mass.dtype))
 
 
 def gjsd_measure(la: torch.Tensor, lb: torch.Tensor, beta: float) -> torch.Tensor:

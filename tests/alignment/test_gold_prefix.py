@@ -106,3 +106,17 @@ def test_zero_masses_count_zero_with_finite_gradients():
     for beta in (0.0, 0.3, 1.0):
         (g,) = torch.autograd.grad(gjsd_measure(la, lb, beta).sum(), la)
         assert torch.isfinite(g).all()
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
+def test_a_zero_prefix_mass_has_finite_gradients(beta):
+    # a pair whose prefix mass is exactly 0 in float64 (tokens far below the cumulative sum's
+    # resolution, as in a 262k vocabulary): log 0 = -inf must not send NaN into the gradient
+    s, t = _sides(3)
+    with torch.no_grad():
+        s.logits_B_T_V[..., 3] = -1000.0  # "ab"
+        s.logits_B_T_V[..., 5] = -1000.0  # "aba": nothing else starts with "ab"
+    tries = trie_from_bytes(S_VOCAB), trie_from_bytes(T_VOCAB)
+    loss = gold_prefix_loss(s, t, *tries, PAIRS_S, PAIRS_T, beta=beta)
+    (g,) = torch.autograd.grad(loss, s.logits_B_T_V)
+    assert torch.isfinite(loss) and torch.isfinite(g).all()

@@ -132,7 +132,10 @@ def draw_teacher_samples(
     if src.teacher_backend is None:
         raise DataError("teacher.samples=fixed needs a teacher model (teacher.path)")
     start = time.perf_counter()
-    distinct = list({prompt_key(p): p for p in reversed(prompts)}.values())[::-1]
+    first: dict[tuple, Prompt] = {}
+    for p in prompts:
+        first.setdefault(prompt_key(p), p)
+    distinct = list(first.values())  # in order of first appearance
     chunks = [distinct[i : i + DRAW_CHUNK] for i in range(0, len(distinct), DRAW_CHUNK)]
     mine = []
     for c in range(rank, len(chunks), world):

@@ -122,12 +122,12 @@ def test_cross_tokenizer_student(tmp_path):
         "student.path='tiny:tiny,tokenizer=char'",
         "teacher.mode=cross",
         "objective.name=gold",
+        "objective.params={reference_kl: 0.0}",  # the GOLD loss alone (no anchor term)
     )
     result = train(cfg)
     assert "eval/kl_per_token" not in result.eval_after  # no shared vocabulary
     assert result.eval_after["eval/alignment_coverage"] > 0.5
     assert all(math.isfinite(x) for x in result.losses)
-    # the GOLD loss goes down (its reference-KL anchor starts at 0 and grows: a smaller drop)
-    assert result.losses[-1] < 0.8 * result.losses[0]
+    assert result.losses[-1] < 0.75 * result.losses[0]  # the GOLD loss (bounded per span) drops
     coverage = [r["teacher/coverage"] for r in _records(tmp_path) if "teacher/coverage" in r]
     assert len(coverage) == 8 and min(coverage) > 0.5

@@ -10,31 +10,20 @@ ids). This is the exact marginal of the model's next-token distribution over the
 models with different vocabularies can be compared on it directly wherever both have a token
 boundary at the same byte position: a span start of ``alignment.align_spans``.
 
-Inside a token (``ell`` bytes ``u`` of the current token written, ``ell >= 1``) a side has no
-distribution of its own; its *within-token conditional* is read from the same logits row, the one
-that predicted the current token, restricted to the tokens that extend ``u``:
-
-    q_ell(c) = sum_{w : u + c prefix of w} P(w)  /  sum_{w : u prefix of w, len(w) > ell} P(w)
-
-i.e. the next byte given that the current token goes on past ``u``. (The exact byte marginal would
-also count "the token is ``u`` itself, then a new token starting with ``c``", whose probability
-needs a forward pass the model never made; it is left out, and this is the one approximation.)
-With a char-level side every position is a boundary and that side is exact everywhere.
-
-Comparing the two sides at byte position ``j``: the classes both sides can produce there
-(``common support``; every byte at a boundary of a byte-level or byte-fallback tokenizer, the
-children of ``u`` in the vocabulary's trie inside a token) are kept and each side renormalized
-over them; positions with fewer than two common classes carry no information and are skipped.
-The divergence is the generalized JSD in GKD's/TRL's convention (``beta = 0``: KL(teacher ||
-student), ``1``: KL(student || teacher), else ``beta KL(t || m) + (1 - beta) KL(s || m)`` with
-``m = beta t + (1 - beta) s``); for ``0 < beta < 1`` it is bounded, so a position where the student
-went off-track cannot dominate the loss.
+Inside a token (``ell`` bytes ``u`` of the current token written, ``ell >= 1``) a model has no
+distribution of its own; from the row that predicted the current token this module reads the mass
+of the tokens extending ``u + c`` for every byte ``c`` and the mass of the tokens that are exactly
+``u`` (``class_logprobs``: columns 0..255, ``STOP`` at depth 0, ``END`` at depth >= 1). How the
+two sides are compared from these (and what stands in for the forward passes a model never made)
+is ``alignment.byte_loss``; ``gjsd_log`` is the generalized JSD in GKD's/TRL's convention
+(``beta = 0``: KL(teacher || student), ``1``: KL(student || teacher), else
+``beta KL(t || m) + (1 - beta) KL(s || m)``, ``m = beta t + (1 - beta) s``).
 
 Computation: per tokenizer a ``ByteTrie`` (token ids sorted by bytes; the byte at each depth; for
 every token and depth the sorted range sharing its first bytes) is built once. An event's class
-masses are a ``scatter`` of its logits row (log-sum-exp per class, no underflow) onto 258 columns
-(257 classes + a dump column for tokens outside the range); rows are processed a chunk at a time
-under activation checkpointing, so no more than one chunk of ``[rows, V]`` exists at once.
+masses are a ``scatter`` of its logits row (log-sum-exp per class, no underflow) onto 259
+columns (257 classes, ``END``, a dump column for tokens outside the range); rows are processed a
+chunk at a time under activation checkpointing: no more than one chunk of ``[rows, V]`` at once.
 """
 
 from __future__ import annotations

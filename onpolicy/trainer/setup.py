@@ -188,6 +188,7 @@ def _load_models(config: Config, accelerator: Any) -> tuple:
     model, tokenizer = load_student(config, accelerator.device)
     full = FullCopy(model) if sharded else None
     objective = build_objective(config)
+    _hand_over_reference(objective, model, full)
     teacher = teacher_model = teacher_tok = None
     if objective.needs_teacher or config.teacher.path is not None or config.teacher.mode == "self":
         student = model if full is None else full.model
@@ -195,6 +196,15 @@ def _load_models(config: Config, accelerator: Any) -> tuple:
             config, student, tokenizer, accelerator.device
         )
     return model, tokenizer, full, objective, teacher, teacher_model, teacher_tok
+
+
+def _hand_over_reference(objective: Any, model: Any, full: Any) -> None:
+    """Objectives with a ``reference_kl`` term get the student's initial policy, taken here:
+    after loading, before ``prepare`` shards it and before a checkpoint is restored."""
+    from onpolicy.objectives.cross import UsesReference, initial_reference
+
+    if isinstance(objective, UsesReference) and objective.reference_kl:
+        objective.set_reference(initial_reference(model, None if full is None else full.model))
 
 
 def build_components(config: Config, accelerator: Any) -> Components:

@@ -10,7 +10,8 @@ right-padded to a common length (padding: span ``-1``, zero logits, never gather
 from __future__ import annotations
 
 import copy
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -97,29 +98,89 @@ def span_advantages_and_logprobs(
     return logp_N, advantage_N.detach(), fwd.targets_N
 
 
+@dataclass(frozen=True)
+class ReferencePolicy:
+    """The student's *initial* policy for ``reference_kl``, handed to an objective by whoever
+    built the student (``onpolicy.trainer.setup``: before ``prepare`` and any checkpoint restore).
+
+    Attributes:
+        model: a frozen module computing the initial policy (a full student: a copy of the weights
+            as loaded from their source); None = the student passed to ``loss`` itself.
+        adapters_off: run ``model`` (or the student) with its LoRA adapters disabled: PEFT adapters
+            start as the identity, so the base model is the initial student, with no copy.
+    """
+
+    model: torch.nn.Module | None = None
+    adapters_off: bool = False
+
+
+@runtime_checkable
+class UsesReference(Protocol):
+    """An objective with a ``reference_kl`` term (``next_byte``, ``gold``, ``uld``)."""
+
+    reference_kl: float
+
+    def set_reference(self, reference: ReferencePolicy) -> None: ...
+
+
+def initial_reference(student: torch.nn.Module, full_copy: Any = None) -> ReferencePolicy:
+    """The ``ReferencePolicy`` of a freshly loaded (not yet prepared, not restored) ``student``.
+
+    A LoRA student: its base with adapters off (no copy); when the student is sharded in place
+    (FSDP / DeepSpeed ZeRO-3) ``full_copy`` is the trainer's unsharded ``FullCopy`` module, whose
+    frozen base weights never change. A full student: a frozen copy of ``student`` taken now
+    (under sharding, before ``prepare`` shards it), so a resumed run anchors to the loaded weights.
+    """
+    from onpolicy.models import is_peft
+
+    if is_peft(student):
+        return ReferencePolicy(model=full_copy, adapters_off=True)
+    return ReferencePolicy(model=copy.deepcopy(student).eval().requires_grad_(False))
+
+
 class FrozenReference:
-    """The student as it was at its first loss call (a frozen copy), for ``reference_kl``.
+    """KL(student || the student's initial policy) on the student's tokens, for ``reference_kl``.
 
     A byte-level or span-level cross-tokenizer target cannot tell two tokenizations of the same
     text apart, so nothing in it keeps a BPE student on its own (canonical) tokenization; on the
     arithmetic pair the student drifted to splits it was never trained on (``0|`` then ``#``) and
     collapsed. KL(student || reference) on the student's tokens (the RLHF-style KL to the initial
-    policy) anchors those token-level choices. The copy is taken once: a resumed run anchors to
-    the weights it resumed from.
+    policy) anchors those token-level choices.
+
+    The reference is a ``ReferencePolicy`` given with ``set`` (the trainer does, so a resumed run
+    anchors to the initial weights, not the resumed ones). Without one (a user's own loop): a LoRA
+    student uses its base with adapters off; a full student is copied at the first loss call.
     """
 
     def __init__(self) -> None:
-        self.model: Any = None
+        self.policy: ReferencePolicy | None = None
+
+    def set(self, reference: ReferencePolicy) -> None:
+        self.policy = reference
+
+    def _policy(self, student: torch.nn.Module) -> ReferencePolicy:
+        if self.policy is None:
+            self.policy = initial_reference(getattr(student, "module", student))
+        return self.policy
+
+    def logits(self, student: torch.nn.Module, rollout: Rollout):
+        """The reference's ``student_forward`` on ``rollout`` (no gradients)."""
+        from onpolicy.models import adapters_disabled
+
+        ref = self._policy(student)
+        model = ref.model if ref.model is not None else getattr(student, "module", student)
+        with torch.no_grad():
+            if not ref.adapters_off:
+                return student_forward(model, rollout, None)
+            with adapters_disabled(model):
+                return student_forward(model, rollout, None)
 
     def kl_sum(self, student: torch.nn.Module, rollout: Rollout, s_side, cross) -> torch.Tensor:
         """KL(student || reference) summed over the completion tokens, at ``s_side``'s
         temperature (the windows' padded rows hold zero logits on both sides and add 0)."""
-        if self.model is None:
-            base = getattr(student, "module", student)
-            self.model = copy.deepcopy(base).eval().requires_grad_(False)
         tau = s_side.temperature
+        fwd = self.logits(student, rollout)
         with torch.no_grad():
-            fwd = student_forward(self.model, rollout, None)
             ref = side_window(
                 fwd.logits_N_V, fwd.num_tokens_B, [p[-1] for p in rollout.prompt_ids_B],
                 rollout.completion_ids_B, cross.student_span_B, tau,

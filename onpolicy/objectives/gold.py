@@ -15,7 +15,7 @@ tokens on both sides (``LossOutput.num_tokens``).
   distributions (anchor distribution times the chain-rule probability of the span's other
   tokens). On the arithmetic cross pair this collapsed the student (exact match 0.615 -> 0.0).
 
-``reference_kl`` (default 1.0) adds KL(student || the student at its first step) on the student's
+``reference_kl`` (default 1.0) adds KL(student || the initial student) on the student's
 tokens: span targets cannot tell two tokenizations of a text apart, and without an anchor a BPE
 student drifts to splits it never trained on (``onpolicy.objectives.cross.FrozenReference``).
 """
@@ -28,7 +28,7 @@ from typing import ClassVar, Literal
 from onpolicy.errors import ConfigError
 from onpolicy.objectives.base import BatchSource, LossOutput, register_objective
 from onpolicy.objectives.common import check_temperature, check_unit
-from onpolicy.objectives.cross import FrozenReference, cross_sides
+from onpolicy.objectives.cross import FrozenReference, ReferencePolicy, cross_sides
 from onpolicy.teacher.types import TeacherScores
 from onpolicy.types import Rollout
 
@@ -46,7 +46,7 @@ class GOLD:
         temperature: softmax temperature of both sides (``teacher_temperature`` overrides the
             teacher's).
         top_k: compare only the top ``k`` unmatched probabilities exactly (memory), None = all.
-        reference_kl: weight of KL(student || its weights at the first step) summed over the
+        reference_kl: weight of KL(student || its initial weights) summed over the
             completion tokens (``onpolicy.objectives.cross.FrozenReference``); 0 turns it off.
     """
 
@@ -73,6 +73,10 @@ class GOLD:
 
     def batch_source(self, step: int) -> BatchSource:
         return "student"
+
+    def set_reference(self, reference: ReferencePolicy) -> None:
+        """The student's initial policy for ``reference_kl`` (``onpolicy.trainer.setup``)."""
+        self._reference.set(reference)
 
     def loss(self, student, rollout: Rollout, teacher_scores: TeacherScores | None) -> LossOutput:
         s_side, t_side, cross = cross_sides(

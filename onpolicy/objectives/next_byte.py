@@ -19,7 +19,7 @@ from typing import ClassVar
 from onpolicy.errors import ConfigError
 from onpolicy.objectives.base import BatchSource, LossOutput, register_objective
 from onpolicy.objectives.common import check_temperature, check_unit
-from onpolicy.objectives.cross import FrozenReference, cross_sides
+from onpolicy.objectives.cross import FrozenReference, ReferencePolicy, cross_sides
 from onpolicy.teacher.types import TeacherScores
 from onpolicy.types import Rollout
 
@@ -36,7 +36,7 @@ class NextByte:
             positions where both sides are at a token boundary (exact marginals only).
         temperature: softmax temperature of both sides (``teacher_temperature`` overrides the
             teacher's).
-        reference_kl: weight of KL(student || its weights at the first step) summed over the
+        reference_kl: weight of KL(student || its initial weights) summed over the
             completion tokens (``onpolicy.objectives.cross.FrozenReference``): anchors the
             student's tokenization, which a byte-level target cannot see; 0 turns it off.
     """
@@ -59,6 +59,10 @@ class NextByte:
 
     def batch_source(self, step: int) -> BatchSource:
         return "student"
+
+    def set_reference(self, reference: ReferencePolicy) -> None:
+        """The student's initial policy for ``reference_kl`` (``onpolicy.trainer.setup``)."""
+        self._reference.set(reference)
 
     def loss(self, student, rollout: Rollout, teacher_scores: TeacherScores | None) -> LossOutput:
         from alignment.byte_loss import next_byte_terms

@@ -9,7 +9,7 @@ from typing import ClassVar
 
 from onpolicy.objectives.base import BatchSource, LossOutput, register_objective
 from onpolicy.objectives.common import check_temperature
-from onpolicy.objectives.cross import FrozenReference, cross_sides
+from onpolicy.objectives.cross import FrozenReference, ReferencePolicy, cross_sides
 from onpolicy.teacher.types import TeacherScores
 from onpolicy.types import Rollout
 
@@ -19,7 +19,7 @@ from onpolicy.types import Rollout
 class ULD:
     """ULD between the student's and the teacher's span distributions on the student's samples
     (``temperature`` both sides unless ``teacher_temperature``; ``top_k`` bounds memory;
-    ``reference_kl``: weight of KL(student || the student at its first step) on its tokens,
+    ``reference_kl``: weight of KL(student || the initial student) on its tokens,
     ``onpolicy.objectives.cross.FrozenReference``, 0 turns it off)."""
 
     temperature: float = 1.0
@@ -38,6 +38,10 @@ class ULD:
 
     def batch_source(self, step: int) -> BatchSource:
         return "student"
+
+    def set_reference(self, reference: ReferencePolicy) -> None:
+        """The student's initial policy for ``reference_kl`` (``onpolicy.trainer.setup``)."""
+        self._reference.set(reference)
 
     def loss(self, student, rollout: Rollout, teacher_scores: TeacherScores | None) -> LossOutput:
         from alignment.gold import gold_terms

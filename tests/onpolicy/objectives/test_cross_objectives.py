@@ -121,14 +121,42 @@ def test_reference_kl_anchors_to_the_first_step_weights(setup):
     scores = scorer.score(ro)
     first = objective.loss(student, ro, scores)
     assert first.metrics["next_byte/reference_kl_sum"] == pytest.approx(0.0, abs=1e-6)
-    frozen = [p.detach().clone() for p in objective._reference.model.parameters()]
+    frozen = [p.detach().clone() for p in objective._reference.policy.model.parameters()]
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-2, weight_decay=0.0)
     step(optimizer, first, model=student)
     second = objective.loss(student, ro, scores)
     assert second.metrics["next_byte/reference_kl_sum"] > 1e-4
     assert all(
         torch.equal(a, b)
-        for a, b in zip(frozen, objective._reference.model.parameters(), strict=True)
+        for a, b in zip(frozen, objective._reference.policy.model.parameters(), strict=True)
     )
     no_anchor = make_objective("next_byte", reference_kl=0.0).loss(student, ro, scores)
     assert "next_byte/reference_kl_sum" not in no_anchor.metrics
+
+
+def test_lora_reference_is_the_base_model_with_no_copy(setup):
+    """A LoRA student's anchor is its base (adapters off): equal to the base model's outputs after
+    the adapters moved, and no copy of the model is made."""
+    from onpolicy.models import LoraSpec, apply_lora
+    from onpolicy.objectives.common import student_forward
+
+    *_, ro, scorer = setup
+    path = tiny_model_dir("small", "bpe", seed=1, pretrain_steps=300)
+    base = load_model(path, trainable=False)
+    student = apply_lora(load_model(path), LoraSpec(rank=4, target_modules="all-linear"))
+    objective = make_objective("next_byte", reference_kl=1.0)
+    scores = scorer.score(ro)
+    first = objective.loss(student, ro, scores)
+    assert first.metrics["next_byte/reference_kl_sum"] == pytest.approx(0.0, abs=1e-6)
+    assert objective._reference.policy.model is None and objective._reference.policy.adapters_off
+    optimizer = torch.optim.AdamW(
+        [p for p in student.parameters() if p.requires_grad], lr=3e-2, weight_decay=0.0
+    )
+    for _ in range(2):
+        step(optimizer, objective.loss(student, ro, scores), model=student)
+    moved = student_forward(student, ro, None).logits_N_V.detach()
+    want = student_forward(base, ro, None).logits_N_V
+    got = objective._reference.logits(student, ro).logits_N_V
+    assert not torch.allclose(moved, want, atol=1e-4)  # the adapters did move the student
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert objective.loss(student, ro, scores).metrics["next_byte/reference_kl_sum"] > 1e-4

@@ -184,7 +184,7 @@ def class_logprobs(
     trie: ByteTrie,
     temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(logp_E_K, support_E_K)`` for ``K = 258`` columns, one chunk of rows at a time.
+    """``(logp_E_K, support_E_K)`` for ``K = 258`` columns, one chunk of logits rows at a time.
 
     For an event at depth ``ell`` of token ``w*`` (``u = bytes(w*)[:ell]``), with ``P`` the
     softmax of its logits row at ``temperature``: column ``c < 256`` holds
@@ -192,60 +192,165 @@ def class_logprobs(
     column ``STOP`` (256) the tokens without bytes (depth 0 only), column ``END`` (257) the tokens
     whose bytes are exactly ``u`` (depth >= 1 only). ``support`` is True where at least one token
     falls in the column. Differentiable in ``logits_N_V`` (checkpointed per chunk).
+
+    Work: one log-softmax per distinct row; a depth-0 event scatters its whole row with the fixed
+    first-byte classes, a deeper event only its sorted range ``[lo, hi)`` (the tokens extending
+    ``u``), as one ragged batch. A class's mass is a log-sum-exp (per-class max: no underflow).
     """
     if logits_N_V.shape[-1] != trie.vocab_size:
         raise AlignmentError(
             f"logits have {logits_N_V.shape[-1]} columns but the byte trie {trie.vocab_size}; "
             "build it with byte_trie(tokenizer, vocab_size=<logit width>)"
         )
-    E, V = events.row_E.shape[0], trie.vocab_size
+    V, dev = trie.vocab_size, logits_N_V.device
+    rows_U, inv_E = torch.unique(events.row_E, return_inverse=True)
     chunk = max(1, CHUNK_ELEMS // max(V, 1))
-    dev = logits_N_V.device
-    perm, rank = trie.perm_V.to(dev), trie.rank_V.to(dev)
-    byte_L_V, lo_L_V, hi_L_V = trie.byte_L_V.to(dev), trie.lo_L_V.to(dev), trie.hi_L_V.to(dev)
-    out, sup = [], []
-    for s in range(0, max(E, 1), chunk):  # no events: one empty chunk, still on the graph
-        sl = slice(s, s + chunk)
-        r, d = rank[events.token_E[sl]], events.depth_E[sl]
-        label = _labels(byte_L_V, lo_L_V[d, r], hi_L_V[d, r], d)
-        args = (logits_N_V, events.row_E[sl], perm, label, temperature)
+    tables = _tables(trie, dev)
+    rank = tables[1]
+    r_E, d_E = rank[events.token_E], events.depth_E
+    lo_E = tables[3][d_E, r_E].long()
+    hi_E = tables[4][d_E, r_E].long()
+    out, sup, order = [], [], []
+    for s in range(0, max(int(rows_U.shape[0]), 1), chunk):  # no events: one empty chunk
+        in_chunk = (inv_E >= s) & (inv_E < s + chunk)
+        idx = in_chunk.nonzero().squeeze(1)
+        args = (
+            logits_N_V, rows_U[s : s + chunk], inv_E[idx] - s, d_E[idx], lo_E[idx], hi_E[idx],
+            tables, temperature,
+        )  # fmt: skip
         fn = _chunk_logprobs
-        out.append(
+        lp, here = (
             checkpoint(fn, *args, use_reentrant=False) if logits_N_V.requires_grad else fn(*args)
         )
-        here = torch.zeros(label.shape[0], _DUMP + 1, dtype=torch.bool, device=dev)
-        sup.append(here.scatter_(1, label, True)[:, :_DUMP])
-    return torch.cat(out), torch.cat(sup)
+        out.append(lp)
+        sup.append(here)
+        order.append(idx)
+    back = torch.empty_like(events.row_E)
+    cat_order = torch.cat(order)
+    back[cat_order] = torch.arange(cat_order.shape[0], device=dev)
+    return torch.cat(out)[back], torch.cat(sup)[back]
+
+
+_TABLES: Any = weakref.WeakKeyDictionary()
+
+
+def _tables(trie: ByteTrie, dev: torch.device) -> tuple[torch.Tensor, ...]:
+    """Per-trie tensors on ``dev`` (cached per trie and device): ``(perm, rank, byte_L_V, lo_L_V,
+    hi_L_V, len_G, first_len, second_G, group_V)``.
+
+    In sorted order the tokens sharing their first two bytes (a lone one-byte or byte-less token:
+    a group of its own) are ``G`` consecutive groups: ``len_G`` their lengths, ``second_G`` the
+    column of their second byte at depth 1 (``END`` for the one-byte token), ``group_V`` the
+    group of each sorted position; ``first_len`` [257] the number of groups of each first-byte
+    class, in sorted order (``STOP``: the byte-less tokens sort first, then bytes 0..255)."""
+    with contextlib.suppress(KeyError, TypeError):
+        return _TABLES[trie][dev]
+    perm, rank = trie.perm_V.to(dev), trie.rank_V.to(dev)
+    byte_L_V, lo_L_V = trie.byte_L_V.to(dev), trie.lo_L_V.to(dev)
+    V, L = byte_L_V.shape[1], byte_L_V.shape[0] - 1
+    pos = torch.arange(V, device=dev)
+    starts = lo_L_V[2] == pos if L >= 2 else torch.ones(V, dtype=torch.bool, device=dev)
+    group_V = torch.cumsum(starts.long(), 0) - 1
+    len_G = torch.bincount(group_V, minlength=int(starts.sum()))
+    first_G = byte_L_V[0][starts].long()
+    second_G = byte_L_V[1][starts].long() if L >= 1 else torch.full_like(first_G, STOP)
+    second_G = torch.where(second_G == STOP, END, second_G)
+    first_len = torch.bincount(torch.where(first_G == STOP, 0, first_G + 1), minlength=NUM_CLASSES)
+    out = (perm, rank, byte_L_V, lo_L_V, trie.hi_L_V.to(dev), len_G, first_len, second_G,
+           group_V)  # fmt: skip
+    with contextlib.suppress(TypeError):
+        _TABLES.setdefault(trie, {})[dev] = out
+    return out
 
 
 def _dtype(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-def _labels(byte_L_V, lo_n, hi_n, depth_n) -> torch.Tensor:
-    """int64 [n, V] column of each sorted token for each event, ``_DUMP`` outside its range."""
-    V = byte_L_V.shape[1]
-    cls = byte_L_V.index_select(0, depth_n).long()  # [n, V]
-    pos = torch.arange(V, device=cls.device)
-    keep = (pos >= lo_n[:, None]) & (pos < hi_n[:, None])
-    cls = torch.where((cls == STOP) & (depth_n[:, None] > 0), END, cls)  # ends exactly at u
-    return torch.where(keep, cls, _DUMP)
+def _segment_logsumexp(x: torch.Tensor, index: torch.Tensor, n: int, dim: int) -> torch.Tensor:
+    """log of the sums of ``exp(x)`` scattered to ``n`` slots of ``dim`` by ``index`` (``-inf``
+    where nothing lands), shifted by each slot's max (no underflow)."""
+    shape = list(x.shape)
+    shape[dim] = n
+    cmax = torch.full(shape, float("-inf"), dtype=x.dtype, device=x.device)
+    cmax = cmax.scatter_reduce(dim, index, x.detach(), reduce="amax", include_self=True)
+    cmax = torch.where(torch.isfinite(cmax), cmax, torch.zeros((), dtype=x.dtype))
+    e = torch.exp(x - cmax.gather(dim, index))
+    return torch.log(torch.zeros_like(cmax).scatter_add(dim, index, e)) + cmax
 
 
-def _chunk_logprobs(logits_N_V, rows, perm, label, temperature: float) -> torch.Tensor:
-    """[n, 258] log of the column masses of ``softmax(logits[rows] / tau)``."""
-    z = logits_N_V.index_select(0, rows).to(_dtype(logits_N_V)).index_select(1, perm)
+def _contiguous_logsumexp(x_n_V: torch.Tensor, lengths_K: torch.Tensor) -> torch.Tensor:
+    """[n, K] log-sum-exp of ``x`` over consecutive column ranges of the given lengths (``-inf``
+    for an empty one), shifted by each range's max."""
+    n, K = x_n_V.shape[0], lengths_K.shape[0]
+    lengths = lengths_K.expand(n, K).contiguous()
+    with torch.no_grad():
+        cmax = torch.segment_reduce(x_n_V, "max", lengths=lengths, axis=1, unsafe=True)
+        cmax = torch.where(torch.isfinite(cmax), cmax, torch.zeros((), dtype=cmax.dtype))
+    e = torch.exp(x_n_V - torch.repeat_interleave(cmax, lengths_K, dim=1))
+    total = torch.segment_reduce(e, "sum", lengths=lengths, axis=1, unsafe=True)
+    return torch.log(total) + cmax
+
+
+def _chunk_logprobs(
+    logits_N_V, rows_n, row_e, depth_e, lo_e, hi_e, tables, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logp, support)`` [e, 258] of the events of rows ``rows_n`` (``row_e``: index into
+    them): log column masses, and True where at least one token falls in the column.
+
+    Per row: the log-masses of the two-byte groups (``_tables``), one pass over the sorted row;
+    depth 0 sums them by first byte, depth 1 reads the groups inside its range, deeper events
+    read their (short) sorted range."""
+    perm, _, byte_L_V, _, _, len_G, first_len, second_G, group_V = tables
+    e, K, V = row_e.shape[0], _DUMP, byte_L_V.shape[1]
+    z = logits_N_V.index_select(0, rows_n).to(_dtype(logits_N_V))
     if temperature != 1.0:
         z = z / temperature
-    lse = torch.logsumexp(z, dim=-1, keepdim=True)
-    z = z.masked_fill(label == _DUMP, float("-inf"))
-    n = z.shape[0]
-    cmax = torch.full((n, _DUMP + 1), float("-inf"), dtype=z.dtype, device=z.device)
-    cmax = cmax.scatter_reduce(1, label, z.detach(), reduce="amax", include_self=True)
-    cmax = torch.where(torch.isfinite(cmax), cmax, torch.zeros((), dtype=z.dtype))
-    e = torch.exp(z - cmax.gather(1, label))  # 0 outside the range
-    mass = torch.zeros_like(cmax).scatter_add(1, label, e)
-    return (torch.log(mass) + cmax - lse)[:, :_DUMP]
+    logp = z - torch.logsumexp(z, dim=-1, keepdim=True)
+    out = logp.new_full((e, K), float("-inf"))
+    sup = torch.zeros((e, K), dtype=torch.bool, device=logp.device)
+    if e == 0:  # still on the graph
+        return out + logp.sum() * 0, sup
+    sorted_n_V = logp.index_select(1, perm)  # prefix classes are contiguous ranges there
+    group_n_G = _contiguous_logsumexp(sorted_n_V, len_G)
+    top = (depth_e == 0).nonzero().squeeze(1)
+    if top.numel():  # first-byte classes in sorted order: STOP, 0, 1, ..., 255
+        lse = _contiguous_logsumexp(group_n_G.index_select(0, row_e[top]), first_len)
+        cols = torch.cat([lse[:, 1:], lse[:, :1], torch.full_like(lse[:, :1], float("-inf"))], 1)
+        out = out.index_copy(0, top, cols)
+        sup[top] = torch.cat([first_len[1:], first_len[:1], first_len[:1] * 0]) > 0
+    one = (depth_e == 1).nonzero().squeeze(1)
+    if one.numel():  # the two-byte groups inside the range, by their second byte
+        lo, hi = group_V[lo_e[one]], group_V[hi_e[one] - 1] + 1
+        lp, here = _ragged_classes(group_n_G, row_e[one], lo, hi, second_G, lo * 0)
+        out, sup[one] = out.index_copy(0, one, lp), here
+    deep = (depth_e > 1).nonzero().squeeze(1)
+    if deep.numel():  # the sorted range [lo, hi) itself
+        d = depth_e[deep]
+        lp, here = _ragged_classes(
+            sorted_n_V, row_e[deep], lo_e[deep], hi_e[deep], byte_L_V.reshape(-1), d * V
+        )
+        out, sup[deep] = out.index_copy(0, deep, lp), here
+    return out, sup
+
+
+def _ragged_classes(x_n_W, row_e, lo_e, hi_e, class_flat, class_off_e):
+    """``(logp, support)`` [e, 258]: for each event the log-sum-exp of ``x[row, lo:hi]`` by the
+    class ``class_flat[class_off + j]`` of each column ``j`` (``STOP`` read as ``END``)."""
+    W = x_n_W.shape[1]
+    e, K = row_e.shape[0], _DUMP
+    width = hi_e - lo_e
+    start = torch.cumsum(width, 0) - width
+    step = torch.arange(int(width.sum()), device=lo_e.device)
+    at = step + torch.repeat_interleave(row_e * W + lo_e - start, width)
+    cls = class_flat.index_select(
+        0, step + torch.repeat_interleave(class_off_e + lo_e - start, width)
+    )
+    cls = torch.where(cls == STOP, END, cls.long())  # ends exactly at u
+    cls += torch.repeat_interleave(torch.arange(e, device=lo_e.device) * K, width)
+    lp = _segment_logsumexp(x_n_W.reshape(-1).index_select(0, at), cls, e * K, 0)
+    here = torch.zeros(e * K, dtype=torch.bool, device=lo_e.device)
+    return lp.reshape(e, K), here.index_fill_(0, cls, True).reshape(e, K)
 
 
 def restricted_logprobs(logmass_E_C: torch.Tensor, keep_E_C: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,177 @@
+"""Cross-tokenizer objective losses on the real SmolLM2 (49,152) -> Gemma-3 (262,144) pair.
+
+One row per loss: the forward and backward of the loss alone on one completion of ``--tokens``
+SmolLM2 tokens (English prose, real tokenizations by both tokenizers, spans aligned inside the
+timed call), from the student logits to their gradient; random logits with the sampled token's
+logit raised (the values do not change the work). Each row runs in a fresh subprocess with one
+thread: ``--warmup`` untimed calls, then the median wall time of ``--repeats`` calls and the peak
+RSS (ru_maxrss) above the RSS before the first call. The peer is TRL's GOLD ``ULDLoss`` (extended
+ULD, "bayesian" merge: our ``uld`` with ``anchor="last"``) on the same inputs; TRL has no
+next-byte or prefix-marginal loss.
+
+    .venv/bin/python benchmarks/cross_objectives.py [--tokens 104] [--repeats 3] [--warmup 1]
+        [--impls next_byte,gold_prefix,gold_token,uld,trl_uld]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
+sys.path.insert(0, str(REPO))
+
+IMPLS = ("next_byte", "gold_prefix", "gold_token", "uld", "trl_uld")
+PROMPT = 8
+TEXT = (
+    "The old lighthouse keeper climbed the spiral stairs every evening, counting each of the "
+    "one hundred and twelve steps aloud. At the top he wiped the salt from the great lens, "
+    "trimmed the wick, and watched the first beam sweep across the restless water. Ships he "
+    "would never meet passed safely in the dark; that, he said, was the whole of the job. "
+    "In 1987 a storm tore the railing away, and he rebuilt it himself with driftwood & rope. 'Nobody "
+    "asked me to,' he told the reporter, 'but the light doesn't care who pays for the nails.' "
+    "He retired at 81, handing the keys to his niece, who still keeps the log in his hand."
+)
+
+
+def _tokenizers():
+    from transformers import AutoTokenizer
+
+    from onpolicy.offline import gemma3_dir, smollm2_dir
+
+    return AutoTokenizer.from_pretrained(smollm2_dir()), AutoTokenizer.from_pretrained(gemma3_dir())
+
+
+def make_inputs(tokens: int, seed: int = 0) -> dict:
+    """alignment-benchmark style inputs (``benchmarks/alignment.py``): per side logits [1, T, V],
+    ids, byte offsets (prompt tokens zero-width), TRL labels; matched pairs from the vocab map."""
+    from alignment.offsets import byte_offsets
+    from alignment.vocab_map import build_vocab_map
+
+    s_tok, t_tok = _tokenizers()
+    s_ids, s_off = byte_offsets(s_tok, TEXT, add_special_tokens=False)
+    cut = int(s_off[tokens - 1, 1])
+    part = TEXT.encode("utf-8")[:cut].decode("utf-8")
+    t_ids, t_off = byte_offsets(t_tok, part, add_special_tokens=False)
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for side, ids, off, V in (
+        ("s", s_ids[:tokens], s_off[:tokens], 49_152),
+        ("t", t_ids, t_off, 262_144),
+    ):
+        T = PROMPT + len(ids)
+        full_ids = torch.cat([torch.randint(0, V, (PROMPT,), generator=g), ids])[None]
+        full_off = torch.zeros(1, T, 2, dtype=torch.long)
+        full_off[0, PROMPT:] = off
+        logits = torch.randn(1, T, V, generator=g) * 2
+        logits[:, :-1].scatter_add_(-1, full_ids[:, 1:, None], torch.full((1, T - 1, 1), 8.0))
+        labels = full_ids.clone()
+        labels[:, :PROMPT] = -100
+        out[side] = {"logits": logits, "ids": full_ids, "offsets": full_off, "labels": labels}
+    vmap = build_vocab_map(s_tok, t_tok)
+    out["ms"], out["mt"] = vmap.student_ids_M, vmap.teacher_ids_M
+    out["tokenizers"] = (s_tok, t_tok)
+    return out
+
+
+def _ours(inp: dict, impl: str):
+    from alignment.byte_loss import next_byte_terms
+    from alignment.byte_marginal import byte_trie
+    from alignment.gold import gold_terms
+    from alignment.gold_prefix import gold_prefix_terms
+    from alignment.spans import align_spans_batch
+    from alignment.types import SideLogits
+
+    s, t = inp["s"], inp["t"]
+    s_tok, t_tok = inp["tokenizers"]
+    s_trie, t_trie = byte_trie(s_tok, 49_152), byte_trie(t_tok, 262_144)  # cached, built once
+
+    def run(logits_s):
+        aligned = align_spans_batch(s["offsets"], t["offsets"])
+        student = SideLogits(logits_s, s["ids"], aligned.student_span_B_Ts)
+        teacher = SideLogits(t["logits"], t["ids"], aligned.teacher_span_B_Tt)
+        if impl == "next_byte":
+            return next_byte_terms(student, teacher, s_trie, t_trie, 0.5).divergence_E.sum()
+        if impl == "gold_prefix":
+            terms = gold_prefix_terms(student, teacher, s_trie, t_trie, inp["ms"], inp["mt"])
+        elif impl == "gold_token":
+            terms = gold_terms(student, teacher, inp["ms"], inp["mt"], 0.5)
+        else:
+            terms = gold_terms(student, teacher, None, None, anchor="last")
+        return (terms.matched_B_S + terms.unmatched_B_S)[terms.mask_B_S].sum()
+
+    return run
+
+
+def _trl(inp: dict):
+    spec = importlib.util.spec_from_file_location("bench_alignment", REPO / "benchmarks/alignment.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod._trl_loss(inp, hybrid=False)
+
+
+def worker(impl: str, tokens: int, repeats: int, warmup: int) -> dict:
+    torch.set_num_threads(1)
+    inp = make_inputs(tokens)
+    run = _trl(inp) if impl == "trl_uld" else _ours(inp, impl)
+    base = inp["s"]["logits"]
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times, value = [], float("nan")
+    for i in range(warmup + repeats):
+        logits = base.clone().requires_grad_(True)
+        t0 = time.perf_counter()
+        loss = run(logits)
+        loss.backward()
+        dt = time.perf_counter() - t0
+        value = float(loss)
+        if i >= warmup:
+            times.append(dt)
+    peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
+    return {"impl": impl, "seconds": statistics.median(times), "peak_mb": peak, "value": value,
+            "tokens": tokens, "teacher_tokens": int(inp["t"]["ids"].shape[1] - PROMPT)}  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tokens", type=int, default=104)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--impls", default=",".join(IMPLS))
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.worker:
+        print(json.dumps(worker(a.worker, a.tokens, a.repeats, a.warmup)))
+        return
+    rows = []
+    for impl in a.impls.split(","):
+        cmd = [sys.executable, __file__, "--worker", impl, "--tokens", str(a.tokens),
+               "--repeats", str(a.repeats), "--warmup", str(a.warmup)]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, env={"OMP_NUM_THREADS": "1",
+                              **__import__("os").environ})  # fmt: skip
+        if done.returncode:
+            print(f"{impl}: failed: {done.stderr.strip().splitlines()[-1:]}")
+            continue
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    trl = next((r["seconds"] for r in rows if r["impl"] == "trl_uld"), None)
+    print(f"student tokens {a.tokens}, SmolLM2 49,152 -> Gemma-3 262,144, 1 thread, median of "
+          f"{a.repeats}")  # fmt: skip
+    print(f"{'loss':<12} {'s tok':>5} {'t tok':>5} {'fwd+bwd s':>10} {'peak MB':>8} "
+          f"{'vs trl_uld':>10} {'value':>10}")  # fmt: skip
+    for r in rows:
+        ratio = f"{trl / r['seconds']:.2f}x" if trl else "-"
+        print(f"{r['impl']:<12} {r['tokens']:>5} {r['teacher_tokens']:>5} {r['seconds']:>10.3f} "
+              f"{r['peak_mb']:>8.0f} {ratio:>10} {r['value']:>10.4f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -314,3 +314,49 @@ def test_real_tokenizer_trie_ranges_hold_exactly_the_extending_tokens(real_token
             }
             assert set(trie.perm_V[lo:hi].tolist()) == want
         assert set(range(256)) <= set(trie.byte_L_V[0].unique().tolist())
+
+
+@pytest.mark.parametrize("name", ["gpt2", "gemma3"])
+def test_class_logprobs_on_a_real_vocabulary_match_a_dense_reference(real_tokenizers, name):
+    """The fast class masses (two-byte groups for depths 0 and 1, sorted ranges deeper) equal a
+    float64 dense sum over the tokens extending the prefix, at every depth of real tokens, with
+    gradients; the support holds exactly the classes some token falls in."""
+    from alignment.offsets import token_bytes_table
+
+    tok = real_tokenizers[name]
+    table = token_bytes_table(tok)
+    V = len(table.bytes_V)
+    trie = byte_trie(tok, V)
+    vocab = [b"" if table.special_V[i] else table.bytes_V[i] for i in range(V)]
+    words = tok(" wonderful\t1", add_special_tokens=False)["input_ids"]
+    row, token, depth = zip(
+        *[(i, w, d) for i, w in enumerate(words) for d in range(len(vocab[w]))], strict=True
+    )
+    by_first: dict[int, list[int]] = {}
+    for i, b in enumerate(vocab):
+        by_first.setdefault(b[0] if b else bm.STOP, []).append(i)
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(len(words), V, generator=g, dtype=torch.float64) * 3).requires_grad_()
+    long = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
+    events = bm.ByteEvents(long(row), long(token), long(depth), long(row) * 0, long(row) * 0)
+    got, sup = bm.class_logprobs(logits, events, trie, temperature=1.5)
+    logp = torch.log_softmax(logits / 1.5, -1)
+    cols = []
+    for r, w, d in zip(row, token, depth, strict=True):
+        u = vocab[w][:d]
+        cls = dict(by_first) if d == 0 else {}
+        for i in by_first[u[0]] if d else []:
+            if vocab[i].startswith(u):
+                cls.setdefault(vocab[i][d] if len(vocab[i]) > d else bm.END, []).append(i)
+        col = torch.full((258,), float("-inf"), dtype=torch.float64)
+        for c, ids in cls.items():
+            col[c] = torch.logsumexp(logp[r, ids], 0)
+        cols.append(col)
+        assert set(sup[len(cols) - 1].nonzero().squeeze(1).tolist()) == set(cls)
+    want = torch.stack(cols)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    weights = torch.randn(want.shape, generator=g, dtype=torch.float64)
+    keep = torch.isfinite(want)
+    (g_got,) = torch.autograd.grad((got[keep] * weights[keep]).sum(), logits)
+    (g_want,) = torch.autograd.grad((want[keep] * weights[keep]).sum(), logits)
+    torch.testing.assert_close(g_got, g_want, rtol=1e-7, atol=1e-10)

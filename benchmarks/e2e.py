@@ -79,7 +79,7 @@ def _shared_flags(args) -> list[str]:
         "--pair", args.pair, "--steps", str(args.steps), "--batch", str(args.batch),
         "--max-new-tokens", str(args.max_new_tokens), "--lr", str(args.lr),
         "--threads", str(args.threads), "--min-new-tokens", str(args.min_new_tokens),
-        *([] if args.chunked else ["--dense"]),
+        "--micro-batches", str(args.micro_batches), *([] if args.chunked else ["--dense"]),
     ]  # fmt: skip
 
 
@@ -204,6 +204,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--dense", dest="chunked", action="store_false",
         help="engine same-tokenizer loss on dense logits (default: chunked)",
+    )  # fmt: skip
+    p.add_argument(
+        "--micro-batches", type=int, default=1,
+        help="engine same-tokenizer: backward in this many micro-batches (same update, less "
+        "activation memory; the rollout stays one batch)",
     )  # fmt: skip
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--threads", type=int, default=1)

@@ -67,8 +67,10 @@ def run_engine(args, cross: bool, rollout: str) -> dict:
         with torch.no_grad():
             ro = do_rollout(backend, batch, stok, sampling)
         t1 = time.perf_counter()
-        out = loss(objective, student, ro, score(scorer, ro))
-        skipped += _step_or_skip(opt, student, out)
+        parts = 1 if cross else args.micro_batches
+        skipped += _train_step(
+            opt, student, ro, parts, lambda r: loss(objective, student, r, score(scorer, r))
+        )
         backend.sync_weights(student, i + 1)
         if i:  # step 0 is the warm-up
             wall.append(time.perf_counter() - t0)
@@ -78,12 +80,40 @@ def run_engine(args, cross: bool, rollout: str) -> dict:
     return _result(wall, cpu, tokens, rollout_s=rollout_s, nonfinite_steps=skipped)
 
 
-def _step_or_skip(opt, student, out) -> int:
-    """The trainer's step: loss / tokens, backward, clip to 1.0, and (as ``onpolicy.trainer``
-    does) no update when the gradient is not finite. Returns 1 for a skipped step."""
+def _split(ro, parts: int) -> list:
+    """``ro``'s rows in ``parts`` consecutive micro-batches (same-tokenizer: prompts unused)."""
+    from onpolicy.types import Rollout
+
+    B = len(ro.completion_ids_B)
+    size = -(-B // parts)
+    return [
+        Rollout(
+            ro.prompts,
+            ro.prompt_index_B[a : a + size],
+            ro.prompt_ids_B[a : a + size],
+            ro.completion_ids_B[a : a + size],
+            ro.sampling_logprobs_B[a : a + size],
+            ro.finish_reason_B[a : a + size],
+            ro.texts_B[a : a + size],
+            ro.policy_version,
+        )
+        for a in range(0, B, size)
+    ]
+
+
+def _train_step(opt, student, ro, parts: int, loss_of) -> int:
+    """The trainer's step: loss / tokens, backward (per micro-batch when ``parts > 1``: the
+    activations of one micro-batch at a time, the same update), clip to 1.0, and (as
+    ``onpolicy.trainer`` does) no update when the gradient is not finite. 1 for a skipped step."""
     import torch
 
-    (out.loss_sum / max(out.num_tokens, 1)).backward()
+    if parts == 1:
+        out = loss_of(ro)
+        (out.loss_sum / max(out.num_tokens, 1)).backward()
+    else:  # global normalization: every micro-batch divides by the whole step's token count
+        total = sum(len(c) for c in ro.completion_ids_B)
+        for part in _split(ro, parts):
+            (loss_of(part).loss_sum / max(total, 1)).backward()
     params = [p for p in student.parameters() if p.grad is not None]
     norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
     finite = bool(torch.isfinite(norm))

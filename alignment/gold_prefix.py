@@ -63,14 +63,17 @@ def prefix_logmass(
 
 
 def _chunk_prefix(logits_N_V, rows, perm, ids_M, length, lo, hi, temperature):
-    z = logits_N_V.index_select(0, rows).double()
+    z = logits_N_V.index_select(0, rows)
+    z = z.to(torch.promote_types(z.dtype, torch.float32))  # the logits' precision, >= float32
     if temperature != 1.0:
         z = z / temperature
     logp = torch.log_softmax(z, dim=-1)
-    c = torch.nn.functional.pad(torch.cumsum(logp.exp().index_select(1, perm), 1), (1, 0))
-    ranged = (c.index_select(1, hi) - c.index_select(1, lo)).clamp(min=0.0)
-    own = logp.index_select(1, ids_M).exp()
-    mass = torch.where(length == 0, own, ranged)
+    p_sorted = logp.exp().index_select(1, perm)
+    c = torch.nn.functional.pad(torch.cumsum(p_sorted, 1, dtype=torch.float64), (1, 0))
+    mass = (c.index_select(1, hi) - c.index_select(1, lo)).clamp(min=0.0)
+    own = (length == 0).nonzero().squeeze(1)  # byte-less ids: their own probability
+    own_p = logp.index_select(1, ids_M.index_select(0, own)).exp().to(mass.dtype)
+    mass = mass.index_copy(1, own, own_p)
     # a mass of exactly 0 (below the cumulative sum's resolution) is log 0 = -inf with a zero
     # gradient: log of a safe 1 there, so that log's backward never meets 0 / 0 = NaN
     pos = mass > 0
@@ -81,6 +84,16 @@ def _chunk_prefix(logits_N_V, rows, perm, ids_M, length, lo, hi, temperature):
 def gjsd_measure(la: torch.Tensor, lb: torch.Tensor, beta: float) -> torch.Tensor:
     """[...] generalized JSD of positive measures ``exp(la)``, ``exp(lb)`` over the last axis
     (``alignment.gold``'s convention; zero masses count 0, with finite gradients)."""
+    if 0.0 < beta < 1.0:
+        # the ``- p + q`` terms cancel (sum m = beta sum b + (1 - beta) sum a) and m > 0 wherever
+        # a or b is: few passes over [..., M]; a zero mass's log is floored so 0 * log 0 = 0
+        floor = -torch.finfo(la.dtype).max
+        a, b = la.exp(), lb.exp()
+        m = beta * b + (1 - beta) * a
+        lm = torch.log(m.clamp(min=torch.finfo(m.dtype).tiny))
+        kl_b = (b * (lb.clamp(min=floor) - lm)).sum(-1)
+        kl_a = (a * (la.clamp(min=floor) - lm)).sum(-1)
+        return beta * kl_b + (1 - beta) * kl_a
     a_pos, b_pos = la > -math.inf, lb > -math.inf
     zero = torch.zeros((), dtype=la.dtype)
     la, lb = torch.where(a_pos, la, zero), torch.where(b_pos, lb, zero)
@@ -91,11 +104,7 @@ def gjsd_measure(la: torch.Tensor, lb: torch.Tensor, beta: float) -> torch.Tenso
 
     if beta == 0.0:
         return kl(lb, b, b_pos, la, a)
-    if beta == 1.0:
-        return kl(la, a, a_pos, lb, b)
-    m = beta * b + (1 - beta) * a
-    lm = torch.log(torch.where(m > 0, m, torch.ones((), dtype=m.dtype)))
-    return beta * kl(lb, b, b_pos, lm, m) + (1 - beta) * kl(la, a, a_pos, lm, m)
+    return kl(la, a, a_pos, lb, b)
 
 
 def gold_prefix_terms(

@@ -80,6 +80,7 @@ def _shared_flags(args) -> list[str]:
         "--max-new-tokens", str(args.max_new_tokens), "--lr", str(args.lr),
         "--threads", str(args.threads), "--min-new-tokens", str(args.min_new_tokens),
         "--micro-batches", str(args.micro_batches), *([] if args.chunked else ["--dense"]),
+        "--gold", *args.gold,
     ]  # fmt: skip
 
 
@@ -209,6 +210,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--micro-batches", type=int, default=1,
         help="engine same-tokenizer: backward in this many micro-batches (same update, less "
         "activation memory; the rollout stays one batch)",
+    )  # fmt: skip
+    p.add_argument(
+        "--gold", nargs="*", default=[], metavar="KEY=VALUE",
+        help="engine gold objective options, e.g. reference_kl=0 matched=token (TRL GOLD's terms)",
     )  # fmt: skip
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--threads", type=int, default=1)

@@ -43,7 +43,11 @@ def run_engine(args, cross: bool, rollout: str) -> dict:
     student, stok = load_model(sdir), load_tokenizer(sdir)
     teacher, ttok = load_model(tdir, trainable=False), load_tokenizer(tdir)
     chunked = not cross and args.chunked
-    objective = make_objective("gold") if cross else make_objective("reverse_kl", chunked=chunked)
+    if cross:  # --gold key=value ...: the engine's gold options (default: its defaults)
+        gold = {k: _value(v) for k, v in (kv.split("=", 1) for kv in args.gold)}
+        objective = make_objective("gold", **gold)
+    else:
+        objective = make_objective("reverse_kl", chunked=chunked)
     scorer = LocalTeacher(
         teacher, ttok, stok, mode="cross" if cross else "same", hidden=chunked,
         token_logprobs=not chunked,  # the chunked divergence needs the hidden states only
@@ -78,6 +82,14 @@ def run_engine(args, cross: bool, rollout: str) -> dict:
             rollout_s.append(t1 - t0)
             tokens.append(float(sum(len(c) for c in ro.completion_ids_B)))
     return _result(wall, cpu, tokens, rollout_s=rollout_s, nonfinite_steps=skipped)
+
+
+def _value(text: str):
+    """``"0"`` -> 0.0, ``"token"`` -> ``"token"`` (option values given on the command line)."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def _split(ro, parts: int) -> list:

@@ -105,9 +105,9 @@ def _chunks(n: int, size: int):
 def _rest_scale(logits, plan: _Plan, R: int, tau: float, dtype, chunk: int) -> torch.Tensor:
     """[R] chain-rule log-prob of each span's non-anchor tokens (no autograd)."""
     scale = torch.zeros(R, dtype=dtype, device=logits.device)
-    for sl in _chunks(plan.rest_rows_N.shape[0], chunk):
-        log_p = _log_softmax_rows(logits, plan.rest_rows_N[sl], tau, dtype)
-        lp = log_p.gather(1, plan.rest_ids_N[sl].unsqueeze(1)).squeeze(1)
+    for sl in _chunks(plan.rest_rows_N.shape[0], chunk):  # log p = z[id] - logsumexp(z)
+        z = _rows(logits, plan.rest_rows_N[sl], tau, dtype)
+        lp = z.gather(1, plan.rest_ids_N[sl].unsqueeze(1)).squeeze(1) - torch.logsumexp(z, -1)
         scale.index_add_(0, plan.rest_span_N[sl], lp)
     return scale
 

@@ -5,9 +5,12 @@ SmolLM2 tokens (English prose, real tokenizations by both tokenizers, spans alig
 timed call), from the student logits to their gradient; random logits with the sampled token's
 logit raised (the values do not change the work). Each row runs in a fresh subprocess with one
 thread: ``--warmup`` untimed calls, then the median wall time of ``--repeats`` calls and the peak
-RSS (ru_maxrss) above the RSS before the first call. The peer is TRL's GOLD ``ULDLoss`` (extended
-ULD, "bayesian" merge: our ``uld`` with ``anchor="last"``) on the same inputs; TRL has no
-next-byte or prefix-marginal loss.
+RSS above the RSS before the first call (Linux: the peak is reset there, ``clear_refs``).
+The peer is TRL's GOLD ``ULDLoss`` (extended ULD, "bayesian" merge: the ``uld`` row runs ours
+with ``anchor="last"``, the same semantics; the ``uld`` objective's default anchor is
+``first``) on the same inputs; TRL has no next-byte or
+prefix-marginal loss. ``gold_token`` is ``alignment.gold`` (TRL's GOLD semantics, anchor first),
+``gold_prefix`` the ``gold`` objective's default (``matched=prefix``).
 
     .venv/bin/python benchmarks/cross_objectives.py [--tokens 104] [--repeats 3] [--warmup 1]
         [--impls next_byte,gold_prefix,gold_token,uld,trl_uld]
@@ -16,6 +19,7 @@ next-byte or prefix-marginal loss.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import resource
@@ -38,8 +42,9 @@ TEXT = (
     "one hundred and twelve steps aloud. At the top he wiped the salt from the great lens, "
     "trimmed the wick, and watched the first beam sweep across the restless water. Ships he "
     "would never meet passed safely in the dark; that, he said, was the whole of the job. "
-    "In 1987 a storm tore the railing away, and he rebuilt it himself with driftwood & rope. 'Nobody "
-    "asked me to,' he told the reporter, 'but the light doesn't care who pays for the nails.' "
+    "In 1987 a storm tore the railing away, and he rebuilt it himself with driftwood & rope. "
+    "'Nobody asked me to,' he told the reporter, 'but the light doesn't care who pays for "
+    "the nails.' "
     "He retired at 81, handing the keys to his niece, who still keeps the log in his hand."
 )
 
@@ -114,10 +119,26 @@ def _ours(inp: dict, impl: str):
 
 
 def _trl(inp: dict):
-    spec = importlib.util.spec_from_file_location("bench_alignment", REPO / "benchmarks/alignment.py")
+    spec = importlib.util.spec_from_file_location(
+        "bench_alignment", REPO / "benchmarks/alignment.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod._trl_loss(inp, hybrid=False)
+
+
+def _status_kb(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _reset_peak_kb() -> int:
+    """Reset the peak RSS (Linux: ``clear_refs`` 5) and return the RSS now, in KiB."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+    return _status_kb("VmRSS")
 
 
 def worker(impl: str, tokens: int, repeats: int, warmup: int) -> dict:
@@ -125,7 +146,7 @@ def worker(impl: str, tokens: int, repeats: int, warmup: int) -> dict:
     inp = make_inputs(tokens)
     run = _trl(inp) if impl == "trl_uld" else _ours(inp, impl)
     base = inp["s"]["logits"]
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss0 = _reset_peak_kb()
     times, value = [], float("nan")
     for i in range(warmup + repeats):
         logits = base.clone().requires_grad_(True)
@@ -136,7 +157,7 @@ def worker(impl: str, tokens: int, repeats: int, warmup: int) -> dict:
         value = float(loss)
         if i >= warmup:
             times.append(dt)
-    peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
+    peak = (_status_kb("VmHWM") - rss0) / 1024
     return {"impl": impl, "seconds": statistics.median(times), "peak_mb": peak, "value": value,
             "tokens": tokens, "teacher_tokens": int(inp["t"]["ids"].shape[1] - PROMPT)}  # fmt: skip
 

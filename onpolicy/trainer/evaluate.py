@@ -94,7 +94,11 @@ def _batch_sums(
     student_lp = torch.log_softmax(s_logits_N_V, -1).gather(1, fwd.targets_N[:, None]).sum()
     if scores.mode == "same":
         t_logits_N_V = _teacher_logits(scores).float()
-        teacher_lp = scores.token_logprobs_N.sum()
+        if scores.token_logprobs_N is not None:
+            teacher_lp = scores.token_logprobs_N.sum()
+        else:  # a teacher set up for a chunked objective skips its token log-probs
+            t_lp_N_V = torch.log_softmax(t_logits_N_V, -1)
+            teacher_lp = t_lp_N_V.gather(1, fwd.targets_N[:, None]).sum()
         out["kl"] = diag.reverse_kl_per_token(s_logits_N_V, t_logits_N_V).sum().item()
         d = diag.distribution_diagnostics(s_logits_N_V, t_logits_N_V)
         n = float(s_logits_N_V.shape[0])

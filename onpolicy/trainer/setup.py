@@ -90,19 +90,29 @@ def load_student(config: Config, device: torch.device) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def load_teacher(config: Config, student: Any, student_tok: Any, device: torch.device) -> tuple:
-    """``(LocalTeacher, teacher_model, teacher_tokenizer)``; ``mode=self`` reuses the student."""
+def load_teacher(
+    config: Config, student: Any, student_tok: Any, device: torch.device, chunked: bool = False
+) -> tuple:
+    """``(LocalTeacher, teacher_model, teacher_tokenizer)``; ``mode=self`` reuses the student.
+
+    ``chunked``: the objective projects hidden states through the LM heads a block at a time, so
+    the teacher returns hidden states + head and skips its own full LM-head pass."""
     from onpolicy.models import load_model, load_tokenizer
     from onpolicy.teacher.local import LocalTeacher
 
     t = config.teacher
     if t.mode == "self":
-        return LocalTeacher(student, student_tok, student_tok, mode="self"), student, student_tok
+        kw = {"hidden": chunked, "token_logprobs": not chunked}
+        teacher = LocalTeacher(student, student_tok, student_tok, mode="self", **kw)
+        return teacher, student, student_tok
     path = resolve_model_path(t.path or "")
     dtype = "float32" if t.dtype == "auto" else t.dtype
     tokenizer = load_tokenizer(path, t.gguf_file)
     model = load_model(path, dtype=dtype, device=device, gguf_file=t.gguf_file, trainable=False)
-    return LocalTeacher(model, tokenizer, student_tok, mode=t.mode), model, tokenizer
+    teacher = LocalTeacher(
+        model, tokenizer, student_tok, mode=t.mode, hidden=chunked, token_logprobs=not chunked
+    )
+    return teacher, model, tokenizer
 
 
 def build_objective(config: Config) -> Any:
@@ -124,17 +134,25 @@ def build_objective(config: Config) -> Any:
         raise ConfigError(f"objective {name!r}: bad params {sorted(params)}: {exc}") from exc
 
 
-def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """The optimizer over the trainable parameters (LoRA: the adapters only)."""
+def build_optimizer(
+    model: torch.nn.Module, cfg: OptimConfig, fused: bool = False
+) -> torch.optim.Optimizer:
+    """The optimizer over the trainable parameters (LoRA: the adapters only).
+
+    ``fused``: Adam/AdamW's fused kernel (TRL's default; ~4x faster steps on CPU for SmolLM2-135M),
+    used for plain parameters only (not FSDP/DeepSpeed-sharded ones)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("the student has no trainable parameters; check lora.target_modules")
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    plain = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    fused = fused and plain
     return cls(
-        params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay
-    )
+        params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
+        fused=fused or None,
+    )  # fmt: skip
 
 
 def build_scheduler(
@@ -192,8 +210,9 @@ def _load_models(config: Config, accelerator: Any) -> tuple:
     teacher = teacher_model = teacher_tok = None
     if objective.needs_teacher or config.teacher.path is not None or config.teacher.mode == "self":
         student = model if full is None else full.model
+        chunked = bool(getattr(objective, "chunked", False))  # reverse_kl / gkd option
         teacher, teacher_model, teacher_tok = load_teacher(
-            config, student, tokenizer, accelerator.device
+            config, student, tokenizer, accelerator.device, chunked
         )
     return model, tokenizer, full, objective, teacher, teacher_model, teacher_tok
 
@@ -217,7 +236,7 @@ def build_components(config: Config, accelerator: Any) -> Components:
     model, tokenizer, full, objective, teacher, teacher_model, teacher_tok = _load_models(
         config, accelerator
     )
-    optimizer = build_optimizer(model, config.optim)
+    optimizer = build_optimizer(model, config.optim, fused=full is None)
     scheduler = build_scheduler(optimizer, config.optim, config.train.steps)
     prepared, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)

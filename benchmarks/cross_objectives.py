@@ -13,7 +13,11 @@ prefix-marginal loss. ``gold_token`` is ``alignment.gold`` (TRL's GOLD semantics
 ``gold_prefix`` the ``gold`` objective's default (``matched=prefix``).
 
     .venv/bin/python benchmarks/cross_objectives.py [--tokens 104] [--repeats 3] [--warmup 1]
-        [--impls next_byte,gold_prefix,gold_token,uld,trl_uld]
+        [--impls next_byte,gold_prefix,gold_token,uld,trl_uld] [--objectives]
+
+``--objectives`` instead times each registered objective's ``loss`` + backward end to end with
+the real models (the SmolLM2 student's forward and backward included; the Gemma-3 teacher scores
+the completion once, untimed), in this process.
 """
 
 from __future__ import annotations
@@ -162,14 +166,56 @@ def worker(impl: str, tokens: int, repeats: int, warmup: int) -> dict:
             "tokens": tokens, "teacher_tokens": int(inp["t"]["ids"].shape[1] - PROMPT)}  # fmt: skip
 
 
+OBJECTIVE_ROWS = (
+    ("next_byte", {"reference_kl": 0.0}),
+    ("next_byte", {"reference_kl": 0.1}),
+    ("gold", {"reference_kl": 0.0}),
+    ("gold", {"matched": "token", "reference_kl": 0.0}),
+    ("uld", {"reference_kl": 0.0}),
+)
+
+
+def objective_rows(tokens: int, repeats: int, warmup: int) -> None:
+    """Print each objective's loss + backward wall time (median) with the real models."""
+    from onpolicy.api import completion_rollout, make_objective
+    from onpolicy.models import load_model, load_tokenizer
+    from onpolicy.offline import gemma3_dir, smollm2_dir
+    from onpolicy.teacher.local import LocalTeacher
+    from onpolicy.types import Prompt
+
+    torch.set_num_threads(1)
+    stok, ttok = load_tokenizer(smollm2_dir()), load_tokenizer(gemma3_dir())
+    student, teacher = load_model(smollm2_dir()), load_model(gemma3_dir(), trainable=False)
+    text = stok.decode(stok(TEXT, add_special_tokens=False)["input_ids"][:tokens])
+    prompts = [Prompt(messages=({"role": "user", "content": "Tell me a short story."},))]
+    ro = completion_rollout(prompts, [text], stok)
+    scores = LocalTeacher(teacher, ttok, stok, mode="cross").score(ro)
+    print(f"objective loss + backward, SmolLM2 student ({len(ro.completion_ids_B[0])} tokens) "
+          f"-> Gemma-3 teacher, 1 thread, median of {repeats}")  # fmt: skip
+    print(f"{'objective':<10} {'params':<42} {'fwd+bwd s':>10}")
+    for name, params in OBJECTIVE_ROWS:
+        objective, times = make_objective(name, **params), []
+        for i in range(warmup + repeats):
+            student.zero_grad(set_to_none=True)
+            t0 = time.perf_counter()
+            objective.loss(student, ro, scores).loss_sum.backward()
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+        print(f"{name:<10} {json.dumps(params):<42} {statistics.median(times):>10.3f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tokens", type=int, default=104)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--impls", default=",".join(IMPLS))
+    p.add_argument("--objectives", action="store_true", help="end-to-end objective timings")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.objectives:
+        objective_rows(a.tokens, a.repeats, a.warmup)
+        return
     if a.worker:
         print(json.dumps(worker(a.worker, a.tokens, a.repeats, a.warmup)))
         return

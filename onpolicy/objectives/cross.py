@@ -15,6 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from onpolicy.errors import ConfigError
 from onpolicy.forward import split_rows
 from onpolicy.objectives.common import require_cross, student_forward
 from onpolicy.teacher.types import CrossTeacherScores, TeacherScores
@@ -188,3 +189,35 @@ class FrozenReference:
             log_r = torch.log_softmax(ref.logits_B_T_V.float() / tau, -1)
         log_s = torch.log_softmax(s_side.logits_B_T_V.float() / tau, -1)
         return (log_s.exp() * (log_s - log_r)).sum()
+
+    def add_to(
+        self,
+        weight: float,
+        loss_sum: torch.Tensor,
+        student,
+        rollout: Rollout,
+        s_side,
+        cross,
+        prefix: str,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """``(loss_sum + weight * KL(student || reference), {f"{prefix}/reference_kl_sum": ...})``;
+        ``weight = 0``: ``(loss_sum, {})`` without running the reference."""
+        if not weight:
+            return loss_sum, {}
+        ref_kl = self.kl_sum(student, rollout, s_side, cross)
+        return loss_sum + weight * ref_kl, {f"{prefix}/reference_kl_sum": float(ref_kl.detach())}
+
+
+def side_tries(cross: CrossTeacherScores, s_side, t_side, needed_by: str) -> tuple:
+    """``(student trie, teacher trie)`` (``alignment.byte_marginal.byte_trie``) over each side's
+    padded vocabulary, from the tokenizers the cross scores carry."""
+    from alignment.byte_marginal import byte_trie
+
+    if cross.student_tokenizer is None or cross.teacher_tokenizer is None:
+        raise ConfigError(
+            f"{needed_by} needs the tokenizers in the cross scores; score with "
+            "onpolicy.teacher.LocalTeacher (mode cross)"
+        )
+    s_trie = byte_trie(cross.student_tokenizer, s_side.logits_B_T_V.shape[-1])
+    t_trie = byte_trie(cross.teacher_tokenizer, t_side.logits_B_T_V.shape[-1])
+    return s_trie, t_trie

@@ -28,7 +28,7 @@ from typing import ClassVar, Literal
 from onpolicy.errors import ConfigError
 from onpolicy.objectives.base import BatchSource, LossOutput, register_objective
 from onpolicy.objectives.common import check_temperature, check_unit
-from onpolicy.objectives.cross import FrozenReference, ReferencePolicy, cross_sides
+from onpolicy.objectives.cross import FrozenReference, ReferencePolicy, cross_sides, side_tries
 from onpolicy.teacher.types import TeacherScores
 from onpolicy.types import Rollout
 
@@ -89,16 +89,9 @@ class GOLD:
 
             terms = gold_terms(s_side, t_side, ms, mt, self.beta, top_k=self.top_k)
         else:
-            from alignment.byte_marginal import byte_trie
             from alignment.gold_prefix import gold_prefix_terms
 
-            if cross.student_tokenizer is None or cross.teacher_tokenizer is None:
-                raise ConfigError(
-                    "gold matched=prefix needs the tokenizers in the cross scores; score with "
-                    "onpolicy.teacher.LocalTeacher, or set matched=token"
-                )
-            s_trie = byte_trie(cross.student_tokenizer, s_side.logits_B_T_V.shape[-1])
-            t_trie = byte_trie(cross.teacher_tokenizer, t_side.logits_B_T_V.shape[-1])
+            s_trie, t_trie = side_tries(cross, s_side, t_side, "gold matched=prefix (else: token)")
             terms = gold_prefix_terms(
                 s_side, t_side, s_trie, t_trie, ms, mt, self.beta, top_k=self.top_k
             )
@@ -110,8 +103,8 @@ class GOLD:
             "gold/matched_sum": float(matched.detach()),
             "gold/unmatched_sum": float(unmatched.detach()),
         }
-        if self.reference_kl:
-            ref_kl = self._reference.kl_sum(student, rollout, s_side, cross)
-            loss_sum = loss_sum + self.reference_kl * ref_kl
-            metrics["gold/reference_kl_sum"] = float(ref_kl.detach())
+        loss_sum, anchor = self._reference.add_to(
+            self.reference_kl, loss_sum, student, rollout, s_side, cross, self.name
+        )
+        metrics.update(anchor)
         return LossOutput(loss_sum=loss_sum, num_tokens=int(mask.sum()), metrics=metrics)

@@ -16,10 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from onpolicy.errors import ConfigError
 from onpolicy.objectives.base import BatchSource, LossOutput, register_objective
 from onpolicy.objectives.common import check_temperature, check_unit
-from onpolicy.objectives.cross import FrozenReference, ReferencePolicy, cross_sides
+from onpolicy.objectives.cross import FrozenReference, ReferencePolicy, cross_sides, side_tries
 from onpolicy.teacher.types import TeacherScores
 from onpolicy.types import Rollout
 
@@ -66,30 +65,17 @@ class NextByte:
 
     def loss(self, student, rollout: Rollout, teacher_scores: TeacherScores | None) -> LossOutput:
         from alignment.byte_loss import next_byte_terms
-        from alignment.byte_marginal import byte_trie
 
         s_side, t_side, cross = cross_sides(
             student, rollout, teacher_scores, self.name, self.temperature, self.teacher_temperature
         )
-        if cross.student_tokenizer is None or cross.teacher_tokenizer is None:
-            raise ConfigError(
-                "objective 'next_byte' needs the tokenizers in the cross scores; score with "
-                "onpolicy.teacher.LocalTeacher (mode cross)"
-            )
-        s_trie = byte_trie(cross.student_tokenizer, s_side.logits_B_T_V.shape[-1])
-        t_trie = byte_trie(cross.teacher_tokenizer, t_side.logits_B_T_V.shape[-1])
+        s_trie, t_trie = side_tries(cross, s_side, t_side, "objective 'next_byte'")
         terms = next_byte_terms(s_side, t_side, s_trie, t_trie, self.beta, self.within_tokens)
-        loss_sum = terms.divergence_E.sum()
+        divergence_sum = terms.divergence_E.sum()
         n = int(terms.divergence_E.shape[0])
-        ref_kl = (
-            self._reference.kl_sum(student, rollout, s_side, cross) if self.reference_kl else None
+        loss_sum, metrics = self._reference.add_to(
+            self.reference_kl, divergence_sum, student, rollout, s_side, cross, self.name
         )
-        if ref_kl is not None:
-            loss_sum = loss_sum + self.reference_kl * ref_kl
-        metrics = {
-            "next_byte/divergence_sum": float(loss_sum.detach()),
-            "next_byte/exact_share": float(terms.exact_E.float().mean()) if n else 0.0,
-        }
-        if ref_kl is not None:
-            metrics["next_byte/reference_kl_sum"] = float(ref_kl.detach())
+        metrics["next_byte/divergence_sum"] = float(loss_sum.detach())
+        metrics["next_byte/exact_share"] = float(terms.exact_E.float().mean()) if n else 0.0
         return LossOutput(loss_sum=loss_sum, num_tokens=n, metrics=metrics)

@@ -52,8 +52,8 @@ class ULD:
         terms = gold_terms(s_side, t_side, None, None, top_k=self.top_k)
         loss_sum = terms.unmatched_B_S[terms.mask_B_S].sum()
         metrics = {"uld_sum": float(loss_sum.detach())}
-        if self.reference_kl:
-            ref_kl = self._reference.kl_sum(student, rollout, s_side, cross)
-            loss_sum = loss_sum + self.reference_kl * ref_kl
-            metrics["uld/reference_kl_sum"] = float(ref_kl.detach())
+        loss_sum, anchor = self._reference.add_to(
+            self.reference_kl, loss_sum, student, rollout, s_side, cross, self.name
+        )
+        metrics.update(anchor)
         return LossOutput(loss_sum=loss_sum, num_tokens=int(terms.mask_B_S.sum()), metrics=metrics)

@@ -76,6 +76,6 @@ class NextByte:
         loss_sum, metrics = self._reference.add_to(
             self.reference_kl, divergence_sum, student, rollout, s_side, cross, self.name
         )
-        metrics["next_byte/divergence_sum"] = float(loss_sum.detach())
+        metrics["next_byte/divergence_sum"] = float(divergence_sum.detach())
         metrics["next_byte/exact_share"] = float(terms.exact_E.float().mean()) if n else 0.0
         return LossOutput(loss_sum=loss_sum, num_tokens=n, metrics=metrics)

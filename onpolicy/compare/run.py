@@ -204,8 +204,11 @@ def _train(
 
         student, stok = _load(student_dir, trainable=True)
         teacher, ttok = _load(dirs.teacher, trainable=False)
+        unknown = set(spec.params) - {"shuffle", "text"}
+        if unknown:
+            raise ConfigError(f"trl_sft takes the params shuffle, text; got {sorted(unknown)}")
         budget, losses = train_trl_sft(
-            student, stok, teacher, ttok, task.train_prompts, cfg.train, seed
+            student, stok, teacher, ttok, task.train_prompts, cfg.train, seed, **spec.params
         )
         return student, stok, budget, losses
     from onpolicy.trainer import train

@@ -1,9 +1,33 @@
 """The SFT baseline through TRL's ``SFTTrainer`` (the trainer users already trust), on the same
 teacher samples, prompts per step, optimizer settings and number of optimizer steps as the engine's
-own ``sft`` method, so the two rows of the table can be compared."""
+own ``sft`` method, so the two rows of the table can be compared.
+
+Like for like, setting by setting (engine ``sft`` | TRL as configured here):
+
+- samples: one fixed teacher sample per prompt (``draw_teacher_samples``, the run's seed) | the
+  same call, the same samples;
+- tokens: the rendered prompt + the teacher's completion ids, the student's end token only where
+  the sample ended | the same ids, handed to TRL pre-tokenized (``input_ids``, ``completion_mask``).
+  TRL's own text path (param ``text: true``) appends the tokenizer's EOS to *every* completion,
+  also to samples cut at ``max_new_tokens`` (teaching the student to stop mid-answer), uses EOS
+  where a chat tokenizer ends turns with another token, and renders conversations with the
+  template's trailing text (e.g. ``<|im_end|>\\n``);
+- prompts per step and their order: ``PromptStream(prompts, seed)`` | the same stream, read in order
+  (``train_sampling_strategy="sequential"``; TRL's default random sampler, param ``shuffle: true``,
+  reshuffles it: the same rows over the run, other prompts in each step);
+- loss: prompt masked, summed over the step's completion tokens / their count | the same
+  (``completion_only_loss``, ``num_items_in_batch``);
+- AdamW betas (0.9, 0.999), eps 1e-8, weight decay 0, constant lr without warmup, global
+  gradient-norm clip, float32, no packing, no gradient accumulation, no dropout in these models:
+  the same.
+
+With these, the two take the same optimizer steps: equal per-step losses and weights equal up to
+float32 rounding (``tests/onpolicy/compare/test_trl_sft_lockstep.py``).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from collections.abc import Sequence
@@ -12,18 +36,8 @@ from typing import Any
 import torch
 
 from onpolicy.compare.methods import TrainSettings
-from onpolicy.trainer.sources import prompt_key
 from onpolicy.trainer.step_metrics import ComputeBudget
-from onpolicy.types import Prompt, SamplingParams
-
-
-def _row(prompt: Prompt, completion: str) -> dict:
-    if prompt.messages is not None:  # conversational: TRL renders the student's chat template
-        return {
-            "prompt": list(prompt.messages),
-            "completion": [{"role": "assistant", "content": completion}],
-        }
-    return {"prompt": prompt.text, "completion": completion}
+from onpolicy.types import Prompt, Rollout, SamplingParams
 
 
 def train_trl_sft(
@@ -34,10 +48,15 @@ def train_trl_sft(
     train_prompts: Sequence[Prompt],
     settings: TrainSettings,
     seed: int,
+    shuffle: bool = False,
+    text: bool = False,
 ) -> tuple[ComputeBudget, list[float]]:
-    """Train ``student`` in place with TRL's ``SFTTrainer`` on the same fixed teacher samples
-    (``trainer.sources.draw_teacher_samples``, same seed) and the same prompt stream as the
-    engine's ``sft``; returns budget and losses."""
+    """Train ``student`` in place with TRL's ``SFTTrainer`` on the engine ``sft``'s batches (see
+    the module docstring); returns the budget and the per-step losses.
+
+    ``shuffle``: TRL's random sampler reorders the prompt stream. ``text``: TRL tokenizes the
+    prompt and completion texts itself (its EOS convention) instead of taking the engine's ids.
+    """
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -47,9 +66,11 @@ def train_trl_sft(
     sampling = SamplingParams(
         max_new_tokens=settings.max_new_tokens, temperature=settings.temperature
     )
-    texts, budget = _teacher_texts(teacher, teacher_tok, student_tok, train_prompts, sampling, seed)
     prompts = PromptStream(train_prompts, seed).take(settings.steps * settings.batch_size)
-    data = Dataset.from_list([_row(p, texts[prompt_key(p)]) for p in prompts])
+    rollout, budget = engine_batches(
+        teacher, teacher_tok, student_tok, train_prompts, prompts, sampling, seed
+    )
+    data = Dataset.from_list(_text_rows(rollout) if text else _id_rows(rollout))
     with tempfile.TemporaryDirectory() as out:
         args = SFTConfig(
             output_dir=out,
@@ -59,6 +80,9 @@ def train_trl_sft(
             lr_scheduler_type="constant",
             warmup_steps=0,
             weight_decay=0.0,
+            adam_beta1=0.9,
+            adam_beta2=0.999,
+            adam_epsilon=1e-8,
             max_grad_norm=settings.max_grad_norm,
             optim="adamw_torch",
             logging_steps=1,
@@ -68,6 +92,7 @@ def train_trl_sft(
             use_cpu=True,
             completion_only_loss=True,
             dataloader_num_workers=0,
+            train_sampling_strategy="random" if shuffle else "sequential",
             disable_tqdm=True,
             max_length=None,
             bf16=False,
@@ -85,28 +110,60 @@ def train_trl_sft(
     return budget, losses
 
 
-def _teacher_texts(
+def engine_batches(
     teacher: Any,
     teacher_tok: Any,
     student_tok: Any,
-    prompts: Sequence[Prompt],
+    train_prompts: Sequence[Prompt],
+    stream: Sequence[Prompt],
     sampling: SamplingParams,
     seed: int,
-) -> tuple[dict[tuple, str], ComputeBudget]:
-    """One fixed teacher sample per prompt, drawn as the trainer draws them (same seed, same
-    samples as the engine's ``sft``), as text; and the teacher compute spent."""
+) -> tuple[Rollout, ComputeBudget]:
+    """What the engine's ``sft`` trains on, as one ``Rollout`` over the ``stream`` of prompts: the
+    fixed teacher samples of ``train_prompts`` drawn as the trainer draws them (same seed, same
+    samples) and turned into student tokens as the trainer does (``completions_for``); and the
+    teacher compute spent."""
     from alignment.vocab_map import same_tokenizer
-    from onpolicy.chat import render_prompt
+    from onpolicy.chat import end_of_turn_token_id, render_prompt
     from onpolicy.rollout.hf import HFRolloutBackend
-    from onpolicy.trainer.sources import SampleSources, draw_teacher_samples
+    from onpolicy.trainer.sources import SampleSources, completions_for, draw_teacher_samples
 
+    end_id = end_of_turn_token_id(student_tok)
     src = SampleSources(
         student_backend=None,
         tokenizer=student_tok,
-        end_id=None,
+        end_id=student_tok.eos_token_id if end_id is None else end_id,
         teacher_backend=HFRolloutBackend(teacher, teacher_tok),
         render_teacher=lambda p: render_prompt(teacher_tok, p),
         same_tokenizer=same_tokenizer(student_tok, teacher_tok),
     )
-    fixed, spent = draw_teacher_samples(prompts, sampling, src, seed)
-    return {prompt_key(p): fixed.for_prompt(p)[0][1] for p in prompts}, spent
+    fixed, spent = draw_teacher_samples(train_prompts, sampling, src, seed)
+    src = dataclasses.replace(src, fixed_teacher=fixed)
+    ids = [render_prompt(student_tok, p) for p in stream]
+    rollout, _ = completions_for("teacher", stream, ids, sampling, src)
+    return rollout, spent
+
+
+def _id_rows(rollout: Rollout) -> list[dict]:
+    """Pre-tokenized rows: prompt + completion ids, the completion's tokens in the loss."""
+    return [
+        {"input_ids": [*p, *c], "completion_mask": [0] * len(p) + [1] * len(c)}
+        for p, c in zip(rollout.prompt_ids_B, rollout.completion_ids_B, strict=True)
+    ]
+
+
+def _text_rows(rollout: Rollout) -> list[dict]:
+    """Prompt/completion text rows (TRL tokenizes and renders them with its own conventions)."""
+    rows = []
+    for i, completion in zip(rollout.prompt_index_B, rollout.texts_B, strict=True):
+        prompt = rollout.prompts[i]
+        if prompt.messages is not None:  # conversational: TRL renders the student's chat template
+            rows.append(
+                {
+                    "prompt": list(prompt.messages),
+                    "completion": [{"role": "assistant", "content": completion}],
+                }
+            )
+        else:
+            rows.append({"prompt": prompt.text, "completion": completion})
+    return rows

@@ -200,8 +200,8 @@ def _trl_normalized(per_span_B_S: torch.Tensor, span_B_T: torch.Tensor) -> torch
 
 
 def _time_uld_rows() -> list[float]:
-    """Make ``alignment.gold`` count the CPU time of its ULD row kernels (the sorts) in a cell."""
-    import alignment.gold as gold
+    """Make ``alignment.gold_rows`` count the CPU time of its ULD row kernels (the sorts) in a cell."""
+    import alignment.gold_rows as gold
 
     spent = [0.0]
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from onpolicy.compare.config import CompareConfig, load_config, parse_config
 from onpolicy.compare.methods import BUILTIN_METHODS, MethodSpec, TrainSettings
-from onpolicy.compare.report import Row, aggregate, markdown, write_report
+from onpolicy.compare.report import Row, aggregate, budget_meta, markdown, write_report
 from onpolicy.compare.run import JobResult, output_dir, run_compare
 
 __all__ = [
@@ -40,7 +40,7 @@ def compare(cfg: CompareConfig, progress: bool = True, note: str = "") -> tuple[
     """Run the comparison and write its report; returns the rows and the written paths."""
     from onpolicy.tasks.base import make_task
 
-    teacher, jobs, dirs, seconds = run_compare(cfg, progress=progress)
+    teacher, jobs, dirs, seconds, plan = run_compare(cfg, progress=progress)
     task = make_task(**cfg.task)
     rows = aggregate(teacher, jobs)
     meta: dict[str, Any] = {
@@ -48,6 +48,7 @@ def compare(cfg: CompareConfig, progress: bool = True, note: str = "") -> tuple[
         "models": vars(dirs),
         "methods": [vars(m) for m in cfg.methods],
         "steps": cfg.train.steps,
+        "budget": budget_meta(plan),
         "batch_size": cfg.train.batch_size,
         "lr": cfg.train.lr,
         "max_new_tokens": cfg.train.max_new_tokens,
@@ -110,17 +111,19 @@ def quickstart_table(rows: Sequence[Row]) -> str:
         "reverse_kl": "student + on-policy reverse KL",
     }
     out = [
-        "| model | exact match (± sd) | KL to teacher (nats/char) | train FLOPs | train s |",
-        "|---|---|---|---|---|",
+        "| model | exact match (± sd) | KL to teacher (nats/char) | train FLOPs | steps "
+        "| train s |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r.status != "ok":
-            out.append(f"| {names.get(r.method, r.method)} | FAILED: {r.error} | | | |")
+            out.append(f"| {names.get(r.method, r.method)} | FAILED: {r.error} | | | | |")
             continue
         kl = "–" if r.kl_per_char is None else f"{r.kl_per_char:.4f}"
         out.append(
             f"| {names.get(r.method, r.method)} | {r.score:.3f} ± {r.score_std:.3f} | {kl} | "
             f"{'–' if r.flops is None else f'{r.flops:.2e}'} | "
+            f"{'–' if not r.steps else f'{r.steps:.0f}'} | "
             f"{'–' if r.seconds is None else f'{r.seconds:.0f}'} |"
         )
     return "\n".join(out)

@@ -8,6 +8,8 @@ training budget, the seeds and where to write the report.
     seeds: [0, 1, 2]
     workers: 2                            # parallel processes (one torch thread each)
     output_dir: outputs/compare/arithmetic
+    budget: {match: flops, reference: sft} # optional: equal estimated FLOPs (compare/budget.py);
+                                           # default {match: steps}: train.steps for every method
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from onpolicy.compare.budget import BudgetSpec, parse_budget
 from onpolicy.compare.methods import MethodSpec, TrainSettings, method_spec
 from onpolicy.errors import ConfigError
 
-_KEYS = {"task", "models", "methods", "train", "seeds", "workers", "output_dir", "eval"}
+_KEYS = {"task", "models", "methods", "train", "seeds", "workers", "output_dir", "eval", "budget"}
 
 
 @dataclass
@@ -34,6 +37,7 @@ class CompareConfig:
     workers: int = 1
     output_dir: Path = Path("outputs/compare")
     eval_max_new_tokens: int | None = None
+    budget: BudgetSpec = field(default_factory=BudgetSpec)
 
 
 def parse_config(raw: dict[str, Any]) -> CompareConfig:
@@ -75,6 +79,7 @@ def parse_config(raw: dict[str, Any]) -> CompareConfig:
         workers=workers,
         output_dir=Path(raw.get("output_dir", "outputs/compare")),
         eval_max_new_tokens=(raw.get("eval") or {}).get("max_new_tokens"),
+        budget=parse_budget(raw.get("budget"), methods),
     )
 
 

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from onpolicy.compare.budget import Plan
 from onpolicy.compare.run import JobResult
 
 
@@ -35,6 +36,7 @@ class Row:
     latency_ms: float | None
     tokens_per_s: float | None
     error: str | None
+    steps: float | None = None  # optimizer steps (mean over seeds; they differ at equal FLOPs)
 
 
 def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
@@ -103,6 +105,7 @@ def aggregate(teacher: JobResult, jobs: Sequence[JobResult]) -> list[Row]:
                 None if latency is None else 1e3 * latency,
                 m("tokens_per_s"),
                 error,
+                m("steps"),
             )
         )
     return rows
@@ -125,9 +128,11 @@ def markdown(rows: Sequence[Row], header: str = "") -> str:
     """The report table (failed methods stay in it, with their error)."""
     cols = (
         "| method | status | seeds | score (± sd) | retained | KL/char (± sd) | agree | "
-        "student tok | teacher tok | FLOPs | train s | params | disk MB | latency ms | tok/s |"
+        "student tok | teacher tok | FLOPs | steps | train s | params | disk MB | latency ms | "
+        "tok/s |"
     )
-    lines = [header, "", cols, "|" + "---|" * 15] if header else [cols, "|" + "---|" * 15]
+    rule = "|" + "---|" * 16
+    lines = [header, "", cols, rule] if header else [cols, rule]
     for r in rows:
         score = "–" if r.score is None else f"{r.score:.3f} ± {r.score_std:.3f}"
         kl = "–" if r.kl_per_char is None else f"{r.kl_per_char:.4f} ± {r.kl_std:.4f}"
@@ -135,7 +140,7 @@ def markdown(rows: Sequence[Row], header: str = "") -> str:
             f"| {r.method} | {r.status} | {r.seeds} | {score} | {_fmt(r.retained, '.0%')} | {kl} | "
             f"{_fmt(r.agreement, '.2f')} | {_fmt(r.student_tokens, ',.0f')} | "
             f"{_fmt(r.teacher_tokens, ',.0f')} | {_fmt(r.flops, '.2e')} | "
-            f"{_fmt(r.seconds, '.0f')} | "
+            f"{_fmt(r.steps or None, '.0f')} | {_fmt(r.seconds, '.0f')} | "
             f"{_fmt(r.params, ',')} | {_fmt(r.disk_mb, '.2f')} | {_fmt(r.latency_ms, '.0f')} | "
             f"{_fmt(r.tokens_per_s, ',.0f')} |"
         )
@@ -192,8 +197,7 @@ def write_report(
 ) -> dict[str, Path]:
     """``report.md``, ``report.json`` (rows + every job + meta) and ``score_vs_compute.png``."""
     header = (
-        f"## {meta['task']} — {meta['steps']} optimizer steps x {meta['batch_size']} prompts, "
-        f"lr {meta['lr']}, seeds {meta['seeds']}, {metric}"
+        f"## {meta['task']} — {budget_line(meta)}, lr {meta['lr']}, seeds {meta['seeds']}, {metric}"
     )
     paths = {"markdown": out / "report.md", "json": out / "report.json"}
     paths["markdown"].write_text(markdown(rows, header) + "\n" + meta.get("note", "") + "\n")
@@ -208,3 +212,30 @@ def write_report(
     if png is not None:
         paths["plot"] = png
     return paths
+
+
+def budget_meta(plan: Plan) -> dict[str, Any]:
+    """The budget plan as JSON-able report metadata."""
+    return {
+        "match": plan.spec.match,
+        "reference": plan.spec.reference,
+        "flops": plan.budget_flops,
+        "completion_tokens": plan.spec.completion_tokens,
+        "steps": {f"{m}/seed{s}": n for (m, s), n in plan.steps.items()},
+        "estimated_flops": {f"{m}/seed{s}": f for (m, s), f in plan.estimated_flops.items()},
+    }
+
+
+def budget_line(meta: dict[str, Any]) -> str:
+    """Which budget produced the table: equal optimizer steps, or equal estimated FLOPs."""
+    b = meta.get("budget") or {"match": "steps"}
+    per_step = f"x {meta['batch_size']} prompts"
+    if b["match"] == "steps":
+        return f"{meta['steps']} optimizer steps {per_step} for every method"
+    flops = sorted({f for f in (b.get("flops") or {}).values() if f is not None})
+    amount = " / ".join(f"{f:.2e}" for f in flops) or "?"
+    ref = f"; reference {b['reference']} at {meta['steps']} steps" if b.get("reference") else ""
+    return (
+        f"equal estimated training FLOPs ({amount} per run{ref}), optimizer steps {per_step} "
+        "per method in the table"
+    )

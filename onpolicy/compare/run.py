@@ -4,6 +4,7 @@ as failed (with its error) and the others go on."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
@@ -16,6 +17,7 @@ from typing import Any
 
 import torch
 
+from onpolicy.compare.budget import Plan, plan_runs
 from onpolicy.compare.config import CompareConfig
 from onpolicy.compare.evaluate import evaluate_model, num_params, size_on_disk
 from onpolicy.compare.methods import MethodSpec, trainer_config
@@ -48,6 +50,7 @@ class JobResult:
     tokens_per_s: float | None = None
     budget: dict[str, float] = field(default_factory=dict)
     flops: float | None = None
+    steps: int | None = None  # optimizer steps it trained (the budget plan's)
     params: int | None = None
     disk_bytes: int | None = None
     losses: list[float] = field(default_factory=list)
@@ -147,9 +150,13 @@ def run_job(
     seed: int,
     teacher_texts: list[str],
     threads: int = 1,
+    steps: int | None = None,
 ) -> JobResult:
-    """Train ``spec`` from the initial student with ``seed`` and evaluate it; never raises."""
+    """Train ``spec`` from the initial student with ``seed`` for ``steps`` optimizer steps (None:
+    ``cfg.train.steps``) and evaluate it; never raises."""
     torch.set_num_threads(threads)
+    if steps is not None:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps))
     try:
         task = make_task(**cfg.task)
         student_dir = dirs.student if spec.student == "same" else dirs.cross_student
@@ -179,6 +186,7 @@ def run_job(
             disk_bytes=size_on_disk(student_dir),
             losses=losses,
             samples=ev.texts[:5],
+            steps=0 if spec.objective == "none" else cfg.train.steps,
         )
     except Exception as exc:  # a failing method is a row of the report, not a crash
         tail = traceback.format_exc(limit=3).strip().splitlines()[-1]
@@ -223,8 +231,9 @@ def _train(
 
 def run_compare(
     cfg: CompareConfig, log: Callable[[str], None] = print, progress: bool = True
-) -> tuple[JobResult, list[JobResult], ModelDirs, float]:
-    """Every (method, seed) job plus the teacher's row; returns (teacher, jobs, dirs, seconds)."""
+) -> tuple[JobResult, list[JobResult], ModelDirs, float, Plan]:
+    """Every (method, seed) job plus the teacher's row, each job trained for the steps its budget
+    plan gives it (``compare.budget``); returns (teacher, jobs, dirs, seconds, plan)."""
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
@@ -235,6 +244,9 @@ def run_compare(
     task = make_task(**cfg.task)
     teacher = evaluate_teacher(cfg, dirs, task)
     log(f"[compare] teacher {cfg.task['name']} score: {teacher.score}")
+    plan = plan_runs(cfg, dirs, task, teacher.params or 0)
+    if cfg.budget.match == "flops":
+        log(f"[compare] equal FLOPs: steps per (method, seed) {_steps_line(plan)}")
     jobs = [(spec, seed) for seed in cfg.seeds for spec in cfg.methods]
     workers = min(cfg.workers, len(jobs))
     results: list[JobResult] = []
@@ -242,14 +254,24 @@ def run_compare(
     if workers == 1:
         for spec, seed in jobs:
             bar.set_postfix_str(f"{spec.name} seed {seed}")
-            results.append(run_job(cfg, dirs, spec, seed, teacher.samples, threads))
+            steps = plan.steps[(spec.name, seed)]
+            results.append(run_job(cfg, dirs, spec, seed, teacher.samples, threads, steps))
             bar.update()
     else:
         import multiprocessing as mp
 
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
             futures = [
-                pool.submit(run_job, cfg, dirs, s, seed, teacher.samples, threads)
+                pool.submit(
+                    run_job,
+                    cfg,
+                    dirs,
+                    s,
+                    seed,
+                    teacher.samples,
+                    threads,
+                    plan.steps[(s.name, seed)],
+                )
                 for s, seed in jobs
             ]
             for fut in as_completed(futures):
@@ -260,7 +282,11 @@ def run_compare(
     bar.close()
     order = {(s.name, seed): i for i, (s, seed) in enumerate(jobs)}
     results.sort(key=lambda r: order[(r.method, r.seed)])
-    return teacher, results, dirs, time.perf_counter() - start
+    return teacher, results, dirs, time.perf_counter() - start, plan
+
+
+def _steps_line(plan: Plan) -> str:
+    return ", ".join(f"{m}/{seed}: {n}" for (m, seed), n in plan.steps.items())
 
 
 def output_dir(cfg: CompareConfig) -> Path:

@@ -15,6 +15,9 @@ the timed call, as TRL's ``ULDLoss`` does).
     .venv/bin/python benchmarks/alignment.py [--cases base,large] [--repeats 3] [--warmup 1]
         [--rounds 1] [--impls trl-uld,ours-uld,...] [--out FILE]
 
+The report (``--out``, default ``RESULTS-alignment.md``) keeps one section per case; a run
+rewrites only the sections of the cases it ran, with the command that made them.
+
 ``--rounds N`` runs every implementation N times in turn (A B A B ...) and takes the medians
 over all of them, so a load that comes and goes on a shared machine hits both sides alike. The
 "ULD rows" column is the CPU time ours spends in ``alignment.uld``'s row kernels (the sorts).
@@ -200,7 +203,7 @@ def _trl_normalized(per_span_B_S: torch.Tensor, span_B_T: torch.Tensor) -> torch
 
 
 def _time_uld_rows() -> list[float]:
-    """Make ``alignment.gold_rows`` count the CPU time of its ULD row kernels (the sorts) in a cell."""
+    """Make ``alignment.gold_rows`` count the CPU time of its ULD row kernels (the sorts)."""
     import alignment.gold_rows as gold
 
     spent = [0.0]
@@ -280,8 +283,8 @@ def _table(case: str, res: dict[str, dict]) -> list[str]:
     med = {k: {m: statistics.median(v[m]) for m in keys} for k, v in res.items()}
     low = {k: min(v["cpu"]) for k, v in res.items()}  # the least disturbed call
     lines = [
-        f"\n### {case}: B={B}, T={T}, V_student={Vs:,}, V_teacher={Vt:,}, "
-        f"matched={next(iter(res.values()))['matched']:,}\n",
+        f"### {case}: B={B}, T={T}, V_student={Vs:,}, V_teacher={Vt:,}, "
+        f"matched={next(iter(res.values()))['matched']:,}",
         "| implementation | fwd s | bwd s | fwd+bwd s | speedup | CPU s | CPU speedup | "
         "CPU min s | min speedup | of which ULD rows CPU s | peak RSS MB | loss RSS MB | value | "
         "value - TRL |",
@@ -304,6 +307,44 @@ def _table(case: str, res: dict[str, dict]) -> list[str]:
     return lines
 
 
+HEADER = (
+    "# Cross-tokenizer loss: alignment.gold vs TRL GOLD ULDLoss (CPU, 1 thread)\n\n"
+    "Each case's section below holds its latest table and the command that made it; "
+    "`benchmarks/alignment.py` rewrites only the sections of the cases it runs. Per "
+    "(implementation, case): the median over rounds x repeats timed calls, each round every "
+    "implementation in a fresh subprocess with the warm-up calls first. 'loss RSS' = peak RSS "
+    "minus RSS before the first call (inputs excluded). ours-uld-top256 is the top-k bound, "
+    "not exact ULD.\n\n"
+    "Setup: TRL `ULDLoss` with extended ULD, `bayesian` merge, no EOS skipping; hybrid: fixed "
+    "weights 1/1, beta 0.5, vocabularies whose equal strings are the matched pairs. Ours: "
+    '`span_uld_loss` / `gold_loss` with `anchor="last"` on spans from `align_spans_batch`. '
+    "base/large: offsets cut the same bytes at random places on each side: ~20% of spans are "
+    "1:1 and a span holds ~2.6 tokens per side (real tokenizer pairs are mostly 1:1), the "
+    "harder case for the chain-rule scale. real: stdlib source text tokenized by SmolLM2 "
+    "(student) and GPT-2 (teacher) via `alignment.offsets.byte_offsets`, ~90% of spans 1:1, "
+    "matched pairs from `alignment.vocab_map`. `value - TRL` for GOLD: ours compares "
+    "vocabulary pairs only on spans whose two anchor tokens are a matched pair (elsewhere the "
+    "anchors are the pair, the rest goes to ULD; commit 7aa2350), TRL on every span; TRL also "
+    "clamps probabilities at 1e-8 in its JSD. Timings come from a shared 2-core VM (other jobs "
+    "running): CPU time is the steadier column.\n"
+)
+
+
+def merge_sections(text: str, sections: dict[str, str]) -> str:
+    """``text`` with each case's section (between ``<!-- case:NAME -->`` and
+    ``<!-- /case:NAME -->``) replaced by the new one, or appended when the case has none yet;
+    everything else in ``text`` is kept as it is."""
+    for case, body in sections.items():
+        start, end = f"<!-- case:{case} -->", f"<!-- /case:{case} -->"
+        block = f"{start}\n{body.strip(chr(10))}\n{end}"
+        i, j = text.find(start), text.find(end)
+        if i >= 0 and j > i:
+            text = text[:i] + block + text[j + len(end) :]
+        else:
+            text = text.rstrip("\n") + "\n\n" + block + "\n"
+    return text
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", default="base,large")
@@ -312,43 +353,35 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1, help="interleaved runs of every impl")
     ap.add_argument("--impls", default=",".join(IMPLS))
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS-alignment.md")))
+    ap.add_argument(
+        "--out",
+        default=str(Path(__file__).with_name("RESULTS-alignment.md")),
+        help="report to update: only the sections of the cases run are rewritten",
+    )
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker, args.cases, args.repeats, args.warmup)))
         return
-    lines = [
-        "# Cross-tokenizer loss: alignment.gold vs TRL GOLD ULDLoss (CPU, 1 thread)",
-        "",
-        f"Command: `.venv/bin/python benchmarks/alignment.py --cases {args.cases} "
-        f"--repeats {args.repeats} --warmup {args.warmup} --rounds {args.rounds}`. Median of "
-        f"{args.rounds} x {args.repeats} timed calls per (implementation, case): {args.rounds} "
-        "interleaved round(s), each implementation in a fresh subprocess per round with "
-        f"{args.warmup} untimed call(s) first. 'loss RSS' = peak RSS minus RSS before the first "
-        "call (inputs excluded). ours-uld-top256 is the top-k bound, not exact ULD.",
-        "",
-        "Setup: TRL `ULDLoss` with extended ULD, `bayesian` merge, no EOS skipping; hybrid: fixed "
-        "weights 1/1, beta 0.5, vocabularies whose equal strings are the matched pairs. Ours: "
-        '`span_uld_loss` / `gold_loss` with `anchor="last"` on spans from `align_spans_batch`. '
-        "Offsets cut the same bytes at random places on each side: ~20% of spans are 1:1 and a "
-        "span holds ~2.6 tokens per side (real tokenizer pairs are mostly 1:1), the harder case "
-        "for the chain-rule scale. "
-        "`value - TRL` for GOLD: ours compares vocabulary pairs only on spans whose two anchor "
-        "tokens are a matched pair (elsewhere the anchors are the pair, the rest goes to ULD; "
-        "commit 7aa2350), TRL on every span; TRL also clamps probabilities at 1e-8 in its JSD. "
-        "Timings come from a shared 2-core VM (other jobs running): CPU time is the steadier "
-        "column.",
-    ]
+    sections = {}
     for case in args.cases.split(","):
         impls, res = args.impls.split(","), {}
         for _ in range(args.rounds):  # interleaved: a shared machine's load hits every side
             for impl in impls:
                 run = _spawn(impl, case, args.repeats, args.warmup)
                 res[impl] = _pooled(res.get(impl), run)
-        lines += _table(case, res)
-        print("\n".join(lines[-len(res) - 3 :]), flush=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
-    print(f"\nwrote {args.out}")
+        table = _table(case, res)
+        print("\n".join(table), flush=True)
+        command = (
+            f"Command: `nice -n 5 .venv/bin/python benchmarks/alignment.py --cases {case} "
+            f"--impls {args.impls} --repeats {args.repeats} --warmup {args.warmup} "
+            f"--rounds {args.rounds}` ({time.strftime('%Y-%m-%d', time.gmtime())}): median of "
+            f"{args.rounds} x {args.repeats} timed calls per implementation."
+        )
+        sections[case] = "\n".join([table[0], "", command, "", *table[1:]])
+    out = Path(args.out)
+    text = out.read_text() if out.exists() else HEADER
+    out.write_text(merge_sections(text, sections))
+    print(f"\nupdated {', '.join(sections)} in {out}")
 
 
 if __name__ == "__main__":

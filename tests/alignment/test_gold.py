@@ -6,10 +6,11 @@ import math
 
 import pytest
 import torch
+from gold_reference import reference_terms
 
 from alignment.errors import AlignmentError
 from alignment.gold import gold_loss, gold_terms, span_uld_loss
-from alignment.spans_math import span_anchor_positions, span_distributions
+from alignment.spans_math import span_anchor_positions
 from alignment.types import SideLogits
 from onpolicy.losses.divergences import generalized_jsd
 
@@ -32,67 +33,6 @@ def _sides(seed: int, requires_grad: bool = True, t_s: float = 1.0, t_t: float =
 def _matched(M: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     return torch.randperm(Vs, generator=g)[:M], torch.randperm(Vt, generator=g)[:M]
-
-
-def _ext_kl(lp: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
-    """KL of positive measures: sum p log(p / q) - p + q."""
-    p, q = lp.exp(), lq.exp()
-    return (p * (lp - lq) - p + q).sum(-1)
-
-
-def _ref_gjsd(la, lb, beta):
-    if beta == 0.0:
-        return _ext_kl(lb, la)
-    if beta == 1.0:
-        return _ext_kl(la, lb)
-    lm = torch.logaddexp(la + math.log(1 - beta), lb + math.log(beta))
-    return beta * _ext_kl(lb, lm) + (1 - beta) * _ext_kl(la, lm)
-
-
-def _ref_uld(p, q):
-    n = max(p.shape[-1], q.shape[-1])
-    ps = torch.nn.functional.pad(p.sort(-1, descending=True).values, (0, n - p.shape[-1]))
-    qs = torch.nn.functional.pad(q.sort(-1, descending=True).values, (0, n - q.shape[-1]))
-    return (ps - qs).abs().sum(-1)
-
-
-def _reference_terms(student, teacher, ms, mt, beta, anchor):
-    """Materialized float64 definition: span distributions; where the two anchor tokens are a
-    matched pair, the matched columns go to the GJSD and the rest to ULD; elsewhere only the two
-    anchor entries (both the probability of the span) go to the GJSD."""
-    la, mask_s = span_distributions(
-        student.logits_B_T_V, student.input_ids_B_T, student.span_B_T, anchor,
-        temperature=student.temperature,
-    )  # fmt: skip
-    lb, mask_t = span_distributions(
-        teacher.logits_B_T_V, teacher.input_ids_B_T, teacher.span_B_T, anchor,
-        temperature=teacher.temperature,
-    )  # fmt: skip
-    keep_s = torch.ones(Vs, dtype=torch.bool)
-    keep_t = torch.ones(Vt, dtype=torch.bool)
-    keep_s[ms], keep_t[mt] = False, False
-    S = la.shape[1]
-    pos_s, _ = span_anchor_positions(student.span_B_T, anchor, S)
-    pos_t, _ = span_anchor_positions(teacher.span_B_T, anchor, S)
-    s_to_t = dict(zip(ms.tolist(), mt.tolist(), strict=True))
-    matched = torch.zeros(la.shape[:2], dtype=la.dtype)
-    unmatched = torch.zeros(la.shape[:2], dtype=la.dtype)
-    for b in range(la.shape[0]):
-        for k in range(S):
-            sa = int(student.input_ids_B_T[b, pos_s[b, k]])
-            ta = int(teacher.input_ids_B_T[b, pos_t[b, k]])
-            if s_to_t.get(sa) == ta:
-                ks, kt = keep_s, keep_t
-                matched[b, k] = _ref_gjsd(la[b, k, ms], lb[b, k, mt], beta) if len(ms) else 0.0
-            elif len(ms):
-                ks, kt = torch.ones(Vs, dtype=torch.bool), torch.ones(Vt, dtype=torch.bool)
-                ks[sa], kt[ta] = False, False
-                matched[b, k] = _ref_gjsd(la[b, k, [sa]], lb[b, k, [ta]], beta)
-            else:
-                ks, kt = keep_s, keep_t
-            unmatched[b, k] = _ref_uld(la[b, k].exp()[ks], lb[b, k].exp()[kt])
-    mask = mask_s & mask_t
-    return torch.where(mask, matched, 0.0), torch.where(mask, unmatched, 0.0), mask
 
 
 def _pair_some_anchors(student, teacher, ms, mt, anchor):
@@ -120,7 +60,7 @@ def test_gold_terms_match_float64_reference_values_and_grads(beta, anchor) -> No
     ms, mt = _matched(9)
     student, teacher = _pair_some_anchors(student, teacher, ms, mt, anchor)
     got = gold_terms(student, teacher, ms, mt, beta=beta, anchor=anchor)
-    ref_m, ref_u, mask = _reference_terms(student, teacher, ms, mt, beta, anchor)
+    ref_m, ref_u, mask = reference_terms(student, teacher, ms, mt, beta, anchor)
     assert torch.equal(got.mask_B_S, mask)
     torch.testing.assert_close(got.matched_B_S, ref_m)
     torch.testing.assert_close(got.unmatched_B_S, ref_u)
@@ -135,7 +75,7 @@ def test_gold_terms_match_float64_reference_values_and_grads(beta, anchor) -> No
 def test_span_uld_loss_matches_reference_and_reductions() -> None:
     student, teacher = _sides(2)
     none = torch.tensor([], dtype=torch.long)
-    _, ref_u, mask = _reference_terms(student, teacher, none, none, 0.5, "first")
+    _, ref_u, mask = reference_terms(student, teacher, none, none, 0.5, "first")
     got = span_uld_loss(student, teacher, reduction="none")
     torch.testing.assert_close(got, ref_u)
     torch.testing.assert_close(span_uld_loss(student, teacher, reduction="sum"), ref_u.sum())

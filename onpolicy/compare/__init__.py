@@ -32,6 +32,7 @@ __all__ = [
     "load_config",
     "main",
     "parse_config",
+    "plan_table",
     "quickstart_main",
 ]
 
@@ -72,6 +73,11 @@ def _parser(prog: str, default_config: str | None) -> argparse.ArgumentParser:
         help="YAML comparison config (see configs/compare/)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="print each run's planned steps and FLOPs; train nothing",
+    )
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=10")
     return p
 
@@ -80,11 +86,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``onpolicy compare --config FILE [key=value ...]``: run, print the table and the paths."""
     args = _parser("onpolicy compare", None).parse_args(argv)
     cfg = load_config(args.config, args.overrides)
+    if args.plan:
+        print(plan_table(cfg))
+        return 0
     rows, paths = compare(cfg, progress=not args.no_progress)
     print(markdown(rows))
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0 if all(r.status == "ok" for r in rows) else 1
+
+
+def plan_table(cfg: CompareConfig) -> str:
+    """The budget plan of ``cfg`` (steps and estimated FLOPs per method and seed), as Markdown."""
+    from onpolicy.compare.budget import plan_runs
+    from onpolicy.compare.evaluate import num_params
+    from onpolicy.compare.run import resolve_models
+    from onpolicy.models import load_model
+    from onpolicy.tasks.base import make_task
+
+    dirs = resolve_models(cfg)
+    plan = plan_runs(cfg, dirs, make_task(**cfg.task), num_params(load_model(dirs.teacher)))
+    out = ["| method | seed | steps | estimated FLOPs |", "|---|---|---|---|"]
+    for (method, seed), steps in plan.steps.items():
+        flops = plan.estimated_flops[(method, seed)]
+        out.append(f"| {method} | {seed} | {steps} | {'–' if flops is None else f'{flops:.3e}'} |")
+    return "\n".join(out)
 
 
 def quickstart_main(argv: Sequence[str] | None = None) -> int:

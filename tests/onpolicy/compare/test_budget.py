@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import onpolicy.objectives  # noqa: F401  (registers the built-ins)
-from onpolicy.compare import compare, parse_config
+from onpolicy.compare import compare, parse_config, plan_table
 from onpolicy.compare.budget import (
     BudgetSpec,
     Sizes,
@@ -101,7 +101,7 @@ def tiny_dirs() -> tuple[str, str]:
     )
 
 
-def test_tiny_comparison_at_equal_flops(tiny_dirs, tmp_path):
+def _tiny_cfg(tiny_dirs, tmp_path):
     student, teacher = tiny_dirs
     data = tmp_path / "twelve.jsonl"  # 9 train prompts (their fixed teacher samples), 3 held out
     lines = (REPO / "configs" / "data" / "tiny_chat.jsonl").read_text().splitlines()
@@ -117,6 +117,19 @@ def test_tiny_comparison_at_equal_flops(tiny_dirs, tmp_path):
             "output_dir": str(tmp_path / "out"),
         }
     )
+    return cfg
+
+
+def test_plan_only_trains_nothing(tiny_dirs, tmp_path):
+    table = plan_table(_tiny_cfg(tiny_dirs, tmp_path))
+    lines = {line.split(" | ")[0][2:]: line.split(" | ") for line in table.splitlines()[2:]}
+    assert lines["sft"][2] == "6" and lines["untouched"][2] == "0"
+    assert 1 <= int(lines["reverse_kl"][2]) < 6
+    assert not (tmp_path / "out").exists()
+
+
+def test_tiny_comparison_at_equal_flops(tiny_dirs, tmp_path):
+    cfg = _tiny_cfg(tiny_dirs, tmp_path)
     rows, paths = compare(cfg, progress=False)
     data = json.loads(paths["json"].read_text())
     jobs = {j["method"]: j for j in data["jobs"]}

@@ -84,7 +84,7 @@ def train_trl_sft(
             adam_beta2=0.999,
             adam_epsilon=1e-8,
             max_grad_norm=settings.max_grad_norm,
-            optim="adamw_torch",
+            optim="adamw_torch_fused",  # TRL's default on torch >= 2.8; the engine's AdamW too
             logging_steps=1,
             save_strategy="no",
             report_to=[],

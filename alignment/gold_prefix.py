@@ -33,6 +33,15 @@ from alignment.types import SideLogits, SpanLossTerms
 from alignment.uld import Reduction, reduce_rows
 
 
+def _prefix_index(trie: ByteTrie, ids_M: torch.Tensor, dev: torch.device) -> tuple:
+    """``(perm, ids_M, length, lo, hi)``: the sorted ranges of the pairs' bytes in ``trie``."""
+    rank = trie.rank_V.to(dev)[ids_M]
+    length = trie.length_V.to(dev)[ids_M]
+    lo = trie.lo_L_V.to(dev)[length, rank].long()
+    hi = trie.hi_L_V.to(dev)[length, rank].long()
+    return trie.perm_V.to(dev), ids_M, length, lo, hi
+
+
 def prefix_logmass(
     logits_N_V: torch.Tensor,
     rows_R: torch.Tensor,
@@ -45,21 +54,58 @@ def prefix_logmass(
     Sums over the sorted range of tokens extending the pair's bytes (a float64 cumulative sum,
     differences clamped at 0); byte-less ids give their own probability. Differentiable,
     checkpointed a chunk of rows at a time."""
-    dev = logits_N_V.device
-    rank = trie.rank_V.to(dev)[ids_M]
-    length = trie.length_V.to(dev)[ids_M]
-    lo = trie.lo_L_V.to(dev)[length, rank].long()
-    hi = trie.hi_L_V.to(dev)[length, rank].long()
-    perm = trie.perm_V.to(dev)
+    index = _prefix_index(trie, ids_M, logits_N_V.device)
     chunk = max(1, CHUNK_ELEMS // max(trie.vocab_size, 1))
     out = []
     for s in range(0, max(rows_R.shape[0], 1), chunk):
-        args = (logits_N_V, rows_R[s : s + chunk], perm, ids_M, length, lo, hi, temperature)
+        args = (logits_N_V, rows_R[s : s + chunk], *index, temperature)
         fn = _chunk_prefix
         out.append(
             checkpoint(fn, *args, use_reentrant=False) if logits_N_V.requires_grad else fn(*args)
         )
     return torch.cat(out)
+
+
+def matched_prefix_gjsd(
+    student_logits_N_V: torch.Tensor,
+    student_rows_R: torch.Tensor,
+    student_trie: ByteTrie,
+    student_ids_M: torch.Tensor,
+    teacher_logits_N_V: torch.Tensor,
+    teacher_rows_R: torch.Tensor,
+    teacher_trie: ByteTrie,
+    teacher_ids_M: torch.Tensor,
+    beta: float,
+    student_temperature: float = 1.0,
+    teacher_temperature: float = 1.0,
+) -> torch.Tensor:
+    """float64 [R] ``gjsd_measure(prefix_logmass(student), prefix_logmass(teacher), beta)``, a
+    chunk of rows at a time: no [R, M] tensor is kept but the teacher's float64 log masses
+    (computed once, no gradient); the student's masses and the divergence are recomputed per
+    chunk in backward (activation checkpointing). Gradient to the student logits only."""
+    dev = student_logits_N_V.device
+    s_index = _prefix_index(student_trie, student_ids_M, dev)
+    t_index = _prefix_index(teacher_trie, teacher_ids_M, teacher_logits_N_V.device)
+    V = max(student_trie.vocab_size, teacher_trie.vocab_size, 1)
+    chunk = max(1, CHUNK_ELEMS // V)
+    grad = student_logits_N_V.requires_grad
+    out = []
+    for s in range(0, student_rows_R.shape[0], chunk):
+        with torch.no_grad():
+            lt = _chunk_prefix(
+                teacher_logits_N_V, teacher_rows_R[s : s + chunk], *t_index, teacher_temperature
+            ).to(dev)
+        args = (student_logits_N_V, student_rows_R[s : s + chunk], *s_index,
+                student_temperature, lt, beta)  # fmt: skip
+        fn = _chunk_matched
+        out.append(checkpoint(fn, *args, use_reentrant=False) if grad else fn(*args))
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64, device=dev)
+
+
+def _chunk_matched(logits_N_V, rows, perm, ids_M, length, lo, hi, temperature, lt, beta):
+    return gjsd_measure(
+        _chunk_prefix(logits_N_V, rows, perm, ids_M, length, lo, hi, temperature), lt, beta
+    )
 
 
 def _chunk_prefix(logits_N_V, rows, perm, ids_M, length, lo, hi, temperature):
@@ -126,19 +172,17 @@ def gold_prefix_terms(
     S = max(count_spans(student.span_B_T), count_spans(teacher.span_B_T))
     mask = base.mask_B_S
     sel = mask.reshape(-1).nonzero().squeeze(1)
-    logs = []
-    for side, trie, ids in (
-        (student, student_trie, matched_student_ids_M),
-        (teacher, teacher_trie, matched_teacher_ids_M),
-    ):
+    flat, rows = [], []
+    for side in (student, teacher):
         B, T, V = side.logits_B_T_V.shape
         pos, _ = span_anchor_positions(side.span_B_T.long(), anchor, S)
-        rows = (torch.arange(B, device=pos.device)[:, None] * T + pos - 1).reshape(-1)[sel]
-        logits = side.logits_B_T_V.reshape(-1, V)
-        if side is teacher:
-            logits = logits.detach()
-        logs.append(prefix_logmass(logits, rows, trie, ids.long(), side.temperature))
-    matched_R = gjsd_measure(logs[0], logs[1], beta).to(base.unmatched_B_S.dtype)
+        rows.append((torch.arange(B, device=pos.device)[:, None] * T + pos - 1).reshape(-1)[sel])
+        flat.append(side.logits_B_T_V.reshape(-1, V))
+    matched_R = matched_prefix_gjsd(
+        flat[0], rows[0], student_trie, matched_student_ids_M.long(),
+        flat[1].detach(), rows[1], teacher_trie, matched_teacher_ids_M.long(),
+        beta, student.temperature, teacher.temperature,
+    ).to(base.unmatched_B_S.dtype)  # fmt: skip
     zeros = torch.zeros(mask.numel(), dtype=matched_R.dtype, device=mask.device)
     return SpanLossTerms(
         matched_B_S=zeros.index_put((sel,), matched_R).reshape(mask.shape),

@@ -1,10 +1,13 @@
 """Cross-tokenizer plumbing for the objectives: each side's logits as ``alignment.SideLogits``.
 
-A side's *window* for row ``b`` is its last prompt token followed by its completion tokens:
-``input_ids = [x_{P-1}, c_0, ..., c_{C-1}]``, ``logits[j]`` = the model's logits at prompt position
-``P - 1 + j`` (they predict ``c_j``, i.e. window token ``j + 1``: the ``alignment`` convention), and
-``span = [-1, span(c_0), ...]``. Only completion positions are ever projected; the windows are
-right-padded to a common length (padding: span ``-1``, zero logits, never gathered).
+Both sides' rows are laid out as *one sequence* (``B = 1``): ``input_ids = [x, c^0_0, ...,
+c^0_{C_0-1}, c^1_0, ...]`` (``x``: row 0's last prompt token, nothing predicts it), ``logits[t]`` =
+the packed row ``t`` (it predicts window token ``t + 1``: the ``alignment`` convention), one spare
+row at the end (predicts nothing, never gathered), and ``span = [-1, spans of row 0, spans of
+row 1 + S_0, ...]`` (row ``b``'s span ids offset by the spans of the rows before it, the same on
+both sides). Every ``alignment`` loss works per span (rows only index spans), so its per-span
+terms are those of the per-row windows, and the packed logits are the window with no copy when
+their storage holds the spare row (the teacher's, ``onpolicy.teacher.cross.score_cross``).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from onpolicy.errors import ConfigError
 from onpolicy.forward import split_rows
@@ -21,30 +25,53 @@ from onpolicy.objectives.common import require_cross, student_forward
 from onpolicy.teacher.types import CrossTeacherScores, TeacherScores
 from onpolicy.types import Rollout
 
+CHUNK_ELEMS = 1 << 22  # rows per chunk = CHUNK_ELEMS // vocabulary (16 MiB of float32)
 
-def side_window(
+
+def with_spare_row(logits_N_V: torch.Tensor) -> torch.Tensor:
+    """``[N + 1, V]``: ``logits_N_V`` and one more row. A view (no copy) when the tensor is
+    contiguous and its storage holds a row past its end (``spare_row_empty``), else a copy with
+    a zero row."""
+    N, V = logits_N_V.shape
+    start = logits_N_V.storage_offset()
+    room = logits_N_V.untyped_storage().nbytes() // max(logits_N_V.element_size(), 1)
+    if logits_N_V.is_contiguous() and room >= start + (N + 1) * V:
+        return logits_N_V.as_strided((N + 1, V), (V, 1), start)
+    return torch.cat([logits_N_V, logits_N_V.new_zeros((1, V))])
+
+
+def spare_row_empty(N: int, V: int, like: torch.Tensor) -> torch.Tensor:
+    """An uninitialized ``[N, V]`` tensor (``like``'s dtype, device) whose storage holds a zero
+    row after its end, so that ``with_spare_row`` of it is a view."""
+    buf = torch.empty((N + 1, V), dtype=like.dtype, device=like.device)
+    buf[N].zero_()
+    return buf[:N]
+
+
+def flat_window(
     logits_N_V: torch.Tensor,
-    num_tokens_B: list[int],
-    last_prompt_B: list[int],
+    first_id: int,
     completion_ids_B: list[list[int]],
     span_B: list[torch.Tensor],
+    num_spans_B: list[int],
     temperature: float,
 ):
-    """``alignment.SideLogits`` of one side's windows (see the module docstring)."""
+    """``alignment.SideLogits`` of all rows as one sequence (see the module docstring)."""
     from alignment.types import SideLogits
 
-    B, V = len(num_tokens_B), logits_N_V.shape[-1]
-    T = 1 + max(num_tokens_B, default=0)
-    logits = logits_N_V.new_zeros((B, T, V))
-    ids = torch.zeros((B, T), dtype=torch.long)
-    span = torch.full((B, T), -1, dtype=torch.long)
-    for b, rows in enumerate(split_rows(logits_N_V, num_tokens_B)):  # one copy per row
-        C = num_tokens_B[b]
-        logits[b, :C] = rows
-        ids[b, 0] = last_prompt_B[b]
-        ids[b, 1 : C + 1] = torch.tensor(completion_ids_B[b], dtype=torch.long)
-        span[b, 1 : C + 1] = span_B[b]
-    return SideLogits(logits, ids.to(logits.device), span.to(logits.device), temperature)
+    offsets = [0]
+    for n in num_spans_B[:-1]:
+        offsets.append(offsets[-1] + n)
+    ids = [torch.tensor([first_id], dtype=torch.long)]
+    span = [torch.full((1,), -1, dtype=torch.long)]
+    for c, sp, off in zip(completion_ids_B, span_B, offsets, strict=True):
+        ids.append(torch.tensor(c, dtype=torch.long))
+        sp = sp.long().cpu()
+        span.append(torch.where(sp >= 0, sp + off, sp))
+    dev = logits_N_V.device
+    logits = with_spare_row(logits_N_V)[None]  # (1, N + 1, V)
+    return SideLogits(logits, torch.cat(ids)[None].to(dev), torch.cat(span)[None].to(dev),
+                      temperature)  # fmt: skip
 
 
 def cross_sides(
@@ -55,17 +82,18 @@ def cross_sides(
     temperature: float,
     teacher_temperature: float | None = None,
 ):
-    """(student SideLogits with gradients, teacher SideLogits, the cross scores)."""
+    """(student SideLogits with gradients, teacher SideLogits, the cross scores), each side's
+    rows as one sequence (``flat_window``)."""
     cross = require_cross(scores, name).cross
     fwd = student_forward(student, rollout, None)
-    s_side = side_window(
-        fwd.logits_N_V, fwd.num_tokens_B, [p[-1] for p in rollout.prompt_ids_B],
-        rollout.completion_ids_B, cross.student_span_B, temperature,
+    s_side = flat_window(
+        fwd.logits_N_V, rollout.prompt_ids_B[0][-1] if rollout.prompt_ids_B else 0,
+        rollout.completion_ids_B, cross.student_span_B, cross.num_spans_B, temperature,
     )  # fmt: skip
-    t_side = side_window(
-        cross.logits_Nt_V.to(fwd.logits_N_V.device), cross.num_tokens_B,
-        [p[-1] for p in cross.prompt_ids_B], cross.completion_ids_B, cross.teacher_span_B,
-        teacher_temperature or temperature,
+    t_side = flat_window(
+        cross.logits_Nt_V.to(fwd.logits_N_V.device),
+        cross.prompt_ids_B[0][-1] if cross.prompt_ids_B else 0, cross.completion_ids_B,
+        cross.teacher_span_B, cross.num_spans_B, teacher_temperature or temperature,
     )  # fmt: skip
     return s_side, t_side, cross
 
@@ -97,6 +125,36 @@ def span_advantages_and_logprobs(
         advantages.append(span_values_to_tokens(reward, s_span)[0])
     advantage_N = torch.cat(advantages) if advantages else logp_N.new_zeros(0)
     return logp_N, advantage_N.detach(), fwd.targets_N
+
+
+def reference_kl_sum(
+    student_logits_W_V: torch.Tensor,
+    rows_N: torch.Tensor,
+    reference_logits_N_V: torch.Tensor,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """float32 ``sum_n KL(softmax(s[rows_N[n]] / tau) || softmax(r[n] / tau))``.
+
+    ``student_logits_W_V``: [W, V] rows holding the student's logits (any layout); ``rows_N``:
+    the row of each of the ``N`` compared positions; ``reference_logits_N_V``: [N, V] the
+    reference's logits at those positions (no gradient). A chunk of rows at a time under
+    activation checkpointing: no [N, V] float32 temporaries are kept for backward."""
+    ref = reference_logits_N_V.detach()
+    chunk = max(1, CHUNK_ELEMS // max(ref.shape[-1], 1))
+    total = student_logits_W_V.new_zeros((), dtype=torch.float32)
+    grad = student_logits_W_V.requires_grad
+    for s in range(0, rows_N.shape[0], chunk):
+        args = (student_logits_W_V, rows_N[s : s + chunk].to(ref.device), ref[s : s + chunk],
+                temperature)  # fmt: skip
+        part = checkpoint(_kl_rows, *args, use_reentrant=False) if grad else _kl_rows(*args)
+        total = total + part
+    return total
+
+
+def _kl_rows(s_W_V, rows, r_c_V, tau: float) -> torch.Tensor:
+    log_s = torch.log_softmax(s_W_V.index_select(0, rows).float() / tau, -1)
+    log_r = torch.log_softmax(r_c_V.float() / tau, -1)
+    return (log_s.exp() * (log_s - log_r)).sum()
 
 
 @dataclass(frozen=True)
@@ -178,17 +236,11 @@ class FrozenReference:
 
     def kl_sum(self, student: torch.nn.Module, rollout: Rollout, s_side, cross) -> torch.Tensor:
         """KL(student || reference) summed over the completion tokens, at ``s_side``'s
-        temperature (the windows' padded rows hold zero logits on both sides and add 0)."""
-        tau = s_side.temperature
+        temperature (``s_side``: ``flat_window`` layout, packed row ``n`` at window row ``n``)."""
         fwd = self.logits(student, rollout)
-        with torch.no_grad():
-            ref = side_window(
-                fwd.logits_N_V, fwd.num_tokens_B, [p[-1] for p in rollout.prompt_ids_B],
-                rollout.completion_ids_B, cross.student_span_B, tau,
-            )  # fmt: skip
-            log_r = torch.log_softmax(ref.logits_B_T_V.float() / tau, -1)
-        log_s = torch.log_softmax(s_side.logits_B_T_V.float() / tau, -1)
-        return (log_s.exp() * (log_s - log_r)).sum()
+        rows_N = torch.arange(fwd.logits_N_V.shape[0])
+        s_flat = s_side.logits_B_T_V.reshape(-1, s_side.logits_B_T_V.shape[-1])
+        return reference_kl_sum(s_flat, rows_N, fwd.logits_N_V, s_side.temperature)
 
     def add_to(
         self,

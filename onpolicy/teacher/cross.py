@@ -41,17 +41,18 @@ def score_cross(teacher: LocalTeacher, rollout: Rollout) -> TeacherScores:
     completion_ids_B = [v.teacher_input_ids_T[v.completion].tolist() for v in views]
     batch = PaddedBatch.from_ragged(prompt_ids_B, completion_ids_B, t_tok.pad_token_id)
     fwd = teacher.forward_teacher_tokens(batch)
-    logprobs = torch.log_softmax(fwd.logits_N_V.float(), dim=-1)
-    token_logprobs = logprobs.gather(1, fwd.targets_N[:, None]).squeeze(1)
+    logits, targets_N, num_tokens_B = _with_room(fwd.logits_N_V), fwd.targets_N, fwd.num_tokens_B
+    del fwd  # only the copy with room is kept
+    token_logprobs = token_logprobs_chunked(logits, targets_N)
     matched = teacher.matched_vocab()
     spanned = sum(int((v.student_span_Ts >= 0).sum()) for v in views)
     total = sum(len(c) for c in rollout.completion_ids_B)
     cross = CrossTeacherScores(
         prompt_ids_B=prompt_ids_B,
         completion_ids_B=completion_ids_B,
-        logits_Nt_V=fwd.logits_N_V,
+        logits_Nt_V=logits,
         token_logprobs_Nt=token_logprobs,
-        num_tokens_B=fwd.num_tokens_B,
+        num_tokens_B=num_tokens_B,
         student_span_B=[v.student_span_Ts for v in views],
         teacher_span_B=[v.teacher_span_Tt for v in views],
         num_spans_B=[v.num_spans for v in views],
@@ -68,6 +69,28 @@ def score_cross(teacher: LocalTeacher, rollout: Rollout) -> TeacherScores:
         cross=cross,
         metrics={"teacher/coverage": spanned / max(total, 1)},
     )
+
+
+def _with_room(logits_N_V: torch.Tensor) -> torch.Tensor:
+    """The same logits in a storage with a spare row after them: the objectives lay the rows out
+    as one sequence with no copy (``onpolicy.objectives.cross.with_spare_row``)."""
+    from onpolicy.objectives.cross import spare_row_empty
+
+    out = spare_row_empty(*logits_N_V.shape, like=logits_N_V)
+    return out.copy_(logits_N_V)
+
+
+def token_logprobs_chunked(
+    logits_N_V: torch.Tensor, targets_N: torch.Tensor, chunk_elems: int = 1 << 22
+) -> torch.Tensor:
+    """float32 [N] ``log_softmax(logits)[n, targets[n]]``, a chunk of rows at a time (no [N, V]
+    float32 temporary): ``z[target] - logsumexp(z)``."""
+    rows = max(1, chunk_elems // max(logits_N_V.shape[-1], 1))
+    out = [
+        z.float().gather(1, t[:, None]).squeeze(1) - torch.logsumexp(z.float(), -1)
+        for z, t in zip(logits_N_V.split(rows), targets_N.split(rows), strict=True)
+    ]
+    return torch.cat(out) if out else logits_N_V.new_zeros(0, dtype=torch.float32)
 
 
 def matched_vocab_pairs(student_tokenizer: Any, teacher_tokenizer: Any) -> tuple[torch.Tensor, ...]:

@@ -83,11 +83,13 @@ def trl_gold(docs, a_encs, b_encs) -> int:
 
 
 def timed(fn, *args) -> tuple[float, object]:
+    """Median process CPU time of ``REPEATS`` calls (one thread: the work itself, not the waits
+    a shared machine adds to wall time), and the last result."""
     times, out = [], None
     for _ in range(REPEATS):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         out = fn(*args)
-        times.append(time.perf_counter() - t0)
+        times.append(time.process_time() - t0)
     return statistics.median(times), out
 
 
@@ -119,7 +121,7 @@ def main() -> None:
     torch.set_num_threads(1)
     lines = [
         f"Aligning >= {TARGET_TOKENS:,} tokens of real text on one core "
-        f"(median of {REPEATS}, seconds; Python {sys.version.split()[0]}, "
+        f"(median of {REPEATS}, CPU seconds; Python {sys.version.split()[0]}, "
         f"torch {torch.__version__})",
         "",
         "| pair (student vs teacher) | tokens | docs | encode (both) | ours: offsets + spans "

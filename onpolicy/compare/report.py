@@ -180,7 +180,7 @@ def plot(rows: Sequence[Row], path: Path, metric: str = "score") -> Path | None:
         teacher = next((r for r in rows if r.method == "teacher"), None)
         if teacher is not None and teacher.score is not None:
             ax.axhline(teacher.score, ls="--", c="gray", lw=1, label="teacher")
-        ax.set_xscale("log")
+        _x_scale(ax, [getattr(r, attr) or 0.0 for r in pts])
         ax.set_xlabel(label)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
@@ -190,6 +190,17 @@ def plot(rows: Sequence[Row], path: Path, metric: str = "score") -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _x_scale(ax: Any, xs: Sequence[float]) -> None:
+    """Log scale when the points span a factor of 10 or more; else linear from 0 (at equal FLOPs
+    every point sits at about the same x, where log-scale tick labels would overlap)."""
+    lo, hi = max(min(xs, default=1.0), 1e-3), max(max(xs, default=1.0), 1e-3)
+    if hi / lo >= 10:
+        ax.set_xscale("log")
+        return
+    ax.set_xlim(0, hi * 1.15)
+    ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
 
 
 def write_report(

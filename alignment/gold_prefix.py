@@ -113,12 +113,14 @@ def _chunk_prefix(logits_N_V, rows, perm, ids_M, length, lo, hi, temperature):
     z = z.to(torch.promote_types(z.dtype, torch.float32))  # the logits' precision, >= float32
     if temperature != 1.0:
         z = z / temperature
-    logp = torch.log_softmax(z, dim=-1)
-    p_sorted = logp.exp().index_select(1, perm)
-    c = torch.nn.functional.pad(torch.cumsum(p_sorted, 1, dtype=torch.float64), (1, 0))
-    mass = (c.index_select(1, hi) - c.index_select(1, lo)).clamp(min=0.0)
+    p = torch.softmax(z, dim=-1)
+    c = torch.cumsum(p.index_select(1, perm), 1, dtype=torch.float64)  # c[:, i]: first i + 1
+    # mass of the sorted range [lo, hi) = c[hi - 1] - c[lo - 1] (nothing below lo = 0)
+    upper = c.index_select(1, (hi - 1).clamp(min=0))
+    lower = c.index_select(1, (lo - 1).clamp(min=0))
+    mass = torch.where(lo > 0, upper - lower, upper).clamp(min=0.0)
     own = (length == 0).nonzero().squeeze(1)  # byte-less ids: their own probability
-    own_p = logp.index_select(1, ids_M.index_select(0, own)).exp().to(mass.dtype)
+    own_p = p.index_select(1, ids_M.index_select(0, own)).to(mass.dtype)
     mass = mass.index_copy(1, own, own_p)
     # a mass of exactly 0 (below the cumulative sum's resolution) is log 0 = -inf with a zero
     # gradient: log of a safe 1 there, so that log's backward never meets 0 / 0 = NaN

@@ -34,7 +34,7 @@ import torch
 
 from alignment.uld import sorted_l1_rows, topk_l1_rows
 
-BUFFER_MAX_BYTES = 1 << 26  # per-thread buffers up to this size are kept between calls
+BUFFER_MAX_BYTES = 1 << 24  # per-thread buffers up to this size (a chunk at <= 8 threads) are kept
 HUGE_MIN_BYTES = 1 << 23  # fresh CPU tensors from this size on go on huge pages (fresh_empty)
 _LOCAL = threading.local()
 _HUGE = 1 << 21

@@ -93,11 +93,13 @@ def fresh_empty(shape: tuple[int, ...], dtype, device) -> torch.Tensor:
 
     A fresh tensor's memory is faulted in by the kernel one page at a time as it is first
     written: 32,000 faults (each zeroing 4 KiB) for the 131 MB gradient of [1024 x 32,000]
-    float32 logits, ~50 ms of CPU. Mapped with ``madvise(MADV_HUGEPAGE)`` (honoured when the
-    kernel's THP mode is ``always`` or ``madvise``), the same memory takes 64 faults of 2 MiB,
-    ~12 ms. The tensor is an ordinary contiguous tensor (``torch.frombuffer`` over a private
-    anonymous mapping, unmapped when the tensor is freed); elsewhere, or if mapping fails,
-    plain ``torch.empty``.
+    float32 logits, ~50 ms of CPU on the benchmark VM. Mapped with ``madvise(MADV_HUGEPAGE)``
+    (honoured when the kernel's THP mode is ``always`` or ``madvise``), the same memory takes
+    64 faults of 2 MiB: ~12 ms per call there once the process has huge pages (its first
+    such mapping cost ~0.3-1 s per 400 MB on that VM; a training loop pays it once). The tensor
+    is an ordinary contiguous tensor (``torch.frombuffer`` over a private anonymous mapping,
+    unmapped when the tensor is freed); on other devices, below ``HUGE_MIN_BYTES``, or if
+    mapping fails, plain ``torch.empty``. Set ``HUGE_MIN_BYTES`` very high to turn this off.
     """
     n = math.prod(shape)
     nbytes = n * torch.empty((), dtype=dtype).element_size()

@@ -80,7 +80,7 @@ def _shared_flags(args) -> list[str]:
         "--max-new-tokens", str(args.max_new_tokens), "--lr", str(args.lr),
         "--threads", str(args.threads), "--min-new-tokens", str(args.min_new_tokens),
         "--micro-batches", str(args.micro_batches), *([] if args.chunked else ["--dense"]),
-        "--gold", *args.gold,
+        "--gold", *args.gold, "--student-layers", str(args.student_layers),
     ]  # fmt: skip
 
 
@@ -147,7 +147,8 @@ def table(results: dict[str, dict], args) -> str:
         f"Models: {args.pair}. Batch {args.batch}, completion {args.max_new_tokens} tokens "
         + ("(equal lengths: stops suppressed on both sides)" if args.min_new_tokens else "(max)")
         + f", {args.steps} timed steps x {args.rounds} round(s) per side after 1 warm-up each "
-        f"(medians), {args.threads} torch thread(s), CPU, float32.",
+        f"(medians), {args.threads} torch thread(s), CPU, float32"
+        + (f", cross student cut to {args.student_layers} layers." if args.student_layers else "."),
         "",
         "| case | engine | TRL | engine tok/s | TRL tok/s | speed ratio | target | engine step s "
         "| TRL step s | CPU-time ratio | engine peak MB | TRL peak MB | memory ratio |",
@@ -214,6 +215,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--gold", nargs="*", default=[], metavar="KEY=VALUE",
         help="engine gold objective options, e.g. reference_kl=0 matched=token (TRL GOLD's terms)",
+    )  # fmt: skip
+    p.add_argument(
+        "--student-layers", type=int, default=0,
+        help="cross sides (hf): keep only the student's first N layers (an extra regime where "
+        "the backbone is cheap and the loss dominates); 0 = the whole model",
     )  # fmt: skip
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--threads", type=int, default=1)

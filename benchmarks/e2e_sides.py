@@ -41,6 +41,8 @@ def run_engine(args, cross: bool, rollout: str) -> dict:
     pair = model_pair(args.pair)
     sdir, tdir = (pair.cross_student, pair.cross_teacher) if cross else (pair.student, pair.teacher)
     student, stok = load_model(sdir), load_tokenizer(sdir)
+    if cross:
+        cut_layers(student, args.student_layers)
     teacher, ttok = load_model(tdir, trainable=False), load_tokenizer(tdir)
     chunked = not cross and args.chunked
     if cross:  # --gold key=value ...: the engine's gold options (default: its defaults)
@@ -82,6 +84,15 @@ def run_engine(args, cross: bool, rollout: str) -> dict:
             rollout_s.append(t1 - t0)
             tokens.append(float(sum(len(c) for c in ro.completion_ids_B)))
     return _result(wall, cpu, tokens, rollout_s=rollout_s, nonfinite_steps=skipped)
+
+
+def cut_layers(model, layers: int) -> None:
+    """Keep only the first ``layers`` decoder layers of a Llama-style ``model`` (0: all), in
+    place: the cross benchmark's extra regime, a student whose backbone is cheap next to the
+    151k-vocabulary loss (hf rollouts only: vLLM would load the full checkpoint)."""
+    if layers and layers < model.config.num_hidden_layers:
+        model.model.layers = model.model.layers[:layers]
+        model.config.num_hidden_layers = layers
 
 
 def _value(text: str):
@@ -241,6 +252,7 @@ def run_trl_gold(args, rollout: str) -> dict:
 
     pair = model_pair(args.pair)
     student, stok = load_model(pair.cross_student), load_tokenizer(pair.cross_student)
+    cut_layers(student, args.student_layers)
     teacher = load_model(pair.cross_teacher, trainable=False)
     n = args.batch * (args.steps + 1)
     rows = [prompt_row(p, p.reference or "") for p in prompts(args.pair, n)]

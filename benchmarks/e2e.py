@@ -209,8 +209,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     p.add_argument(
         "--micro-batches", type=int, default=1,
-        help="engine same-tokenizer: backward in this many micro-batches (same update, less "
-        "activation memory; the rollout stays one batch)",
+        help="engine: backward in this many micro-batches (same update, less activation "
+        "memory; the rollout stays one batch; cross: teacher scoring per micro-batch too)",
     )  # fmt: skip
     p.add_argument(
         "--gold", nargs="*", default=[], metavar="KEY=VALUE",

@@ -73,10 +73,11 @@ def run_engine(args, cross: bool, rollout: str) -> dict:
         with torch.no_grad():
             ro = do_rollout(backend, batch, stok, sampling)
         t1 = time.perf_counter()
-        parts = 1 if cross else args.micro_batches
-        skipped += _train_step(
-            opt, student, ro, parts, lambda r: loss(objective, student, r, score(scorer, r))
-        )
+        step_fn = _train_step_cross if cross else _train_step
+        skipped += step_fn(
+            opt, student, ro, args.micro_batches,
+            lambda r: loss(objective, student, r, score(scorer, r)),
+        )  # fmt: skip
         backend.sync_weights(student, i + 1)
         if i:  # step 0 is the warm-up
             wall.append(time.perf_counter() - t0)
@@ -104,7 +105,7 @@ def _value(text: str):
 
 
 def _split(ro, parts: int) -> list:
-    """``ro``'s rows in ``parts`` consecutive micro-batches (same-tokenizer: prompts unused)."""
+    """``ro``'s rows in ``parts`` consecutive micro-batches (they share ``ro.prompts``)."""
     from onpolicy.types import Rollout
 
     B = len(ro.completion_ids_B)
@@ -138,6 +139,32 @@ def _train_step(opt, student, ro, parts: int, loss_of) -> int:
         for part in _split(ro, parts):
             (loss_of(part).loss_sum / max(total, 1)).backward()
     params = [p for p in student.parameters() if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+    finite = bool(torch.isfinite(norm))
+    if finite:
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    return 0 if finite else 1
+
+
+def _train_step_cross(opt, student, ro, parts: int, loss_of) -> int:
+    """``_train_step`` for a cross-tokenizer objective, whose counted units (aligned spans) are
+    known only once each part's loss is computed: every part's unnormalized ``loss_sum`` is
+    backpropagated, then the summed gradient is divided by the step's total count (the same
+    update as one batch, ``loss_sum / num_tokens``; with ``parts > 1`` one micro-batch's
+    activations, teacher logits and loss tensors at a time)."""
+    import torch
+
+    if parts == 1:
+        return _train_step(opt, student, ro, 1, loss_of)
+    total = 0
+    for part in _split(ro, parts):
+        out = loss_of(part)
+        out.loss_sum.backward()
+        total += out.num_tokens
+    params = [p for p in student.parameters() if p.grad is not None]
+    for p in params:
+        p.grad.div_(max(total, 1))
     norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
     finite = bool(torch.isfinite(norm))
     if finite:

@@ -24,7 +24,7 @@ Like for like, setting by setting (engine ``sft`` | TRL as configured here):
 With these, the two take the same optimizer steps: equal per-step losses and weights equal up to
 float32 rounding (``tests/onpolicy/compare/test_trl_sft_lockstep.py``). Over long runs the rounding
 differences (summation order in the loss and the gradient-norm clip) grow: on the arithmetic task
-the per-step losses agree to 1e-3 for the first ~50-200 of 300 steps, then drift apart like two
+the per-step losses agree to 1e-3 for the first 52-231 of 300 steps, then drift apart like two
 seeds do (docs/results/compare-arithmetic-sft-trl.md).
 """
 

@@ -118,9 +118,13 @@ def output_head(model: torch.nn.Module, vocab_size: int) -> LMHead:
     linear = inner.get_output_embeddings()
     _check_vocab(linear.weight.shape[0], vocab_size)
     config = getattr(inner, "config", None)
-    bias = None if linear.bias is None else linear.bias[:vocab_size]
+    # slice only when embedding rows are padded: a slice's backward allocates and zero-fills a
+    # full [V_rows, D] gradient and copies into it (for a tied head, a second one per backward)
+    full = linear.weight.shape[0] == vocab_size
+    weight = linear.weight if full else linear.weight[:vocab_size]
+    bias = linear.bias if linear.bias is None or full else linear.bias[:vocab_size]
     return LMHead(
-        weight=linear.weight[:vocab_size],
+        weight=weight,
         bias=bias,
         logit_scale=float(getattr(config, "logit_scale", None) or 1.0),
         softcap=getattr(config, "final_logit_softcapping", None),

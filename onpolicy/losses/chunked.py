@@ -74,23 +74,37 @@ class _Spec:
     block_size: int
 
 
-def _logits(h: Tensor, w: Tensor, b: Tensor | None, scale: float, cap: float | None, inv_t: float):
-    """Block logits ``z`` [n, V] and, with a softcap, ``tanh`` [n, V] (for the gradient)."""
-    y = torch.mm(h, w.t()) if b is None else torch.addmm(b, h, w.t())
+def _logits(h, w, b, scale: float, cap: float | None, inv_t: float, out: Tensor):
+    """Block logits ``z`` [n, V] (in ``out`` when there is no softcap) and, with a softcap,
+    ``tanh`` [n, V] (in ``out``, kept for the gradient)."""
+    y = torch.mm(h, w.t(), out=out) if b is None else torch.addmm(b, h, w.t(), out=out)
     if cap is None:
         return y.mul_(scale * inv_t), None
     th = y.mul_(scale / cap).tanh_()
     return th * (cap * inv_t), th
 
 
-def _block(h_s, w_s, b_s, h_t, w_t, b_t, spec: _Spec, weight_n: Tensor | None):
+def _workspace(n: int, vocab: int, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Three [n, V] scratch buffers, reused by every block of one call: each block would otherwise
+    allocate (and, on CPU, page-fault in) about six buffers of this size."""
+    return tuple(like.new_empty((n, vocab)) for _ in range(3))
+
+
+def _block(h_s, w_s, b_s, h_t, w_t, b_t, spec: _Spec, weight_n: Tensor | None, work):
     """Per-token values [n] and, when ``weight_n`` [n] is given, ``d(sum weight_n * L)/dy`` [n, V]
-    for the student's raw projection ``y = h_s @ w_s.T + b_s``."""
-    z_t, _ = _logits(h_t, w_t, b_t, spec.teacher_scale, spec.teacher_softcap, spec.inv_temperature)
-    log_pt = torch.log_softmax(z_t, dim=-1)
+    for the student's raw projection ``y = h_s @ w_s.T + b_s``. ``work``: ``_workspace`` buffers
+    (the gradient is returned in one of them, valid until the next block)."""
+    n = h_s.shape[0]
+    buf_z, buf_t, buf_s = (w[:n] for w in work)
+    z_t, _ = _logits(
+        h_t, w_t, b_t, spec.teacher_scale, spec.teacher_softcap, spec.inv_temperature, buf_z
+    )
+    log_pt = torch.log_softmax(z_t, dim=-1, out=buf_t)
     del z_t
-    z_s, th = _logits(h_s, w_s, b_s, spec.student_scale, spec.student_softcap, spec.inv_temperature)
-    log_ps = torch.log_softmax(z_s, dim=-1)
+    z_s, th = _logits(
+        h_s, w_s, b_s, spec.student_scale, spec.student_softcap, spec.inv_temperature, buf_z
+    )
+    log_ps = torch.log_softmax(z_s, dim=-1, out=buf_s)
     del z_s
     if weight_n is None:
         return spec.kernel.value(log_ps, log_pt, spec.coef), None
@@ -116,13 +130,14 @@ def _run(h_s, w_s, b_s, h_t, w_t, b_t, index, spec: _Spec, weight_N, needs: tupl
     grad_w = torch.zeros_like(w_s) if need_w and n == 0 else None
     grad_b = torch.zeros_like(b_s) if need_b and n == 0 else None
     want_grad = need_h or need_w or need_b
+    work = _workspace(min(n, spec.block_size), w_s.shape[0], h_s) if n else None
     for start in range(0, n, spec.block_size):
         sl = slice(start, min(n, start + spec.block_size))
         rows = None if index is None else index[sl]
         hb_s = h_s[sl] if rows is None else h_s.index_select(0, rows)
         hb_t = h_t[sl] if rows is None else h_t.index_select(0, rows)
         wn = weight_N[sl] if want_grad else None
-        value, g = _block(hb_s, w_s, b_s, hb_t, w_t, b_t, spec, wn)
+        value, g = _block(hb_s, w_s, b_s, hb_t, w_t, b_t, spec, wn, work)
         values[sl] = value
         if g is None:
             continue

@@ -9,6 +9,8 @@ row (shape ``[...]``). Two forms per divergence:
 - ``value_and_grad(log_ps, log_pt, coef)``: the value and its closed-form gradient with respect to
   the student's *logits* ``z`` (``log_ps = log_softmax(z)``), ``[..., V]``; assumes finite log-probs
   (a linear LM head gives them); used by the chunked loss, which never calls autograd on ``[N, V]``.
+  It may overwrite both inputs (the gradient may live in one of their buffers): the chunked loss
+  hands over scratch blocks; pass copies to keep them.
 
 The closed form: if ``a = dL/d(log p_s)`` elementwise, then ``dL/dz = a - p_s * sum(a)``.
 ``coef`` is GKD's ``beta`` for ``generalized_jsd`` and DistiLLM's skew ``alpha`` for the skew KLs.
@@ -113,8 +115,9 @@ def _forward_kl_grad(log_ps: Tensor, log_pt: Tensor, coef: float) -> tuple[Tenso
 
 
 def _reverse_kl_grad(log_ps: Tensor, log_pt: Tensor, coef: float) -> tuple[Tensor, Tensor]:
-    p_s = log_ps.exp()
-    d = log_ps - log_pt
+    # in the inputs' buffers (no [..., V] allocation): d in log_pt's, p_s in log_ps's
+    d = log_pt.neg_().add_(log_ps)  # log p_s - log p_t
+    p_s = log_ps.exp_()
     value = _rowdot(p_s, d)
     return value, d.sub_(value.unsqueeze(-1)).mul_(p_s)  # p_s * (d - KL)
 
@@ -182,7 +185,8 @@ class DivergenceKernel:
 
     Attributes:
         value: ``(log_ps [..., V], log_pt [..., V], coef) -> [...]``, autograd-friendly.
-        value_and_grad: ``(log_ps, log_pt, coef) -> ([...], dL/dz [..., V])``, no autograd.
+        value_and_grad: ``(log_ps, log_pt, coef) -> ([...], dL/dz [..., V])``, no autograd; may
+            overwrite its inputs.
         coef_name: the name of ``coef`` (``beta`` or ``alpha``), or None when unused.
     """
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from onpolicy.forward import _takes_logits_to_keep, forward_completions, head_logits
+from onpolicy.forward import _takes_logits_to_keep, forward_completions, head_logits, output_head
 from onpolicy.models import load_model
 from onpolicy.tiny import tiny_model_dir
 from onpolicy.types import PaddedBatch
@@ -84,3 +84,20 @@ def test_no_completion_token_at_all(model):
     batch = PaddedBatch.from_ragged([[5, 6, 7], [8, 9]], [[], []], 0)
     fwd = forward_completions(model, batch, vocab)
     assert fwd.logits_N_V.shape == (0, vocab) and fwd.num_tokens_B == [0, 0]
+
+
+@pytest.mark.parametrize("padded_rows", [0, 5])
+def test_output_head_is_the_weight_itself_unless_rows_are_padded(model, padded_rows):
+    """No slice (whose backward zero-fills and copies a full [V, D] gradient) when the head has
+    exactly the tokenizer's rows; sliced to the vocabulary when embedding rows are padded.
+    Either way the head's gradient lands on the model's weight, zero on padded rows."""
+    vocab = model.config.vocab_size - padded_rows
+    head = output_head(model, vocab)
+    weight = model.get_output_embeddings().weight
+    assert (head.weight is weight) == (padded_rows == 0)
+    assert head.weight.shape == (vocab, weight.shape[1])
+    h = torch.randn(3, weight.shape[1], generator=torch.Generator().manual_seed(3))
+    (grad,) = torch.autograd.grad(head_logits(h, head).square().sum(), weight)
+    z = h @ weight[:vocab].detach().T
+    torch.testing.assert_close(grad[:vocab], 2 * z.T @ h, atol=1e-4, rtol=1e-4)
+    assert not grad[vocab:].any()

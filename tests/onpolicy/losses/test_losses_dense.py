@@ -145,7 +145,8 @@ def test_closed_form_logit_gradient_matches_autograd(name):
         log_ps = torch.log_softmax(zs, -1)
         value = kernel.value(log_ps, log_pt, coef)
         (expected,) = torch.autograd.grad(value.sum(), zs)
-        value2, grad = kernel.value_and_grad(log_ps.detach(), log_pt, coef)
+        # value_and_grad may overwrite its inputs: hand it copies
+        value2, grad = kernel.value_and_grad(log_ps.detach().clone(), log_pt.clone(), coef)
         torch.testing.assert_close(value2, value.detach(), rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-13)
 

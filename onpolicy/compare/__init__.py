@@ -2,10 +2,12 @@
 quickstart (``onpolicy quickstart`` / ``examples/quickstart.py``).
 
 Every method trains from the same student initialization through ``onpolicy.trainer.train`` (the
-one training loop) with the same optimizer, number of optimizer steps and prompts per step, is
-evaluated on the same held-out prompts, and reports the compute the trainer counted; see
-``run.py`` (jobs), ``methods.py`` (methods -> trainer configs), ``evaluate.py`` (metrics),
-``trl_sft.py`` (the peer: TRL's ``SFTTrainer``) and ``report.py`` (table, JSON, plots).
+one training loop) with the same optimizer and prompts per step, for the same number of optimizer
+steps or (``budget: {match: flops, ...}``) the steps that give it the same estimated training
+FLOPs, is evaluated on the same held-out prompts, and reports the compute the trainer counted; see
+``run.py`` (jobs), ``methods.py`` (methods -> trainer configs), ``budget.py`` (equal compute),
+``evaluate.py`` (metrics), ``trl_sft.py`` (the peer: TRL's ``SFTTrainer``) and ``report.py``
+(table, JSON, plots). ``onpolicy compare --config FILE --plan`` prints the planned steps only.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from onpolicy.compare.config import CompareConfig, load_config, parse_config
 from onpolicy.compare.methods import BUILTIN_METHODS, MethodSpec, TrainSettings
 from onpolicy.compare.report import Row, aggregate, budget_meta, markdown, write_report
 from onpolicy.compare.run import JobResult, output_dir, run_compare
+from onpolicy.errors import OnpolicyError
 
 __all__ = [
     "BUILTIN_METHODS",
@@ -87,11 +88,15 @@ def _parser(prog: str, default_config: str | None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """``onpolicy compare --config FILE [key=value ...]``: run, print the table and the paths."""
     args = _parser("onpolicy compare", None).parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    if args.plan:
-        print(plan_table(cfg))
-        return 0
-    rows, paths = compare(cfg, progress=not args.no_progress)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if args.plan:
+            print(plan_table(cfg))
+            return 0
+        rows, paths = compare(cfg, progress=not args.no_progress)
+    except OnpolicyError as exc:  # a bad config or budget: one line, no traceback
+        print(f"onpolicy compare: error: {exc}", file=sys.stderr)
+        return 2
     print(markdown(rows))
     for kind, path in paths.items():
         print(f"{kind}: {path}")

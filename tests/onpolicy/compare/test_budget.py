@@ -150,3 +150,13 @@ def test_tiny_comparison_at_equal_flops(tiny_dirs, tmp_path):
     assert "equal estimated training FLOPs" in text and "reference sft at 6 steps" in text
     by_name = {r.method: r for r in rows}
     assert by_name["reverse_kl"].steps == steps["reverse_kl/seed0"]
+
+
+def test_cli_bad_budget_is_one_line(capsys):
+    from onpolicy.compare import main
+
+    config = str(REPO / "configs" / "compare" / "quickstart.yaml")
+    assert main(["--config", config, "--plan", "budget.match=flops"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("onpolicy compare: error: budget.match=flops needs exactly one of")
+    assert "\n" not in err

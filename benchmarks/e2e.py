@@ -81,6 +81,7 @@ def _shared_flags(args) -> list[str]:
         "--threads", str(args.threads), "--min-new-tokens", str(args.min_new_tokens),
         "--micro-batches", str(args.micro_batches), *([] if args.chunked else ["--dense"]),
         "--gold", *args.gold, "--student-layers", str(args.student_layers),
+        "--retain-freed-memory", args.retain_freed_memory,
     ]  # fmt: skip
 
 
@@ -142,13 +143,17 @@ def _ratio(a: dict, b: dict, key: str, invert: bool = False) -> str:
     return f"{(y / x if invert else x / y):.2f}x"
 
 
+_RETAINED = {"engine": "engine sides", "both": "all sides", "none": "no side"}
+
+
 def table(results: dict[str, dict], args) -> str:
     out = [
         f"Models: {args.pair}. Batch {args.batch}, completion {args.max_new_tokens} tokens "
         + ("(equal lengths: stops suppressed on both sides)" if args.min_new_tokens else "(max)")
         + f", {args.steps} timed steps x {args.rounds} round(s) per side after 1 warm-up each "
         f"(medians), {args.threads} torch thread(s), CPU, float32"
-        + (f", cross student cut to {args.student_layers} layers." if args.student_layers else "."),
+        + (f", cross student cut to {args.student_layers} layers" if args.student_layers else "")
+        + f", freed memory retained (host_memory): {_RETAINED[args.retain_freed_memory]}.",
         "",
         "| case | engine | TRL | engine tok/s | TRL tok/s | speed ratio | target | engine step s "
         "| TRL step s | CPU-time ratio | engine peak MB | TRL peak MB | memory ratio |",
@@ -220,6 +225,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--student-layers", type=int, default=0,
         help="cross sides (hf): keep only the student's first N layers (an extra regime where "
         "the backbone is cheap and the loss dominates); 0 = the whole model",
+    )  # fmt: skip
+    p.add_argument(
+        "--retain-freed-memory", choices=("engine", "both", "none"), default="engine",
+        help="which sides keep freed memory mapped (onpolicy.trainer.host_memory; the engine's "
+        "trainer does it on CPU): engine (as shipped), both (TRL too: the fairness check), none",
     )  # fmt: skip
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--threads", type=int, default=1)

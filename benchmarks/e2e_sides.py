@@ -319,6 +319,11 @@ def run_side(args) -> dict:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    retain = getattr(args, "retain_freed_memory", "engine")
+    if retain == "both" or (retain == "engine" and args.side.startswith("engine")):
+        from onpolicy.trainer.host_memory import retain_freed_memory
+
+        retain_freed_memory()  # what onpolicy.trainer.train does on CPU
     fns = {
         "engine_same": lambda: run_engine(args, cross=False, rollout=args.rollout),
         "engine_cross": lambda: run_engine(args, cross=True, rollout=args.rollout),

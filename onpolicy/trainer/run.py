@@ -107,11 +107,14 @@ def train(
 
     from onpolicy.config_checks import validate
     from onpolicy.data import PromptStream
+    from onpolicy.trainer.host_memory import retain_freed_memory
     from onpolicy.trainer.metrics_log import MetricsLog
     from onpolicy.trainer.setup import build_components
 
     validate(config, base_dir)
     accelerator = make_accelerator(config)
+    if accelerator.device.type == "cpu":  # the same large buffers every step: keep them mapped
+        retain_freed_memory()
     set_seed(config.train.seed)
     c = build_components(config, accelerator)
     prompts, held_out, skipped = prepare_prompts(

@@ -71,16 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     from benchmarks.e2e_models import model_pair
-    from benchmarks.e2e_sides import _value
+    from benchmarks.e2e_sides import _value, cut_layers
     from onpolicy.api import loss, make_objective, score
     from onpolicy.models import load_model, load_tokenizer
     from onpolicy.teacher.local import LocalTeacher
 
     pair = model_pair("smollm2")
     student, stok = load_model(pair.cross_student), load_tokenizer(pair.cross_student)
-    if args.student_layers:
-        student.model.layers = student.model.layers[: args.student_layers]
-        student.config.num_hidden_layers = args.student_layers
+    cut_layers(student, args.student_layers)
     teacher, ttok = (
         load_model(pair.cross_teacher, trainable=False),
         load_tokenizer(pair.cross_teacher),

@@ -37,9 +37,11 @@ def _run(apply: bool, env: dict[str, str] | None = None) -> tuple[str, int]:
 def test_freed_buffers_are_reused_without_page_faults():
     applied, faults = _run(apply=True)
     assert applied == "True"
-    assert faults < 1_000  # the 64 MB buffer stays mapped: no page is faulted in again
+    assert faults < 1_000, faults  # the 64 MB buffer stays mapped: no page is faulted in again
     _, default_faults = _run(apply=False)
-    assert default_faults > 3 * 10_000  # glibc's default: munmap + mmap, ~16k pages per round
+    # glibc's default: munmap + mmap every round, ~16k page faults per round (or a few dozen when
+    # the kernel backs the fresh mapping with transparent huge pages)
+    assert default_faults > max(faults, 3 * 16), (default_faults, faults)
 
 
 def test_env_turns_it_off():

@@ -8,17 +8,17 @@ import copy
 
 import pytest
 import torch
+from tiny_cross_pair import QUESTIONS, scored_cross_pair
 
 from onpolicy.api import completion_rollout, make_objective, step
 from onpolicy.chat import render_prompts
 from onpolicy.errors import ConfigError
-from onpolicy.models import load_model, load_tokenizer
+from onpolicy.models import load_model
 from onpolicy.rollout.hf import HFRolloutBackend
 from onpolicy.teacher.local import LocalTeacher
 from onpolicy.tiny import tiny_model_dir
 from onpolicy.types import Prompt, SamplingParams
 
-QUESTIONS = ["What is 3 plus 4?", "Spell naïve.", "Repeat: 日本", "Count to 4."]
 CASES = {
     "next_byte": {},
     "next_byte_boundaries": {"within_tokens": False},
@@ -36,16 +36,8 @@ def _make(case: str):
 
 @pytest.fixture(scope="module")
 def setup():
-    spath = tiny_model_dir("small", "bpe", seed=1, pretrain_steps=300)
-    tpath = tiny_model_dir("small", "char", seed=2, pretrain_steps=300)
-    student, stok = load_model(spath), load_tokenizer(spath)
-    teacher, ttok = load_model(tpath, trainable=False), load_tokenizer(tpath)
-    prompts = [Prompt(messages=({"role": "user", "content": q},)) for q in QUESTIONS]
-    ro = HFRolloutBackend(student, stok).generate(
-        render_prompts(stok, prompts), SamplingParams(24, temperature=0.7, seed=1), prompts
-    )
-    scorer = LocalTeacher(teacher, ttok, stok, mode="auto")
-    return student, stok, teacher, ttok, ro, scorer
+    p = scored_cross_pair(seed=1, mode="auto")
+    return p.student, p.student_tokenizer, p.teacher, p.teacher_tokenizer, p.rollout, p.scorer
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

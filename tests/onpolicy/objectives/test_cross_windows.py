@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_cross_pair import scored_cross_pair
 
 import alignment.gold_prefix as gold_prefix_mod
 import onpolicy.objectives.cross as cross_mod
@@ -20,31 +21,15 @@ from alignment.gold_prefix import (
     prefix_logmass,
 )
 from alignment.types import SideLogits
-from onpolicy.chat import render_prompts
-from onpolicy.models import load_model, load_tokenizer
 from onpolicy.objectives.cross import flat_window, reference_kl_sum, spare_row_empty
 from onpolicy.objectives.cross import with_spare_row as spare
-from onpolicy.rollout.hf import HFRolloutBackend
 from onpolicy.teacher.cross import token_logprobs_chunked
-from onpolicy.teacher.local import LocalTeacher
-from onpolicy.tiny import tiny_model_dir
-from onpolicy.types import Prompt, SamplingParams
-
-QUESTIONS = ["What is 3 plus 4?", "Spell naïve.", "Repeat: 日本", "Count to 4."]
 
 
 @pytest.fixture(scope="module")
 def scored():
-    spath = tiny_model_dir("small", "bpe", seed=1, pretrain_steps=300)
-    tpath = tiny_model_dir("small", "char", seed=2, pretrain_steps=300)
-    student, stok = load_model(spath), load_tokenizer(spath)
-    teacher, ttok = load_model(tpath, trainable=False), load_tokenizer(tpath)
-    prompts = [Prompt(messages=({"role": "user", "content": q},)) for q in QUESTIONS]
-    ro = HFRolloutBackend(student, stok).generate(
-        render_prompts(stok, prompts), SamplingParams(24, temperature=0.7, seed=3), prompts
-    )
-    scores = LocalTeacher(teacher, ttok, stok, mode="cross").score(ro)
-    return ro, scores.cross, len(stok)
+    pair = scored_cross_pair(seed=3, mode="cross")
+    return pair.rollout, pair.scores.cross, len(pair.student_tokenizer)
 
 
 def _row_window(logits_N_V, last_prompt_B, completion_ids_B, span_B, tau):

@@ -8,31 +8,20 @@ import copy
 
 import pytest
 import torch
+from tiny_cross_pair import QUESTIONS, scored_cross_pair
 
 from alignment.offsets import token_bytes
 from onpolicy.api import make_objective
 from onpolicy.chat import render_prompt, render_prompts
-from onpolicy.models import load_model, load_tokenizer
 from onpolicy.rollout.hf import HFRolloutBackend
 from onpolicy.teacher.local import LocalTeacher
-from onpolicy.tiny import tiny_model_dir
 from onpolicy.types import Prompt, Rollout, SamplingParams
-
-QUESTIONS = ["What is 3 plus 4?", "Spell naïve.", "Repeat: 日本", "Count to 4."]
 
 
 @pytest.fixture(scope="module")
 def setup():
-    spath = tiny_model_dir("small", "bpe", seed=1, pretrain_steps=300)
-    tpath = tiny_model_dir("small", "char", seed=2, pretrain_steps=300)
-    student, stok = load_model(spath), load_tokenizer(spath)
-    teacher, ttok = load_model(tpath, trainable=False), load_tokenizer(tpath)
-    prompts = [Prompt(messages=({"role": "user", "content": q},)) for q in QUESTIONS]
-    ro = HFRolloutBackend(student, stok).generate(
-        render_prompts(stok, prompts), SamplingParams(24, temperature=0.7, seed=1), prompts
-    )
-    scores = LocalTeacher(teacher, ttok, stok, mode="auto").score(ro)
-    return student, stok, teacher, ttok, ro, scores
+    p = scored_cross_pair(seed=1, mode="auto")
+    return p.student, p.student_tokenizer, p.teacher, p.teacher_tokenizer, p.rollout, p.scores
 
 
 def _span_bytes(tok, ids, span, S):

@@ -13,14 +13,15 @@ their storage holds the spare row (the teacher's, ``onpolicy.teacher.cross.score
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
 from onpolicy.errors import ConfigError
 from onpolicy.forward import split_rows
+from onpolicy.objectives.base import BatchSource
 from onpolicy.objectives.common import require_cross, student_forward
 from onpolicy.teacher.types import CrossTeacherScores, TeacherScores
 from onpolicy.types import Rollout
@@ -258,6 +259,26 @@ class FrozenReference:
             return loss_sum, {}
         ref_kl = self.kl_sum(student, rollout, s_side, cross)
         return loss_sum + weight * ref_kl, {f"{prefix}/reference_kl_sum": float(ref_kl.detach())}
+
+
+@dataclass
+class AnchoredCrossObjective:
+    """What ``next_byte``, ``gold`` and ``uld`` share: trained on the student's own samples,
+    scored by a teacher, and anchored by ``reference_kl`` to the initial student through a
+    ``FrozenReference`` (subclasses declare ``reference_kl`` and ``loss``)."""
+
+    _reference: FrozenReference = field(
+        default_factory=FrozenReference, init=False, repr=False, compare=False
+    )
+
+    needs_teacher: ClassVar[bool] = True
+
+    def batch_source(self, step: int) -> BatchSource:
+        return "student"
+
+    def set_reference(self, reference: ReferencePolicy) -> None:
+        """The student's initial policy for ``reference_kl`` (``onpolicy.trainer.setup``)."""
+        self._reference.set(reference)
 
 
 def side_tries(cross: CrossTeacherScores, s_side, t_side, needed_by: str) -> tuple:

@@ -22,20 +22,20 @@ student drifts to splits it never trained on (``onpolicy.objectives.cross.Frozen
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from onpolicy.errors import ConfigError
-from onpolicy.objectives.base import BatchSource, LossOutput, register_objective
+from onpolicy.objectives.base import LossOutput, register_objective
 from onpolicy.objectives.common import check_temperature, check_unit
-from onpolicy.objectives.cross import FrozenReference, ReferencePolicy, cross_sides, side_tries
+from onpolicy.objectives.cross import AnchoredCrossObjective, cross_sides, side_tries
 from onpolicy.teacher.types import TeacherScores
 from onpolicy.types import Rollout
 
 
 @register_objective("gold")
 @dataclass
-class GOLD:
+class GOLD(AnchoredCrossObjective):
     """GOLD-style hybrid loss on the student's own samples.
 
     Attributes:
@@ -58,25 +58,14 @@ class GOLD:
     teacher_temperature: float | None = None
     top_k: int | None = None
     reference_kl: float = 1.0
-    _reference: FrozenReference = field(
-        default_factory=FrozenReference, init=False, repr=False, compare=False
-    )
 
     name: ClassVar[str] = "gold"
-    needs_teacher: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         check_unit("beta", self.beta)
         check_temperature(self.temperature)
         if self.matched not in ("prefix", "token"):
             raise ConfigError(f"gold option matched={self.matched!r}; use 'prefix' or 'token'")
-
-    def batch_source(self, step: int) -> BatchSource:
-        return "student"
-
-    def set_reference(self, reference: ReferencePolicy) -> None:
-        """The student's initial policy for ``reference_kl`` (``onpolicy.trainer.setup``)."""
-        self._reference.set(reference)
 
     def loss(self, student, rollout: Rollout, teacher_scores: TeacherScores | None) -> LossOutput:
         s_side, t_side, cross = cross_sides(

@@ -13,19 +13,19 @@ Counted units (``LossOutput.num_tokens``) are the compared byte positions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
-from onpolicy.objectives.base import BatchSource, LossOutput, register_objective
+from onpolicy.objectives.base import LossOutput, register_objective
 from onpolicy.objectives.common import check_temperature, check_unit
-from onpolicy.objectives.cross import FrozenReference, ReferencePolicy, cross_sides, side_tries
+from onpolicy.objectives.cross import AnchoredCrossObjective, cross_sides, side_tries
 from onpolicy.teacher.types import TeacherScores
 from onpolicy.types import Rollout
 
 
 @register_objective("next_byte")
 @dataclass
-class NextByte:
+class NextByte(AnchoredCrossObjective):
     """Generalized JSD between next-byte distributions on the student's own samples.
 
     Attributes:
@@ -45,23 +45,12 @@ class NextByte:
     temperature: float = 1.0
     teacher_temperature: float | None = None
     reference_kl: float = 0.1
-    _reference: FrozenReference = field(
-        default_factory=FrozenReference, init=False, repr=False, compare=False
-    )
 
     name: ClassVar[str] = "next_byte"
-    needs_teacher: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         check_unit("beta", self.beta)
         check_temperature(self.temperature)
-
-    def batch_source(self, step: int) -> BatchSource:
-        return "student"
-
-    def set_reference(self, reference: ReferencePolicy) -> None:
-        """The student's initial policy for ``reference_kl`` (``onpolicy.trainer.setup``)."""
-        self._reference.set(reference)
 
     def loss(self, student, rollout: Rollout, teacher_scores: TeacherScores | None) -> LossOutput:
         from alignment.byte_loss import next_byte_terms

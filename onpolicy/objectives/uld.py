@@ -4,19 +4,19 @@ Counted units are the spans with tokens on both sides (``LossOutput.num_tokens``
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
-from onpolicy.objectives.base import BatchSource, LossOutput, register_objective
+from onpolicy.objectives.base import LossOutput, register_objective
 from onpolicy.objectives.common import check_temperature
-from onpolicy.objectives.cross import FrozenReference, ReferencePolicy, cross_sides
+from onpolicy.objectives.cross import AnchoredCrossObjective, cross_sides
 from onpolicy.teacher.types import TeacherScores
 from onpolicy.types import Rollout
 
 
 @register_objective("uld")
 @dataclass
-class ULD:
+class ULD(AnchoredCrossObjective):
     """ULD between the student's and the teacher's span distributions on the student's samples
     (``temperature`` both sides unless ``teacher_temperature``; ``top_k`` bounds memory;
     ``reference_kl``: weight of KL(student || the initial student) on its tokens,
@@ -26,22 +26,11 @@ class ULD:
     teacher_temperature: float | None = None
     top_k: int | None = None
     reference_kl: float = 1.0
-    _reference: FrozenReference = field(
-        default_factory=FrozenReference, init=False, repr=False, compare=False
-    )
 
     name: ClassVar[str] = "uld"
-    needs_teacher: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         check_temperature(self.temperature)
-
-    def batch_source(self, step: int) -> BatchSource:
-        return "student"
-
-    def set_reference(self, reference: ReferencePolicy) -> None:
-        """The student's initial policy for ``reference_kl`` (``onpolicy.trainer.setup``)."""
-        self._reference.set(reference)
 
     def loss(self, student, rollout: Rollout, teacher_scores: TeacherScores | None) -> LossOutput:
         from alignment.gold import gold_terms

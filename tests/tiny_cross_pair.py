@@ -39,3 +39,14 @@ def scored_cross_pair(seed: int = 1, mode: str = "auto", max_new_tokens: int = 2
     ro = HFRolloutBackend(student, stok).generate(render_prompts(stok, prompts), params, prompts)
     scorer = LocalTeacher(teacher, ttok, stok, mode=mode)
     return CrossPair(student, stok, teacher, ttok, ro, scorer, scorer.score(ro))
+
+
+def self_scored_rollout(model, tokenizer):
+    """``(rollout, scores)``: ``model`` samples two questions (seed 0) and scores itself
+    through the cross-tokenizer path (``mode="cross"``, the same tokenizer on both sides), so
+    any cross objective on a copy of ``model`` must give 0."""
+    prompts = [Prompt(messages=({"role": "user", "content": q},)) for q in QUESTIONS[:2]]
+    ro = HFRolloutBackend(model, tokenizer).generate(
+        render_prompts(tokenizer, prompts), SamplingParams(16, seed=0), prompts
+    )
+    return ro, LocalTeacher(model, tokenizer, tokenizer, mode="cross").score(ro)

@@ -8,14 +8,13 @@ import copy
 
 import pytest
 import torch
-from tiny_cross_pair import QUESTIONS, scored_cross_pair
+from tiny_cross_pair import QUESTIONS, scored_cross_pair, self_scored_rollout
 
 from onpolicy.api import completion_rollout, make_objective, step
 from onpolicy.chat import render_prompts
 from onpolicy.errors import ConfigError
 from onpolicy.models import load_model
 from onpolicy.rollout.hf import HFRolloutBackend
-from onpolicy.teacher.local import LocalTeacher
 from onpolicy.tiny import tiny_model_dir
 from onpolicy.types import Prompt, SamplingParams
 
@@ -55,11 +54,7 @@ def test_contract(case, setup):
 @pytest.mark.parametrize("case", ["next_byte", "next_byte_boundaries", "gold"])
 def test_identical_models_in_cross_mode_give_zero(case, setup):
     _, _, teacher, ttok, _, _ = setup
-    prompts = [Prompt(messages=({"role": "user", "content": q},)) for q in QUESTIONS[:2]]
-    ro = HFRolloutBackend(teacher, ttok).generate(
-        render_prompts(ttok, prompts), SamplingParams(16, seed=0), prompts
-    )
-    scores = LocalTeacher(teacher, ttok, ttok, mode="cross").score(ro)
+    ro, scores = self_scored_rollout(teacher, ttok)
     twin = copy.deepcopy(teacher).requires_grad_(True)
     out = _make(case).loss(twin, ro, scores)
     assert out.num_tokens > 0 and abs(out.loss_sum.item()) < 1e-4

@@ -8,14 +8,13 @@ import copy
 
 import pytest
 import torch
-from tiny_cross_pair import QUESTIONS, scored_cross_pair
+from tiny_cross_pair import scored_cross_pair, self_scored_rollout
 
 from alignment.offsets import token_bytes
 from onpolicy.api import make_objective
-from onpolicy.chat import render_prompt, render_prompts
-from onpolicy.rollout.hf import HFRolloutBackend
+from onpolicy.chat import render_prompt
 from onpolicy.teacher.local import LocalTeacher
-from onpolicy.types import Prompt, Rollout, SamplingParams
+from onpolicy.types import Prompt, Rollout
 
 
 @pytest.fixture(scope="module")
@@ -103,11 +102,7 @@ def test_cross_objective_contract(name, setup):
 @pytest.mark.parametrize("name", ["gold", "uld", "policy_gradient"])
 def test_identical_models_in_cross_mode_give_zero(name, setup):
     _, _, teacher, ttok, _, _ = setup
-    prompts = [Prompt(messages=({"role": "user", "content": q},)) for q in QUESTIONS[:2]]
-    ro = HFRolloutBackend(teacher, ttok).generate(
-        render_prompts(ttok, prompts), SamplingParams(16, seed=0), prompts
-    )
-    scores = LocalTeacher(teacher, ttok, ttok, mode="cross").score(ro)
+    ro, scores = self_scored_rollout(teacher, ttok)
     assert all((s == torch.arange(len(s))).all() for s in scores.cross.student_span_B)
     twin = copy.deepcopy(teacher).requires_grad_(True)
     out = make_objective(name).loss(twin, ro, scores)

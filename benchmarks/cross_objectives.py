@@ -23,10 +23,8 @@ the completion once, untimed), in this process.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -122,27 +120,19 @@ def _ours(inp: dict, impl: str):
     return run
 
 
-def _trl(inp: dict):
+def _alignment_bench():
+    """benchmarks/alignment.py as a module (this folder is off ``sys.path``: its name would
+    shadow the ``alignment`` package): TRL's loss call and the peak-RSS helpers."""
     spec = importlib.util.spec_from_file_location(
         "bench_alignment", REPO / "benchmarks/alignment.py"
     )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return mod._trl_loss(inp, hybrid=False)
+    return mod
 
 
-def _status_kb(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
-def _reset_peak_kb() -> int:
-    """Reset the peak RSS (Linux: ``clear_refs`` 5) and return the RSS now, in KiB."""
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
-    return _status_kb("VmRSS")
+def _trl(inp: dict):
+    return _alignment_bench()._trl_loss(inp, hybrid=False)
 
 
 def worker(impl: str, tokens: int, repeats: int, warmup: int) -> dict:
@@ -150,7 +140,8 @@ def worker(impl: str, tokens: int, repeats: int, warmup: int) -> dict:
     inp = make_inputs(tokens)
     run = _trl(inp) if impl == "trl_uld" else _ours(inp, impl)
     base = inp["s"]["logits"]
-    rss0 = _reset_peak_kb()
+    rss = _alignment_bench()
+    rss0 = rss._reset_peak_kb()
     times, value = [], float("nan")
     for i in range(warmup + repeats):
         logits = base.clone().requires_grad_(True)
@@ -161,7 +152,7 @@ def worker(impl: str, tokens: int, repeats: int, warmup: int) -> dict:
         value = float(loss)
         if i >= warmup:
             times.append(dt)
-    peak = (_status_kb("VmHWM") - rss0) / 1024
+    peak = (rss._status_kb("VmHWM") - rss0) / 1024
     return {"impl": impl, "seconds": statistics.median(times), "peak_mb": peak, "value": value,
             "tokens": tokens, "teacher_tokens": int(inp["t"]["ids"].shape[1] - PROMPT)}  # fmt: skip
 

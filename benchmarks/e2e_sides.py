@@ -129,7 +129,6 @@ def _train_step(opt, student, ro, parts: int, loss_of) -> int:
     """The trainer's step: loss / tokens, backward (per micro-batch when ``parts > 1``: the
     activations of one micro-batch at a time, the same update), clip to 1.0, and (as
     ``onpolicy.trainer`` does) no update when the gradient is not finite. 1 for a skipped step."""
-    import torch
 
     if parts == 1:
         out = loss_of(ro)
@@ -138,13 +137,7 @@ def _train_step(opt, student, ro, parts: int, loss_of) -> int:
         total = sum(len(c) for c in ro.completion_ids_B)
         for part in _split(ro, parts):
             (loss_of(part).loss_sum / max(total, 1)).backward()
-    params = [p for p in student.parameters() if p.grad is not None]
-    norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
-    finite = bool(torch.isfinite(norm))
-    if finite:
-        opt.step()
-    opt.zero_grad(set_to_none=True)
-    return 0 if finite else 1
+    return _clip_and_step(opt, student)
 
 
 def _train_step_cross(opt, student, ro, parts: int, loss_of) -> int:
@@ -153,7 +146,6 @@ def _train_step_cross(opt, student, ro, parts: int, loss_of) -> int:
     backpropagated, then the summed gradient is divided by the step's total count (the same
     update as one batch, ``loss_sum / num_tokens``; with ``parts > 1`` one micro-batch's
     activations, teacher logits and loss tensors at a time)."""
-    import torch
 
     if parts == 1:
         return _train_step(opt, student, ro, 1, loss_of)
@@ -162,9 +154,18 @@ def _train_step_cross(opt, student, ro, parts: int, loss_of) -> int:
         out = loss_of(part)
         out.loss_sum.backward()
         total += out.num_tokens
+    for p in student.parameters():
+        if p.grad is not None:
+            p.grad.div_(max(total, 1))
+    return _clip_and_step(opt, student)
+
+
+def _clip_and_step(opt, student) -> int:
+    """Clip the gradient to norm 1.0 and step, or (as ``onpolicy.trainer`` does) skip the update
+    when it is not finite; 1 for a skipped step."""
+    import torch
+
     params = [p for p in student.parameters() if p.grad is not None]
-    for p in params:
-        p.grad.div_(max(total, 1))
     norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
     finite = bool(torch.isfinite(norm))
     if finite:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from onpolicy.errors import ConfigError
+from onpolicy.trainer.step_metrics import ComputeBudget
 
 MAX_STEPS = 1_000_000  # a budget that buys more steps than this is a config mistake
 
@@ -130,13 +131,19 @@ def step_cost(objective: Any, sizes: Sizes, horizon: int) -> StepCost:
     s = sizes
     student_row = s.prompt_tokens + s.completion_tokens
     teacher_row = s.teacher_prompt_tokens + s.completion_tokens
-    train = 6.0 * s.student_params * student_row * s.rows_per_step
-    rollout = 2.0 * s.student_params * student_row * s.rows_per_step
-    scoring = (
-        2.0 * s.teacher_params * teacher_row * s.rows_per_step if objective.needs_teacher else 0
-    )
+
+    def flops(train: float = 0.0, generated: float = 0.0, teacher: float = 0.0) -> float:
+        """The trainer's own accounting (``ComputeBudget.flops``) of these positions."""
+        tally = ComputeBudget(
+            student_gen_tokens=generated, student_train_tokens=train, teacher_tokens=teacher
+        )  # float positions: the estimate uses mean prompt lengths
+        return tally.flops(s.student_params, s.teacher_params)
+
+    train = flops(train=student_row * s.rows_per_step)
+    rollout = flops(generated=student_row * s.rows_per_step)
+    scoring = flops(teacher=teacher_row * s.rows_per_step) if objective.needs_teacher else 0.0
     samples_teacher = any(objective.batch_source(k) == "teacher" for k in range(horizon))
-    once = 2.0 * s.teacher_params * teacher_row * s.distinct_prompts if samples_teacher else 0.0
+    once = flops(teacher=teacher_row * s.distinct_prompts) if samples_teacher else 0.0
 
     def per_step(step: int) -> float:
         on_policy = objective.batch_source(step) == "student"

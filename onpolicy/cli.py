@@ -31,30 +31,77 @@ _DISPATCH = {
 }
 
 
+_TRAIN_HELP = """Train a student from a YAML run config (validated before any model loads).
+
+The config's blocks: student, teacher, lora, rollout, objective, data, optim, train, eval,
+logging (see configs/*.yaml and onpolicy/config.py). The data format (prompt or messages, an
+optional gold completion, an optional eval file) is in onpolicy/data.py. Progress: one line on
+stderr; metrics in <train.output_dir>/metrics.jsonl; the trained student in <output_dir>/final.
+A JSON summary is printed on stdout at the end."""
+
+_TRAIN_EXAMPLES = """examples:
+  onpolicy train --config configs/onpolicy_reverse_kl.yaml optim.lr=1e-3 train.steps=20
+  onpolicy train --config examples/own_task/teacher.yaml   # gold-data SFT, task metric
+  accelerate launch -m onpolicy.cli train --config configs/gkd.yaml"""
+
+_EVAL_HELP = """Evaluate a student against the config's teacher on the held-out prompts (greedy):
+KL to the teacher, per-byte log-ratio, and the task metric (eval.metric). Nothing is written;
+the metrics are printed as JSON."""
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="onpolicy", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="train a student from a YAML config")
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="onpolicy", description=__doc__, formatter_class=raw)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    train = sub.add_parser(
+        "train",
+        help="train a student from a YAML config",
+        description=_TRAIN_HELP,
+        epilog=_TRAIN_EXAMPLES,
+        formatter_class=raw,
+    )
     train.add_argument("--config", required=True, help="YAML run config (see configs/)")
+    train.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (same as logging.progress_bar=false); the summary is still printed",
+    )
     train.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. optim.lr=1e-4")
-    ev = sub.add_parser("eval", help="evaluate a student against the config's teacher")
-    ev.add_argument("--config", required=True)
+    ev = sub.add_parser(
+        "eval",
+        help="evaluate a student against the config's teacher",
+        description=_EVAL_HELP,
+        formatter_class=raw,
+    )
+    ev.add_argument("--config", required=True, help="YAML run config (its teacher, data, eval)")
     ev.add_argument("--student", default=None, help="a saved student folder (default: config's)")
-    ev.add_argument("overrides", nargs="*")
+    ev.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. eval.num_prompts=8")
     for name in _DISPATCH:
-        sub.add_parser(name, help=f"see `onpolicy {name} --help`", add_help=False)
+        summary = _SUMMARIES.get(name, name)
+        sub.add_parser(name, help=f"{summary} (see `onpolicy {name} --help`)", add_help=False)
     return parser
+
+
+_SUMMARIES = {
+    "doctor": "can these two tokenizers be aligned, and which loss fits",
+    "compare": "on-policy vs off-policy baselines on your task, same budget",
+    "quickstart": "a small end-to-end comparison on CPU",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``onpolicy`` console script; returns the exit status."""
+    from onpolicy.quiet import quiet_libraries
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    quiet_libraries()  # library progress bars and known-harmless notices (here and in workers)
     if argv and argv[0] in _DISPATCH:
         return _dispatch(argv[0], argv[1:])
     args = _parser().parse_args(argv)
     try:
         if args.command == "train":
-            return _train(args.config, args.overrides)
+            extra = ["logging.progress_bar=false"] if args.no_progress else []
+            return _train(args.config, [*args.overrides, *extra])
         return _eval(args.config, args.student, args.overrides)
     except OnpolicyError as exc:
         print(f"onpolicy: error: {exc}", file=sys.stderr)

@@ -10,7 +10,7 @@ from typing import Any
 
 from onpolicy.config import Config
 from onpolicy.trainer import checkpoint as ckpt
-from onpolicy.trainer.evaluate import evaluate
+from onpolicy.trainer.evaluate import evaluate, task_metric
 from onpolicy.trainer.loop import StepResult, final_dir, run_steps, warn_collapse
 from onpolicy.trainer.step_metrics import ComputeBudget
 from onpolicy.types import Prompt
@@ -101,7 +101,8 @@ def train(
     checkpoint in ``train.output_dir`` when ``train.resume`` and one exists.
 
     ``train_prompts``/``eval_prompts`` replace the config's dataset (the comparison harness passes a
-    task's prompts); ``score_fn(text, prompt)`` is the task metric reported as ``eval/score``.
+    task's prompts); ``score_fn(text, prompt)`` is the task metric reported as ``eval/score``
+    (default: the config's ``eval.metric``), at every evaluation (``eval.every``, the end).
     """
     from accelerate.utils import set_seed
 
@@ -120,6 +121,8 @@ def train(
     prompts, held_out, skipped = prepare_prompts(
         config, c.tokenizer, train_prompts, eval_prompts, base_dir
     )
+    if score_fn is None:
+        score_fn = task_metric(config.eval.metric, held_out, base_dir)
     state, resumed_from = _resume(accelerator, config)
     c, spent = _with_fixed_teacher_samples(c, config, accelerator, prompts)
     if resumed_from is None:  # a resumed run draws the same samples again: counted once
@@ -331,6 +334,8 @@ def evaluate_config(
     held_out, _ = filter_by_length(
         list(eval_prompts)[: config.eval.num_prompts], lambda p: render_prompt(tok, p), budget
     )
+    if score_fn is None:
+        score_fn = task_metric(config.eval.metric, held_out, base_dir)
     return evaluate(
         model,
         tok,

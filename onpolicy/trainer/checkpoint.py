@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import shutil
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -184,6 +185,12 @@ def load_checkpoint(accelerator: Any, path: str | Path) -> TrainerState:
             _restore_hyperparameters(optimizer, groups)
         for i, obj in enumerate(custom):
             obj.load_state_dict(json.loads((p / f"{_CUSTOM}{i}.json").read_text()))
+        _check_optimizer_keys(accelerator)
+    except pickle.UnpicklingError as exc:  # a .bin accelerate loads itself (weights_only=True)
+        raise TrainingError(
+            f"refusing to load checkpoint {str(p)!r}: a state file in it is not plain saved "
+            "state; it was not written by onpolicy: delete it or start over with --fresh"
+        ) from exc
     except (RuntimeError, KeyError, ValueError, IndexError, FileNotFoundError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise TrainingError(
@@ -208,8 +215,6 @@ def _custom_objects_hidden(accelerator: Any) -> Iterator[list[Any]]:
 def safe_load(path: str | Path) -> Any:
     """``torch.load`` of a state file with ``weights_only=True`` (tensors, plain containers and
     the numpy types of RNG states only); ``TrainingError`` on anything else."""
-    import pickle
-
     from accelerate.utils.other import load
 
     try:
@@ -261,6 +266,18 @@ def _stateless_optimizers_hidden(
         yield hidden
     finally:
         accelerator._optimizers = optimizers
+
+
+def _check_optimizer_keys(accelerator: Any) -> None:
+    """``KeyError`` when a loaded optimizer's parameter groups lack a setting its class needs
+    (state written by another optimizer: torch accepts it and fails at the first step)."""
+    for opt in getattr(accelerator, "_optimizers", []):
+        for group in opt.param_groups:
+            missing = sorted(set(opt.defaults) - set(group))
+            if missing:
+                raise KeyError(
+                    f"the saved optimizer state lacks {missing}: another optimizer wrote it"
+                )
 
 
 def _restore_hyperparameters(optimizer: Any, groups: list[dict[str, Any]]) -> None:

@@ -116,7 +116,7 @@ def test_longer_run_resumes_and_says_so(tmp_path, capsys):
 
 def test_resume_false_over_checkpoints_is_refused(tmp_path):
     train(make_config(tmp_path, *QUICK))
-    with pytest.raises(TrainingError, match="train.resume=false but .* holds checkpoints"):
+    with pytest.raises(TrainingError, match=r"train.resume=false but .* holds checkpoints"):
         train(make_config(tmp_path, *QUICK, "train.resume=false", "train.steps=3"))
     fresh = train(make_config(tmp_path, *QUICK, "train.resume=false"), policy=ResumePolicy(True))
     assert fresh.resumed_from is None

@@ -197,12 +197,12 @@ def plot(rows: Sequence[Row], path: Path, metric: str = "score") -> Path | None:
         (axes[1], "seconds", "wall time (s)"),
     ):
         for i, r in enumerate(flat):  # untouched students: no training compute, a level line
-            ax.axhline(r.score, ls=":", c=f"C{i + 5}", lw=1.2, label=f"{r.method} (no training)")
+            ax.axhline(r.score, ls=":", c=f"C{i + 5}", lw=1.2, label=f"{_label(r)} (no training)")
         for r in pts:
             x = max(getattr(r, attr) or 0.0, 1e-3)
-            ax.errorbar(x, r.score, yerr=r.score_std, fmt="o", capsize=3, label=r.method)
+            ax.errorbar(x, r.score, yerr=r.score_std, fmt="o", capsize=3, label=_label(r))
             ax.annotate(
-                r.method, (x, r.score), textcoords="offset points", xytext=(4, 4), fontsize=8
+                _label(r), (x, r.score), textcoords="offset points", xytext=(4, 4), fontsize=8
             )
         teacher = next((r for r in rows if r.method == "teacher"), None)
         if teacher is not None and teacher.score is not None:
@@ -217,6 +217,10 @@ def plot(rows: Sequence[Row], path: Path, metric: str = "score") -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _label(r: Row) -> str:
+    return r.method if r.start == "cold" else f"{r.method} [{r.start}]"
 
 
 def _x_scale(ax: Any, xs: Sequence[float]) -> None:

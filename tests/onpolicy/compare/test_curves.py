@@ -122,6 +122,18 @@ def test_warm_and_lr_config_errors():
         parse_lr_search({"grid": [1e-3]}, ["sft"])
 
 
+def test_shipped_warm_start_config_parses():
+    from pathlib import Path
+
+    from onpolicy.compare import load_config
+
+    path = Path(__file__).resolve().parents[3] / "configs" / "compare" / "warm_start.yaml"
+    cfg = load_config(path, ["warm_start.every=50"])
+    assert cfg.warm_start.branch_at == (200, "plateau") and cfg.warm_start.every == 50
+    assert cfg.budget.teacher_data == "paid" and cfg.eval_every == 25
+    assert cfg.validation_size == 200 and cfg.lr_search.grid == (1e-4, 3e-4, 1e-3)
+
+
 def test_lr_choice_best_validation_value_smaller_on_ties():
     trials = [
         {"method": "m", "start": "cold", "lr": 1e-3, "metrics": {"eval/score": 0.5}},

@@ -307,3 +307,40 @@ def export_merged(model: Any, tokenizer: Any, out_dir: str | Path) -> Path:
 def output_vocab_size(model: Any) -> int:
     """Rows of the model's output embedding (may exceed the tokenizer's size: padded vocab)."""
     return int(model.get_output_embeddings().weight.shape[0])
+
+
+def saved_weights_file(folder: str | Path) -> Path:
+    """The ``model.safetensors`` of a saved student: in ``folder`` (a saved student, a trainer
+    checkpoint) or in ``folder/final`` (a run folder); a one-line ``ConfigError`` when neither."""
+    base = Path(folder).expanduser()
+    for candidate in (base / "model.safetensors", base / "final" / "model.safetensors"):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        f"student.init_from={str(folder)!r} holds no model.safetensors (nor final/"
+        "model.safetensors); give a run folder, its final/ folder or a checkpoint folder of a "
+        "full (non-LoRA) student"
+    )
+
+
+def load_saved_weights(model: torch.nn.Module, folder: str | Path) -> None:
+    """Copy the weights saved in ``folder`` (see ``saved_weights_file``) into ``model`` in place.
+
+    Every parameter must be in the file with its shape, except tied ones (an output embedding
+    that shares the input embedding's storage is saved once)."""
+    from safetensors.torch import load_file
+
+    path = saved_weights_file(folder)
+    saved = load_file(str(path))
+    own = model.state_dict()
+    wrong = sorted(k for k, v in saved.items() if k not in own or own[k].shape != v.shape)
+    if wrong:
+        raise ConfigError(
+            f"student.init_from: {path} does not fit the student's architecture (e.g. "
+            f"{wrong[0]!r}); init_from must be a run of the same student.path"
+        )
+    stored = {own[k].data_ptr() for k in saved}
+    missing = [k for k in own if k not in saved and own[k].data_ptr() not in stored]
+    if missing:
+        raise ConfigError(f"student.init_from: {path} lacks {missing[0]!r}; save the full model")
+    model.load_state_dict(saved, strict=False)

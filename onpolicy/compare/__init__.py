@@ -44,7 +44,7 @@ def compare(cfg: CompareConfig, progress: bool = True, note: str = "") -> tuple[
     """Run the comparison and write its report; returns the rows and the written paths."""
     from onpolicy.tasks.base import make_task
 
-    teacher, jobs, dirs, seconds, plan = run_compare(cfg, progress=progress)
+    teacher, jobs, dirs, seconds, plan, extras = run_compare(cfg, progress=progress)
     task = make_task(**cfg.task)
     rows = aggregate(teacher, jobs)
     meta: dict[str, Any] = {
@@ -53,8 +53,12 @@ def compare(cfg: CompareConfig, progress: bool = True, note: str = "") -> tuple[
         "methods": [vars(m) for m in cfg.methods],
         "steps": cfg.train.steps,
         "budget": budget_meta(plan),
+        "teacher_data": cfg.budget.teacher_data,
         "batch_size": cfg.train.batch_size,
         "lr": cfg.train.lr,
+        "lr_search": None if cfg.lr_search is None else vars(cfg.lr_search),
+        "warm_start": None if cfg.warm_start is None else str(cfg.warm_start),
+        "eval_every": cfg.eval_every,
         "max_new_tokens": cfg.train.max_new_tokens,
         "temperature": cfg.train.temperature,
         "seeds": cfg.seeds,
@@ -63,7 +67,10 @@ def compare(cfg: CompareConfig, progress: bool = True, note: str = "") -> tuple[
         "total_seconds": round(seconds, 1),
         "note": note,
     }
-    paths = write_report(rows, jobs, meta, output_dir(cfg), task.metric_name)
+    prompts = [p.text or str(p.messages) for p in task.eval_prompts[:3]]
+    paths = write_report(
+        rows, jobs, meta, output_dir(cfg), task.metric_name, teacher, extras, prompts
+    )
     return rows, paths
 
 

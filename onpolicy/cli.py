@@ -5,6 +5,7 @@
     onpolicy doctor ...        (alignment.doctor: can these two tokenizers be aligned?)
     onpolicy compare ...       (onpolicy.compare: on-policy vs off-policy baselines)
     onpolicy quickstart ...    (onpolicy.compare: a small end-to-end demo)
+    onpolicy init-student ...  (onpolicy.init_student: a student cut from the teacher's layers)
 
 Works unchanged under ``accelerate launch -m onpolicy.cli train ...`` (or ``accelerate launch
 $(which onpolicy) train ...``). A bad input is one line on stderr (``onpolicy: error: ...``) and
@@ -28,6 +29,7 @@ _DISPATCH = {
     "doctor": ("alignment.doctor", ("main",)),
     "compare": ("onpolicy.compare", ("compare_main", "main")),
     "quickstart": ("onpolicy.compare", ("quickstart_main", "main")),
+    "init-student": ("onpolicy.init_student", ("main",)),
 }
 
 

@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> list[tuple[int, float]]:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch", type=int, default=8, help="prompts per step")
     parser.add_argument("--samples", type=int, default=4, help="samples per prompt (group size)")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--max-grad-norm", type=float, default=1.0)
     parser.add_argument("--kl-coef", type=float, default=0.1, help="distillation weight")
     parser.add_argument("--advantage", choices=["center", "group"], default="group")

@@ -1,6 +1,6 @@
 """The whole "bring your own task and models" guide in one go (README section of that name):
 
-    python examples/own_task/run.py             # ~10 min on a laptop CPU
+    python examples/own_task/run.py             # minutes on a CPU
     python examples/own_task/run.py --quick     # a few steps each: checks the plumbing (the tests)
 
 1. ``onpolicy train --config examples/own_task/teacher.yaml``  (gold SFT: the teacher)

@@ -170,7 +170,7 @@ def deployment_table(rows: Sequence[Row]) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r.method} | {_fmt(r.student_tokens, ',.0f')} | {_fmt(r.teacher_tokens, ',.0f')} "
+            f"| {_label(r)} | {_fmt(r.student_tokens, ',.0f')} | {_fmt(r.teacher_tokens, ',.0f')} "
             f"| {_fmt(r.params, ',')} | {_fmt(r.disk_mb, '.2f')} | {_fmt(r.latency_ms, '.0f')} | "
             f"{_fmt(r.tokens_per_s, ',.0f')} |"
         )

@@ -275,7 +275,9 @@ def write_report(
         doc += [markdown(head + part, teacher_data=teacher_data)]
     if curves is not None:
         doc += ["## Learning curves", "", "![curves](curves.png)", ""]
-        doc += [text.curve_table(groups, t_score, teacher_data), ""]
+        methods = meta.get("methods", [])
+        ref = next((m["name"] for m in methods if m.get("objective") == "sft"), "sft")
+        doc += [text.curve_table(groups, t_score, teacher_data, ref), ""]
     warm = getattr(extras, "warm", None)
     if warm and plot_warm_up(warm, out / "warm_up.png", teacher_data) is not None:
         paths["warm_up"] = out / "warm_up.png"

@@ -110,12 +110,13 @@ class ObjectiveConfig:
 
 @dataclass
 class DataConfig:
-    """Prompts from a local JSON/JSONL/parquet file or a ``save_to_disk`` folder.
+    """Prompts from a local JSONL/JSON/parquet file or a ``save_to_disk`` folder; the row format
+    (``prompt`` or ``messages``, optional ``completion``) is in ``onpolicy.data``.
 
-    Rows have ``prompt_field`` (text) or ``messages_field`` (chat), optionally ``completion_field``.
     Without ``eval_path``, ``eval_size`` rows are held out of ``path`` (after a seeded shuffle).
-    ``on_too_long``: prompts longer than ``student.max_length - rollout.max_new_tokens`` are
-    skipped (with a count) or raise.
+    ``chat``: a plain ``prompt`` is one user message rendered with each model's chat template
+    (true) or raw text (false). ``on_too_long``: prompts longer than ``student.max_length -
+    rollout.max_new_tokens`` are skipped (with a count) or raise.
     """
 
     path: str | None = None
@@ -125,6 +126,7 @@ class DataConfig:
     prompt_field: str = "prompt"
     messages_field: str = "messages"
     completion_field: str = "completion"
+    chat: bool = False
     on_too_long: Literal["skip", "error"] = "skip"
     shuffle: bool = True
 
@@ -162,11 +164,15 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     """Teacher-forced KL to the teacher on held-out prompts, on the student's own completions
-    (greedy when ``greedy``, else sampled at ``rollout.temperature``).
+    (greedy when ``greedy``, else sampled at ``rollout.temperature``), and the task metric.
 
-    ``every``: optimizer steps between evaluations; 0 = only before and after training."""
+    ``every``: optimizer steps between evaluations; 0 = only before and after training.
+    ``metric``: ``none``, a built-in (``exact_match``, ``contains``) or ``path/to/file.py:function``
+    (a function ``(completion_text, prompt) -> float`` in a local file; see ``onpolicy.metrics``),
+    logged as ``eval/score``."""
 
     every: int = 0
+    metric: str = "none"
     num_prompts: int = 16
     greedy: bool = True
     max_new_tokens: int | None = None  # None = rollout.max_new_tokens

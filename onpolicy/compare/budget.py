@@ -82,10 +82,10 @@ def parse_budget(raw: dict[str, Any] | None, methods: Sequence[Any]) -> BudgetSp
         )
     if spec.completion_tokens is not None and int(spec.completion_tokens) < 1:
         raise ConfigError(f"budget.completion_tokens={spec.completion_tokens}; use an int >= 1")
-    if match == "steps":
-        if spec.reference is not None or spec.flops is not None:
-            raise ConfigError("budget.reference / budget.flops need budget.match=flops")
-        return spec
+    if match == "steps":  # equal steps need no reference: one kept from a flops config is dropped
+        if spec.flops is not None:
+            raise ConfigError("budget.flops needs budget.match=flops; drop it for equal steps")
+        return BudgetSpec(match="steps", completion_tokens=spec.completion_tokens)
     if (spec.reference is None) == (spec.flops is None):
         raise ConfigError(
             "budget.match=flops needs exactly one of budget.reference (a method that runs "

@@ -88,7 +88,7 @@ def test_budget_config_errors():
         "not one of the methods": {"match": "flops", "reference": "gkd"},
         "trains nothing": {"match": "flops", "reference": "untouched"},
         "positive number": {"match": "flops", "flops": -1},
-        "need budget.match=flops": {"reference": "sft"},
+        "budget.flops needs budget.match=flops": {"flops": 1e9},
         "unknown budget keys": {"match": "flops", "refrence": "sft"},
     }
     for message, raw in cases.items():
@@ -96,6 +96,8 @@ def test_budget_config_errors():
             parse_budget(raw, methods)
     with pytest.raises(ConfigError, match="exactly one of"):
         parse_budget({"match": "flops", "reference": "sft", "flops": 1e9}, methods)
+    # budget.match=steps on a flops config (e.g. an override): the reference is dropped, not fatal
+    assert parse_budget({"match": "steps", "reference": "sft"}, methods) == BudgetSpec()
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,18 @@
 """The comparison harness: ``onpolicy compare --config configs/compare/<task>.yaml`` and the
 quickstart (``onpolicy quickstart`` / ``examples/quickstart.py``).
 
-Every method trains from the same student initialization through ``onpolicy.trainer.train`` (the
-one training loop) with the same optimizer and prompts per step, for the same number of optimizer
-steps or (``budget: {match: flops, ...}``) the steps that give it the same estimated training
-FLOPs, is evaluated on the same held-out prompts, and reports the compute the trainer counted; see
-``run.py`` (jobs), ``methods.py`` (methods -> trainer configs), ``budget.py`` (equal compute),
-``evaluate.py`` (metrics), ``trl_sft.py`` (the peer: TRL's ``SFTTrainer``) and ``report.py``
-(table, JSON, plots). ``onpolicy compare --config FILE --plan`` prints the planned steps only.
+Every method trains from the same student initialization (or, with ``warm_start``, from each
+branch point of a cached warm-up) through ``onpolicy.trainer.train`` (the one training loop) with
+the same optimizer and prompts per step, for the same number of optimizer steps or (``budget:
+{match: flops, ...}``) the steps that give it the same estimated training FLOPs, is evaluated on
+the same held-out prompts (as learning curves with ``eval: {every: N}``), and reports the compute
+the trainer counted in two accountings (the teacher's data free / paid). See ``config.py`` (every
+key), ``run.py`` (jobs), ``training.py`` (one trainer run, the warm-up, the LR trials),
+``methods.py`` (methods -> trainer configs), ``budget.py`` (equal compute), ``accounting.py``
+(free / paid), ``curves.py`` (curves and their summaries), ``warm.py`` (warm starts),
+``lr_search.py`` (per-method learning rates), ``evaluate.py`` (end-point metrics), ``trl_sft.py``
+(the peer: TRL's ``SFTTrainer``), ``report.py`` / ``report_text.py`` / ``curve_plot.py`` (report,
+JSON, plots). ``onpolicy compare --config FILE --plan`` prints the planned steps only.
 """
 
 from __future__ import annotations
@@ -124,6 +129,19 @@ def plan_table(cfg: CompareConfig) -> str:
     for (method, seed), steps in plan.steps.items():
         flops = plan.estimated_flops[(method, seed)]
         out.append(f"| {method} | {seed} | {steps} | {'–' if flops is None else f'{flops:.3e}'} |")
+    w, lr = cfg.warm_start, cfg.lr_search
+    if w is not None:
+        starts = len(w.branch_at) + int(w.cold)
+        out.append(
+            f"\nwarm-up: {w.method.name} for {w.steps} steps per seed (cached under "
+            f"{w.cache_dir or cfg.output_dir / 'warm'}); every method runs from {starts} start "
+            f"points ({'cold, ' if w.cold else ''}{', '.join(map(str, w.branch_at))})"
+        )
+    if lr is not None:
+        out.append(
+            f"learning-rate grid {list(lr.grid)}: {lr.steps or cfg.train.steps} steps per trial, "
+            f"methods {list(lr.methods) if lr.methods else 'all trained'}, first seed, per start"
+        )
     return "\n".join(out)
 
 

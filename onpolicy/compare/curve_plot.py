@@ -64,3 +64,38 @@ def plot_curves(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_warm_up(records: list[dict], path: Path, teacher_data: str) -> Path | None:
+    """The warm-up's validation score against its training FLOPs, one line per seed, with a
+    marker at each branch point; None without matplotlib or a curve."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    if not any(r.get("curve") for r in records):
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for i, r in enumerate(records):
+        pts = [p for p in r["curve"] if p.get("score") is not None]
+        xs = [p[f"flops_{teacher_data}"] for p in pts]
+        ax.plot(xs, [p["score"] for p in pts], "-o", ms=2.5, c=f"C{i}", label=f"seed {r['seed']}")
+        at = {p["step"]: p for p in pts}
+        for b in r["branches"]:
+            p = at.get(b["step"])
+            if p is not None:
+                ax.plot(p[f"flops_{teacher_data}"], p["score"], "s", ms=8, mfc="none", c=f"C{i}")
+                ax.annotate(b["name"], (p[f"flops_{teacher_data}"], p["score"]), fontsize=7,
+                            textcoords="offset points", xytext=(4, -10))  # fmt: skip
+    ax.set_xlabel(f"warm-up training FLOPs (teacher data {teacher_data})")
+    ax.set_ylabel("validation score")
+    ax.set_title(f"{records[0]['method']} warm-up: branch points (squares)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -170,16 +170,20 @@ def deployment_table(rows: Sequence[Row]) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r.method} | {_fmt(r.student_tokens, ',.0f')} | {_fmt(r.teacher_tokens, ',.0f')} "
+            f"| {_label(r)} | {_fmt(r.student_tokens, ',.0f')} | {_fmt(r.teacher_tokens, ',.0f')} "
             f"| {_fmt(r.params, ',')} | {_fmt(r.disk_mb, '.2f')} | {_fmt(r.latency_ms, '.0f')} | "
             f"{_fmt(r.tokens_per_s, ',.0f')} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: Sequence[Row], path: Path, metric: str = "score") -> Path | None:
-    """Score (mean ± sd over seeds) against estimated training FLOPs and wall time; None when
-    matplotlib is missing or no method has both."""
+def plot(
+    rows: Sequence[Row], path: Path, metric: str = "score", teacher_data: str = "paid"
+) -> Path | None:
+    """End points: score (mean ± sd over seeds) against recorded training FLOPs (accounting
+    ``teacher_data``) and wall time, for the runs of the first start point (the cold start when
+    there is one; curves.png shows every start); None when matplotlib is missing or no method
+    has both."""
     try:
         import matplotlib
 
@@ -187,13 +191,16 @@ def plot(rows: Sequence[Row], path: Path, metric: str = "score") -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    pts = [r for r in rows if r.score is not None and r.flops]  # trained methods
-    flat = [r for r in rows if r.score is not None and r.method != "teacher" and not r.flops]
+    first = next((r.start for r in rows if r.method != "teacher"), "cold")
+    rows = [r for r in rows if r.start == first or r.method == "teacher"]
+    attr_flops = f"flops_{teacher_data}"
+    pts = [r for r in rows if r.score is not None and getattr(r, attr_flops)]  # trained methods
+    flat = [r for r in rows if r.score is not None and r.method != "teacher" and r not in pts]
     if not pts:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, attr, label in (
-        (axes[0], "flops", "estimated FLOPs (6N train + 2N inference)"),
+        (axes[0], attr_flops, f"recorded training FLOPs (teacher data {teacher_data})"),
         (axes[1], "seconds", "wall time (s)"),
     ):
         for i, r in enumerate(flat):  # untouched students: no training compute, a level line
@@ -247,11 +254,11 @@ def write_report(
     """``report.md``, ``report.json`` (rows + every job + meta), ``score_vs_compute.png`` and,
     with learning curves, ``curves.png``."""
     from onpolicy.compare import report_text as text
-    from onpolicy.compare.curve_plot import plot_curves
+    from onpolicy.compare.curve_plot import plot_curves, plot_warm_up
 
     teacher_data = meta.get("teacher_data", "paid")
     paths = {"markdown": out / "report.md", "json": out / "report.json"}
-    png = plot(rows, out / "score_vs_compute.png", metric)
+    png = plot(rows, out / "score_vs_compute.png", metric, teacher_data)
     if png is not None:
         paths["plot"] = png
     groups = curve_groups(jobs)
@@ -268,7 +275,12 @@ def write_report(
         doc += [markdown(head + part, teacher_data=teacher_data)]
     if curves is not None:
         doc += ["## Learning curves", "", "![curves](curves.png)", ""]
-        doc += [text.curve_table(groups, t_score, teacher_data), ""]
+        methods = meta.get("methods", [])
+        ref = next((m["name"] for m in methods if m.get("objective") == "sft"), "sft")
+        doc += [text.curve_table(groups, t_score, teacher_data, ref), ""]
+    warm = getattr(extras, "warm", None)
+    if warm and plot_warm_up(warm, out / "warm_up.png", teacher_data) is not None:
+        paths["warm_up"] = out / "warm_up.png"
     doc += _extras_sections(extras)
     doc += ["## Per seed", "", text.per_seed_table(jobs), ""]
     doc += ["## Sample completions (greedy, first seed)", ""]
@@ -325,7 +337,7 @@ def _extras_sections(extras: Any) -> list[str]:
 
     out = []
     if getattr(extras, "warm", None):
-        out += ["## Warm-up", "", text.warm_table(extras.warm), ""]
+        out += ["## Warm-up", "", "![warm-up](warm_up.png)", "", text.warm_table(extras.warm), ""]
     if getattr(extras, "lr_trials", None):
         out += ["## Learning rates (chosen on the validation split)", ""]
         out += [text.lr_table(extras.lr_trials, extras.lr_chosen), ""]

@@ -63,6 +63,9 @@ def verdict(rows: Sequence[Any], teacher_data: str) -> str:
     (va, sa, what), (vb, sb, _) = _value(a), _value(b)
     gap = va - vb
     shown = (lambda v: f"{v:.3f}") if what == "score" else (lambda v: f"{-v:.4f}")
+    if gap == 0:
+        tied = [r.method for r in trained if _value(r)[0] == va]
+        return f"Verdict: {', '.join(tied)} tie on {what} ({shown(va)}); no method leads."
     spread = max(sa, sb)
     if a.seeds < 2:
         strength = "one seed: no spread measured"

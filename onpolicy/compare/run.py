@@ -10,7 +10,6 @@ import shutil
 import time
 import traceback
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from onpolicy.compare.config import CompareConfig
 from onpolicy.compare.evaluate import evaluate_model, num_params, size_on_disk
 from onpolicy.compare.lr_search import choose as choose_lrs
 from onpolicy.compare.methods import MethodSpec, RunOptions
+from onpolicy.compare.pool import run_calls
 from onpolicy.compare.training import lr_trial, split_prompts, student_of, train_run, warm_up
 from onpolicy.compare.warm import COLD, Start, starts_from
 from onpolicy.errors import ConfigError
@@ -284,7 +284,11 @@ def run_compare(
 ) -> tuple[JobResult, list[JobResult], ModelDirs, float, Plan, Extras]:
     """The warm-ups (``warm_start``), the learning-rate trials (``lr_search``), then every
     (start, method, seed) job plus the teacher's row, each job trained for the steps its budget
-    plan gives it (``compare.budget``); returns (teacher, jobs, dirs, seconds, plan, extras)."""
+    plan gives it (``compare.budget``); returns (teacher, jobs, dirs, seconds, plan, extras).
+
+    Two start points at the same warm-up step (e.g. the plateau found at an explicit branch step)
+    have the same weights: their identical runs (and LR trials) run once and are reported under
+    both names."""
     start = time.perf_counter()
     # tiny models gain nothing from more threads, and oversubscribed cores slow torch down 10x
     threads = int(os.environ.get("ONPOLICY_THREADS", "1"))
@@ -300,7 +304,7 @@ def run_compare(
     extras, starts = Extras(), {seed: [COLD] for seed in cfg.seeds}
     if cfg.warm_start is not None:
         calls = [(warm_up, (cfg, dirs, seed, threads)) for seed in cfg.seeds]
-        extras.warm = _map(calls, cfg.workers, progress, "warm-up")
+        extras.warm = run_calls(calls, cfg.workers, progress, "warm-up")
         for record in extras.warm:
             branches = starts_from(record)
             starts[record["seed"]] = ([COLD] if cfg.warm_start.cold else []) + branches
@@ -308,12 +312,18 @@ def run_compare(
     if cfg.lr_search is not None:
         extras.lr_trials, extras.lr_chosen = _search_lrs(cfg, dirs, starts, threads, progress)
     jobs = [(spec, seed, st) for seed in cfg.seeds for st in starts[seed] for spec in cfg.methods]
-    calls = []
+    calls, first = [], {}  # a run identical to an earlier one (same weights, seed, lr) runs once
     for spec, seed, st in jobs:
         lr, steps = extras.lr_chosen.get((spec.name, st.name)), plan.steps[(spec.name, seed)]
         args = (cfg, dirs, spec, seed, teacher.samples, threads, steps, st, lr)
-        calls.append((run_job, args))
-    results = _map(calls, cfg.workers, progress, "compare")
+        if first.setdefault((spec.name, seed, st.init_from, lr, steps), len(calls)) == len(calls):
+            calls.append((run_job, args))
+    done = run_calls(calls, cfg.workers, progress, "compare")
+    results = []
+    for spec, seed, st in jobs:
+        lr, steps = extras.lr_chosen.get((spec.name, st.name)), plan.steps[(spec.name, seed)]
+        res = done[first[(spec.name, seed, st.init_from, lr, steps)]]
+        results.append(dataclasses.replace(res, start=st.name, start_step=st.step))
     return teacher, results, dirs, time.perf_counter() - start, plan, extras
 
 
@@ -332,39 +342,23 @@ def _search_lrs(
         for m in cfg.methods
         if m.objective not in ("none", "trl_sft") and (wanted is None or m.name in wanted)
     ]
+    points = starts[cfg.seeds[0]]
+    unique = list({st.init_from: st for st in points}.values())  # one per distinct weights
     calls = [
         (lr_trial, (cfg, dirs, m, st, lr, threads))
-        for st in starts[cfg.seeds[0]]
+        for st in unique
         for m in methods
         for lr in cfg.lr_search.grid
     ]
-    trials = _map(calls, cfg.workers, progress, "lr grid")
+    ran = run_calls(calls, cfg.workers, progress, "lr grid")
+    by_weights = {st.name: st.init_from for st in unique}
+    trials = [
+        {**t, "start": st.name}
+        for st in points
+        for t in ran
+        if by_weights[t["start"]] == st.init_from
+    ]  # a start point at the same warm-up step as another shares its trials
     return trials, choose_lrs(trials)
-
-
-def _map(calls: list[tuple[Callable, tuple]], workers: int, progress: bool, desc: str) -> list:
-    """``[fn(*args) for fn, args in calls]``, in ``workers`` spawned processes when > 1."""
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(calls), desc=desc, disable=not progress, unit="run")
-    workers = min(workers, len(calls))
-    if workers <= 1:
-        out = []
-        for fn, args in calls:
-            out.append(fn(*args))
-            bar.update()
-        bar.close()
-        return out
-    import multiprocessing as mp
-
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = {pool.submit(fn, *args): i for i, (fn, args) in enumerate(calls)}
-        done: dict[int, Any] = {}
-        for fut in as_completed(futures):
-            done[futures[fut]] = fut.result()
-            bar.update()
-    bar.close()
-    return [done[i] for i in range(len(calls))]
 
 
 def _branch_line(record: dict[str, Any]) -> str:

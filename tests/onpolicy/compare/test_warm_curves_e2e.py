@@ -146,3 +146,9 @@ def test_init_from_loads_saved_weights_exactly(tmp_path):
         assert torch.equal(pa, pb), name
     with pytest.raises(ConfigError, match=r"holds no model\.safetensors"):
         load_saved_weights(b, tmp_path)
+    from onpolicy.config import from_dict
+    from onpolicy.config_checks import validate
+
+    bad = from_dict({"student": {"path": "tiny:tiny", "init_from": str(tmp_path / "nope")}})
+    with pytest.raises(ConfigError, match=r"student\.init_from="):
+        validate(bad)  # before any model loads

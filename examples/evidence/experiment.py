@@ -9,7 +9,8 @@ Stages (each writes JSON under ``--out``; later stages read earlier ones; reruns
                                                      # 0, on the VALID split; picks each arm's lr
     python examples/evidence/experiment.py main      # starts x arms x seeds on the TEST split
 
-Task ``long_arithmetic`` (2..7-digit addition, 22..72-token scratchpads written in 4 valid orders),
+Task ``long_arithmetic`` (``--regime long``: 6-digit addition, 63-token scratchpads; ``short``: 3
+digits, 33 tokens; each step written in one of 4 valid orders),
 teacher and student from ``onpolicy.tasks.long_models`` (cached). Continued SFT and GKD's
 off-policy half train on teacher pool B (one temperature-1 teacher sample per training prompt,
 distinct from the warm-up's pool A); ``flops_paid`` charges each distinct sample's generation once.
@@ -27,40 +28,58 @@ import torch
 
 from examples.evidence.loop import ARMS, load_world, save_result, teacher_pool, train_arm
 from onpolicy.evidence.diagnostics import plateau_index
-from onpolicy.tasks.long_arithmetic import long_arithmetic_task
+from onpolicy.tasks.long_arithmetic import correct_steps, long_arithmetic_task
 from onpolicy.tasks.long_models import LongModelsConfig, long_models, max_new_tokens
 
-TASK = {"digits": 7, "min_digits": 2, "variants": 4, "num_train": 8000, "num_eval": 200}
+REGIMES = {  # output length: 6-digit problems (62 + EOS tokens) and 3-digit ones (32 + EOS)
+    "long": LongModelsConfig(digits=6, teacher_steps=1000),
+    "short": LongModelsConfig(digits=3, teacher_steps=800),
+}
+NUM_EVAL = 200
 WARMUP_LR, WARMUP_STEPS, SAVE_EVERY = 2e-3, 1200, 100
 LR_GRID = (3e-4, 1e-3, 3e-3)
 RKL_STEPS = 100  # the budget: this many reverse-KL steps' FLOPs (data free), for every arm
 
 
-def _world(split: str):
-    cfg = LongModelsConfig()
+def _world(split: str, regime: str):
+    cfg = REGIMES[regime]
     models = long_models(cfg)
-    task = long_arithmetic_task(**TASK, eval_split=split)
+    task = long_arithmetic_task(
+        digits=cfg.digits,
+        variants=cfg.variants,
+        num_train=cfg.num_train,
+        num_eval=NUM_EVAL,
+        seed=cfg.data_seed,
+        eval_split=split,
+    )
     student = models.student_dirs["small"]
-    return load_world(task, models.teacher_dir, max_new_tokens(TASK["digits"]), student), models
+    new = max_new_tokens(cfg.digits)
+    world = load_world(
+        task, models.teacher_dir, new, student, prefix=correct_steps, num_steps=cfg.digits
+    )
+    return world, models
 
 
 def _pool(world, out: Path, name: str) -> list[str]:
     return teacher_pool(world, {"A": 1000, "B": 2000}[name], out / f"pool_{name}.json")
 
 
-def budget(world) -> float:
-    """``RKL_STEPS`` reverse-KL steps of 32 rows at the teacher's mean sample length (free)."""
-    n_s, n_t = world.n_student, world.n_teacher
+def _row_positions(world) -> float:
+    """Mean prompt + gold completion + EOS positions of a training row (char tokens)."""
     rows = [len(p.text) + len(p.reference) + 1 for p in world.train_prompts]
-    per_row = sum(rows) / len(rows)
-    return RKL_STEPS * 32 * per_row * (8 * n_s + 2 * n_t)
+    return sum(rows) / len(rows)
 
 
-def warmup(out: Path) -> None:
-    world, models = _world("valid")
+def budget(world) -> float:
+    """``RKL_STEPS`` reverse-KL steps of 32 rows at the gold mean length (data free)."""
+    return RKL_STEPS * 32 * _row_positions(world) * (8 * world.n_student + 2 * world.n_teacher)
+
+
+def warmup(out: Path, regime: str) -> None:
+    world, models = _world("valid", regime)
     pool = _pool(world, out, "A")
     _pool(world, out, "B")
-    b = WARMUP_STEPS * 32 * 6 * world.n_student * 70  # ~WARMUP_STEPS SFT steps
+    b = WARMUP_STEPS * 32 * 6 * world.n_student * _row_positions(world)  # ~WARMUP_STEPS steps
     res = train_arm(
         world,
         ARMS["sft"],
@@ -78,8 +97,8 @@ def warmup(out: Path) -> None:
     steps = [p.step for p in res.curve]
     plateau = steps[plateau_index(scores, window=3, tol=0.02)]
     saved = sorted(res.saved)
-    plateau_step = min(saved, key=lambda s: abs(s - max(plateau, saved[0])))
-    early_step = min(saved, key=lambda s: abs(s - plateau_step / 4)) if plateau_step > 100 else 100
+    plateau_step = min(saved, key=lambda s: abs(s - plateau))
+    early_step = min(saved, key=lambda s: abs(s - plateau_step / 4))  # a quarter of the way
     starts = {
         "cold": str(models.student_dirs["small"]),
         "early": res.saved[early_step],
@@ -92,11 +111,14 @@ def warmup(out: Path) -> None:
 
 
 def _job(args: tuple) -> str:
-    split, out, arm, start_name, start_dir, seed, lr, path, diag = args
+    regime, split, out, arm, start_name, start_dir, seed, lr, path, diag = args
     torch.set_num_threads(1)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     if Path(path).exists():
         return f"{path} (done)"
-    world, _ = _world(split)
+    world, _ = _world(split, regime)
     pool = _pool(world, Path(out), "B")
     res = train_arm(world, ARMS[arm], start_dir, seed, lr, budget(world), pool, diag=diag)
     res.start = start_name
@@ -117,10 +139,11 @@ def _run(jobs: list[tuple], workers: int) -> None:
             print(line, flush=True)
 
 
-def lr_grid(out: Path, workers: int, arms: list[str]) -> None:
+def lr_grid(out: Path, regime: str, workers: int, arms: list[str]) -> None:
     starts = json.loads((out / "starts.json").read_text())["starts"]
     jobs = [
         (
+            regime,
             "valid",
             str(out),
             arm,
@@ -146,11 +169,14 @@ def lr_grid(out: Path, workers: int, arms: list[str]) -> None:
     print(json.dumps(chosen, indent=1))
 
 
-def main_grid(out: Path, workers: int, arms: list[str], starts_sel: list[str], seeds: list[int]):
+def main_grid(
+    out: Path, regime: str, workers: int, arms: list[str], starts_sel: list[str], seeds: list[int]
+) -> None:
     starts = json.loads((out / "starts.json").read_text())["starts"]
     lrs = json.loads((out / "lrs.json").read_text())
     jobs = [
         (
+            regime,
             "test",
             str(out),
             arm,
@@ -171,22 +197,27 @@ def main_grid(out: Path, workers: int, arms: list[str], starts_sel: list[str], s
 def cli(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("stage", choices=["warmup", "lr-grid", "main"])
-    p.add_argument("--out", type=Path, default=Path("outputs/evidence/regime"))
+    p.add_argument("--regime", choices=sorted(REGIMES), default="long")
+    p.add_argument("--out", type=Path, default=None, help="default outputs/evidence/<regime>")
     p.add_argument("--workers", type=int, default=int(os.environ.get("EVIDENCE_WORKERS", "2")))
     p.add_argument("--arms", default="sft,reverse_kl,gkd,rkl_h32")
     p.add_argument("--starts", default="plateau,early,cold")
     p.add_argument("--seeds", default="0,1,2")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    a.out = a.out or Path("outputs/evidence") / a.regime
     a.out.mkdir(parents=True, exist_ok=True)
     arms = a.arms.split(",")
     if a.stage == "warmup":
-        warmup(a.out)
+        warmup(a.out, a.regime)
     elif a.stage == "lr-grid":
-        lr_grid(a.out, a.workers, arms)
+        lr_grid(a.out, a.regime, a.workers, arms)
     else:
         seeds = [int(s) for s in a.seeds.split(",")]
-        main_grid(a.out, a.workers, arms, a.starts.split(","), seeds)
+        main_grid(a.out, a.regime, a.workers, arms, a.starts.split(","), seeds)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from onpolicy.evidence.diagnostics import (
     completion_logits,
     reverse_kl_by_position,
     score_by_bucket,
+    survival_by_step,
 )
 from onpolicy.models import load_model, load_tokenizer, save_student
 from onpolicy.rollout.base import make_backend
@@ -74,6 +75,8 @@ class World:
     n_student: int
     n_teacher: int
     max_new_tokens: int
+    prefix: Any = None  # (completion, prompt) -> leading right steps (the task's), or None
+    num_steps: int = 0
 
 
 @dataclass
@@ -87,6 +90,7 @@ class EvalPoint:
     score: float
     by_length: dict[int, float]
     mean_len: float
+    survival: list[float] = field(default_factory=list)
 
 
 def _params(model: torch.nn.Module) -> int:
@@ -103,7 +107,12 @@ def greedy_eval(
     scores = [world.score(t, p) for t, p in zip(ro.texts_B, prompts, strict=True)]
     buckets = score_by_bucket([len(p.reference) for p in prompts], scores)
     mean_len = sum(len(c) for c in ro.completion_ids_B) / len(prompts)
-    return sum(scores) / len(scores), {k: v for k, (v, _) in buckets.items()}, mean_len
+    survival = []
+    if world.prefix is not None:
+        prefix = [world.prefix(t, p) for t, p in zip(ro.texts_B, prompts, strict=True)]
+        survival = survival_by_step(prefix, world.num_steps)
+    by_len = {k: v for k, (v, _) in buckets.items()}
+    return sum(scores) / len(scores), by_len, mean_len, survival
 
 
 @torch.no_grad()
@@ -139,8 +148,10 @@ def teacher_pool(world: World, seed: int, cache: Path) -> list[str]:
 
 
 def load_world(
-    task, teacher_dir: str | Path, max_new_tokens: int, student_dir: str | Path
+    task, teacher_dir: str | Path, max_new_tokens: int, student_dir: str | Path, **extra
 ) -> World:
+    """The shared parts of a run: the task's prompts, the teacher, the sizes (``extra``: the
+    ``prefix`` / ``num_steps`` fields)."""
     teacher = load_model(teacher_dir, trainable=False)
     return World(
         train_prompts=list(task.train_prompts),
@@ -151,6 +162,7 @@ def load_world(
         n_student=_params(load_model(student_dir, trainable=False)),
         n_teacher=_params(teacher),
         max_new_tokens=max_new_tokens,
+        **extra,
     )
 
 
@@ -209,18 +221,23 @@ def train_arm(
     rng, order = random.Random(seed), []
     spent, paid_positions, used = ComputeBudget(), 0, set()
     start, curve, saved = time.perf_counter(), [], {}
-    next_eval, i = 0.0, 0
+    next_free, next_paid, i = 0.0, 0.0, 0
     result = RunResult(arm.name, seed, lr, str(start_dir), 0, 0.0, curve, saved=saved)
     if diag:
         result.kl_start = kl_profile(student, world, world.eval_prompts[:64], seed)
     while True:
         free = spent.flops(world.n_student, world.n_teacher)
-        if free >= next_eval or i in EARLY_STEPS or free >= budget_flops:
-            paid = free + 2.0 * world.n_teacher * paid_positions
-            s, by_len, mean_len = greedy_eval(student, world, world.eval_prompts)
-            curve.append(EvalPoint(i, free, paid, time.perf_counter() - start, s, by_len, mean_len))
-            while next_eval <= free:
-                next_eval += budget_flops / n_evals
+        paid = free + 2.0 * world.n_teacher * paid_positions
+        # evaluate on a grid of both accountings (they differ for runs on teacher samples)
+        on_grid = free >= next_free or budget_flops >= paid >= next_paid
+        if on_grid or i in EARLY_STEPS or free >= budget_flops:
+            s, by_len, mean_len, surv = greedy_eval(student, world, world.eval_prompts)
+            seconds = time.perf_counter() - start
+            curve.append(EvalPoint(i, free, paid, seconds, s, by_len, mean_len, surv))
+            while next_free <= free:
+                next_free += budget_flops / n_evals
+            while next_paid <= paid:
+                next_paid += budget_flops / n_evals
         if free >= budget_flops:
             break
         if len(order) < batch_size:

@@ -1,7 +1,8 @@
 """Diagnostics of a distillation run, as pure functions on lists and tensors.
 
 - ``score_by_bucket``: mean task score per output-length bucket (does a method's gap grow with
-  the length of what is generated?).
+  the length of what is generated?); ``survival_by_step``: the share of outputs still right after
+  ``k`` steps (where errors start and compound).
 - ``completion_logits`` + ``reverse_kl_by_position``: the exact KL(student || teacher) over the
   vocabulary at each completion position of the student's own samples (where on-policy
   distillation spends its signal).
@@ -23,6 +24,16 @@ def score_by_bucket(keys: Sequence[int], scores: Sequence[float]) -> dict[int, t
     for k, s in zip(keys, scores, strict=True):
         sums.setdefault(int(k), []).append(float(s))
     return {k: (sum(v) / len(v), len(v)) for k, v in sorted(sums.items())}
+
+
+def survival_by_step(correct_prefix: Sequence[int], num_steps: int) -> list[float]:
+    """Share of completions whose first ``k`` steps are all right, for ``k = 1..num_steps``
+    (``correct_prefix``: each completion's count of leading right steps): where errors start
+    and how they compound along the output."""
+    if not correct_prefix:
+        return [0.0] * num_steps
+    n = len(correct_prefix)
+    return [sum(c >= k for c in correct_prefix) / n for k in range(1, num_steps + 1)]
 
 
 def completion_logits(

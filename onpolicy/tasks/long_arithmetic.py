@@ -96,6 +96,28 @@ def steps_consistent(completion: str) -> bool:
     return steps is not None and all(x + y + z == t for x, y, z, t in steps)
 
 
+def correct_steps(completion: str, prompt: Prompt) -> int:
+    """How many leading column steps of ``completion`` are right (the column's two digits and the
+    carry, in any order, and their sum) before the first wrong or malformed one."""
+    a_text, b_text = prompt.text.rstrip("=").split("+")
+    steps = parse_scratchpad(completion + ("" if "|#" in completion else "|#"))
+    if steps is None:  # a malformed step somewhere: count the well-formed prefix
+        parts = completion.split("|")
+        steps = []
+        for part in parts:
+            parsed = parse_scratchpad(part + "|#")
+            if parsed is None:
+                break
+            steps += parsed
+    carry, n = 0, 0
+    for (x, y, z, total), da, db in zip(steps, reversed(a_text), reversed(b_text), strict=False):
+        want = int(da) + int(db) + carry
+        if sorted([x, y, z]) != sorted([int(da), int(db), carry]) or total != want:
+            break
+        carry, n = want // 10, n + 1
+    return n
+
+
 def make_long_prompts(
     n: int,
     digits: int,

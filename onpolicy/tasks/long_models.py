@@ -32,13 +32,13 @@ class LongModelsConfig:
         students: named student shapes, saved untrained (``{"small": ModelSpec(...)}``).
     """
 
-    digits: int = 7
-    min_digits: int | None = 2
+    digits: int = 6
+    min_digits: int | None = None
     variants: int = 4
     num_train: int = 8000
     data_seed: int = 0
     teacher: ModelSpec = ModelSpec(layers=3, heads=3, ffn=384)  # noqa: RUF009 (frozen)
-    teacher_steps: int = 700
+    teacher_steps: int = 1000
     batch_size: int = 32
     lr: float = 3e-3
     students: tuple[tuple[str, ModelSpec], ...] = (("small", ModelSpec(layers=2, heads=1, ffn=64)),)

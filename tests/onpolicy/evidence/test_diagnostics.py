@@ -15,6 +15,7 @@ from onpolicy.evidence.diagnostics import (
     plateau_index,
     reverse_kl_by_position,
     score_by_bucket,
+    survival_by_step,
 )
 
 
@@ -83,3 +84,8 @@ def test_plateau_index():
     assert plateau_index(rising_then_flat, window=3, tol=0.03) == 3
     assert plateau_index([0.0, 0.1, 0.2, 0.3], window=2, tol=0.05) == 3  # never flattens
     assert plateau_index([0.5, 0.5, 0.5], window=1, tol=0.01) == 0
+
+
+def test_survival_by_step_hand_computed():
+    assert survival_by_step([0, 1, 3, 3], 3) == [0.75, 0.5, 0.5]
+    assert survival_by_step([], 2) == [0.0, 0.0]

@@ -11,12 +11,14 @@ from onpolicy.tasks import make_task
 from onpolicy.tasks.arithmetic import exact_match, final_answer, make_problem
 from onpolicy.tasks.long_arithmetic import (
     completion_tokens,
+    correct_steps,
     long_arithmetic_task,
     make_long_problem,
     parse_scratchpad,
     split_of,
     steps_consistent,
 )
+from onpolicy.types import Prompt
 
 
 def _operands(prompt_text: str) -> tuple[int, int]:
@@ -100,3 +102,14 @@ def test_malformed_scratchpads():
     assert parse_scratchpad("1+2=03|#03") is None
     assert parse_scratchpad("1+2+0=03") is None
     assert not steps_consistent("1+2+0=04|#04")
+
+
+def test_correct_steps_counts_the_right_prefix():
+    text, gold = make_long_problem(47, 85, 3, [1, 0, 2])
+    prompt = Prompt(text=text, reference=gold)
+    assert correct_steps(gold, prompt) == 3
+    assert correct_steps("7+5+0=12|4+8+1=13|1+0+0=01|#0132", prompt) == 3  # another valid order
+    assert correct_steps("5+7+0=12|4+8+0=12|1+0+0=01|#0122", prompt) == 1  # dropped carry
+    assert correct_steps("5+7+0=12|4+8+1=13|0+1", prompt) == 2  # cut off mid-step
+    assert correct_steps("5+7+0=12|x", prompt) == 1
+    assert correct_steps("#0132", prompt) == 0

@@ -58,6 +58,7 @@ ARMS = {
         Arm("sft", "sft"),
         Arm("reverse_kl", "reverse_kl"),
         Arm("gkd", "gkd", {"lmbda": 0.5, "beta": 0.5, "off_policy": "teacher"}),
+        Arm("rkl_h16", "reverse_kl", horizon=16),
         Arm("rkl_h32", "reverse_kl", horizon=32),
     )
 }

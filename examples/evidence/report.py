@@ -16,7 +16,7 @@ from pathlib import Path
 
 from onpolicy.evidence.diagnostics import early_drop, flops_to_reach
 
-ON_POLICY = ("reverse_kl", "gkd", "rkl_h32")
+ON_POLICY = ("reverse_kl", "gkd", "rkl_h16", "rkl_h32")
 STARTS = ("plateau", "early", "cold")
 
 

@@ -41,7 +41,10 @@ class LongModelsConfig:
     teacher_steps: int = 1000
     batch_size: int = 32
     lr: float = 3e-3
-    students: tuple[tuple[str, ModelSpec], ...] = (("small", ModelSpec(layers=2, heads=1, ffn=64)),)
+    students: tuple[tuple[str, ModelSpec], ...] = (
+        ("small", ModelSpec(layers=2, heads=1, ffn=64)),  # 21k: the teacher is 21x larger
+        ("medium", ModelSpec(layers=2, heads=2, ffn=128)),  # 83k: 5.3x
+    )
     version: int = 1  # bump when the recipe changes
 
 

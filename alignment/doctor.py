@@ -19,10 +19,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from alignment.chat import teacher_view
-from alignment.offsets import token_bytes_table
-from alignment.special import end_of_turn_id
-from alignment.vocab_map import build_vocab_map, same_tokenizer
+from alignment.tokens.chat import end_of_turn_id
+from alignment.tokens.offsets import token_bytes_table
+from alignment.tokens.vocab_map import build_vocab_map, same_tokenizer
+from alignment.view import teacher_view
 
 DEFAULT_CONVERSATIONS = [
     [

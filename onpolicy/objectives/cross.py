@@ -58,7 +58,7 @@ def flat_window(
     temperature: float,
 ):
     """``alignment.SideLogits`` of all rows as one sequence (see the module docstring)."""
-    from alignment.types import SideLogits
+    from alignment import SideLogits
 
     offsets = [0]
     for n in num_spans_B[:-1]:
@@ -109,7 +109,7 @@ def span_advantages_and_logprobs(
     student token, 0 on the others; a row's advantages sum to ``log P_t(text) - log P_s(text)`` of
     its aligned text (plus the stop span).
     """
-    from alignment.spans_math import span_logprobs, span_sampled_reward, span_values_to_tokens
+    from alignment import span_logprobs, span_sampled_reward, span_values_to_tokens
 
     cross: CrossTeacherScores = scores.cross
     fwd = student_forward(student, rollout, None)
@@ -282,9 +282,9 @@ class AnchoredCrossObjective:
 
 
 def side_tries(cross: CrossTeacherScores, s_side, t_side, needed_by: str) -> tuple:
-    """``(student trie, teacher trie)`` (``alignment.byte_marginal.byte_trie``) over each side's
+    """``(student trie, teacher trie)`` (``alignment.byte_trie``) over each side's
     padded vocabulary, from the tokenizers the cross scores carry."""
-    from alignment.byte_marginal import byte_trie
+    from alignment import byte_trie
 
     if cross.student_tokenizer is None or cross.teacher_tokenizer is None:
         raise ConfigError(

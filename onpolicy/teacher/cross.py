@@ -1,6 +1,6 @@
 """Cross-tokenizer teacher scoring: the teacher's own view of each conversation, aligned by bytes.
 
-Per row (``alignment.chat.teacher_view``): the prompt is rendered with the *teacher's* chat
+Per row (``alignment.teacher_view``): the prompt is rendered with the *teacher's* chat
 template; the student's completion bytes (from its token ids, never from decoded text; invalid
 UTF-8 included) are tokenized by the teacher; the two tokenizations of those bytes are aligned into
 spans (``alignment.align_spans``). The student's stop token (EOS / end of turn) and the teacher's
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from alignment.chat import teacher_view
+from alignment import teacher_view
 from onpolicy.chat import render_prompt, stop_token_ids
 from onpolicy.errors import DataError
 from onpolicy.teacher.types import CrossTeacherScores, TeacherScores
@@ -95,9 +95,10 @@ def token_logprobs_chunked(
 
 def matched_vocab_pairs(student_tokenizer: Any, teacher_tokenizer: Any) -> tuple[torch.Tensor, ...]:
     """(student_ids_M, teacher_ids_M): one-to-one pairs of tokens that spell the same bytes
-    (``Ġthe`` and ``▁the`` match, ``alignment.vocab_map``), plus the special tokens matched by role
-    (end of turn <-> end of turn, ...): the stop span compares the stop probabilities directly."""
-    from alignment.vocab_map import build_vocab_map
+    (``Ġthe`` and ``▁the`` match, ``alignment.build_vocab_map``), plus the special tokens matched
+    by role (end of turn <-> end of turn, ...): the stop span compares the stop probabilities
+    directly."""
+    from alignment import build_vocab_map
 
     vmap = build_vocab_map(student_tokenizer, teacher_tokenizer)
     s_ids = torch.cat([vmap.student_ids_M, vmap.student_special_P])

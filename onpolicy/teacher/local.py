@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import torch
 
-from alignment.vocab_map import same_tokenizer
+from alignment import same_tokenizer
 from onpolicy.errors import ConfigError, TokenizerMismatchError
 from onpolicy.forward import forward_completions, head_logits
 from onpolicy.losses import LMHead
@@ -22,7 +22,8 @@ from onpolicy.teacher.types import TeacherScores
 from onpolicy.types import Rollout
 
 TeacherModeArg = Literal["same", "cross", "auto", "self"]
-__all__ = ["LocalTeacher", "same_tokenizer"]  # same_tokenizer: by content (alignment.vocab_map)
+# same_tokenizer: tokenizer identity by content (alignment.tokens.vocab_map)
+__all__ = ["LocalTeacher", "same_tokenizer"]
 
 
 class LocalTeacher:

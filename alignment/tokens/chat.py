@@ -1,4 +1,10 @@
-"""Special tokens by role: BOS, EOS, padding, and the chat template's end-of-turn marker.
+"""A tokenizer's chat rendering and its special tokens by role: BOS, EOS, padding, and the chat
+template's end-of-turn marker.
+
+``render_prompt``: the conversation rendered with the tokenizer's own chat template and the
+generation prompt, tokenized with ``add_special_tokens=False`` (templates render their own BOS
+and markers); a tokenizer without a template gets a plain rendering (``"{role}: {content}\\n"``
+per message, then ``"assistant: "``; the doctor warns about that).
 
 The end-of-turn marker is read from the tokenizer's own chat template: render a conversation whose
 assistant turn is a sentinel, tokenize it, and take the first special token after the sentinel
@@ -7,11 +13,23 @@ assistant turn is a sentinel, tokenize it, and take the first special token afte
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from alignment.offsets import token_bytes_table
+from alignment.tokens.offsets import token_bytes_table
 
 _SENTINEL = "Zq7xSENTINELx7qZ"
+
+
+def render_prompt(tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[int]:
+    """The tokenizer's chat-template rendering of ``messages`` + generation prompt, as ids."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(
+            list(messages), tokenize=False, add_generation_prompt=True
+        )
+    else:
+        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def end_of_turn_id(tokenizer: Any) -> int | None:

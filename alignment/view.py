@@ -19,7 +19,7 @@ Given the conversation (messages) and the student's sampled completion ids:
 4. Only the completion is aligned (``align_spans`` on the two sides' completion offsets).
 
 ``collate_views`` pads a batch of views and puts the span indices on full-sequence positions
-(``-1`` on prompts and padding), the layout ``alignment.spans_math`` consumes.
+(``-1`` on prompts and padding), the layout ``alignment.spans.chain_rule`` consumes.
 """
 
 from __future__ import annotations
@@ -27,71 +27,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 from alignment.errors import AlignmentError
-from alignment.offsets import byte_offsets, token_bytes_table, token_offsets
-from alignment.spans import align_spans
-from alignment.special import end_of_turn_id, stop_ids
+from alignment.spans.align import align_spans
+from alignment.tokens.chat import end_of_turn_id, render_prompt, stop_ids
+from alignment.tokens.offsets import encode_bytes, token_offsets
 from alignment.types import SpanAlignment, TeacherView
-
-
-def render_prompt(tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[int]:
-    """The tokenizer's chat-template rendering of ``messages`` + generation prompt, as ids."""
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(
-            list(messages), tokenize=False, add_generation_prompt=True
-        )
-    else:
-        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def _single_byte_ids(tokenizer: Any) -> dict[int, int]:
-    """byte value -> id of a token that is exactly that byte (non-special)."""
-    table = token_bytes_table(tokenizer)
-    out: dict[int, int] = {}
-    for i in np.flatnonzero((table.length_V == 1) & ~table.special_V).tolist():
-        out.setdefault(table.bytes_V[i][0], i)
-    return out
-
-
-def encode_bytes(tokenizer: Any, data: bytes) -> tuple[list[int], np.ndarray]:
-    """Tokenize raw bytes (possibly invalid UTF-8): valid runs by the tokenizer, each invalid byte
-    as the tokenizer's single-byte token. Returns (ids, int64 [T, 2] byte offsets into ``data``)."""
-    text = data.decode("utf-8", errors="surrogateescape")  # invalid byte b -> "\udc00" + b
-    ids: list[int] = []
-    offsets: list[np.ndarray] = []
-    pos, run, single = 0, [], None
-
-    def flush() -> None:
-        nonlocal pos
-        piece = "".join(run)
-        if piece:
-            piece_ids, off = byte_offsets(tokenizer, piece, add_special_tokens=False)
-            ids.extend(piece_ids.tolist())
-            offsets.append(off.numpy() + pos)
-            pos += len(piece.encode("utf-8"))
-        run.clear()
-
-    for ch in text:
-        if "\udc80" <= ch <= "\udcff":
-            flush()
-            single = single if single is not None else _single_byte_ids(tokenizer)
-            byte = ord(ch) - 0xDC00
-            if byte not in single:
-                raise AlignmentError(
-                    f"the teacher tokenizer has no token for the invalid UTF-8 byte {byte:#04x}; "
-                    "use a byte-level or byte-fallback teacher tokenizer"
-                )
-            ids.append(single[byte])
-            offsets.append(np.array([[pos, pos + 1]], dtype=np.int64))
-            pos += 1
-        else:
-            run.append(ch)
-    flush()
-    return ids, np.concatenate(offsets) if offsets else np.zeros((0, 2), dtype=np.int64)
 
 
 def teacher_view(
@@ -161,7 +103,7 @@ def collate_views(
         (teacher_input_ids_B_Tt, teacher_attention_B_Tt, alignment): right-padded teacher inputs,
         their int64 attention mask, and a ``SpanAlignment`` whose ``[B, Ts]`` / ``[B, Tt]`` span
         tensors index token positions of the full sequences (``-1`` on prompts and padding), the
-        layout ``alignment.spans_math`` takes.
+        layout ``alignment.spans.chain_rule`` takes.
     """
     B = len(views)
     Tt = max((len(v.teacher_input_ids_T) for v in views), default=0)

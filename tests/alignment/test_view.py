@@ -6,9 +6,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from alignment.chat import collate_views, encode_bytes, render_prompt, teacher_view
+from alignment import collate_views, encode_bytes, render_prompt, teacher_view
 from alignment.errors import AlignmentError
-from alignment.offsets import token_bytes_table, token_offsets
+from alignment.tokens.offsets import token_bytes_table, token_offsets
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France? Answer briefly."}]
 ANSWER = "The capital of France is Paris 🇫🇷.\nПариж — 巴黎."

@@ -40,7 +40,7 @@ from alignment.spans.gold import (
 from alignment.spans.next_byte import ByteTerms, next_byte_loss, next_byte_terms
 from alignment.spans.uld import uld_loss, uld_loss_topk
 from alignment.tokens.byte_trie import ByteTrie, byte_trie
-from alignment.tokens.chat import end_of_turn_id, render_prompt, stop_ids
+from alignment.tokens.chat import end_of_turn_id, render_messages, stop_ids, turn_end_id
 from alignment.tokens.offsets import byte_offsets, encode_bytes, token_bytes_table, token_offsets
 from alignment.tokens.vocab_map import build_vocab_map, same_tokenizer
 from alignment.types import SideLogits, SpanAlignment, SpanLossTerms, TeacherView, VocabMap
@@ -72,7 +72,7 @@ __all__ = [
     "gold_terms",
     "next_byte_loss",
     "next_byte_terms",
-    "render_prompt",
+    "render_messages",
     "same_tokenizer",
     "span_anchor_positions",
     "span_distributions",
@@ -85,6 +85,7 @@ __all__ = [
     "token_bytes_table",
     "token_logprobs",
     "token_offsets",
+    "turn_end_id",
     "uld_loss",
     "uld_loss_topk",
 ]

@@ -1,12 +1,9 @@
 """The teacher's own view of a student sample: its chat template, its tokens, aligned on bytes.
 
-Given the conversation (messages) and the student's sampled completion ids:
+Given the teacher's prompt ids and the student's sampled completion ids:
 
-1. The teacher's prompt is the conversation rendered with the **teacher's** chat template
-   (``add_generation_prompt=True``) and tokenized with ``add_special_tokens=False`` (templates
-   render their own BOS and markers, as ``apply_chat_template(tokenize=True)`` does). A teacher
-   without a template gets a plain rendering (``"{role}: {content}\\n"`` per message, then
-   ``"assistant: "``); the doctor warns about that.
+1. The teacher's prompt is the conversation rendered once, by the caller, with the **teacher's**
+   chat template (``alignment.tokens.chat.render_messages``; ``onpolicy.chat.render_prompt``).
 2. The completion's bytes come from the student's token bytes (``token_offsets``), never from
    decoded text, so a completion cut in the middle of a character keeps its exact bytes. They are
    tokenized by the teacher tokenizer on their own (after the prompt). Bytes that are not valid
@@ -31,22 +28,23 @@ import torch
 
 from alignment.errors import AlignmentError
 from alignment.spans.align import align_spans
-from alignment.tokens.chat import end_of_turn_id, render_prompt, stop_ids
+from alignment.tokens.chat import stop_ids, turn_end_id
 from alignment.tokens.offsets import encode_bytes, token_offsets
 from alignment.types import SpanAlignment, TeacherView
 
 
 def teacher_view(
-    messages: Sequence[dict[str, str]],
+    teacher_prompt_ids: Sequence[int],
     student_completion_ids: Sequence[int] | torch.Tensor,
     student_tokenizer: Any,
     teacher_tokenizer: Any,
-    student_stop_ids: set[int] | None = None,
+    student_stop_ids: Sequence[int] | None = None,
 ) -> TeacherView:
     """Build the teacher's input for one sample and align the completion tokens.
 
     Args:
-        messages: the conversation the student answered (``[{"role", "content"}, ...]``).
+        teacher_prompt_ids: the conversation the student answered, rendered with the teacher's
+            template (e.g. ``render_messages(teacher_tokenizer, messages)``).
         student_completion_ids: the student's sampled ids (stop token included if it stopped).
         student_tokenizer / teacher_tokenizer: Hugging Face fast tokenizers.
         student_stop_ids: ids that count as the student stopping (default: its EOS and its
@@ -63,7 +61,7 @@ def teacher_view(
     s_span, t_span = align_spans(s_off, t_off)
     num_spans = int(max(s_span.max(), t_span.max())) + 1 if data else 0
     if stopped:
-        t_eot = end_of_turn_id(teacher_tokenizer)
+        t_eot = turn_end_id(teacher_tokenizer)
         if t_eot is None:
             raise AlignmentError(
                 "the teacher tokenizer has neither an end-of-turn token nor an EOS; set its "
@@ -73,7 +71,7 @@ def teacher_view(
         t_span = torch.cat([t_span, torch.tensor([num_spans])])
         t_ids = [*t_ids, t_eot]
         num_spans += 1
-    prompt = render_prompt(teacher_tokenizer, messages)
+    prompt = [int(i) for i in teacher_prompt_ids]
     return TeacherView(
         teacher_input_ids_T=torch.tensor(prompt + t_ids, dtype=torch.long),
         completion=slice(len(prompt), len(prompt) + len(t_ids)),

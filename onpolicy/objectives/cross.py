@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from onpolicy.errors import ConfigError
 from onpolicy.forward import split_rows
+from onpolicy.losses import reverse_kl, token_logprobs
 from onpolicy.objectives.base import BatchSource
 from onpolicy.objectives.common import require_cross, student_forward
 from onpolicy.teacher.types import CrossTeacherScores, TeacherScores
@@ -113,7 +114,7 @@ def span_advantages_and_logprobs(
 
     cross: CrossTeacherScores = scores.cross
     fwd = student_forward(student, rollout, None)
-    logp_N = torch.log_softmax(fwd.logits_N_V.float(), -1).gather(1, fwd.targets_N[:, None])[:, 0]
+    logp_N = token_logprobs(fwd.logits_N_V, fwd.targets_N)
     advantages = []
     t_rows = split_rows(cross.token_logprobs_Nt.to(logp_N.device), cross.num_tokens_B)
     for b, s_lp in enumerate(split_rows(logp_N.detach(), fwd.num_tokens_B)):
@@ -153,9 +154,7 @@ def reference_kl_sum(
 
 
 def _kl_rows(s_W_V, rows, r_c_V, tau: float) -> torch.Tensor:
-    log_s = torch.log_softmax(s_W_V.index_select(0, rows).float() / tau, -1)
-    log_r = torch.log_softmax(r_c_V.float() / tau, -1)
-    return (log_s.exp() * (log_s - log_r)).sum()
+    return reverse_kl(s_W_V.index_select(0, rows), r_c_V, tau, reduction="sum").float()
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ sequence (``reward_fn(rollout) -> [B] floats``) given to every token of that seq
 ``onpolicy.losses.policy_gradient_loss``: importance-weighted by ``exp(log p_student - log
 p_engine)`` against the rollout engine's logprobs (PPO clipping or truncated IS). With a teacher on
 another tokenizer the advantage is per aligned span (chain rule, exact on the sampled text: see
-``alignment.spans_math.span_sampled_reward``), placed on each span's last student token.
+``alignment.span_sampled_reward``), placed on each span's last student token.
 """
 
 from __future__ import annotations

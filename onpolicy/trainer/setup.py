@@ -142,7 +142,7 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """The optimizer over the trainable parameters (LoRA: the adapters only).
 
-    ``fused``: Adam/AdamW's fused kernel (TRL's default; ~4x faster steps on CPU for SmolLM2-135M),
+    ``fused``: Adam/AdamW's fused kernel (TRL's default; its step time: benchmarks/RESULTS-e2e.md),
     used for plain parameters only (not FSDP/DeepSpeed-sharded ones)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -232,7 +232,7 @@ def _hand_over_reference(objective: Any, model: Any, full: Any) -> None:
 def build_components(config: Config, accelerator: Any) -> Components:
     """Load everything and ``prepare`` the student and optimizer (the scheduler is registered for
     checkpointing, not prepared: accelerate would step it once per process)."""
-    from onpolicy.chat import end_of_turn_token_id
+    from alignment.tokens.chat import turn_end_id
     from onpolicy.rollout.base import make_backend
     from onpolicy.trainer.sharding import FullCopyBackend
 
@@ -256,9 +256,7 @@ def build_components(config: Config, accelerator: Any) -> Components:
         from onpolicy.rollout.hf import HFRolloutBackend
 
         teacher_backend = HFRolloutBackend(teacher_model, teacher_tok)
-    end_id = end_of_turn_token_id(tokenizer)
-    if end_id is None:
-        end_id = tokenizer.eos_token_id
+    end_id = turn_end_id(tokenizer)  # its end of turn, else its EOS
     sources = SampleSources(
         student_backend=backend,
         tokenizer=tokenizer,

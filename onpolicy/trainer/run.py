@@ -113,6 +113,11 @@ def train(
     from onpolicy.trainer.setup import build_components
 
     validate(config, base_dir)
+    if train_prompts is None:  # read (and check) the dataset before any model loads
+        from onpolicy.data import load_prompts
+
+        train_prompts, loaded_eval = load_prompts(config.data, config.train.seed, base_dir)
+        eval_prompts = loaded_eval if eval_prompts is None else eval_prompts
     accelerator = make_accelerator(config)
     if accelerator.device.type == "cpu":  # the same large buffers every step: keep them mapped
         retain_freed_memory()

@@ -1,10 +1,12 @@
 """``onpolicy``: the command line, a thin launcher over the Python API.
 
-    onpolicy train --config configs/onpolicy_reverse_kl.yaml [key.sub=value ...]
+    onpolicy train --config configs/onpolicy_reverse_kl.yaml [--fresh] [key.sub=value ...]
     onpolicy eval  --config configs/gkd.yaml [--student runs/gkd/final] [key=value ...]
     onpolicy doctor ...        (alignment.doctor: can these two tokenizers be aligned?)
     onpolicy compare ...       (onpolicy.compare: on-policy vs off-policy baselines)
     onpolicy quickstart ...    (onpolicy.compare: a small end-to-end demo)
+    onpolicy init-student ...  (onpolicy.init_student: a student cut from the teacher's layers)
+    onpolicy scaling ...       (onpolicy.scaling: fit a distillation scaling law to your runs)
 
 Works unchanged under ``accelerate launch -m onpolicy.cli train ...`` (or ``accelerate launch
 $(which onpolicy) train ...``). A bad input is one line on stderr (``onpolicy: error: ...``) and
@@ -28,6 +30,8 @@ _DISPATCH = {
     "doctor": ("alignment.doctor", ("main",)),
     "compare": ("onpolicy.compare", ("compare_main", "main")),
     "quickstart": ("onpolicy.compare", ("quickstart_main", "main")),
+    "init-student": ("onpolicy.init_student", ("main",)),
+    "scaling": ("onpolicy.scaling", ("main",)),
 }
 
 
@@ -67,6 +71,21 @@ def _parser() -> argparse.ArgumentParser:
         help="no progress bar (same as logging.progress_bar=false); the summary is still printed",
     )
     train.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. optim.lr=1e-4")
+    train.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start over: an earlier run in train.output_dir is renamed to "
+        "<output_dir>.old-<UTC time> (nothing is deleted) and training starts from step 0",
+    )
+    train.add_argument(
+        "--allow-change",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="resume although KEY (e.g. data.path) differs from the checkpoint's config; the "
+        "checkpoint's optimizer and scheduler state are restored as saved (repeatable). Keys that "
+        "do not change a step (train.steps, logging.*, eval.*, ...) need no flag",
+    )
     ev = sub.add_parser(
         "eval",
         help="evaluate a student against the config's teacher",
@@ -101,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             extra = ["logging.progress_bar=false"] if args.no_progress else []
-            return _train(args.config, [*args.overrides, *extra])
+            return _train(args.config, [*args.overrides, *extra], args.fresh, args.allow_change)
         return _eval(args.config, args.student, args.overrides)
     except OnpolicyError as exc:
         print(f"onpolicy: error: {exc}", file=sys.stderr)
@@ -113,14 +132,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
 
 
-def _train(config_path: str, overrides: list[str]) -> int:
+def _train(config_path: str, overrides: list[str], fresh: bool, allow: list[str]) -> int:
     from onpolicy.config import load_config
     from onpolicy.trainer import train
+    from onpolicy.trainer.run_folder import ResumePolicy
 
     config = load_config(config_path, overrides)
     if config.data.path is None:  # the Python API may pass prompts; the CLI reads them from data
         raise ConfigError("data.path is not set; point it at a JSON/JSONL/parquet file of prompts")
-    result = train(config, base_dir=Path(config_path).parent)
+    explicit = _sets_key(config_path, overrides, "train", "resume")
+    policy = ResumePolicy(fresh, explicit and config.train.resume, tuple(allow))
+    result = train(config, base_dir=Path(config_path).parent, policy=policy)
     summary = {
         "steps": result.steps,
         "final_dir": str(result.final_dir) if result.final_dir else None,
@@ -132,6 +154,16 @@ def _train(config_path: str, overrides: list[str]) -> int:
     }
     _print_main(json.dumps(summary, indent=2))
     return 0
+
+
+def _sets_key(config_path: str, overrides: list[str], block: str, key: str) -> bool:
+    """Whether the YAML file or an override sets ``block.key`` (not left to its default)."""
+    import yaml
+
+    from onpolicy.config import apply_overrides
+
+    raw = apply_overrides(yaml.safe_load(Path(config_path).read_text()) or {}, overrides)
+    return isinstance(raw.get(block), dict) and key in raw[block]
 
 
 def _eval(config_path: str, student: str | None, overrides: list[str]) -> int:
@@ -152,8 +184,26 @@ def _print_main(text: str) -> None:
         print(text)
 
 
+def _check_doctor_folders(argv: list[str]) -> str | None:
+    """``onpolicy doctor``: the error line for a ``--teacher``/``--student`` folder without a
+    readable tokenizer (checked before transformers loads it), else None."""
+    from onpolicy.models import check_tokenizer_folder
+
+    for i, arg in enumerate(argv[:-1]):
+        if arg in ("--teacher", "--student") and Path(argv[i + 1]).is_dir():
+            try:
+                check_tokenizer_folder(argv[i + 1])
+            except ConfigError as exc:
+                return f"{arg}: {exc}"
+    return None
+
+
 def _dispatch(command: str, argv: list[str]) -> int:
     module_name, functions = _DISPATCH[command]
+    problem = _check_doctor_folders(argv) if command == "doctor" else None
+    if problem is not None:
+        print(f"onpolicy: error: {problem}", file=sys.stderr)
+        return 2
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

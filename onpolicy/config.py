@@ -2,7 +2,7 @@
 
 Layout: one block per swappable component, flat scalar keys inside each block::
 
-    student:   {path: tiny:small, dtype: float32, max_length: 256}
+    student:   {path: tiny:small, dtype: float32, max_length: 256, init_from: runs/warm}
     teacher:   {path: ..., mode: auto}           # mode: same | cross | auto | self
     lora:      {enabled: true, r: 8, alpha: 16, target_modules: [q_proj, v_proj]}
     rollout:   {backend: hf, max_new_tokens: 32, temperature: 1.0, vllm: {...}}
@@ -37,12 +37,17 @@ from onpolicy.errors import ConfigError
 
 @dataclass
 class ModelConfig:
-    """The student. ``max_length``: context budget (prompt + completion tokens)."""
+    """The student. ``max_length``: context budget (prompt + completion tokens).
+
+    ``init_from``: start from saved weights instead of ``path``'s own: a run folder (its
+    ``final/``), a saved student folder or a checkpoint folder holding ``model.safetensors`` of
+    the same architecture as ``path`` (which still gives the architecture and tokenizer)."""
 
     path: str = "tiny:tiny"
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     max_length: int = 256
     gguf_file: str | None = None
+    init_from: str | None = None
 
 
 @dataclass

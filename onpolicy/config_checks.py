@@ -20,6 +20,10 @@ def validate(config: Config, base_dir: Path | None = None) -> None:
     c = config
     _check_ranges(c)
     _check_model_path("student.path", c.student.path)
+    if c.student.init_from is not None:
+        from onpolicy.models import saved_weights_file
+
+        saved_weights_file(c.student.init_from)  # a one-line error before any model loads
     if c.teacher.mode == "self":
         if not c.lora.enabled:
             raise ConfigError(

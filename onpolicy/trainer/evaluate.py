@@ -138,9 +138,9 @@ def _batch_sums(
 
 
 def _teacher_logits(scores: Any) -> torch.Tensor:
-    if scores.logits_N_V is not None:
-        return scores.logits_N_V
-    return scores.hidden_N_D.float() @ scores.lm_head_V_D.float().T
+    """float32 ``[N, V]`` teacher logits through the teacher's one head path (bias, logit scale,
+    softcap: ``TeacherScores.dense_logits``)."""
+    return scores.dense_logits()
 
 
 def _means(s: dict[str, float]) -> dict[str, float]:

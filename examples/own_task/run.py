@@ -8,7 +8,8 @@
 3. ``onpolicy compare --config examples/own_task/compare.yaml`` (which method helps the student)
 
 Each step is the command line a user types; the data is ``data/{train,eval}.jsonl``
-(``make_data.py`` writes it). Outputs go to ``runs/own_task`` (``--out`` to change).
+(``make_data.py`` writes it). Outputs go to ``runs/own_task`` (``--out`` to change); a rerun
+starts over (``--fresh``: an earlier run's folder is kept, renamed ``<folder>.old-<time>``).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> Path:
     out = Path(args.out)
     for name in ("teacher", "student"):
         extra = QUICK[name] if args.quick else []
-        onpolicy("train", "--config", str(HERE / f"{name}.yaml"), "--no-progress",
+        onpolicy("train", "--config", str(HERE / f"{name}.yaml"), "--no-progress", "--fresh",
                  f"train.output_dir={out / name}", *extra)  # fmt: skip
     models = [f"models.teacher={out / 'teacher/final'}", f"models.student={out / 'student/final'}"]
     extra = QUICK["compare"] if args.quick else []

@@ -47,6 +47,7 @@ def _fill(folder):
         os.close(fd)
 
 
+@pytest.mark.slow  # three short runs
 def test_full_disk_is_one_line_and_loses_nothing(tmp_path):
     with _tmpfs(tmp_path / "disk") as disk:
         out = disk / "run"

@@ -168,8 +168,10 @@ def auc(points: Sequence[MeanPoint], upto: float) -> float | None:
 def plateau_step(curve: Sequence[CurvePoint], window: int, min_gain: float) -> tuple[int, bool]:
     """Where a warm-up curve reaches its plateau: the first evaluation ``i >= window`` at which
     the best score so far exceeds the best score up to ``window`` evaluations earlier by less than
-    ``min_gain`` (SFT's gain over the last ``window`` evaluations has flattened). Returns
-    ``(step, reached)``; the last step with ``reached=False`` when the rule never holds."""
+    ``min_gain`` (SFT's gain over the last ``window`` evaluations has flattened), once the best
+    score has risen by at least ``min_gain`` above the first evaluation (a curve that has not
+    started to climb is not at a plateau). Returns ``(step, reached)``; the last step with
+    ``reached=False`` when the rule never holds."""
     pts = [p for p in curve if p.score is not None]
     if not pts:
         return (curve[-1].step if curve else 0), False
@@ -178,6 +180,7 @@ def plateau_step(curve: Sequence[CurvePoint], window: int, min_gain: float) -> t
         top = max(top, p.score)
         running.append(top)
     for i in range(window, len(pts)):
-        if running[i] - running[i - window] < min_gain:
+        climbed = running[i] - pts[0].score >= min_gain
+        if climbed and running[i] - running[i - window] < min_gain:
             return pts[i].step, True
     return pts[-1].step, False

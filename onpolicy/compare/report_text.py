@@ -183,7 +183,8 @@ def warm_table(records: Sequence[dict[str, Any]]) -> str:
     lines = [
         "Validation split (training prompts held out), evaluated every warm_start.every steps. "
         "Plateau: the first evaluation at which the best score so far beats the best of "
-        "plateau.window evaluations earlier by less than plateau.min_gain.",
+        "plateau.window evaluations earlier by less than plateau.min_gain, once the best score "
+        "has risen at least plateau.min_gain above the first evaluation.",
         "",
         "| seed | branch | step | validation score | warm-up FLOPs free | warm-up FLOPs paid | "
         "note |",

@@ -13,8 +13,9 @@ config; the cold start stays as the negative control unless ``cold: false``).
       cache_dir: outputs/warm     # default: <output_dir>/warm
 
 The plateau (``curves.plateau_step``): the first evaluation at which the best validation score so
-far exceeds the best of ``window`` evaluations earlier by less than ``min_gain``; the warm-up's
-last step (flagged "not reached") when that never happens. The warm-up is evaluated on the
+far exceeds the best of ``window`` evaluations earlier by less than ``min_gain``, once the best
+score has risen at least ``min_gain`` above the first evaluation; the warm-up's last step (flagged
+"not reached") when that never happens. The warm-up is evaluated on the
 validation split carved from the training prompts (``validation.size``), never the held-out split.
 
 Cache: ``<cache_dir>/<key>/seed<s>/`` holds ``warm.json`` (curve, branch points) and one

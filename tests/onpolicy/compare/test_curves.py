@@ -99,7 +99,10 @@ def test_plateau_rule():
     # best so far: .1 .3 .5 .55 .56 .56; gains over 2 evaluations: .4 .25 .06 .01 -> step 50
     assert plateau_step(curve(0.1, 0.3, 0.5, 0.55, 0.56, 0.52), 2, 0.02) == (50, True)
     assert plateau_step(curve(0.1, 0.3, 0.5, 0.7), 2, 0.02) == (30, False)  # still climbing
-    assert plateau_step(curve(0.1, 0.1), 1, 0.02) == (10, True)
+    assert plateau_step(curve(0.1, 0.2, 0.2), 1, 0.02) == (20, True)
+    # not yet climbing is not a plateau: the rule waits for a gain of min_gain over the start
+    assert plateau_step(curve(0.1, 0.1, 0.1, 0.3, 0.3), 1, 0.02) == (40, True)
+    assert plateau_step(curve(0.1, 0.1), 1, 0.02) == (10, False)
 
 
 def test_warm_and_lr_config_errors():

@@ -54,7 +54,7 @@ WARM = {
     "steps": 2,
     "every": 1,
     "branch_at": [1, "plateau"],
-    "plateau": {"window": 1, "min_gain": 1.0},  # never 1.0 of gain: the plateau at step 1
+    "plateau": {"window": 1, "min_gain": 1.0},  # never climbs by 1.0: not reached, last step
     "lr": 3e-2,  # large: the warm weights differ clearly from the cold student's
 }
 
@@ -96,7 +96,9 @@ def test_curves_branches_cache_and_lr_grid(tiny_cache, tmp_path, monkeypatch):
     assert first("plateau", "sft") == first("plateau", "reverse_kl")
     assert first("step1", "sft") != first("cold", "sft")
     warm = data["warm_up"][0]
-    assert [(b["name"], b["step"]) for b in warm["branches"]] == [("step1", 1), ("plateau", 1)]
+    branches = [(b["name"], b["step"], b["reached"]) for b in warm["branches"]]
+    assert branches == [("step1", 1, True), ("plateau", 2, False)]
+    assert first("plateau", "sft") != first("step1", "sft")
     assert warm["cached"] is False and warm["branches"][0]["flops"]["paid"] > 0
 
     # learning rates: reverse_kl's from the grid, per start, on the validation split only

@@ -77,15 +77,18 @@ def check_runs(law: Law, runs: Runs) -> None:
         )
 
 
-def fit_law(law: Law, runs: Runs, starts: list[np.ndarray] | None = None) -> Fit:
+def fit_law(
+    law: Law, runs: Runs, starts: list[np.ndarray] | None = None, warm: bool = False
+) -> Fit:
     """The least-squares fit of ``law`` to ``runs`` (residuals in loss units), best of several
-    starting points (the law's own plus ``starts``)."""
+    starting points (``starts`` plus the law's own; only ``starts`` when ``warm``)."""
     from scipy.optimize import least_squares
 
     check_runs(law, runs)
     lower, upper = np.asarray(law.lower), np.asarray(law.upper)
     best = None
-    for start in [*(starts or []), *map(np.asarray, law.starts)]:
+    candidates = list(starts or []) + ([] if warm else [np.asarray(x) for x in law.starts])
+    for start in candidates:
         x0 = np.clip(np.asarray(start, dtype=np.float64), lower + 1e-9, upper - 1e-9)
 
         def residual(theta: np.ndarray) -> np.ndarray:
@@ -107,14 +110,14 @@ def fit_law(law: Law, runs: Runs, starts: list[np.ndarray] | None = None) -> Fit
 def bootstrap(
     law: Law, runs: Runs, fit: Fit, samples: int = 200, seed: int = 0
 ) -> dict[str, Interval]:
-    """Resample the runs with replacement ``samples`` times, refit each (from ``fit``), and
-    summarize each coefficient's distribution."""
+    """Resample the runs with replacement ``samples`` times, refit each (warm-started from
+    ``fit`` only), and summarize each coefficient's distribution."""
     rng = np.random.default_rng(seed)
     draws = []
     for _ in range(samples):
         index = rng.integers(0, len(runs), len(runs))
         try:
-            draws.append(public(law, fit_law(law, runs.subset(index), [fit.theta]).theta))
+            draws.append(public(law, fit_law(law, runs.subset(index), [fit.theta], True).theta))
         except DataError:
             continue
     out = {}

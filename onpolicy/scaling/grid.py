@@ -88,7 +88,8 @@ def non_embedding_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if id(p) not in skip)
 
 
-def _rollout(rows: list[dict[str, Any]], tokenizer: Any):
+def gold_rollout(rows: list[dict[str, Any]], tokenizer: Any):
+    """A ``Rollout`` of the rows' prompts and gold completions (each ending its turn)."""
     from onpolicy.api import completion_rollout
     from onpolicy.types import Prompt
 
@@ -105,15 +106,18 @@ def mean_nll(model: torch.nn.Module, rollout: Any) -> float:
     return float(out.loss_sum) / out.num_tokens
 
 
-def _train(student, teacher, train_rows, eval_ro, tokenizer, cfg: GridConfig) -> list[tuple]:
-    """Train one student; ``(step, tokens, loss)`` at every step count of the grid."""
+def train_student(
+    student, teacher, train_rows, eval_ro, tokenizer, cfg: GridConfig
+) -> list[tuple[int, int, float]]:
+    """Train ``student`` (KD from ``teacher``, a ``LocalTeacher``, or plain CE when None) for
+    ``cfg.steps[-1]`` steps; ``(step, tokens so far, held-out NLL/token)`` at each grid step."""
     from onpolicy.api import make_objective
 
     objective = make_objective("sft" if teacher is None else "supervised_kd")
     optim = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.0)
     rng, tokens, out = random.Random(cfg.seed), 0, []
     for step in range(1, cfg.steps[-1] + 1):
-        ro = _rollout(rng.sample(train_rows, min(cfg.batch_size, len(train_rows))), tokenizer)
+        ro = gold_rollout(rng.sample(train_rows, min(cfg.batch_size, len(train_rows))), tokenizer)
         scores = None if teacher is None else teacher.score(ro)
         loss = objective.loss(student, ro, scores)
         (loss.loss_sum / max(loss.num_tokens, 1)).backward()  # mean over this batch's tokens
@@ -138,11 +142,11 @@ def run_grid(cfg: GridConfig, log=print) -> list[dict[str, Any]]:
     train_rows, eval_rows = rows[: -cfg.eval_rows], rows[-cfg.eval_rows :]
     paths = [resolve_model_path(t) for t in cfg.teachers]
     tokenizer = load_tokenizer(paths[0])
-    eval_ro = _rollout(eval_rows, tokenizer)
+    eval_ro = gold_rollout(eval_rows, tokenizer)
     supervised = {}
     for hidden in cfg.student_hidden:
-        for step, _, loss in _train(_student(tokenizer, hidden, cfg), None, train_rows, eval_ro,
-                                    tokenizer, cfg):  # fmt: skip
+        student = _student(tokenizer, hidden, cfg)
+        for step, _, loss in train_student(student, None, train_rows, eval_ro, tokenizer, cfg):
             supervised[(hidden, step)] = loss
     out = []
     for spec, path in zip(cfg.teachers, paths, strict=True):
@@ -152,7 +156,9 @@ def run_grid(cfg: GridConfig, log=print) -> list[dict[str, Any]]:
         for hidden in cfg.student_hidden:
             student = _student(tokenizer, hidden, cfg)
             n = non_embedding_params(student)
-            for step, tokens, loss in _train(student, teacher, train_rows, eval_ro, tokenizer, cfg):
+            for step, tokens, loss in train_student(
+                student, teacher, train_rows, eval_ro, tokenizer, cfg
+            ):
                 out.append({
                     "name": f"{spec}|h{hidden}|s{step}", "student_params": n, "tokens": tokens,
                     "teacher_loss": teacher_loss, "student_loss": loss,

@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -36,7 +37,7 @@ REGIMES = {  # output length: 6-digit problems (62 + EOS tokens) and 3-digit one
     "short": LongModelsConfig(digits=3, teacher_steps=800),
 }
 NUM_EVAL = 200
-WARMUP_LR, WARMUP_STEPS, SAVE_EVERY = 2e-3, 1200, 100
+WARMUP_LR, WARMUP_STEPS, SAVE_EVERY, WARMUP_STAGES = 2e-3, 1200, 100, 3
 LR_GRID = (3e-4, 1e-3, 3e-3)
 RKL_STEPS = 60  # the budget: this many reverse-KL steps' FLOPs (data free), for every arm
 
@@ -78,39 +79,78 @@ def budget(world) -> float:
     return RKL_STEPS * 32 * _row_positions(world) * (8 * world.n_student + 2 * world.n_teacher)
 
 
+def _merge(merged: dict | None, run: dict) -> dict:
+    """Append a warm-up stage's curve and checkpoints (steps and FLOPs offset by the stages
+    before it) to ``merged`` = ``{"curve": [...], "saved": [[step, dir], ...]}``."""
+    if merged is None:
+        merged = {"curve": [], "saved": []}
+    last = merged["curve"][-1] if merged["curve"] else {"step": 0, "flops_free": 0.0}
+    skip = 1 if merged["curve"] else 0  # a later stage's step 0 is the last stage's end
+    for p in run["curve"][skip:]:
+        merged["curve"].append(
+            {
+                **p,
+                "step": p["step"] + last["step"],
+                "flops_free": p["flops_free"] + last["flops_free"],
+            }
+        )
+    merged["saved"] += [
+        [int(k) + last["step"], v]
+        for k, v in sorted(run["saved"].items(), key=lambda kv: int(kv[0]))
+    ]
+    return merged
+
+
+def _plateau(merged: dict) -> int | None:
+    """The step where the valid curve flattened (past half its best score), or None."""
+    scores = [p["score"] for p in merged["curve"] if p["step"] % SAVE_EVERY < 2]
+    steps = [p["step"] for p in merged["curve"] if p["step"] % SAVE_EVERY < 2]
+    first = next(i for i, sc in enumerate(scores) if sc >= 0.5 * max(scores))
+    i = first + plateau_index(scores[first:], window=3, tol=0.02)
+    return steps[i] if i < len(scores) - 1 else None
+
+
 def warmup(out: Path, regime: str) -> None:
+    """SFT from cold on pool A in stages of ``WARMUP_STEPS`` (each from the last checkpoint, a
+    fresh optimizer) until the valid curve flattens or ``WARMUP_STAGES`` ran; picks the starts."""
     world, models = _world("valid", regime)
     pool = _pool(world, out, "A")
     _pool(world, out, "B")
     b = WARMUP_STEPS * 32 * 6 * world.n_student * _row_positions(world)  # ~WARMUP_STEPS steps
-    res = train_arm(
-        world,
-        ARMS["sft"],
-        models.student_dirs[STUDENT],
-        0,
-        WARMUP_LR,
-        b,
-        pool,
-        n_evals=WARMUP_STEPS // SAVE_EVERY,
-        save_every=SAVE_EVERY,
-        save_dir=out / "warmup",
-    )
-    save_result(res, out / "warmup.json")
-    scores = [p.score for p in res.curve]
-    steps = [p.step for p in res.curve]
-    plateau = steps[plateau_index(scores, window=3, tol=0.02)]
-    saved = sorted(res.saved)
+    record = out / "warmup.json"
+    merged = json.loads(record.read_text()) if record.exists() else None
+    if merged is not None and "arm" in merged:  # a single-stage record
+        merged = _merge(None, merged)
+    stage = 0 if merged is None else len({p.split("/stage")[-1][:1] for _, p in merged["saved"]})
+    while (merged is None or _plateau(merged) is None) and stage < WARMUP_STAGES:
+        start = models.student_dirs[STUDENT] if merged is None else merged["saved"][-1][1]
+        res = train_arm(
+            world,
+            ARMS["sft"],
+            start,
+            stage,
+            WARMUP_LR,
+            b,
+            pool,
+            n_evals=WARMUP_STEPS // SAVE_EVERY,
+            save_every=SAVE_EVERY,
+            save_dir=out / "warmup" / f"stage{stage}",
+        )
+        merged = _merge(merged, asdict(res))
+        record.write_text(json.dumps(merged, indent=1))
+        stage += 1
+    plateau = _plateau(merged) or merged["saved"][-1][0]
+    saved = dict(merged["saved"])
     plateau_step = min(saved, key=lambda s: abs(s - plateau))
-    early_step = min(saved, key=lambda s: abs(s - plateau_step / 4))  # a quarter of the way
+    early_step = min(saved, key=lambda s: abs(s - plateau_step / 2))  # half way
     starts = {
         "cold": str(models.student_dirs[STUDENT]),
-        "early": res.saved[early_step],
-        "plateau": res.saved[plateau_step],
+        "early": saved[early_step],
+        "plateau": saved[plateau_step],
     }
-    (out / "starts.json").write_text(
-        json.dumps({"starts": starts, "curve_steps": steps, "curve_scores": scores}, indent=1)
-    )
-    print("starts:", starts, "valid curve:", list(zip(steps, scores, strict=True)))
+    curve = [(p["step"], p["score"]) for p in merged["curve"]]
+    (out / "starts.json").write_text(json.dumps({"starts": starts, "curve": curve}, indent=1))
+    print("starts:", starts, "valid curve:", curve)
 
 
 def _job(args: tuple) -> str:
@@ -124,7 +164,7 @@ def _job(args: tuple) -> str:
     world, _ = _world(split, regime)
     pool = _pool(world, Path(out), "B")
     res = train_arm(world, ARMS[arm], start_dir, seed, lr, budget(world), pool, diag=diag)
-    res.start = start_name
+    res.start, res.start_dir = start_name, str(start_dir)
     save_result(res, Path(path))
     last = res.curve[-1]
     return f"{path}: {last.score:.3f} after {res.steps} steps, {res.wall_s:.0f}s"

@@ -181,6 +181,7 @@ class RunResult:
     kl_start: list[float] = field(default_factory=list)
     kl_end: list[float] = field(default_factory=list)
     saved: dict[int, str] = field(default_factory=dict)
+    start_dir: str = ""
 
 
 def _batch(world: World, arm: Arm, obj, i: int, idx: list[int], pool: list[str], backend):

@@ -1,12 +1,33 @@
 """Your own RL-style loop with the distillation signal added to your own reward.
 
-The student answers "What is a plus b?"; the task reward is 1 when the answer holds the right sum.
 Each step: the student samples (``rollout``), the teacher scores the samples (``score``), and the
-policy-gradient objective's per-token advantage is the teacher's log-ratio (the distillation
-signal: teacher logprob - student logprob) plus the task reward (centered per batch). The
-optimizer step normalizes by the token count (``step``). Tiny models, CPU, about a minute:
+policy-gradient objective's per-token advantage is
 
-    python examples/custom_loop.py --steps 60
+    kl_coef * (log p_teacher(y_t) - log p_student(y_t))   # distillation: teacher log-ratio
+    + task advantage of the whole completion               # your reward, normalized per prompt
+
+and the optimizer step normalizes by the token count (``step``). Tiny models, CPU, a minute or two:
+
+    python examples/custom_loop.py --steps 60                 # "What is a plus b?"
+    python examples/custom_loop.py --steps 60 --task count    # "Count to n."
+
+The knobs, and what they do:
+
+- ``--kl-coef`` (default 0.1): weight of the teacher's log-ratio. On a student far from its
+  teacher it is large and negative (here -11 to -19 nats summed over a completion), so at 1.0 it
+  drowns the task reward.
+- ``--advantage`` (default ``group``): the task reward minus the mean of the same prompt's samples
+  (``center``), divided also by their standard deviation (``group``, as in GRPO), so its scale does
+  not depend on how often the task succeeds. ``--samples`` is the group size.
+- ``--advantage-norm`` (default ``batch``): whiten the per-token advantages of each batch (zero
+  mean, unit standard deviation) inside the objective, so a step's size does not depend on the
+  scale of the log-ratios; ``none`` uses them as they are.
+- ``--lr`` (default 3e-4; ``--max-grad-norm`` 1.0): at 1e-3 even kl 0.1 collapsed one run.
+
+Measured (docs/results/custom-loop.md, held-out accuracy over 60-120 steps, two seeds): the old
+recipe (kl 1.0, centred reward, no normalization, lr 1e-3) collapses ``count`` from 0.28 to 0.06
+on both seeds; with these defaults no run ends collapsed (``sum`` 0.16 -> 0.28-0.34, ``count``
+stays at 0.22-0.34). A safe start, not a tuned recipe: the coefficient matters most.
 """
 
 from __future__ import annotations
@@ -14,6 +35,7 @@ from __future__ import annotations
 import argparse
 import random
 import re
+from collections.abc import Callable
 
 import torch
 
@@ -26,87 +48,122 @@ from onpolicy.tiny import tiny_model_dir
 from onpolicy.types import Prompt, SamplingParams
 
 
+def _chat(text: str, reference: str) -> Prompt:
+    return Prompt(messages=({"role": "user", "content": text},), reference=reference)
+
+
 def sum_prompts(rng: random.Random, n: int) -> list[Prompt]:
+    """``What is a plus b?`` (the reference is the sum)."""
     pairs = [(rng.randrange(10), rng.randrange(10)) for _ in range(n)]
-    return [
-        Prompt(
-            messages=({"role": "user", "content": f"What is {a} plus {b}?"},), reference=str(a + b)
-        )
-        for a, b in pairs
-    ]
+    return [_chat(f"What is {a} plus {b}?", str(a + b)) for a, b in pairs]
 
 
-def task_reward(prompt: Prompt, text: str) -> float:
+def count_prompts(rng: random.Random, n: int) -> list[Prompt]:
+    """``Count to n.`` (the reference is ``1 2 ... n``)."""
+    ks = [rng.randint(1, 9) for _ in range(n)]
+    return [_chat(f"Count to {k}.", " ".join(str(i) for i in range(1, k + 1))) for k in ks]
+
+
+def sum_reward(prompt: Prompt, text: str) -> float:
     """1.0 when the completion's last number is the right sum."""
     numbers = re.findall(r"\d+", text)
     return float(bool(numbers) and numbers[-1] == prompt.reference)
 
 
-def group_centered(rewards: list[float], prompt_index_B: list[int]) -> list[float]:
-    """Each reward minus the mean reward of its prompt's samples (a per-prompt baseline)."""
+def count_reward(prompt: Prompt, text: str) -> float:
+    """1.0 when the completion's numbers are exactly ``1 2 ... n``."""
+    return float(" ".join(re.findall(r"\d+", text)) == prompt.reference)
+
+
+TASKS: dict[str, tuple[Callable[..., list[Prompt]], Callable[[Prompt, str], float]]] = {
+    "sum": (sum_prompts, sum_reward),
+    "count": (count_prompts, count_reward),
+}
+
+
+def group_advantages(
+    rewards: list[float], prompt_index_B: list[int], scale: bool, eps: float = 1e-6
+) -> list[float]:
+    """Each reward minus the mean reward of its prompt's samples; divided by their standard
+    deviation too when ``scale`` (a group whose samples all agree gets 0)."""
     groups: dict[int, list[float]] = {}
     for r, i in zip(rewards, prompt_index_B, strict=True):
         groups.setdefault(i, []).append(r)
-    return [
-        r - sum(groups[i]) / len(groups[i]) for r, i in zip(rewards, prompt_index_B, strict=True)
-    ]
+    out = []
+    for r, i in zip(rewards, prompt_index_B, strict=True):
+        g = torch.tensor(groups[i])
+        centred = r - float(g.mean())
+        out.append(centred / (float(g.std(unbiased=False)) + eps) if scale else centred)
+    return out
 
 
-def accuracy(backend, prompts, tokenizer) -> float:
+def accuracy(backend, prompts, tokenizer, reward) -> float:
     ro = rollout(backend, prompts, tokenizer, SamplingParams(max_new_tokens=16, temperature=0))
     return sum(
-        task_reward(prompts[i], t) for i, t in zip(ro.prompt_index_B, ro.texts_B, strict=True)
+        reward(prompts[i], t) for i, t in zip(ro.prompt_index_B, ro.texts_B, strict=True)
     ) / len(prompts)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> list[tuple[int, float]]:
+    """Train; print and return the held-out accuracy ``(step, accuracy)`` every ``--eval-every``."""
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--task", choices=sorted(TASKS), default="sum")
     parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch", type=int, default=8, help="prompts per step")
+    parser.add_argument("--samples", type=int, default=4, help="samples per prompt (group size)")
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--max-grad-norm", type=float, default=1.0)
+    parser.add_argument("--kl-coef", type=float, default=0.1, help="distillation weight")
+    parser.add_argument("--advantage", choices=["center", "group"], default="group")
+    parser.add_argument("--advantage-norm", choices=["none", "batch"], default="batch")
+    parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
+    make_prompts, reward = TASKS[args.task]
 
     teacher_dir = tiny_model_dir("small", "bpe", seed=1, pretrain_steps=300)
     student_dir = tiny_model_dir("tiny", "bpe", seed=0, pretrain_steps=100)
     tokenizer = load_tokenizer(student_dir)
     student = load_model(student_dir)
     teacher = LocalTeacher(
-        load_model(teacher_dir, trainable=False),
-        load_tokenizer(teacher_dir),
-        tokenizer,
-        mode="same",
+        load_model(teacher_dir, trainable=False), load_tokenizer(teacher_dir), tokenizer, "same"
     )
     backend = make_backend("hf", model=student, tokenizer=tokenizer)
     optimizer = torch.optim.AdamW(student.parameters(), lr=args.lr)
-    sampling = SamplingParams(max_new_tokens=16, temperature=1.0, n=4)
-    held_out = sum_prompts(random.Random(1234), 32)
-    print(f"greedy accuracy before: {accuracy(backend, held_out, tokenizer):.2f}")
+    sampling = SamplingParams(max_new_tokens=16, temperature=1.0, n=args.samples)
+    held_out = make_prompts(random.Random(1234), 32)
+    curve = [(0, accuracy(backend, held_out, tokenizer, reward))]
+    print(f"step   0  held-out accuracy {curve[-1][1]:.3f}")
 
-    for it in range(args.steps):
-        prompts = sum_prompts(rng, args.batch)
-        ro = rollout(
-            backend, prompts, tokenizer, SamplingParams(**{**sampling.__dict__, "seed": it})
-        )
+    for it in range(1, args.steps + 1):
+        prompts = make_prompts(rng, args.batch)
+        ro = rollout(backend, prompts, tokenizer, SamplingParams(**{**vars(sampling), "seed": it}))
         scores = score(teacher, ro)
         rewards = [
-            task_reward(prompts[i], t) for i, t in zip(ro.prompt_index_B, ro.texts_B, strict=True)
+            reward(prompts[i], t) for i, t in zip(ro.prompt_index_B, ro.texts_B, strict=True)
         ]
-        centered = group_centered(rewards, ro.prompt_index_B)  # baseline: the prompt's mean
-        objective = PolicyGradient(kl_coef=1.0, reward_fn=lambda _, r=centered: r)
-        metrics = step(
-            optimizer, loss(objective, student, ro, scores), model=student, max_grad_norm=1.0
+        adv = group_advantages(rewards, ro.prompt_index_B, scale=args.advantage == "group")
+        objective = PolicyGradient(
+            kl_coef=args.kl_coef, reward_fn=lambda _, a=adv: a, advantage_norm=args.advantage_norm
         )
-        backend.sync_weights(student, it + 1)  # a no-op for hf; vLLM backends copy weights here
-        if it % 5 == 0 or it == args.steps - 1:
+        metrics = step(
+            optimizer, loss(objective, student, ro, scores), model=student,
+            max_grad_norm=args.max_grad_norm,
+        )  # fmt: skip
+        backend.sync_weights(student, it)  # a no-op for hf; vLLM backends copy weights here
+        if it % args.eval_every == 0 or it == args.steps:
+            curve.append((it, accuracy(backend, held_out, tokenizer, reward)))
             distill = distillation_reward(ro, scores)
             print(
-                f"step {it:3d}  task reward {sum(rewards) / len(rewards):.2f}  distillation reward "
-                f"{sum(distill) / len(distill):8.2f}  loss {metrics['loss']:.3f}"
+                f"step {it:3d}  held-out accuracy {curve[-1][1]:.3f}  task reward "
+                f"{sum(rewards) / len(rewards):.2f}  distillation reward "
+                f"{sum(distill) / len(distill):7.2f}  loss {metrics['loss']:.3f}"
             )
-    print(f"greedy accuracy after:  {accuracy(backend, held_out, tokenizer):.2f}")
+    return curve
 
 
 if __name__ == "__main__":

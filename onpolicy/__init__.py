@@ -13,6 +13,7 @@ first use (``import onpolicy`` stays cheap)::
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
 
 __version__ = "0.1.0"
@@ -47,6 +48,11 @@ _LAZY = {
 }
 
 __all__ = sorted(_LAZY)
+
+if os.environ.get("ONPOLICY_QUIET") == "1":  # a worker of the quieted CLI (``onpolicy.quiet``)
+    from onpolicy.quiet import apply_from_environment
+
+    apply_from_environment()
 
 
 def __getattr__(name: str) -> Any:

@@ -27,8 +27,9 @@ def render_prompt(tokenizer: Any, prompt: Prompt) -> list[int]:
         return list(tokenizer(prompt.text, add_special_tokens=True)["input_ids"])
     if not has_chat_template(tokenizer):
         raise ConfigError(
-            f"tokenizer {tokenizer.name_or_path!r} has no chat template but the prompt has "
-            "`messages`; give plain `text` prompts or a tokenizer with a chat template"
+            f"tokenizer {tokenizer.name_or_path!r} has no chat template but the prompt is a chat "
+            "message; give `prompt` rows with chat: false (data.chat in onpolicy train, task.chat "
+            "in onpolicy compare) instead of `messages`, or a tokenizer with a chat template"
         )
     return render_messages(tokenizer, prompt.messages)
 

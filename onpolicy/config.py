@@ -2,7 +2,7 @@
 
 Layout: one block per swappable component, flat scalar keys inside each block::
 
-    student:   {path: tiny:small, dtype: float32, max_length: 256}
+    student:   {path: tiny:small, dtype: float32, max_length: 256, init_from: runs/warm}
     teacher:   {path: ..., mode: auto}           # mode: same | cross | auto | self
     lora:      {enabled: true, r: 8, alpha: 16, target_modules: [q_proj, v_proj]}
     rollout:   {backend: hf, max_new_tokens: 32, temperature: 1.0, vllm: {...}}
@@ -37,12 +37,17 @@ from onpolicy.errors import ConfigError
 
 @dataclass
 class ModelConfig:
-    """The student. ``max_length``: context budget (prompt + completion tokens)."""
+    """The student. ``max_length``: context budget (prompt + completion tokens).
+
+    ``init_from``: start from saved weights instead of ``path``'s own: a run folder (its
+    ``final/``), a saved student folder or a checkpoint folder holding ``model.safetensors`` of
+    the same architecture as ``path`` (which still gives the architecture and tokenizer)."""
 
     path: str = "tiny:tiny"
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     max_length: int = 256
     gguf_file: str | None = None
+    init_from: str | None = None
 
 
 @dataclass
@@ -105,12 +110,13 @@ class ObjectiveConfig:
 
 @dataclass
 class DataConfig:
-    """Prompts from a local JSON/JSONL/parquet file or a ``save_to_disk`` folder.
+    """Prompts from a local JSONL/JSON/parquet file or a ``save_to_disk`` folder; the row format
+    (``prompt`` or ``messages``, optional ``completion``) is in ``onpolicy.data``.
 
-    Rows have ``prompt_field`` (text) or ``messages_field`` (chat), optionally ``completion_field``.
     Without ``eval_path``, ``eval_size`` rows are held out of ``path`` (after a seeded shuffle).
-    ``on_too_long``: prompts longer than ``student.max_length - rollout.max_new_tokens`` are
-    skipped (with a count) or raise.
+    ``chat``: a plain ``prompt`` is one user message rendered with each model's chat template
+    (true) or raw text (false). ``on_too_long``: prompts longer than ``student.max_length -
+    rollout.max_new_tokens`` are skipped (with a count) or raise.
     """
 
     path: str | None = None
@@ -120,6 +126,7 @@ class DataConfig:
     prompt_field: str = "prompt"
     messages_field: str = "messages"
     completion_field: str = "completion"
+    chat: bool = False
     on_too_long: Literal["skip", "error"] = "skip"
     shuffle: bool = True
 
@@ -157,11 +164,15 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     """Teacher-forced KL to the teacher on held-out prompts, on the student's own completions
-    (greedy when ``greedy``, else sampled at ``rollout.temperature``).
+    (greedy when ``greedy``, else sampled at ``rollout.temperature``), and the task metric.
 
-    ``every``: optimizer steps between evaluations; 0 = only before and after training."""
+    ``every``: optimizer steps between evaluations; 0 = only before and after training.
+    ``metric``: ``none``, a built-in (``exact_match``, ``contains``) or ``path/to/file.py:function``
+    (a function ``(completion_text, prompt) -> float`` in a local file; see ``onpolicy.metrics``),
+    logged as ``eval/score``."""
 
     every: int = 0
+    metric: str = "none"
     num_prompts: int = 16
     greedy: bool = True
     max_new_tokens: int | None = None  # None = rollout.max_new_tokens

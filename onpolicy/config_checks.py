@@ -12,6 +12,7 @@ from typing import Any
 
 from onpolicy.config import Config, ObjectiveConfig
 from onpolicy.errors import ConfigError
+from onpolicy.metrics import check_metric
 
 
 def validate(config: Config, base_dir: Path | None = None) -> None:
@@ -19,14 +20,16 @@ def validate(config: Config, base_dir: Path | None = None) -> None:
     c = config
     _check_ranges(c)
     _check_model_path("student.path", c.student.path)
+    if c.student.init_from is not None:
+        from onpolicy.models import saved_weights_file
+
+        saved_weights_file(c.student.init_from)  # a one-line error before any model loads
     if c.teacher.mode == "self":
         if not c.lora.enabled:
             raise ConfigError(
                 "teacher.mode=self needs lora.enabled=true (teacher = base, adapters off)"
             )
-    elif c.teacher.path is None:
-        raise ConfigError("teacher.path is missing; set it to a model folder or tiny:<size>")
-    else:
+    elif c.teacher.path is not None:
         _check_model_path("teacher.path", c.teacher.path)
     for key, value in (("data.path", c.data.path), ("data.eval_path", c.data.eval_path)):
         if value is not None and not resolve_path(value, base_dir).exists():
@@ -34,9 +37,32 @@ def validate(config: Config, base_dir: Path | None = None) -> None:
                 f"{key}={value!r} does not exist; give a JSON/JSONL/parquet file "
                 "or a save_to_disk folder"
             )
+    check_metric(c.eval.metric, base_dir)
     _check_registered("rollout.backend", c.rollout.backend, _backend_names())
     _check_registered("objective.name", c.objective.name, _objective_names())
     _check_objective_params(c.objective)
+    if c.teacher.path is None and c.teacher.mode != "self" and _needs_teacher_model(c):
+        raise ConfigError(
+            f"teacher.path is missing and objective {c.objective.name!r} needs a teacher; set it "
+            "to a model folder or tiny:<size> (gold-data SFT without a teacher: objective sft "
+            "with params {source: dataset})"
+        )
+
+
+def _needs_teacher_model(c: Config) -> bool:
+    """Whether the objective scores with the teacher or samples it in some step."""
+    from onpolicy.objectives.base import OBJECTIVES
+
+    factory = OBJECTIVES.get(c.objective.name)
+    if factory is None:
+        return True
+    try:
+        objective = factory(**c.objective.params)
+    except Exception:  # bad params are reported when the run builds the objective
+        return True
+    if objective.needs_teacher:
+        return True
+    return any(objective.batch_source(s) == "teacher" for s in range(c.train.steps))
 
 
 def _check_objective_params(obj: ObjectiveConfig) -> None:

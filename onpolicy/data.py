@@ -1,16 +1,29 @@
-"""Prompts from local datasets: JSON / JSONL / parquet files or a ``save_to_disk`` folder.
+"""The one prompt loader (``onpolicy train``, ``onpolicy eval`` and the harness's ``dataset`` task).
 
-A row is prompt-only (``prompt``: text), conversational (``messages``: a list of
-``{"role", "content"}``), and may carry a reference completion (``completion``). In a conversation
-whose last message is the assistant's, that message is the reference and is cut from the prompt.
-Field names come from ``DataConfig``. Each becomes a ``Prompt``; each model renders it with its own
-chat template later (``onpolicy.chat``).
+A dataset is a JSON Lines file (also a JSON list, parquet, CSV or a ``save_to_disk`` folder), one
+row per example::
+
+    {"prompt": "Reverse the word: cat", "completion": "tac"}
+    {"messages": [{"role": "user", "content": "Reverse: dog"}], "completion": "god"}
+    {"messages": [{"role": "user", "content": "sun"}, {"role": "assistant", "content": "nus"}]}
+
+- ``prompt`` (text) or ``messages`` (a list of ``{"role", "content"}``): what the model sees.
+- ``completion``: the gold answer (``reference`` is accepted as another name for it). Gold SFT and
+  supervised KD train on it; the task metric compares a completion with it. In ``messages`` whose
+  last turn is the assistant's, that turn is the completion and is cut from the prompt.
+
+One rule for plain ``prompt`` rows: they are raw text, tokenized as is (with the tokenizer's BOS),
+unless ``chat`` is true; then each is one user message, rendered by each model's own chat template.
+``messages`` always go through the chat template. Field names come from ``DataConfig``.
+
+Every bad row is a one-line ``DataError`` naming the file, the line (or row) and the field.
 """
 
 from __future__ import annotations
 
+import json
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,83 +32,201 @@ from onpolicy.errors import DataError
 from onpolicy.types import Prompt
 
 _SUFFIX_FORMAT = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+REFERENCE_ALIAS = "reference"  # another name for the completion field (the harness's old name)
+
+Row = tuple[str, dict[str, Any]]
+"""``(where, fields)``: ``where`` names the row in errors (``file.jsonl:12`` or ``file row 3``)."""
 
 
-def load_rows(path: str | Path, split: str = "train") -> Any:
-    """A ``datasets.Dataset`` from a local file (by suffix) or a ``save_to_disk`` folder."""
-    import datasets
+def read_rows(path: str | Path, split: str = "train") -> list[Row]:
+    """The rows of a local file (by suffix) or a ``save_to_disk`` folder, each with where it is.
 
+    JSON / JSON Lines are read here, line by line (non-UTF-8 bytes, a malformed line, a line that
+    is not an object: one-line errors with the line number); parquet, CSV and folders by
+    ``datasets``. A file without rows is an error."""
     p = Path(path)
     if not p.exists():
-        raise DataError(
-            f"dataset {str(p)!r} does not exist; give a JSON/JSONL/parquet file or folder"
-        )
+        raise DataError(f"dataset {str(p)!r} does not exist; give a JSONL/parquet file or folder")
     if p.is_dir():
-        try:
-            loaded = datasets.load_from_disk(str(p))
-        except FileNotFoundError as exc:
-            raise DataError(f"{str(p)!r} is not a folder written by Dataset.save_to_disk") from exc
-        if isinstance(loaded, datasets.DatasetDict):
-            if split not in loaded:
-                raise DataError(
-                    f"dataset {str(p)!r} has no split {split!r}; splits: {list(loaded)}"
-                )
-            loaded = loaded[split]
-        return loaded
-    fmt = _SUFFIX_FORMAT.get(p.suffix.lower())
-    if fmt is None:
-        raise DataError(
-            f"dataset {str(p)!r}: unknown suffix {p.suffix!r}; use {sorted(_SUFFIX_FORMAT)}"
-        )
+        rows = [(f"{p} row {i + 1}", dict(r)) for i, r in enumerate(_saved_dataset(p, split))]
+    else:
+        fmt = _SUFFIX_FORMAT.get(p.suffix.lower())
+        if fmt is None:
+            raise DataError(
+                f"dataset {str(p)!r}: unknown suffix {p.suffix!r}; use {sorted(_SUFFIX_FORMAT)}"
+            )
+        rows = list(_json_rows(p)) if fmt == "json" else _table_rows(p, fmt)
+    if not rows:
+        raise DataError(f"dataset {str(p)!r} has no rows; give at least one row per line")
+    return rows
+
+
+def _saved_dataset(p: Path, split: str) -> Any:
+    import datasets
+
     try:
-        return datasets.load_dataset(fmt, data_files=str(p), split="train")
+        loaded = datasets.load_from_disk(str(p))
+    except FileNotFoundError as exc:
+        raise DataError(f"{str(p)!r} is not a folder written by Dataset.save_to_disk") from exc
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise DataError(f"dataset {str(p)!r} has no split {split!r}; splits: {list(loaded)}")
+        loaded = loaded[split]
+    return loaded
+
+
+def _table_rows(p: Path, fmt: str) -> list[Row]:
+    import datasets
+
+    try:
+        table = datasets.load_dataset(fmt, data_files=str(p), split="train")
     except Exception as exc:  # datasets raises many types for a malformed file
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"dataset {str(p)!r} could not be read as {fmt}: {first}") from exc
+    return [(f"{p} row {i + 1}", dict(r)) for i, r in enumerate(table)]
 
 
-def rows_to_prompts(rows: Any, cfg: DataConfig, source: str = "dataset") -> list[Prompt]:
-    """One ``Prompt`` per row (see the module docstring). Raises ``DataError`` for a dataset with no
-    prompt column, a row without a prompt, or an empty reference completion."""
-    columns = list(getattr(rows, "column_names", None) or (rows[0].keys() if len(rows) else []))
-    if not len(rows):
-        raise DataError(f"{source} has no rows; give at least one prompt")
-    if cfg.prompt_field not in columns and cfg.messages_field not in columns:
+def _json_rows(p: Path) -> Iterator[Row]:
+    """A JSON list of objects, or one object per line (JSON Lines; blank lines skipped)."""
+    raw = p.read_bytes()
+    if raw.lstrip()[:1] == b"[":
+        try:
+            rows = json.loads(_decode(raw, f"{p}"))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{p}:{exc.lineno}: not valid JSON ({exc.msg})") from exc
+        for i, row in enumerate(rows):
+            yield f"{p} row {i + 1}", _object(row, f"{p} row {i + 1}")
+        return
+    for n, line in enumerate(raw.splitlines(), 1):
+        text = _decode(line, f"{p}:{n}")
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                f"{p}:{n}: not valid JSON ({exc.msg} at column {exc.colno}); write one JSON "
+                "object per line"
+            ) from exc
+        yield f"{p}:{n}", _object(row, f"{p}:{n}")
+
+
+def _decode(raw: bytes, where: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise DataError(
-            f"{source} has no prompts: neither a {cfg.prompt_field!r} nor a {cfg.messages_field!r} "
-            f"column (columns: {columns}); rename a column or set data.prompt_field"
-        )
-    return [_row_to_prompt(row, i, cfg, source) for i, row in enumerate(rows)]
+            f"{where}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1}); "
+            "save the file as UTF-8"
+        ) from exc
 
 
-def _row_to_prompt(row: dict[str, Any], i: int, cfg: DataConfig, source: str) -> Prompt:
-    reference = row.get(cfg.completion_field)
+def _object(row: Any, where: str) -> dict[str, Any]:
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
+    return row
+
+
+def row_to_prompt(where: str, row: dict[str, Any], cfg: DataConfig) -> Prompt:
+    """One ``Prompt`` from a row (see the module docstring); a ``DataError`` names ``where`` and
+    the field for a missing prompt, a malformed ``messages`` list or an empty completion."""
+    reference = _reference(where, row, cfg)
     messages = row.get(cfg.messages_field)
-    if messages:
-        msgs = tuple({"role": str(m["role"]), "content": str(m["content"])} for m in messages)
+    if messages is not None:
+        msgs = _messages(where, messages, cfg.messages_field)
         if msgs[-1]["role"] == "assistant":
             if reference is None:
-                reference = msgs[-1]["content"]
+                reference = _text(where, msgs[-1]["content"], f"{cfg.messages_field}[-1].content")
             msgs = msgs[:-1]
         if not msgs:
-            raise DataError(f"{source} row {i}: `messages` has no turn before the assistant's")
-        prompt = Prompt(messages=msgs, reference=_check_reference(reference, i, source))
-    else:
-        text = row.get(cfg.prompt_field)
-        if text is None or not str(text).strip():
-            raise DataError(f"{source} row {i} has an empty prompt; fix or drop the row")
-        prompt = Prompt(text=str(text), reference=_check_reference(reference, i, source))
-    return prompt
-
-
-def _check_reference(reference: Any, i: int, source: str) -> str | None:
-    if reference is None:
-        return None
-    if not str(reference).strip():
+            raise DataError(f"{where}: `{cfg.messages_field}` has no turn before the assistant's")
+        return Prompt(messages=msgs, reference=reference)
+    if cfg.prompt_field not in row:
         raise DataError(
-            f"{source} row {i} has an empty completion; drop the row or remove the completion field"
+            f"{where}: no `{cfg.prompt_field}` or `{cfg.messages_field}` field (fields: "
+            f"{sorted(row)}); rename a field or set data.prompt_field"
         )
-    return str(reference)
+    text = row[cfg.prompt_field]
+    if not isinstance(text, str) or not text.strip():
+        raise DataError(f"{where}: `{cfg.prompt_field}` must be non-empty text, got {text!r}")
+    if cfg.chat:
+        return Prompt(messages=({"role": "user", "content": text},), reference=reference)
+    return Prompt(text=text, reference=reference)
+
+
+def _reference(where: str, row: dict[str, Any], cfg: DataConfig) -> str | None:
+    names = [n for n in dict.fromkeys((cfg.completion_field, REFERENCE_ALIAS)) if n in row]
+    values = {row[n] for n in names if isinstance(row[n], str)}
+    if len(values) > 1:
+        raise DataError(f"{where}: `{names[0]}` and `{names[1]}` differ; give one of them")
+    if not names or row[names[0]] is None:
+        return None
+    return _text(where, row[names[0]], names[0])
+
+
+def _text(where: str, value: Any, field: str) -> str:
+    if not isinstance(value, str):
+        raise DataError(f"{where}: `{field}` must be text, got {type(value).__name__} {value!r}")
+    if not value.strip():
+        raise DataError(f"{where}: `{field}` is empty; drop the row or the field")
+    return value
+
+
+def _messages(where: str, value: Any, field: str) -> tuple[dict[str, str], ...]:
+    if not isinstance(value, list) or not value:
+        raise DataError(
+            f'{where}: `{field}` must be a non-empty list of {{"role", "content"}} objects, '
+            f"got {type(value).__name__} {str(value)[:40]!r}"
+        )
+    out = []
+    for k, m in enumerate(value):
+        if not isinstance(m, dict):
+            raise DataError(f"{where}: `{field}[{k}]` must be an object, got {m!r}")
+        for key in ("role", "content"):
+            if not isinstance(m.get(key), str):
+                got = "is missing" if key not in m else f"is {type(m[key]).__name__}"
+                raise DataError(f"{where}: `{field}[{k}].{key}` {got}; give it as text")
+        out.append({"role": m["role"], "content": m["content"]})
+    return tuple(out)
+
+
+def read_prompts(path: str | Path, cfg: DataConfig) -> list[Prompt]:
+    """Every row of ``path`` as a ``Prompt`` (``read_rows`` then ``row_to_prompt``)."""
+    return [row_to_prompt(where, row, cfg) for where, row in read_rows(path, cfg.split)]
+
+
+def held_out_split(
+    prompts: Sequence[Prompt], n_eval: int, seed: int, shuffle: bool = True, where: str = "data"
+) -> tuple[list[Prompt], list[Prompt]]:
+    """``(train, held_out)``: ``n_eval`` prompts held out after a shuffle seeded by ``seed``.
+    Refuses a split that leaves no training prompt."""
+    if n_eval >= len(prompts):
+        raise DataError(
+            f"{where} has {len(prompts)} rows and eval_size={n_eval} leaves none to train on; "
+            "lower the eval size or give a separate eval file (eval_path)"
+        )
+    order = list(prompts)
+    if shuffle:
+        random.Random(seed).shuffle(order)
+    return order[n_eval:], order[:n_eval]
+
+
+def load_prompts(
+    cfg: DataConfig, seed: int = 0, base_dir: Path | None = None
+) -> tuple[list[Prompt], list[Prompt]]:
+    """``(train_prompts, eval_prompts)`` from ``cfg.path``; the eval prompts are ``cfg.eval_path``
+    when set, else ``cfg.eval_size`` rows held out of ``cfg.path`` (``held_out_split``)."""
+    from onpolicy.config_checks import resolve_path
+
+    if cfg.path is None:
+        raise DataError("data.path is not set; point it at a JSON/JSONL/parquet file of prompts")
+    path = resolve_path(cfg.path, base_dir)
+    train = read_prompts(path, cfg)
+    if cfg.eval_path is not None:
+        if cfg.shuffle:
+            random.Random(seed).shuffle(train)
+        return train, read_prompts(resolve_path(cfg.eval_path, base_dir), cfg)
+    return held_out_split(train, cfg.eval_size, seed, cfg.shuffle, where=str(path))
 
 
 def filter_by_length(
@@ -126,27 +257,6 @@ def filter_by_length(
             "student.max_length or lower rollout.max_new_tokens"
         )
     return kept, len(prompts) - len(kept)
-
-
-def load_prompts(
-    cfg: DataConfig, seed: int = 0, base_dir: Path | None = None
-) -> tuple[list[Prompt], list[Prompt]]:
-    """``(train_prompts, eval_prompts)`` from ``cfg.path`` (and ``cfg.eval_path`` when set, else
-    ``cfg.eval_size`` rows held out after a shuffle seeded by ``seed``)."""
-    from onpolicy.config_checks import resolve_path
-
-    if cfg.path is None:
-        raise DataError("data.path is not set; point it at a JSON/JSONL/parquet file of prompts")
-    path = resolve_path(cfg.path, base_dir)
-    train = rows_to_prompts(load_rows(path, cfg.split), cfg, source=str(path))
-    if cfg.shuffle:
-        random.Random(seed).shuffle(train)
-    if cfg.eval_path is not None:
-        eval_path = resolve_path(cfg.eval_path, base_dir)
-        held_out = rows_to_prompts(load_rows(eval_path, cfg.split), cfg, source=str(eval_path))
-        return train, held_out
-    n_eval = min(cfg.eval_size, len(train) - 1)
-    return train[n_eval:], train[:n_eval]
 
 
 class PromptStream:

@@ -47,14 +47,124 @@ def _check_path(path: str | Path, what: str) -> Path:
     return p
 
 
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+)
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json", "*.pt")
+
+
+def _read_json(path: Path, what: str) -> Any:
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        first = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise ConfigError(
+            f"{what} {str(path)!r} is damaged ({first}); copy it again from the model's source"
+        ) from exc
+
+
+def check_tokenizer_folder(path: str | Path, gguf_file: str | None = None) -> Path:
+    """Check before loading that ``path`` holds a readable tokenizer (its files, valid JSON);
+    ``ConfigError`` naming what is missing or damaged."""
+    p = _check_path(path, "tokenizer")
+    if gguf_file:
+        return p
+    if not p.is_dir():
+        raise ConfigError(f"tokenizer path {str(p)!r} is a file; give the model's folder")
+    if not any((p / f).is_file() for f in TOKENIZER_FILES):
+        raise ConfigError(
+            f"{str(p)!r} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); save it with "
+            "tokenizer.save_pretrained(folder) or copy the tokenizer files in"
+        )
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        if (p / name).is_file():
+            _read_json(p / name, name)
+    return p
+
+
+def check_model_folder(path: str | Path, gguf_file: str | None = None) -> dict[str, Any]:
+    """Check before loading that ``path`` is a causal-LM folder (``config.json`` with a
+    ``model_type``, weight files) and return its config; ``ConfigError`` naming what is
+    missing."""
+    p = _check_path(path, "model")
+    if gguf_file:
+        return {}
+    if not p.is_dir():
+        raise ConfigError(f"model path {str(p)!r} is a file; give the model's folder")
+    if not (p / "config.json").is_file():
+        raise ConfigError(
+            f"{str(p)!r} is not a model folder: no config.json; save it with "
+            "model.save_pretrained(folder)"
+        )
+    cfg = _read_json(p / "config.json", "config.json")
+    if not isinstance(cfg, dict) or "model_type" not in cfg:
+        raise ConfigError(f"{str(p / 'config.json')!r} has no model_type: not a transformers model")
+    if not any(any(p.glob(pattern)) for pattern in WEIGHT_PATTERNS):
+        raise ConfigError(
+            f"{str(p)!r} has no weights (model.safetensors or pytorch_model.bin); the download "
+            "or save did not finish"
+        )
+    return cfg
+
+
+def max_positions(config_json: dict[str, Any]) -> int | None:
+    """The positions a model supports (``max_position_embeddings`` or ``n_positions``, also
+    inside ``text_config``), or None when its config does not say."""
+    for cfg in (config_json, config_json.get("text_config") or {}):
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            if isinstance(cfg.get(key), int):
+                return int(cfg[key])
+    return None
+
+
+def check_run_models(config: Any) -> None:
+    """Before anything loads (``config``: an ``onpolicy.config.Config``): the student's and
+    teacher's folders hold what loading needs, and ``student.max_length`` fits the student's
+    positions (``ConfigError`` otherwise)."""
+    from onpolicy.config_checks import resolve_model_path
+
+    student = resolve_model_path(config.student.path)
+    check_tokenizer_folder(student, config.student.gguf_file)
+    positions = max_positions(check_model_folder(student, config.student.gguf_file))
+    if positions is not None and config.student.max_length > positions:
+        raise ConfigError(
+            f"student.max_length={config.student.max_length} exceeds the {positions} positions "
+            f"of the student {config.student.path!r}; set student.max_length <= {positions}"
+        )
+    if config.teacher.path and config.teacher.mode != "self":
+        teacher = resolve_model_path(config.teacher.path)
+        check_tokenizer_folder(teacher, config.teacher.gguf_file)
+        check_model_folder(teacher, config.teacher.gguf_file)
+
+
+@contextlib.contextmanager
+def _loading(what: str, path: Path) -> Iterator[None]:
+    """transformers' errors while loading ``path`` as one ``ConfigError`` line."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ConfigError(f"cannot load the {what} in {str(path)!r}: {first}") from exc
+
+
 def load_tokenizer(path: str | Path, gguf_file: str | None = None) -> Any:
     """The tokenizer saved with a model. A tokenizer without a pad token gets its EOS as pad (only
     ever used under an attention mask)."""
     from transformers import AutoTokenizer
 
-    p = _check_path(path, "tokenizer")
+    p = check_tokenizer_folder(path, gguf_file)
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-    tok = AutoTokenizer.from_pretrained(p, **kwargs)
+    with _loading("tokenizer", p):
+        tok = AutoTokenizer.from_pretrained(p, **kwargs)
     if tok.pad_token_id is None:
         if tok.eos_token_id is None:
             raise ConfigError(
@@ -77,11 +187,14 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM
 
-    p = _check_path(path, "model")
+    p = Path(path)
+    check_model_folder(p, gguf_file)
     kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype)}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
-    model = AutoModelForCausalLM.from_pretrained(p, **kwargs).to(device)
+    with _loading("model", p):
+        model = AutoModelForCausalLM.from_pretrained(p, **kwargs)
+    model = model.to(device)
     if not trainable:
         model.requires_grad_(False)
         model.eval()
@@ -194,3 +307,40 @@ def export_merged(model: Any, tokenizer: Any, out_dir: str | Path) -> Path:
 def output_vocab_size(model: Any) -> int:
     """Rows of the model's output embedding (may exceed the tokenizer's size: padded vocab)."""
     return int(model.get_output_embeddings().weight.shape[0])
+
+
+def saved_weights_file(folder: str | Path) -> Path:
+    """The ``model.safetensors`` of a saved student: in ``folder`` (a saved student, a trainer
+    checkpoint) or in ``folder/final`` (a run folder); a one-line ``ConfigError`` when neither."""
+    base = Path(folder).expanduser()
+    for candidate in (base / "model.safetensors", base / "final" / "model.safetensors"):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        f"student.init_from={str(folder)!r} holds no model.safetensors (nor final/"
+        "model.safetensors); give a run folder, its final/ folder or a checkpoint folder of a "
+        "full (non-LoRA) student"
+    )
+
+
+def load_saved_weights(model: torch.nn.Module, folder: str | Path) -> None:
+    """Copy the weights saved in ``folder`` (see ``saved_weights_file``) into ``model`` in place.
+
+    Every parameter must be in the file with its shape, except tied ones (an output embedding
+    that shares the input embedding's storage is saved once)."""
+    from safetensors.torch import load_file
+
+    path = saved_weights_file(folder)
+    saved = load_file(str(path))
+    own = model.state_dict()
+    wrong = sorted(k for k, v in saved.items() if k not in own or own[k].shape != v.shape)
+    if wrong:
+        raise ConfigError(
+            f"student.init_from: {path} does not fit the student's architecture (e.g. "
+            f"{wrong[0]!r}); init_from must be a run of the same student.path"
+        )
+    stored = {own[k].data_ptr() for k in saved}
+    missing = [k for k in own if k not in saved and own[k].data_ptr() not in stored]
+    if missing:
+        raise ConfigError(f"student.init_from: {path} lacks {missing[0]!r}; save the full model")
+    model.load_state_dict(saved, strict=False)

@@ -1,13 +1,18 @@
 """The comparison harness: ``onpolicy compare --config configs/compare/<task>.yaml`` and the
 quickstart (``onpolicy quickstart`` / ``examples/quickstart.py``).
 
-Every method trains from the same student initialization through ``onpolicy.trainer.train`` (the
-one training loop) with the same optimizer and prompts per step, for the same number of optimizer
-steps or (``budget: {match: flops, ...}``) the steps that give it the same estimated training
-FLOPs, is evaluated on the same held-out prompts, and reports the compute the trainer counted; see
-``run.py`` (jobs), ``methods.py`` (methods -> trainer configs), ``budget.py`` (equal compute),
-``evaluate.py`` (metrics), ``trl_sft.py`` (the peer: TRL's ``SFTTrainer``) and ``report.py``
-(table, JSON, plots). ``onpolicy compare --config FILE --plan`` prints the planned steps only.
+Every method trains from the same student initialization (or, with ``warm_start``, from each
+branch point of a cached warm-up) through ``onpolicy.trainer.train`` (the one training loop) with
+the same optimizer and prompts per step, for the same number of optimizer steps or (``budget:
+{match: flops, ...}``) the steps that give it the same estimated training FLOPs, is evaluated on
+the same held-out prompts (as learning curves with ``eval: {every: N}``), and reports the compute
+the trainer counted in two accountings (the teacher's data free / paid). See ``config.py`` (every
+key), ``run.py`` (jobs), ``training.py`` (one trainer run, the warm-up, the LR trials),
+``methods.py`` (methods -> trainer configs), ``budget.py`` (equal compute), ``accounting.py``
+(free / paid), ``curves.py`` (curves and their summaries), ``warm.py`` (warm starts),
+``lr_search.py`` (per-method learning rates), ``evaluate.py`` (end-point metrics), ``trl_sft.py``
+(the peer: TRL's ``SFTTrainer``), ``report.py`` / ``report_text.py`` / ``curve_plot.py`` (report,
+JSON, plots). ``onpolicy compare --config FILE --plan`` prints the planned steps only.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ def compare(cfg: CompareConfig, progress: bool = True, note: str = "") -> tuple[
     """Run the comparison and write its report; returns the rows and the written paths."""
     from onpolicy.tasks.base import make_task
 
-    teacher, jobs, dirs, seconds, plan = run_compare(cfg, progress=progress)
+    teacher, jobs, dirs, seconds, plan, extras = run_compare(cfg, progress=progress)
     task = make_task(**cfg.task)
     rows = aggregate(teacher, jobs)
     meta: dict[str, Any] = {
@@ -53,8 +58,12 @@ def compare(cfg: CompareConfig, progress: bool = True, note: str = "") -> tuple[
         "methods": [vars(m) for m in cfg.methods],
         "steps": cfg.train.steps,
         "budget": budget_meta(plan),
+        "teacher_data": cfg.budget.teacher_data,
         "batch_size": cfg.train.batch_size,
         "lr": cfg.train.lr,
+        "lr_search": None if cfg.lr_search is None else vars(cfg.lr_search),
+        "warm_start": None if cfg.warm_start is None else str(cfg.warm_start),
+        "eval_every": cfg.eval_every,
         "max_new_tokens": cfg.train.max_new_tokens,
         "temperature": cfg.train.temperature,
         "seeds": cfg.seeds,
@@ -63,7 +72,10 @@ def compare(cfg: CompareConfig, progress: bool = True, note: str = "") -> tuple[
         "total_seconds": round(seconds, 1),
         "note": note,
     }
-    paths = write_report(rows, jobs, meta, output_dir(cfg), task.metric_name)
+    prompts = [p.text or str(p.messages) for p in task.eval_prompts[:3]]
+    paths = write_report(
+        rows, jobs, meta, output_dir(cfg), task.metric_name, teacher, extras, prompts
+    )
     return rows, paths
 
 
@@ -117,6 +129,19 @@ def plan_table(cfg: CompareConfig) -> str:
     for (method, seed), steps in plan.steps.items():
         flops = plan.estimated_flops[(method, seed)]
         out.append(f"| {method} | {seed} | {steps} | {'–' if flops is None else f'{flops:.3e}'} |")
+    w, lr = cfg.warm_start, cfg.lr_search
+    if w is not None:
+        starts = len(w.branch_at) + int(w.cold)
+        out.append(
+            f"\nwarm-up: {w.method.name} for {w.steps} steps per seed (cached under "
+            f"{w.cache_dir or cfg.output_dir / 'warm'}); every method runs from {starts} start "
+            f"points ({'cold, ' if w.cold else ''}{', '.join(map(str, w.branch_at))})"
+        )
+    if lr is not None:
+        out.append(
+            f"learning-rate grid {list(lr.grid)}: {lr.steps or cfg.train.steps} steps per trial, "
+            f"methods {list(lr.methods) if lr.methods else 'all trained'}, first seed, per start"
+        )
     return "\n".join(out)
 
 

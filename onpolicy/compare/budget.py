@@ -9,8 +9,10 @@ positions``), step by step from the objective's own ``batch_source(step)`` and `
 - every trained row: ``6 N_s (P_s + C)`` (the student's training forward and backward);
 - an on-policy step (source ``student``): + ``2 N_s (P_s + C)`` per row (the student's rollout);
 - an objective with teacher scores: + ``2 N_t (P_t + C)`` per row (the teacher's scoring forward);
-- an objective that ever trains on teacher samples: once, before training, ``2 N_t (P_t + C)`` per
-  distinct training prompt (one fixed teacher sample each).
+- with ``teacher_data: paid`` (the default), each distinct teacher sample a method trains on:
+  ``2 N_t (P_t + C)``, charged at the step that first uses it (one fixed teacher sample per
+  training prompt; at most one per distinct prompt); with ``teacher_data: free``, nothing
+  (``accounting.py`` explains both; the report shows both).
 
 ``P_s`` / ``P_t``: the training prompts' mean length in the student's / teacher's tokens (exact);
 ``C``: the completion length, ``budget.completion_tokens``, else ``train.max_new_tokens`` (a bound:
@@ -26,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from onpolicy.compare.accounting import TEACHER_DATA, TeacherData, teacher_rows
 from onpolicy.errors import ConfigError
 from onpolicy.trainer.step_metrics import ComputeBudget
 
@@ -43,15 +46,18 @@ class BudgetSpec:
             everyone's budget.
         flops: (``flops``) the budget in FLOPs, instead of a reference method.
         completion_tokens: completion length the estimate assumes (None: ``train.max_new_tokens``).
+        teacher_data: ``paid`` or ``free``: the accounting the FLOPs budget matches and the
+            report's headline uses (``accounting.py``); the report shows both.
     """
 
     match: Literal["steps", "flops"] = "steps"
     reference: str | None = None
     flops: float | None = None
     completion_tokens: int | None = None
+    teacher_data: TeacherData = "paid"
 
 
-_KEYS = {"match", "reference", "flops", "completion_tokens"}
+_KEYS = {"match", "reference", "flops", "completion_tokens", "teacher_data"}
 
 
 def parse_budget(raw: dict[str, Any] | None, methods: Sequence[Any]) -> BudgetSpec:
@@ -67,13 +73,19 @@ def parse_budget(raw: dict[str, Any] | None, methods: Sequence[Any]) -> BudgetSp
         reference=raw.get("reference"),
         flops=None if raw.get("flops") is None else float(raw["flops"]),
         completion_tokens=raw.get("completion_tokens"),
+        teacher_data=raw.get("teacher_data", "paid"),
     )
+    if spec.teacher_data not in TEACHER_DATA:
+        raise ConfigError(
+            f"budget.teacher_data={spec.teacher_data!r}; use 'paid' (the teacher's samples cost "
+            "their generation FLOPs) or 'free' (as if the dataset existed)"
+        )
     if spec.completion_tokens is not None and int(spec.completion_tokens) < 1:
         raise ConfigError(f"budget.completion_tokens={spec.completion_tokens}; use an int >= 1")
-    if match == "steps":
-        if spec.reference is not None or spec.flops is not None:
-            raise ConfigError("budget.reference / budget.flops need budget.match=flops")
-        return spec
+    if match == "steps":  # equal steps need no reference: one kept from a flops config is dropped
+        if spec.flops is not None:
+            raise ConfigError("budget.flops needs budget.match=flops; drop it for equal steps")
+        return BudgetSpec(match="steps", completion_tokens=spec.completion_tokens)
     if (spec.reference is None) == (spec.flops is None):
         raise ConfigError(
             "budget.match=flops needs exactly one of budget.reference (a method that runs "
@@ -125,9 +137,9 @@ class StepCost:
     per_step: Callable[[int], float]
 
 
-def step_cost(objective: Any, sizes: Sizes, horizon: int) -> StepCost:
+def step_cost(objective: Any, sizes: Sizes, horizon: int, teacher_data: str = "paid") -> StepCost:
     """The estimated FLOPs of training ``objective`` (see the module docstring); ``horizon``: the
-    steps over which to look for teacher-sampled steps (fixed teacher samples cost once)."""
+    steps for which to plan (the teacher samples of later steps are taken as already paid)."""
     s = sizes
     student_row = s.prompt_tokens + s.completion_tokens
     teacher_row = s.teacher_prompt_tokens + s.completion_tokens
@@ -142,14 +154,19 @@ def step_cost(objective: Any, sizes: Sizes, horizon: int) -> StepCost:
     train = flops(train=student_row * s.rows_per_step)
     rollout = flops(generated=student_row * s.rows_per_step)
     scoring = flops(teacher=teacher_row * s.rows_per_step) if objective.needs_teacher else 0.0
-    samples_teacher = any(objective.batch_source(k) == "teacher" for k in range(horizon))
-    once = flops(teacher=teacher_row * s.distinct_prompts) if samples_teacher else 0.0
+    sample = flops(teacher=teacher_row) if teacher_data == "paid" else 0.0
+    sources = [objective.batch_source(k) for k in range(horizon)]
+    rows = teacher_rows(sources, s.rows_per_step)  # teacher-sampled rows before each step
 
     def per_step(step: int) -> float:
-        on_policy = objective.batch_source(step) == "student"
-        return train + scoring + (rollout if on_policy else 0.0)
+        source = sources[step] if step < horizon else objective.batch_source(step)
+        cost = train + scoring + (rollout if source == "student" else 0.0)
+        if source == "teacher" and step < horizon:  # the distinct samples first used here
+            new = min(rows[step + 1], s.distinct_prompts) - min(rows[step], s.distinct_prompts)
+            cost += sample * new
+        return cost
 
-    return StepCost(once, per_step)
+    return StepCost(0.0, per_step)
 
 
 def run_flops(cost: StepCost, steps: int) -> float:
@@ -251,7 +268,8 @@ def _cost(cfg: Any, dirs: Any, method: Any, seed: int, sizes: dict[str, Sizes]) 
     student_dir = _student_dir(dirs, method.student)
     config = trainer_config(method, cfg.train, seed, student_dir, dirs.teacher, cfg.output_dir)
     horizon = 4 * cfg.train.steps
-    return step_cost(build_objective(config), sizes[method.student], horizon)
+    objective = build_objective(config)
+    return step_cost(objective, sizes[method.student], horizon, cfg.budget.teacher_data)
 
 
 def _sizes_by_student(cfg: Any, dirs: Any, task: Any, teacher_params: int) -> dict[str, Sizes]:

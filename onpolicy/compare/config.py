@@ -8,8 +8,24 @@ training budget, the seeds and where to write the report.
     seeds: [0, 1, 2]
     workers: 2                            # parallel processes (one torch thread each)
     output_dir: outputs/compare/arithmetic
-    budget: {match: flops, reference: sft} # optional: equal estimated FLOPs (compare/budget.py);
-                                           # default {match: steps}: train.steps for every method
+    budget: {match: flops, reference: sft, teacher_data: paid}
+        # optional: equal estimated FLOPs (compare/budget.py); default {match: steps}: train.steps
+        # for every method. teacher_data: paid (default) | free: the accounting the FLOPs match
+        # and the report's headline use; the report shows both (compare/accounting.py)
+    eval: {every: 20, num_prompts: 200, max_new_tokens: 40}
+        # every: learning curves: the trainer evaluates every 20 optimizer steps on the held-out
+        # prompts (num_prompts of them; default all); score, KL/token and teacher NLL/byte at the
+        # FLOPs spent so far (compare/curves.py). 0 (default): end points only
+    validation: {size: 200}
+        # training prompts held out for choices (LR grid, warm-up curve and plateau), trained on by
+        # no run; default: a tenth of them, at most 200, when lr_search or warm_start is set
+    warm_start: {method: sft, steps: 800, every: 50, branch_at: [200, plateau],
+                 plateau: {window: 3, min_gain: 0.01}, cold: true, lr: 2.0e-4, cache_dir: DIR}
+        # a warm-up trained once per seed and cached; every method branches from each branch point
+        # (compare/warm.py); cold: also from the untouched student (the negative control)
+    lr_search: {grid: [1.0e-4, 3.0e-4, 1.0e-3], steps: 100, methods: [reverse_kl]}
+        # per method (and start point), the learning rate with the best validation score
+        # (compare/lr_search.py); default: train.lr for every method
 """
 
 from __future__ import annotations
@@ -19,10 +35,26 @@ from pathlib import Path
 from typing import Any
 
 from onpolicy.compare.budget import BudgetSpec, parse_budget
+from onpolicy.compare.lr_search import LRSearchSpec, parse_lr_search
 from onpolicy.compare.methods import MethodSpec, TrainSettings, method_spec
+from onpolicy.compare.warm import WarmSpec, parse_warm
 from onpolicy.errors import ConfigError
 
-_KEYS = {"task", "models", "methods", "train", "seeds", "workers", "output_dir", "eval", "budget"}
+_KEYS = {
+    "task",
+    "models",
+    "methods",
+    "train",
+    "seeds",
+    "workers",
+    "output_dir",
+    "eval",
+    "budget",
+    "validation",
+    "warm_start",
+    "lr_search",
+}
+_EVAL_KEYS = {"every", "num_prompts", "max_new_tokens"}
 
 
 @dataclass
@@ -38,6 +70,11 @@ class CompareConfig:
     output_dir: Path = Path("outputs/compare")
     eval_max_new_tokens: int | None = None
     budget: BudgetSpec = field(default_factory=BudgetSpec)
+    eval_every: int = 0
+    eval_prompts: int | None = None
+    validation_size: int | None = None
+    warm_start: WarmSpec | None = None
+    lr_search: LRSearchSpec | None = None
 
 
 def parse_config(raw: dict[str, Any]) -> CompareConfig:
@@ -70,6 +107,17 @@ def parse_config(raw: dict[str, Any]) -> CompareConfig:
     workers = int(raw.get("workers", 1))
     if not seeds or workers < 1:
         raise ConfigError(f"need at least one seed and workers >= 1; got {seeds}, {workers}")
+    ev = dict(raw.get("eval") or {})
+    if set(ev) - _EVAL_KEYS:
+        raise ConfigError(
+            f"unknown eval keys {sorted(set(ev) - _EVAL_KEYS)}; known {sorted(_EVAL_KEYS)}"
+        )
+    every, n_eval = int(ev.get("every", 0)), ev.get("num_prompts")
+    if every < 0 or (n_eval is not None and int(n_eval) < 1):
+        raise ConfigError(f"eval.every={every} must be >= 0 and eval.num_prompts >= 1")
+    val = (raw.get("validation") or {}).get("size")
+    if val is not None and int(val) < 1:
+        raise ConfigError(f"validation.size={val}; use an int >= 1 (or leave it out)")
     return CompareConfig(
         task=task,
         models=models,
@@ -78,8 +126,13 @@ def parse_config(raw: dict[str, Any]) -> CompareConfig:
         seeds=seeds,
         workers=workers,
         output_dir=Path(raw.get("output_dir", "outputs/compare")),
-        eval_max_new_tokens=(raw.get("eval") or {}).get("max_new_tokens"),
+        eval_max_new_tokens=ev.get("max_new_tokens"),
         budget=parse_budget(raw.get("budget"), methods),
+        eval_every=every,
+        eval_prompts=None if n_eval is None else int(n_eval),
+        validation_size=None if val is None else int(val),
+        warm_start=parse_warm(raw.get("warm_start")),
+        lr_search=parse_lr_search(raw.get("lr_search"), names),
     )
 
 

@@ -99,6 +99,24 @@ class TrainSettings:
     temperature: float = 1.0
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How one trainer run of the harness differs from a plain comparison run.
+
+    Attributes:
+        eval_every: optimizer steps between evaluations on the ``eval_prompts`` the run is given
+            (the learning curve); 0 = none.
+        eval_prompts: how many of those prompts an evaluation uses (0 = no evaluation at all).
+        init_from: saved weights the student starts from (a warm-up branch), else None.
+        checkpoint_every: keep a checkpoint every this many steps (the warm-up's branch points).
+    """
+
+    eval_every: int = 0
+    eval_prompts: int = 0
+    init_from: str | None = None
+    checkpoint_every: int = 0
+
+
 def trainer_config(
     spec: MethodSpec,
     settings: TrainSettings,
@@ -106,12 +124,19 @@ def trainer_config(
     student_dir: str,
     teacher_dir: str,
     output_dir: Path,
+    options: RunOptions = RunOptions(),
 ) -> Config:
     """The trainer's config for one (method, seed) run of the comparison budget ``settings``:
-    one micro-batch of ``batch_size`` prompts per optimizer step, no evaluation (the harness
-    evaluates every method the same way), no intermediate checkpoints, a fresh start."""
+    one micro-batch of ``batch_size`` prompts per optimizer step, a fresh start, and what
+    ``options`` asks for (by default no evaluation and no intermediate checkpoints: the harness
+    evaluates every method the same way after training)."""
+    o = options
     raw = {
-        "student": {"path": student_dir, "max_length": _context(student_dir)},
+        "student": {
+            "path": student_dir,
+            "max_length": _context(student_dir),
+            "init_from": o.init_from,
+        },
         "teacher": {"path": teacher_dir, "mode": "auto", "samples": "fixed"},
         "rollout": {"max_new_tokens": settings.max_new_tokens, "temperature": settings.temperature},
         "objective": {"name": spec.objective, "params": dict(spec.params)},
@@ -128,11 +153,11 @@ def trainer_config(
             "grad_accum": 1,
             "seed": seed,
             "output_dir": str(output_dir),
-            "checkpoint_every": 0,
-            "keep_checkpoints": 1,
+            "checkpoint_every": o.checkpoint_every,
+            "keep_checkpoints": 1_000_000 if o.checkpoint_every else 1,
             "resume": False,
         },
-        "eval": {"num_prompts": 0},
+        "eval": {"num_prompts": o.eval_prompts, "every": o.eval_every, "batch_size": 64},
         "logging": {"progress_bar": False},
     }
     return from_dict(raw)

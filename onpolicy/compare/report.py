@@ -37,6 +37,11 @@ class Row:
     tokens_per_s: float | None
     error: str | None
     steps: float | None = None  # optimizer steps (mean over seeds; they differ at equal FLOPs)
+    start: str = "cold"  # cold, or the warm-up branch the runs started from
+    steps_per_seed: str = ""  # "117 / 118" when the seeds' budgets differ, else one value
+    flops_free: float | None = None  # training FLOPs, teacher's data free (mean over seeds)
+    flops_paid: float | None = None  # ... paid (accounting.py)
+    lr: float | None = None  # the learning rate it trained with (lr_search's choice or train.lr)
 
 
 def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
@@ -70,8 +75,8 @@ def aggregate(teacher: JobResult, jobs: Sequence[JobResult]) -> list[Row]:
             None,
         )
     ]
-    for method in dict.fromkeys(j.method for j in jobs):
-        runs = [j for j in jobs if j.method == method]
+    for start, method in dict.fromkeys((j.start, j.method) for j in jobs):
+        runs = [j for j in jobs if j.method == method and j.start == start]
         ok = [j for j in runs if j.status == "ok"]
         status = "ok" if len(ok) == len(runs) else ("failed" if not ok else "partial")
         error = next((j.error for j in runs if j.status == "failed"), None)
@@ -106,6 +111,11 @@ def aggregate(teacher: JobResult, jobs: Sequence[JobResult]) -> list[Row]:
                 m("tokens_per_s"),
                 error,
                 m("steps"),
+                start,
+                " / ".join(dict.fromkeys(str(j.steps) for j in ok)) if ok else "",
+                m("flops_free"),
+                m("flops_paid"),
+                ok[0].lr if ok else None,
             )
         )
     return rows
@@ -124,25 +134,27 @@ def _fmt(v: float | None, spec: str = ".3f") -> str:
     return "–" if v is None else format(v, spec)
 
 
-def markdown(rows: Sequence[Row], header: str = "") -> str:
-    """The report table (failed methods stay in it, with their error)."""
+def markdown(rows: Sequence[Row], header: str = "", teacher_data: str = "paid") -> str:
+    """The report table (failed methods stay in it, with their error); ``teacher_data``: the
+    accounting marked as the headline's (both are shown)."""
+    mark = {"free": "", "paid": ""}
+    mark[teacher_data] = " ★"
     cols = (
         "| method | status | seeds | score (± sd) | retained | KL/char (± sd) | agree | "
-        "student tok | teacher tok | FLOPs | steps | train s | params | disk MB | latency ms | "
-        "tok/s |"
+        f"FLOPs, teacher data free{mark['free']} | FLOPs, teacher data paid{mark['paid']} | "
+        "steps per seed | lr | train s |"
     )
-    rule = "|" + "---|" * 16
+    rule = "|" + "---|" * 12
     lines = [header, "", cols, rule] if header else [cols, rule]
     for r in rows:
         score = "–" if r.score is None else f"{r.score:.3f} ± {r.score_std:.3f}"
         kl = "–" if r.kl_per_char is None else f"{r.kl_per_char:.4f} ± {r.kl_std:.4f}"
+        steps = r.steps_per_seed if r.steps else "–"
         lines.append(
             f"| {r.method} | {r.status} | {r.seeds} | {score} | {_fmt(r.retained, '.0%')} | {kl} | "
-            f"{_fmt(r.agreement, '.2f')} | {_fmt(r.student_tokens, ',.0f')} | "
-            f"{_fmt(r.teacher_tokens, ',.0f')} | {_fmt(r.flops, '.2e')} | "
-            f"{_fmt(r.steps or None, '.0f')} | {_fmt(r.seconds, '.0f')} | "
-            f"{_fmt(r.params, ',')} | {_fmt(r.disk_mb, '.2f')} | {_fmt(r.latency_ms, '.0f')} | "
-            f"{_fmt(r.tokens_per_s, ',.0f')} |"
+            f"{_fmt(r.agreement, '.2f')} | {_fmt(r.flops_free or None, '.2e')} | "
+            f"{_fmt(r.flops_paid or None, '.2e')} | {steps} | {_fmt(r.lr, '.1e')} | "
+            f"{_fmt(r.seconds, '.0f')} |"
         )
     failed = [r for r in rows if r.error]
     if failed:
@@ -150,9 +162,28 @@ def markdown(rows: Sequence[Row], header: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: Sequence[Row], path: Path, metric: str = "score") -> Path | None:
-    """Score (mean ± sd over seeds) against estimated training FLOPs and wall time; None when
-    matplotlib is missing or no method has both."""
+def deployment_table(rows: Sequence[Row]) -> str:
+    """Token positions, size and speed per method."""
+    lines = [
+        "| method | student tok | teacher tok | params | disk MB | latency ms | tok/s |",
+        "|" + "---|" * 7,
+    ]
+    for r in rows:
+        lines.append(
+            f"| {_label(r)} | {_fmt(r.student_tokens, ',.0f')} | {_fmt(r.teacher_tokens, ',.0f')} "
+            f"| {_fmt(r.params, ',')} | {_fmt(r.disk_mb, '.2f')} | {_fmt(r.latency_ms, '.0f')} | "
+            f"{_fmt(r.tokens_per_s, ',.0f')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(
+    rows: Sequence[Row], path: Path, metric: str = "score", teacher_data: str = "paid"
+) -> Path | None:
+    """End points: score (mean ± sd over seeds) against recorded training FLOPs (accounting
+    ``teacher_data``) and wall time, for the runs of the first start point (the cold start when
+    there is one; curves.png shows every start); None when matplotlib is missing or no method
+    has both."""
     try:
         import matplotlib
 
@@ -160,22 +191,25 @@ def plot(rows: Sequence[Row], path: Path, metric: str = "score") -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    pts = [r for r in rows if r.score is not None and r.flops]  # trained methods
-    flat = [r for r in rows if r.score is not None and r.method != "teacher" and not r.flops]
+    first = next((r.start for r in rows if r.method != "teacher"), "cold")
+    rows = [r for r in rows if r.start == first or r.method == "teacher"]
+    attr_flops = f"flops_{teacher_data}"
+    pts = [r for r in rows if r.score is not None and getattr(r, attr_flops)]  # trained methods
+    flat = [r for r in rows if r.score is not None and r.method != "teacher" and r not in pts]
     if not pts:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, attr, label in (
-        (axes[0], "flops", "estimated FLOPs (6N train + 2N inference)"),
+        (axes[0], attr_flops, f"recorded training FLOPs (teacher data {teacher_data})"),
         (axes[1], "seconds", "wall time (s)"),
     ):
         for i, r in enumerate(flat):  # untouched students: no training compute, a level line
-            ax.axhline(r.score, ls=":", c=f"C{i + 5}", lw=1.2, label=f"{r.method} (no training)")
+            ax.axhline(r.score, ls=":", c=f"C{i + 5}", lw=1.2, label=f"{_label(r)} (no training)")
         for r in pts:
             x = max(getattr(r, attr) or 0.0, 1e-3)
-            ax.errorbar(x, r.score, yerr=r.score_std, fmt="o", capsize=3, label=r.method)
+            ax.errorbar(x, r.score, yerr=r.score_std, fmt="o", capsize=3, label=_label(r))
             ax.annotate(
-                r.method, (x, r.score), textcoords="offset points", xytext=(4, 4), fontsize=8
+                _label(r), (x, r.score), textcoords="offset points", xytext=(4, 4), fontsize=8
             )
         teacher = next((r for r in rows if r.method == "teacher"), None)
         if teacher is not None and teacher.score is not None:
@@ -192,6 +226,10 @@ def plot(rows: Sequence[Row], path: Path, metric: str = "score") -> Path | None:
     return path
 
 
+def _label(r: Row) -> str:
+    return r.method if r.start == "cold" else f"{r.method} [{r.start}]"
+
+
 def _x_scale(ax: Any, xs: Sequence[float]) -> None:
     """Log scale when the points span a factor of 10 or more; else linear from 0 (at equal FLOPs
     every point sits at about the same x, where log-scale tick labels would overlap)."""
@@ -204,25 +242,106 @@ def _x_scale(ax: Any, xs: Sequence[float]) -> None:
 
 
 def write_report(
-    rows: Sequence[Row], jobs: Sequence[JobResult], meta: dict[str, Any], out: Path, metric: str
+    rows: Sequence[Row],
+    jobs: Sequence[JobResult],
+    meta: dict[str, Any],
+    out: Path,
+    metric: str,
+    teacher: JobResult | None = None,
+    extras: Any = None,
+    sample_prompts: Sequence[str] = (),
 ) -> dict[str, Path]:
-    """``report.md``, ``report.json`` (rows + every job + meta) and ``score_vs_compute.png``."""
-    header = (
-        f"## {meta['task']} — {budget_line(meta)}, lr {meta['lr']}, seeds {meta['seeds']}, {metric}"
-    )
+    """``report.md``, ``report.json`` (rows + every job + meta), ``score_vs_compute.png`` and,
+    with learning curves, ``curves.png``."""
+    from onpolicy.compare import report_text as text
+    from onpolicy.compare.curve_plot import plot_curves, plot_warm_up
+
+    teacher_data = meta.get("teacher_data", "paid")
     paths = {"markdown": out / "report.md", "json": out / "report.json"}
-    paths["markdown"].write_text(markdown(rows, header) + "\n" + meta.get("note", "") + "\n")
+    png = plot(rows, out / "score_vs_compute.png", metric, teacher_data)
+    if png is not None:
+        paths["plot"] = png
+    groups = curve_groups(jobs)
+    titles = start_titles(extras)
+    t_score = teacher.score if teacher is not None else None
+    curves = plot_curves(groups, out / "curves.png", t_score, teacher_data, metric, titles)
+    if curves is not None:
+        paths["curves"] = curves
+    doc = [text.heading(meta, budget_line(meta), metric), ""]
+    head = [r for r in rows if r.method == "teacher"]
+    for start in dict.fromkeys(r.start for r in rows if r.method != "teacher"):
+        part = [r for r in rows if r.start == start and r.method != "teacher"]
+        doc += [f"## {titles.get(start, start)}", "", text.verdict(part, teacher_data), ""]
+        doc += [markdown(head + part, teacher_data=teacher_data)]
+    if curves is not None:
+        doc += ["## Learning curves", "", "![curves](curves.png)", ""]
+        methods = meta.get("methods", [])
+        ref = next((m["name"] for m in methods if m.get("objective") == "sft"), "sft")
+        doc += [text.curve_table(groups, t_score, teacher_data, ref), ""]
+    warm = getattr(extras, "warm", None)
+    if warm and plot_warm_up(warm, out / "warm_up.png", teacher_data) is not None:
+        paths["warm_up"] = out / "warm_up.png"
+    doc += _extras_sections(extras)
+    doc += ["## Per seed", "", text.per_seed_table(jobs), ""]
+    doc += ["## Sample completions (greedy, first seed)", ""]
+    doc += [text.samples(jobs, sample_prompts, teacher), ""]
+    doc += ["## What the FLOPs count", "", text.flops_note(meta), ""]
+    doc += ["## Compute and deployment", "", deployment_table(rows), meta.get("note", "")]
+    paths["markdown"].write_text("\n".join(doc) + "\n")
     paths["json"].write_text(
         json.dumps(
-            {"meta": meta, "rows": [asdict(r) for r in rows], "jobs": [asdict(j) for j in jobs]},
+            {
+                "meta": meta,
+                "rows": [asdict(r) for r in rows],
+                "jobs": [asdict(j) for j in jobs],
+                "warm_up": getattr(extras, "warm", []),
+                "lr_trials": getattr(extras, "lr_trials", []),
+            },
             indent=1,
             default=str,
         )
     )
-    png = plot(rows, out / "score_vs_compute.png", metric)
-    if png is not None:
-        paths["plot"] = png
     return paths
+
+
+def curve_groups(jobs: Sequence[JobResult]) -> dict[str, dict[str, list[list[Any]]]]:
+    """start -> method -> one list of ``CurvePoint`` per seed (runs without a curve left out)."""
+    from onpolicy.compare.curves import CurvePoint
+
+    out: dict[str, dict[str, list[list[Any]]]] = {}
+    for j in jobs:
+        if j.status == "ok" and j.curve:
+            pts = [CurvePoint(**p) for p in j.curve]
+            out.setdefault(j.start, {}).setdefault(j.method, []).append(pts)
+    return out
+
+
+def start_titles(extras: Any) -> dict[str, str]:
+    """Section titles of the start points (the warm-up's branch steps per seed)."""
+    steps: dict[str, list[str]] = {}
+    method = ""
+    for record in getattr(extras, "warm", None) or []:
+        method = record["method"]
+        for b in record["branches"]:
+            steps.setdefault(b["name"], []).append(str(b["step"]))
+    titles = {"cold": "Cold start (the untouched student)"}
+    for name, at in steps.items():
+        kind = "at its plateau" if name == "plateau" else "branch"
+        titles[name] = f"Warm start: {method} warm-up {kind}, step {' / '.join(at)} per seed"
+    return titles
+
+
+def _extras_sections(extras: Any) -> list[str]:
+    """The warm-up and learning-rate sections (empty without them)."""
+    from onpolicy.compare import report_text as text
+
+    out = []
+    if getattr(extras, "warm", None):
+        out += ["## Warm-up", "", "![warm-up](warm_up.png)", "", text.warm_table(extras.warm), ""]
+    if getattr(extras, "lr_trials", None):
+        out += ["## Learning rates (chosen on the validation split)", ""]
+        out += [text.lr_table(extras.lr_trials, extras.lr_chosen), ""]
+    return out
 
 
 def budget_meta(plan: Plan) -> dict[str, Any]:

@@ -12,6 +12,13 @@ row (shape ``[...]``). Two forms per divergence:
   It may overwrite both inputs (the gradient may live in one of their buffers): the chunked loss
   hands over scratch blocks; pass copies to keep them.
 
+A teacher log-prob of ``-inf`` (a token the teacher masks: exactly zero probability) is supported by
+both forms of every kernel: no NaN in values or gradients. Where the divergence would be infinite
+(``KL(p_s || p_t)`` with ``p_t = 0 < p_s``), the reverse KL is taken on the teacher's support: the
+student's distribution restricted to the tokens the teacher allows and renormalized
+(``_on_support``; unchanged when the teacher masks nothing). The masked logits then get a zero
+gradient.
+
 The closed form: if ``a = dL/d(log p_s)`` elementwise, then ``dL/dz = a - p_s * sum(a)``.
 ``coef`` is GKD's ``beta`` for ``generalized_jsd`` and DistiLLM's skew ``alpha`` for the skew KLs.
 """
@@ -37,6 +44,22 @@ def _xlogratio(log_p: Tensor, log_q: Tensor) -> Tensor:
     return p * (log_p.masked_fill(zero, 0.0) - log_q.masked_fill(zero, 0.0))
 
 
+def _on_support(log_ps: Tensor, log_pt: Tensor) -> Tensor:
+    """The student's log-probs restricted to the teacher's support (``log_pt > -inf``) and
+    renormalized there; ``log_ps`` itself when the teacher masks nothing."""
+    masked = log_pt.isneginf()
+    if not bool(masked.any()):
+        return log_ps
+    restricted = log_ps.masked_fill(masked, float("-inf"))
+    return restricted - restricted.logsumexp(-1, keepdim=True)
+
+
+def _finite_where_zero(log_p: Tensor) -> Tensor:
+    """``log_p`` with ``-inf`` (zero probability) replaced by 0, for ``p * (log p - x)`` terms
+    whose ``p`` is 0 there (avoids ``0 * -inf = NaN``)."""
+    return log_p.masked_fill(log_p.isneginf(), 0.0)
+
+
 def _log_mix(log_a: Tensor, log_b: Tensor, weight_a: float) -> Tensor:
     """``log(weight_a * a + (1 - weight_a) * b)`` from log-probs, stably (0 < weight_a < 1)."""
     return torch.logaddexp(log_a + math.log(weight_a), log_b + math.log1p(-weight_a))
@@ -55,7 +78,7 @@ def _forward_kl(log_ps: Tensor, log_pt: Tensor, coef: float) -> Tensor:
 
 
 def _reverse_kl(log_ps: Tensor, log_pt: Tensor, coef: float) -> Tensor:
-    return _xlogratio(log_ps, log_pt).sum(-1)
+    return _xlogratio(_on_support(log_ps, log_pt), log_pt).sum(-1)
 
 
 def _jsd(log_ps: Tensor, log_pt: Tensor, beta: float) -> Tensor:
@@ -110,11 +133,18 @@ def _from_a(p_s: Tensor, a: Tensor) -> Tensor:
 
 def _forward_kl_grad(log_ps: Tensor, log_pt: Tensor, coef: float) -> tuple[Tensor, Tensor]:
     p_t = log_pt.exp()
-    value = _rowdot(p_t, log_pt - log_ps)
+    value = _rowdot(p_t, _finite_where_zero(log_pt) - log_ps)
     return value, log_ps.exp().sub_(p_t)  # p_s - p_t
 
 
 def _reverse_kl_grad(log_ps: Tensor, log_pt: Tensor, coef: float) -> tuple[Tensor, Tensor]:
+    masked = log_pt.isneginf()
+    if bool(masked.any()):  # on the teacher's support (module docstring); masked logits get 0
+        log_ps = _on_support(log_ps, log_pt)
+        d = (log_ps - log_pt).masked_fill_(masked, 0.0)
+        p_s = log_ps.exp()
+        value = _rowdot(p_s, d)
+        return value, d.sub_(value.unsqueeze(-1)).mul_(p_s)
     # in the inputs' buffers (no [..., V] allocation): d in log_pt's, p_s in log_ps's
     d = log_pt.neg_().add_(log_ps)  # log p_s - log p_t
     p_s = log_ps.exp_()
@@ -131,7 +161,7 @@ def _jsd_grad(log_ps: Tensor, log_pt: Tensor, beta: float) -> tuple[Tensor, Tens
     #         + log(1 - beta), built in one buffer
     log_m = log_pt + (math.log(beta) - math.log1p(-beta))
     torch.logaddexp(log_ps, log_m, out=log_m).add_(math.log1p(-beta))
-    kl_t = _rowdot(log_pt.exp(), log_pt - log_m)
+    kl_t = _rowdot(log_pt.exp(), _finite_where_zero(log_pt) - log_m)
     r_s = log_m.neg_().add_(log_ps)  # log(p_s / m), reusing the buffer
     p_s = log_ps.exp()
     kl_s = _rowdot(p_s, r_s)
@@ -146,7 +176,7 @@ def _skew_forward_grad(log_ps: Tensor, log_pt: Tensor, alpha: float) -> tuple[Te
     if alpha == 1.0:
         return _zero(log_ps), torch.zeros_like(log_ps)
     log_m = _log_mix(log_pt, log_ps, alpha)
-    value = _rowdot(log_pt.exp(), log_pt - log_m)
+    value = _rowdot(log_pt.exp(), _finite_where_zero(log_pt) - log_m)
     # dL/dp_s = -(1 - alpha) * p_t / m  =>  a = -(1 - alpha) * p_s * p_t / m
     a = log_m.neg_().add_(log_ps).add_(log_pt).exp_().mul_(alpha - 1.0)
     return value, _from_a(log_ps.exp(), a)

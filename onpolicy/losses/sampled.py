@@ -59,16 +59,24 @@ def token_logprobs_chunked(
     return torch.cat(out) if out else logits_N_V.new_zeros(0, dtype=torch.float32)
 
 
+MASKED_LOGPROB = -100.0  # the teacher log-prob a sampled token it masks (-inf) is scored with
+
+
 def sampled_token_reward(student_logprobs: Tensor, teacher_logprobs: Tensor) -> Tensor:
     """Per-token reward ``teacher_logprob - student_logprob`` of the sampled tokens, ``[..., T]``,
-    detached (a constant for the policy gradient). Its mean under ``p_s`` is ``-KL(p_s || p_t)``."""
+    detached (a constant for the policy gradient). Its mean under ``p_s`` is ``-KL(p_s || p_t)``.
+
+    A sampled token the teacher masks (log-prob ``-inf``: the exact reward is ``-inf``) is scored
+    with ``MASKED_LOGPROB`` (-100 nats): a large finite penalty instead of a NaN/inf step."""
     if student_logprobs.shape != teacher_logprobs.shape:
         raise DataError(
             f"student logprobs {tuple(student_logprobs.shape)} and teacher logprobs "
             f"{tuple(teacher_logprobs.shape)} must have the same shape [..., T]"
         )
     dtype = compute_dtype(student_logprobs)
-    return (teacher_logprobs.to(dtype) - student_logprobs.to(dtype)).detach()
+    teacher = teacher_logprobs.to(dtype)
+    teacher = teacher.masked_fill(teacher.isneginf(), MASKED_LOGPROB)  # NaN stays NaN
+    return (teacher - student_logprobs.to(dtype)).detach()
 
 
 def policy_gradient_loss(

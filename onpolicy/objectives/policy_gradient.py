@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 
@@ -38,6 +38,9 @@ class PolicyGradient:
         clip_eps: PPO clip range. tis_cap: TIS weight cap.
         reward_fn: optional ``rollout -> [B]`` per-sequence rewards, added to each token's
             advantage.
+        advantage_norm: ``none``, or ``batch``: the micro-batch's per-token advantages whitened
+            (``(a - mean) / (std + 1e-6)`` over its completion tokens) so the step size does not
+            depend on the scale of the log-ratios and rewards.
     """
 
     kl_coef: float = 1.0
@@ -45,6 +48,7 @@ class PolicyGradient:
     clip_eps: float = 0.2
     tis_cap: float = 2.0
     reward_fn: RewardFn | None = None
+    advantage_norm: Literal["none", "batch"] = "none"
 
     name: ClassVar[str] = "policy_gradient"
     needs_teacher: ClassVar[bool] = True
@@ -68,6 +72,8 @@ class PolicyGradient:
             targets = fwd.targets_N
         behaviour_N = _behaviour(rollout, student_lp_N)
         advantage_N = self.kl_coef * advantage_N + self._rewards(rollout, student_lp_N)
+        if self.advantage_norm == "batch":
+            advantage_N = whiten(advantage_N)
         loss_sum = policy_gradient_loss(
             student_lp_N, behaviour_N, advantage_N, clip_mode=self.clip_mode,
             clip_eps=self.clip_eps, tis_cap=self.tis_cap, reduction="sum",
@@ -107,3 +113,13 @@ def _behaviour(rollout: Rollout, student_lp_N: torch.Tensor) -> torch.Tensor:
             "tokens; a backend must report one logprob per completion token"
         )
     return torch.tensor(flat, dtype=student_lp_N.dtype, device=student_lp_N.device)
+
+
+def whiten(advantage_N: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """``(a - mean) / (std + eps)`` over the finite entries of ``advantage_N`` ([N]); non-finite
+    entries are kept as they are (the loss reports them); fewer than two finite: unchanged."""
+    finite_N = torch.isfinite(advantage_N)
+    if int(finite_N.sum()) < 2:
+        return advantage_N
+    a = advantage_N[finite_N]
+    return torch.where(finite_N, (advantage_N - a.mean()) / (a.std() + eps), advantage_N)

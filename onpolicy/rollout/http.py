@@ -4,6 +4,12 @@ Used by the ``vllm-server`` rollout backend and the vLLM teacher's server mode. 
 timeouts and 5xx/429 answers are retried ``max_retries`` times, waiting
 ``min(backoff_s * 2**attempt, backoff_max_s)`` between tries; then a one-line ``BackendError`` names
 the URL, the last error and what to check. Other 4xx answers are not retried (the request is wrong).
+
+The wait is bounded: at most ``RetryPolicy.worst_case_s`` = ``(max_retries + 1) * timeout_s`` plus
+the backoff waits (defaults: 3 tries x 30 s + 1.5 s = 91.5 s before a hung server is reported);
+the error states it. An answer that is not the JSON object a route returns (an HTML page from a
+proxy or login portal with status 200, truncated JSON) is a one-line ``BackendError`` when the
+caller asks for an object (``expect_object=True``).
 """
 
 from __future__ import annotations
@@ -32,8 +38,8 @@ class RetryPolicy:
         backoff_max_s: cap on one wait.
     """
 
-    timeout_s: float = 120.0
-    max_retries: int = 3
+    timeout_s: float = 30.0
+    max_retries: int = 2
     backoff_s: float = 0.5
     backoff_max_s: float = 8.0
 
@@ -46,6 +52,12 @@ class RetryPolicy:
     def wait_s(self, attempt: int) -> float:
         """Seconds to wait after failed try number ``attempt`` (0-based)."""
         return min(self.backoff_s * 2**attempt, self.backoff_max_s)
+
+    @property
+    def worst_case_s(self) -> float:
+        """The longest a request can take before its error: every try timing out, plus waits."""
+        waits = sum(self.wait_s(a) for a in range(self.max_retries))
+        return (self.max_retries + 1) * self.timeout_s + waits
 
 
 class HTTPStatusError(BackendError):
@@ -63,9 +75,10 @@ def request_json(
     *,
     method: str = "POST",
     sleep: Callable[[float], None] = time.sleep,
+    expect_object: bool = False,
 ) -> Any:
     """Send ``payload`` as JSON to ``url``; return the decoded JSON answer (text if not JSON, None
-    for an empty body).
+    for an empty body). ``expect_object``: anything but a JSON object is a ``BackendError``.
 
     Raises ``HTTPStatusError`` at once on a non-retryable 4xx, ``BackendError`` after the retries.
     """
@@ -76,8 +89,11 @@ def request_json(
         req.add_header("Content-Type", "application/json")
         try:
             with urllib.request.urlopen(req, timeout=policy.timeout_s) as resp:
-                body = resp.read()
-            return _decode(body)
+                body, kind = resp.read(), resp.headers.get_content_type()
+            answer = _decode(body)
+            if expect_object and not isinstance(answer, dict):
+                raise not_an_object(method, url, kind, body)
+            return answer
         except urllib.error.HTTPError as err:
             detail = _error_detail(err)
             if err.code not in RETRY_STATUS:
@@ -91,8 +107,17 @@ def request_json(
             sleep(policy.wait_s(attempt))
     raise BackendError(
         f"{method} {url} failed after {policy.max_retries + 1} tries "
-        f"(timeout {policy.timeout_s:g} s each): {last}; check that the server is up and "
-        "reachable, or raise rollout.vllm timeout_s / max_retries"
+        f"(timeout {policy.timeout_s:g} s each, at most {policy.worst_case_s:g} s in all): {last}; "
+        "check that the server is up and reachable, or raise rollout.vllm timeout_s / max_retries"
+    )
+
+
+def not_an_object(method: str, url: str, kind: str, body: bytes) -> BackendError:
+    """The error for an answer that is not the expected JSON object (e.g. an HTML page)."""
+    head = " ".join(body[:80].decode(errors="replace").split())
+    return BackendError(
+        f"{method} {url} answered with {kind or 'no content type'} ({head!r}), not a JSON "
+        "object; is that address the vLLM server itself (not a proxy, login page or other app)?"
     )
 
 

@@ -48,8 +48,8 @@ ServerSync = Literal["adapter", "weights", "none"]
 class VLLMServerOptions:
     """``rollout.vllm`` keys for ``vllm-server`` (see the module docstring for ``sync``)."""
 
-    timeout_s: float = 120.0
-    max_retries: int = 3
+    timeout_s: float = 30.0
+    max_retries: int = 2
     backoff_s: float = 0.5
     backoff_max_s: float = 8.0
     sync: ServerSync = "adapter"
@@ -117,7 +117,24 @@ def rollout_from_response(
     prompts: Sequence[Prompt] | None,
     policy_version: int,
 ) -> Rollout:
-    """Parse a ``/v1/completions`` answer (choice ``index = prompt * n + sample``) to a Rollout."""
+    """Parse a ``/v1/completions`` answer (choice ``index = prompt * n + sample``) to a Rollout;
+    ``BackendError`` for an answer of another shape."""
+    try:
+        return _parse_completions(response, prompt_ids_B, n, prompts, policy_version)
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise BackendError(
+            f"the server's /v1/completions answer has an unexpected shape ({type(exc).__name__}: "
+            f"{exc}); is it a vLLM server?"
+        ) from exc
+
+
+def _parse_completions(
+    response: dict[str, Any],
+    prompt_ids_B: Sequence[Sequence[int]],
+    n: int,
+    prompts: Sequence[Prompt] | None,
+    policy_version: int,
+) -> Rollout:
     choices = sorted(response.get("choices", []), key=lambda c: c["index"])
     if len(choices) != len(prompt_ids_B) * n:
         raise BackendError(
@@ -203,11 +220,12 @@ class VLLMServerBackend:
         return f"{self.base_url}{route}"
 
     def _first_model(self) -> str:
-        answer = request_json(self._url("/v1/models"), None, self.options.retry, method="GET")
-        data = (answer or {}).get("data") or []
-        if not data:
+        url, retry = self._url("/v1/models"), self.options.retry
+        answer = request_json(url, None, retry, method="GET", expect_object=True)
+        data = answer.get("data") or []
+        if not isinstance(data, list) or not data or not isinstance(data[0], dict):
             raise BackendError(f"server {self.base_url} serves no model; check its command line")
-        return str(data[0]["id"])
+        return str(data[0].get("id"))
 
     def generate(
         self,
@@ -220,7 +238,8 @@ class VLLMServerBackend:
             raise ValueError(f"{len(prompts)} prompts for {len(prompt_ids_B)} prompt id lists")
         payload = completion_payload(self.model, prompt_ids_B, sampling, self.stop_token_ids)
         start = time.perf_counter()
-        answer = request_json(self._url("/v1/completions"), payload, self.options.retry)
+        url = self._url("/v1/completions")
+        answer = request_json(url, payload, self.options.retry, expect_object=True)
         seconds = time.perf_counter() - start
         rollout = rollout_from_response(
             answer, prompt_ids_B, sampling.n, prompts, self.policy_version

@@ -1,8 +1,8 @@
 """The task interface: prompts, optional reference answers, and a scoring function.
 
 A task is what the comparison harness trains on and evaluates with. Built-in tasks register a
-factory under a name (``task.name`` in config); a user's own task is a JSONL file of
-``{"prompt": ..., "reference": ...}`` rows plus a metric name (see ``onpolicy.tasks.dataset``).
+factory under a name (``task.name`` in config); a user's own task is a dataset file in the one
+data format of ``onpolicy.data`` plus a metric name (see ``onpolicy.tasks.dataset``).
 """
 
 from __future__ import annotations
@@ -77,7 +77,26 @@ def make_task(name: str, **kwargs: Any) -> Task:
 
     if name not in TASKS:
         raise ConfigError(f"unknown task {name!r}; use one of {sorted(TASKS)}")
-    try:
-        return TASKS[name](**kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"task {name!r}: bad options {sorted(kwargs)}: {exc}") from exc
+    _check_options(name, TASKS[name], kwargs)
+    return TASKS[name](**kwargs)
+
+
+def _check_options(name: str, factory: TaskFactory, kwargs: dict[str, Any]) -> None:
+    """One line per bad config: the first unknown key alone, with the closest option."""
+    import difflib
+    import inspect
+
+    params = inspect.signature(factory).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    options = [n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    for key in kwargs:
+        if key not in options:
+            close = difflib.get_close_matches(key, options, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(
+                f"task.{key} is not an option of task {name!r}; {hint}options: {options}"
+            )
+    missing = [n for n, p in params.items() if p.default is p.empty and n not in kwargs]
+    if missing:
+        raise ConfigError(f"task {name!r} needs task.{missing[0]}; options: {options}")

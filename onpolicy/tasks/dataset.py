@@ -1,117 +1,61 @@
-"""A user's own task from config: a JSONL file of prompts (+ optional references) and a metric.
+"""A user's own task from config: the one data format of ``onpolicy.data`` and a metric.
 
-Each line: ``{"prompt": "..."}`` (or ``{"messages": [...]}``), optionally ``"reference": "..."``.
-Metrics: ``exact_match`` (normalized string equality), ``contains`` (the reference appears in the
-completion), ``none`` (KL and teacher agreement only), or ``"package.module:function"`` (a function
-``(completion_text, prompt) -> float`` in [0, 1]).
+    task: {name: dataset, path: data/train.jsonl, eval_path: data/eval.jsonl, metric: exact_match}
+
+Rows: ``{"prompt": ...}`` or ``{"messages": [...]}`` with the gold ``"completion"`` (or
+``"reference"``, the same field); ``chat: true`` renders a plain prompt as one user message.
+Held-out prompts: ``eval_path`` when given, else ``eval_fraction`` of ``path`` split at random.
+Metrics: ``onpolicy.metrics`` (``exact_match``, ``contains``, ``none``, or ``file.py:function``).
 """
 
 from __future__ import annotations
 
-import importlib
-import json
-import random
 from pathlib import Path
 
+from onpolicy.config import DataConfig
+from onpolicy.data import held_out_split, read_prompts
 from onpolicy.errors import ConfigError, DataError
-from onpolicy.tasks.base import ScoreFn, Task, register_task
-from onpolicy.types import Prompt
+from onpolicy.metrics import METRICS, contains, exact_match, needs_reference, resolve_metric
+from onpolicy.tasks.base import Task, register_task
 
-
-def _normalize(text: str) -> str:
-    return " ".join(text.lower().strip().rstrip(".!").split())
-
-
-def exact_match(completion: str, prompt: Prompt) -> float:
-    """1.0 when the completion equals the reference after lower-casing and whitespace folding."""
-    return float(
-        prompt.reference is not None and _normalize(completion) == _normalize(prompt.reference)
-    )
-
-
-def contains(completion: str, prompt: Prompt) -> float:
-    """1.0 when the (normalized) reference appears in the (normalized) completion."""
-    return float(
-        prompt.reference is not None and _normalize(prompt.reference) in _normalize(completion)
-    )
-
-
-METRICS: dict[str, ScoreFn] = {"exact_match": exact_match, "contains": contains}
-
-
-def resolve_metric(metric: str) -> ScoreFn | None:
-    """A built-in metric by name, ``none``, or a ``module:function`` import path."""
-    if metric == "none":
-        return None
-    if metric in METRICS:
-        return METRICS[metric]
-    if ":" not in metric:
-        raise ConfigError(
-            f"unknown metric {metric!r}; use one of {[*METRICS, 'none']} or "
-            "'package.module:function'"
-        )
-    module, func = metric.split(":", 1)
-    try:
-        return getattr(importlib.import_module(module), func)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"metric {metric!r} cannot be imported ({exc}); check the path") from exc
-
-
-def load_prompts(path: str | Path, chat: bool = True) -> list[Prompt]:
-    """Prompts from a JSONL file; ``chat`` wraps a plain ``prompt`` as one user message."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"task file {str(path)!r} does not exist; give a JSONL file of prompts")
-    out = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{n}: not JSON ({exc.msg}); one object per line") from exc
-        ref = row.get("reference")
-        if "messages" in row:
-            out.append(Prompt(messages=tuple(row["messages"]), reference=ref))
-        elif "prompt" in row:
-            text = str(row["prompt"])
-            out.append(
-                Prompt(messages=({"role": "user", "content": text},), reference=ref)
-                if chat
-                else Prompt(text=text, reference=ref)
-            )
-        else:
-            raise DataError(f"{path}:{n}: needs a 'prompt' or 'messages' key; got {sorted(row)}")
-    return out
+__all__ = ["METRICS", "chat_pair_task", "contains", "dataset_task", "exact_match", "resolve_metric"]
 
 
 @register_task("dataset")
 def dataset_task(
     path: str,
     metric: str = "none",
+    eval_path: str | None = None,
     eval_fraction: float = 0.25,
     seed: int = 0,
-    chat: bool = True,
+    chat: bool = False,
     name: str = "dataset",
 ) -> Task:
-    """A task from a JSONL file, split at random (``seed``) into train and held-out prompts."""
-    if not 0.0 < eval_fraction < 1.0:
-        raise ConfigError(f"eval_fraction={eval_fraction}; use a value in (0, 1)")
-    prompts = load_prompts(path, chat)
-    if len(prompts) < 2:
-        raise DataError(f"task file {path} has {len(prompts)} prompts; need at least 2")
-    score = resolve_metric(metric)
-    if score is not None and any(p.reference is None for p in prompts):
-        raise DataError(f"metric {metric!r} needs a 'reference' on every row of {path}")
-    order = list(range(len(prompts)))
-    random.Random(seed).shuffle(order)
-    n_eval = max(1, round(eval_fraction * len(prompts)))
+    """A task from a dataset file (``onpolicy.data``); held-out prompts from ``eval_path``, else a
+    seeded random ``eval_fraction`` of ``path``. Gold completions are available to the supervised
+    methods (``train_references``) when every training row has one."""
+    score = resolve_metric(metric)  # a bad metric is reported before any file is read
+    data = DataConfig(path=path, eval_path=eval_path, chat=chat)
+    prompts = read_prompts(path, data)
+    if eval_path is not None:
+        train, held_out = prompts, read_prompts(eval_path, data)
+    else:
+        if not 0.0 < eval_fraction < 1.0:
+            raise ConfigError(f"task.eval_fraction={eval_fraction}; use a value in (0, 1)")
+        n_eval = max(1, round(eval_fraction * len(prompts)))
+        train, held_out = held_out_split(prompts, n_eval, seed, where=str(path))
+    if needs_reference(metric) and any(p.reference is None for p in held_out):
+        raise DataError(
+            f"metric {metric!r} needs a `completion` on every held-out row of "
+            f"{eval_path or path}"
+        )
     return Task(
         name=name,
-        train_prompts=tuple(prompts[i] for i in order[n_eval:]),
-        eval_prompts=tuple(prompts[i] for i in order[:n_eval]),
+        train_prompts=tuple(train),
+        eval_prompts=tuple(held_out),
         score=score,
         metric_name=metric,
+        train_references=all(p.reference is not None for p in train),
     )
 
 
@@ -120,4 +64,6 @@ def chat_pair_task(eval_fraction: float = 0.25, seed: int = 0) -> Task:
     """The shipped questions (``data/chat_prompts.jsonl``) for the SmolLM2 / Gemma-3 pair: short
     instructions and simple questions with one-word references, metric ``contains``."""
     path = Path(__file__).parent / "data" / "chat_prompts.jsonl"
-    return dataset_task(path, "contains", eval_fraction, seed, chat=True, name="chat_pair")
+    return dataset_task(
+        str(path), "contains", eval_fraction=eval_fraction, seed=seed, chat=True, name="chat_pair"
+    )

@@ -153,8 +153,9 @@ class VLLMTeacher:
             )
         self.served_model = served_model
         if self.url is not None and served_model is None:
-            answer = request_json(f"{self.url}/v1/models", None, self.retry, method="GET")
-            self.served_model = str(answer["data"][0]["id"])
+            url = f"{self.url}/v1/models"
+            answer = request_json(url, None, self.retry, method="GET", expect_object=True)
+            self.served_model = str(_field(answer, url, lambda a: a["data"][0]["id"]))
 
     def score(self, rollout: Rollout) -> SparseTeacherScores:
         """Sparse teacher scores for ``rollout`` (on the teacher's tokens in ``cross`` mode)."""
@@ -210,9 +211,10 @@ class VLLMTeacher:
             "temperature": 0.0,
             "prompt_logprobs": self.top_k,
         }
-        answer = request_json(f"{self.url}/v1/completions", body, self.retry)
-        choices = sorted(answer["choices"], key=lambda c: c["index"])
-        return [_from_json(c["prompt_logprobs"]) for c in choices]
+        url = f"{self.url}/v1/completions"
+        answer = request_json(url, body, self.retry, expect_object=True)
+        choices = _field(answer, url, lambda a: sorted(a["choices"], key=lambda c: c["index"]))
+        return _field(choices, url, lambda cs: [_from_json(c["prompt_logprobs"]) for c in cs])
 
 
 def _lora_enabled(llm: Any) -> bool:
@@ -240,3 +242,14 @@ def teacher_tokens(
         prompts.append(render_prompt(tokenizer, prompt))
         completions.append(comp)
     return prompts, completions
+
+
+def _field(answer: Any, url: str, get: Any) -> Any:
+    """``get(answer)``, or a one-line ``BackendError`` when the answer has another shape."""
+    try:
+        return get(answer)
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
+        raise BackendError(
+            f"{url} answered with an unexpected shape ({type(exc).__name__}: {exc}); is it a "
+            "vLLM server?"
+        ) from exc

@@ -5,16 +5,26 @@
 - top-k overlap between the two next-token distributions (agreement on the plausible tokens);
 - share of completions truncated at ``max_new_tokens`` (rambling, lost end of turn);
 - repetition rate of completions (degenerate loops);
-- alignment coverage for cross-tokenizer runs, and NaN/inf counts (reported by the loop).
+- alignment coverage for cross-tokenizer runs, and NaN/inf counts (reported by the loop), the
+  teacher's (``teacher_nonfinite``: NaN or +inf; a -inf logit is a legitimate mask) apart from the
+  student's.
 
-``collapse_warnings`` turns a metrics dict into one-line warnings.
+``collapse_warnings`` turns a metrics dict into one-line warnings; ``divergence`` decides from the
+recent steps that a run has diverged and must stop.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
+
+# divergence: consecutive steps that show it, and the thresholds (heuristics; see ``divergence``)
+DIVERGENCE_STEPS = 5
+_ZERO_GRAD = 1e-12
+_COLLAPSED_ENTROPY = 1e-3
+_EXPLOSION = 100.0
 
 
 def entropy(logits_N_V: torch.Tensor) -> torch.Tensor:
@@ -145,4 +155,60 @@ def collapse_warnings(metrics: dict[str, float]) -> dict[str, str]:
     for key in ("train/nonfinite_steps", "diag/nonfinite_logits"):
         if metrics.get(key, 0) > 0:
             out[key] = f"{key} = {metrics[key]:.0f}: NaN/inf values appeared; lower optim.lr"
+    if metrics.get("diag/teacher_nonfinite", 0) > 0:
+        out["diag/teacher_nonfinite"] = (
+            f"the teacher returned {metrics['diag/teacher_nonfinite']:.0f} NaN/+inf values: check "
+            "the teacher model and teacher.dtype (float16 overflows), not the learning rate"
+        )
     return out
+
+
+def teacher_nonfinite(scores: Any) -> int:
+    """NaN and +inf values in a ``TeacherScores`` (logits, log-probs, sparse log-probs, hidden
+    states, the cross-tokenizer logits). A -inf logit or log-prob is a masked token, not counted."""
+    cross = getattr(scores, "cross", None)
+    tensors = [
+        getattr(scores, "logits_N_V", None),
+        getattr(scores, "token_logprobs_N", None),
+        getattr(scores, "topk_logprobs_N_K", None),
+        getattr(scores, "tail_logprob_N", None),
+        None if cross is None else cross.logits_Nt_V,
+        None if cross is None else cross.token_logprobs_Nt,
+    ]
+    bad = sum(int((t.isnan() | t.isposinf()).sum()) for t in tensors if t is not None)
+    hidden = getattr(scores, "hidden_N_D", None)
+    return bad + (int((~torch.isfinite(hidden)).sum()) if hidden is not None else 0)
+
+
+def divergence(history: Sequence[dict[str, float]], steps: int = DIVERGENCE_STEPS) -> str | None:
+    """Why the run has diverged, from the step records of this run segment (oldest first; keys
+    ``train/loss``, ``train/grad_norm``, ``train/applied``, ``diag/student_entropy``), or None.
+
+    Diverged when, over each of the last ``steps`` applied steps: the gradient norm is 0 while the
+    loss is not (a saturated, collapsed student); or the student's entropy is under 1e-3 nats
+    (collapse to one token); or the loss exceeds 100x the median of the segment's first
+    ``steps`` losses (an exploding loss).
+    """
+    applied = [r for r in history if r.get("train/applied", 1.0) and _finite(r.get("train/loss"))]
+    if len(applied) < steps:
+        return None
+    last = applied[-steps:]
+    if all(
+        r.get("train/grad_norm", 1.0) <= _ZERO_GRAD and abs(r["train/loss"]) > 1e-6 for r in last
+    ):
+        return f"the gradient norm was 0 for {steps} steps while the loss was not"
+    if all(r.get("diag/student_entropy", 1.0) < _COLLAPSED_ENTROPY for r in last):
+        return f"the student's entropy stayed under {_COLLAPSED_ENTROPY} nats for {steps} steps"
+    first = sorted(r["train/loss"] for r in applied[:steps])
+    base = first[len(first) // 2]
+    if (
+        len(applied) >= 2 * steps
+        and base > 0
+        and all(r["train/loss"] > _EXPLOSION * base for r in last)
+    ):
+        return f"the loss exceeded {_EXPLOSION:g}x its early median ({base:.4g}) for {steps} steps"
+    return None
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and x == x and abs(x) != float("inf")

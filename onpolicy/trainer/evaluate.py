@@ -29,6 +29,29 @@ from onpolicy.types import Prompt, SamplingParams
 ScoreFn = Callable[[str, Prompt], float]
 
 
+def task_metric(metric: str, held_out: Sequence[Prompt], base_dir: Any = None) -> ScoreFn | None:
+    """The ``eval.metric`` function (``onpolicy.metrics``), checked against the held-out prompts:
+    a metric needs held-out prompts, and a built-in one a reference on each (one-line errors)."""
+    from onpolicy.errors import ConfigError, DataError
+    from onpolicy.metrics import needs_reference, resolve_metric
+
+    fn = resolve_metric(metric, base_dir)
+    if fn is None:
+        return None
+    if not held_out:
+        raise ConfigError(
+            f"eval.metric={metric!r} has no held-out prompts to score; set data.eval_size > 0 "
+            "(or data.eval_path) and eval.num_prompts > 0"
+        )
+    missing = sum(p.reference is None for p in held_out)
+    if needs_reference(metric) and missing:
+        raise DataError(
+            f"eval.metric={metric!r} compares with the gold `completion`, but {missing} of "
+            f"{len(held_out)} held-out rows have none; add it to every eval row"
+        )
+    return fn
+
+
 def evaluate(
     model: Any,
     tokenizer: Any,

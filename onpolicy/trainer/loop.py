@@ -11,9 +11,17 @@ accumulation steps and processes. An objective that counts other tokens than the
 (``sum(num_tokens) != N``) gets its gradients renormalized by its own global count.
 
 A step whose loss (on any process) or gradient norm is NaN/inf is skipped on every process: no
-update, counted in ``train/nonfinite_steps``; after ``train.max_nonfinite`` of them the run stops
-with a ``TrainingError`` (checkpoints already written are untouched). Objectives let a NaN/inf in
-what they train on (a logprob, an advantage) reach the loss, so it lands here too.
+update, counted in ``train/nonfinite_steps`` (the whole run's count, saved in checkpoints). The
+limit ``train.max_nonfinite`` applies per run *segment*: the count of skipped steps since this
+process started or resumed (a resumed run starts at 0, so fixing the cause and resuming gets the
+full allowance again). At the limit the run stops with a ``TrainingError`` that names the side:
+the teacher when its scores held NaN/+inf values (``diag/teacher_nonfinite``; a -inf logit is a
+legitimate mask), else the student. Checkpoints already written are untouched. Objectives let a
+NaN/inf in what they train on (a logprob, an advantage) reach the loss, so it lands here too.
+
+A diverged run (``diagnostics.divergence``: gradient norm 0 with a non-zero loss, collapsed
+entropy, or an exploding loss, each for several steps) stops with a ``TrainingError`` naming the
+last checkpoint written before the divergence began; nothing more is saved.
 
 Every logged step metric is a global value: each process tallies additive quantities, the tallies
 are gathered, and ratios are computed once from the sums (``step_metrics``); the step's compute
@@ -35,7 +43,12 @@ import torch
 from onpolicy.config import Config
 from onpolicy.errors import TrainingError
 from onpolicy.trainer import checkpoint as ckpt
-from onpolicy.trainer.diagnostics import collapse_warnings
+from onpolicy.trainer.diagnostics import (
+    DIVERGENCE_STEPS,
+    collapse_warnings,
+    divergence,
+    teacher_nonfinite,
+)
 from onpolicy.trainer.setup import Components
 from onpolicy.trainer.sources import completions_for
 from onpolicy.trainer.step_metrics import (
@@ -62,6 +75,8 @@ class StepResult:
         num_tokens: the global count of counted tokens.
         applied: whether the update was applied.
         nonfinite: the step was skipped for a NaN/inf loss or gradient.
+        nonfinite_side: ``teacher`` when a skipped step's teacher scores held NaN/+inf values,
+            ``student`` for another skipped step, else empty.
         metrics: global values over micro-batches and processes (``step_metrics.combine``).
         budget: the compute the step spent, over all processes.
     """
@@ -72,6 +87,7 @@ class StepResult:
     nonfinite: bool
     metrics: dict[str, float] = field(default_factory=dict)
     budget: ComputeBudget = field(default_factory=ComputeBudget)
+    nonfinite_side: str = ""
 
 
 def micro_batches_for(
@@ -120,7 +136,10 @@ def train_step(
     tallies.append(StepTally(budget=ComputeBudget(seconds=time.perf_counter() - start)))
     tallies = gather_tallies(accelerator, add_tallies(tallies))
     metrics = {**combine(tallies), **extra, "train/on_policy": float(source == "student")}
-    return StepResult(loss, n_counted, applied, nonfinite, metrics, global_budget(tallies))
+    side = "" if not nonfinite else "student"
+    if nonfinite and metrics.get("diag/teacher_nonfinite", 0.0) > 0:
+        side = "teacher"
+    return StepResult(loss, n_counted, applied, nonfinite, metrics, global_budget(tallies), side)
 
 
 def _apply_update(
@@ -174,6 +193,7 @@ def _backward_all(
         tally.nonfinite_losses += not finite
         tally_rollout(tally, rollout)
         if scores is not None:
+            tally.teacher_nonfinite += teacher_nonfinite(scores)
             tally.budget.teacher_tokens += _teacher_positions(rollout, scores)
             tally_alignment(tally, scores)
         tally_components(tally, rollout.metrics, out.metrics, scores.metrics if scores else {})
@@ -240,9 +260,13 @@ def run_steps(
     on_step: Any,
 ) -> list[float]:
     """Steps ``state.step .. train.steps - 1``; ``on_step(state, result)`` logs, evaluates and
-    checkpoints after each. Returns the per-step losses of this call (NaN for skipped steps)."""
+    checkpoints after each. Returns the per-step losses of this call (NaN for skipped steps).
+    Stops with a ``TrainingError`` at ``train.max_nonfinite`` skipped steps in this segment or
+    on divergence (see the module docstring)."""
     t = config.train
-    losses = []
+    losses: list[float] = []
+    history: list[dict[str, float]] = []  # this segment's step records, for ``divergence``
+    skipped = {"student": 0, "teacher": 0}  # this segment's skipped steps, by side
     per_step = t.micro_batch_size * t.grad_accum * accelerator.num_processes
     while state.step < t.steps:
         step_prompts = stream.take(per_step)  # every process reads the same stream
@@ -259,14 +283,51 @@ def run_steps(
         state.budget = state.budget.add(result.budget)
         if result.nonfinite:
             state.nonfinite_steps += 1
+            skipped[result.nonfinite_side] += 1
         losses.append(result.loss)
-        on_step(state, result)
-        if state.nonfinite_steps >= t.max_nonfinite:
-            raise TrainingError(
-                f"{state.nonfinite_steps} steps had a NaN/inf loss or gradient (train.max_nonfinite"
-                f"={t.max_nonfinite}); lower optim.lr or check the data. Checkpoints are intact."
-            )
+        history.append(
+            {**result.metrics, "train/loss": result.loss, "train/applied": float(result.applied)}
+        )
+        reason = divergence(history)
+        if reason is None:  # a diverged step is not checkpointed
+            on_step(state, result)
+        if sum(skipped.values()) >= t.max_nonfinite:
+            raise TrainingError(nonfinite_message(skipped, t.max_nonfinite, config))
+        if reason is not None:
+            raise TrainingError(diverged_message(reason, state.step, config))
     return losses
+
+
+def nonfinite_message(skipped: dict[str, int], limit: int, config: Config) -> str:
+    """The one-line stop message at ``train.max_nonfinite`` skipped steps, naming the side."""
+    n = sum(skipped.values())
+    head = (
+        f"{n} steps had a NaN/inf loss or gradient since this run (re)started "
+        f"(train.max_nonfinite={limit})"
+    )
+    if skipped["teacher"]:
+        cause = (
+            f"in {skipped['teacher']} of them the TEACHER's scores held NaN/+inf values: check "
+            f"the teacher {config.teacher.path!r} and teacher.dtype (float16 overflows)"
+        )
+    else:
+        cause = "the student's loss or gradient was NaN/inf: lower optim.lr or check the data"
+    return f"{head}; {cause}. Checkpoints are intact; rerun to resume with a fresh allowance."
+
+
+def diverged_message(reason: str, step: int, config: Config) -> str:
+    """The stop message of a diverged run: the reason and the last checkpoint before it."""
+    began = step - DIVERGENCE_STEPS + 1
+    good = [p for p in ckpt.list_checkpoints(config.train.output_dir) if _step_of(p) < began]
+    where = f"the last good checkpoint is {good[-1]}" if good else "no checkpoint precedes it"
+    return (
+        f"training diverged at step {step}: {reason}; {where} (later ones may hold the diverged "
+        "student). Lower optim.lr or set optim.grad_clip, then resume or start over with --fresh"
+    )
+
+
+def _step_of(path: Path) -> int:
+    return int(path.name.split("-")[-1])
 
 
 def warn_collapse(metrics: dict[str, float], accelerator: Any, seen: set[str]) -> dict[str, str]:

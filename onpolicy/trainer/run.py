@@ -3,6 +3,7 @@ and the comparison harness call. No globals: everything a run needs comes from i
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,8 +11,9 @@ from typing import Any
 
 from onpolicy.config import Config
 from onpolicy.trainer import checkpoint as ckpt
-from onpolicy.trainer.evaluate import evaluate
+from onpolicy.trainer.evaluate import evaluate, task_metric
 from onpolicy.trainer.loop import StepResult, final_dir, run_steps, warn_collapse
+from onpolicy.trainer.run_folder import ResumePolicy, claim_output_dir, config_record
 from onpolicy.trainer.step_metrics import ComputeBudget
 from onpolicy.types import Prompt
 
@@ -96,23 +98,51 @@ def train(
     eval_prompts: Sequence[Prompt] | None = None,
     score_fn: ScoreFn | None = None,
     base_dir: Path | None = None,
+    policy: ResumePolicy | None = None,
 ) -> TrainResult:
     """Train the student of ``config`` (validated first) and save it; resumes from the newest
-    checkpoint in ``train.output_dir`` when ``train.resume`` and one exists.
+    checkpoint in ``train.output_dir`` when ``train.resume`` and one exists, under the rules of
+    ``run_folder`` (lock, finished runs, changed configs; ``policy``: ``--fresh`` and friends).
 
     ``train_prompts``/``eval_prompts`` replace the config's dataset (the comparison harness passes a
-    task's prompts); ``score_fn(text, prompt)`` is the task metric reported as ``eval/score``.
+    task's prompts); ``score_fn(text, prompt)`` is the task metric reported as ``eval/score``
+    (default: the config's ``eval.metric``), at every evaluation (``eval.every``, the end).
     """
+    from onpolicy.config_checks import validate
+    from onpolicy.models import check_run_models
+
+    validate(config, base_dir)
+    if train_prompts is None:  # read (and check) the dataset before any model loads
+        from onpolicy.data import load_prompts
+
+        train_prompts, loaded_eval = load_prompts(config.data, config.train.seed, base_dir)
+        eval_prompts = loaded_eval if eval_prompts is None else eval_prompts
+    check_run_models(config)
+    accelerator = make_accelerator(config)
+    with contextlib.ExitStack() as held:
+        latest = claim_output_dir(accelerator, config, policy or ResumePolicy(), held)
+        return _train_claimed(
+            config, accelerator, latest, train_prompts, eval_prompts, score_fn, base_dir
+        )
+
+
+def _train_claimed(
+    config: Config,
+    accelerator: Any,
+    latest: Path | None,
+    train_prompts: Sequence[Prompt] | None,
+    eval_prompts: Sequence[Prompt] | None,
+    score_fn: ScoreFn | None,
+    base_dir: Path | None,
+) -> TrainResult:
+    """``train`` once the output folder is held: the run itself."""
     from accelerate.utils import set_seed
 
-    from onpolicy.config_checks import validate
     from onpolicy.data import PromptStream
     from onpolicy.trainer.host_memory import retain_freed_memory
     from onpolicy.trainer.metrics_log import MetricsLog
     from onpolicy.trainer.setup import build_components
 
-    validate(config, base_dir)
-    accelerator = make_accelerator(config)
     if accelerator.device.type == "cpu":  # the same large buffers every step: keep them mapped
         retain_freed_memory()
     set_seed(config.train.seed)
@@ -120,7 +150,11 @@ def train(
     prompts, held_out, skipped = prepare_prompts(
         config, c.tokenizer, train_prompts, eval_prompts, base_dir
     )
-    state, resumed_from = _resume(accelerator, config)
+    if score_fn is None:
+        score_fn = task_metric(config.eval.metric, held_out, base_dir)
+    state, resumed_from = _resume(accelerator, latest)
+    record = config_record(config)
+    state.fingerprint, state.config = record["fingerprint"], record["config"]
     c, spent = _with_fixed_teacher_samples(c, config, accelerator, prompts)
     if resumed_from is None:  # a resumed run draws the same samples again: counted once
         state.budget = state.budget.add(spent)
@@ -189,13 +223,8 @@ def _with_fixed_teacher_samples(
     return dataclasses.replace(c, sources=sources), spent
 
 
-def _resume(accelerator: Any, config: Config) -> tuple[ckpt.TrainerState, int | None]:
-    """Drop partial checkpoints; restore the newest complete one when ``train.resume``."""
-    out_dir = Path(config.train.output_dir)
-    if accelerator.is_main_process:
-        ckpt.remove_partial(out_dir)
-    accelerator.wait_for_everyone()
-    latest = ckpt.latest_checkpoint(out_dir) if config.train.resume else None
+def _resume(accelerator: Any, latest: Path | None) -> tuple[ckpt.TrainerState, int | None]:
+    """Restore ``latest`` (chosen by ``claim_output_dir``), else a fresh state."""
     if latest is None:
         return ckpt.TrainerState(), None
     state = ckpt.load_checkpoint(accelerator, latest)
@@ -278,6 +307,7 @@ class _Session:
 def _save_final(config: Config, c: Any, accelerator: Any) -> tuple[Path | None, Path | None]:
     """The student in Hugging Face format (adapters for LoRA); merged export on request."""
     from onpolicy.models import export_merged, save_student
+    from onpolicy.trainer.disk import disk_errors
 
     accelerator.wait_for_everyone()
     if not config.train.save_final:
@@ -287,9 +317,10 @@ def _save_final(config: Config, c: Any, accelerator: Any) -> tuple[Path | None, 
         out.parent / "final-merged" if config.lora.enabled and config.lora.merge_on_export else None
     )
     if accelerator.is_main_process:
-        save_student(c.raw_model, c.tokenizer, out)
-        if merged is not None:
-            export_merged(c.raw_model, c.tokenizer, merged)
+        with disk_errors(out, f"the checkpoints in {out.parent / 'checkpoints'} are complete"):
+            save_student(c.raw_model, c.tokenizer, out)
+            if merged is not None:
+                export_merged(c.raw_model, c.tokenizer, merged)
     accelerator.wait_for_everyone()
     return out, merged
 
@@ -331,6 +362,8 @@ def evaluate_config(
     held_out, _ = filter_by_length(
         list(eval_prompts)[: config.eval.num_prompts], lambda p: render_prompt(tok, p), budget
     )
+    if score_fn is None:
+        score_fn = task_metric(config.eval.metric, held_out, base_dir)
     return evaluate(
         model,
         tok,

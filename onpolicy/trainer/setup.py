@@ -68,14 +68,17 @@ def sampling_params(config: Config) -> SamplingParams:
 
 
 def load_student(config: Config, device: torch.device) -> tuple[Any, Any]:
-    """``(model, tokenizer)``; LoRA adapters applied when ``lora.enabled`` (targets are checked
-    against the loaded model: a missing one is a one-line ``ConfigError``)."""
-    from onpolicy.models import LoraSpec, apply_lora, load_model, load_tokenizer
+    """``(model, tokenizer)``; the weights of ``student.init_from`` when set; LoRA adapters applied
+    when ``lora.enabled`` (targets are checked against the loaded model: a missing one is a
+    one-line ``ConfigError``)."""
+    from onpolicy.models import LoraSpec, apply_lora, load_model, load_saved_weights, load_tokenizer
 
     path = resolve_model_path(config.student.path)
     dtype = "float32" if config.student.dtype == "auto" else config.student.dtype
     tokenizer = load_tokenizer(path, config.student.gguf_file)
     model = load_model(path, dtype=dtype, device=device, gguf_file=config.student.gguf_file)
+    if config.student.init_from is not None:  # a saved run's weights on the same architecture
+        load_saved_weights(model, config.student.init_from)
     if config.lora.enabled:
         targets = config.lora.target_modules
         spec = LoraSpec(

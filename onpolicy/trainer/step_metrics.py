@@ -75,6 +75,8 @@ class StepTally:
         aligned_tokens, alignable_tokens: cross-tokenizer: student completion tokens inside an
             aligned span, and all of them.
         nonfinite_losses: micro-batches whose loss was NaN/inf.
+        teacher_nonfinite: NaN/+inf values in the teacher's scores (``diagnostics
+            .teacher_nonfinite``; -inf masks not counted).
         budget: compute spent (positions; ``seconds`` is this process's wall time).
         sums: component metrics that add up (names ending ``_sum`` or ``/tokens``).
         times: component metrics that are per-process values (e.g. ``teacher/seconds``), summed
@@ -90,6 +92,7 @@ class StepTally:
     aligned_tokens: int = 0
     alignable_tokens: int = 0
     nonfinite_losses: int = 0
+    teacher_nonfinite: int = 0
     budget: ComputeBudget = field(default_factory=ComputeBudget)
     sums: dict[str, float] = field(default_factory=dict)
     times: dict[str, float] = field(default_factory=dict)
@@ -157,6 +160,7 @@ def combine(tallies: Sequence[StepTally]) -> dict[str, float]:
         "diag/repetition_rate": total.repeated_ngrams / total.ngrams if total.ngrams else 0.0,
         "train/completion_tokens": float(total.completion_tokens),
         "train/nonfinite_losses": float(total.nonfinite_losses),
+        "diag/teacher_nonfinite": float(total.teacher_nonfinite),
         "train/student_gen_tokens": float(total.budget.student_gen_tokens),
         "train/student_train_tokens": float(total.budget.student_train_tokens),
         "train/teacher_tokens": float(total.budget.teacher_tokens),

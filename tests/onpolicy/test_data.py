@@ -1,4 +1,5 @@
-"""Dataset loading -> Prompts, with one-line DataErrors for bad rows, and the resumable stream."""
+"""The one loader: dataset rows -> Prompts, one-line DataErrors naming file, line and field for bad
+rows, the held-out split, and the resumable stream."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 import pytest
 
 from onpolicy.config import DataConfig
-from onpolicy.data import PromptStream, filter_by_length, load_prompts, load_rows, rows_to_prompts
+from onpolicy.data import PromptStream, filter_by_length, load_prompts, read_prompts, read_rows
 from onpolicy.errors import DataError
 from onpolicy.types import Prompt
 
@@ -30,8 +31,8 @@ def test_prompt_and_conversational_rows(tmp_path):
     ]
     p1 = _jsonl(tmp_path / "a.jsonl", rows[:1])
     p2 = _jsonl(tmp_path / "b.jsonl", rows[1:])
-    [a] = rows_to_prompts(load_rows(p1), DataConfig())
-    [b] = rows_to_prompts(load_rows(p2), DataConfig())
+    [a] = read_prompts(p1, DataConfig())
+    [b] = read_prompts(p2, DataConfig())
     assert a == Prompt(text="2+2?", reference="4")
     # the final assistant turn is the reference, cut from the prompt
     assert b.messages == (
@@ -51,28 +52,73 @@ def test_parquet_json_and_saved_dataset(tmp_path):
     datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp_path / "dd"))
     cfg = DataConfig(prompt_field="question")
     for name in ("d.parquet", "d.json", "saved", "dd"):
-        prompts = rows_to_prompts(load_rows(tmp_path / name), cfg)
+        prompts = read_prompts(tmp_path / name, cfg)
         assert [p.text for p in prompts] == ["a", "b", "c"], name
     with pytest.raises(DataError, match="has no split 'test'"):
-        load_rows(tmp_path / "dd", split="test")
+        read_rows(tmp_path / "dd", split="test")
 
 
-def test_bad_datasets_are_one_line_errors(tmp_path):
-    no_prompts = _jsonl(tmp_path / "x.jsonl", [{"text": "a"}])
-    with pytest.raises(DataError, match="has no prompts: neither a 'prompt' nor a 'messages'"):
-        rows_to_prompts(load_rows(no_prompts), DataConfig())
-    empty_completion = _jsonl(tmp_path / "y.jsonl", [{"prompt": "a", "completion": "  "}])
-    with pytest.raises(DataError, match="row 0 has an empty completion"):
-        rows_to_prompts(load_rows(empty_completion), DataConfig())
-    empty_prompt = _jsonl(tmp_path / "z.jsonl", [{"prompt": "a"}, {"prompt": ""}])
-    with pytest.raises(DataError, match="row 1 has an empty prompt"):
-        rows_to_prompts(load_rows(empty_prompt), DataConfig())
+def test_one_rule_for_plain_prompts_and_reference_alias(tmp_path):
+    path = _jsonl(tmp_path / "r.jsonl", [{"prompt": "cat", "reference": "tac"}])
+    [text] = read_prompts(path, DataConfig())
+    [chat] = read_prompts(path, DataConfig(chat=True))
+    assert text == Prompt(text="cat", reference="tac")  # `reference` is the completion's alias
+    assert chat == Prompt(messages=({"role": "user", "content": "cat"},), reference="tac")
+    both = _jsonl(tmp_path / "b.jsonl", [{"prompt": "a", "completion": "x", "reference": "y"}])
+    with pytest.raises(DataError, match=r"b.jsonl:1: `completion` and `reference` differ"):
+        read_prompts(both, DataConfig())
+
+
+BAD_ROWS = [
+    # (file content, the message's expected pattern after the file name x.jsonl)
+    ('{"prompt": "a"}\n{"messages": [{"x": 1}]}\n', r":2: `messages\[0\].role` is missing"),
+    ('{"messages": "hello"}\n', r":1: `messages` must be a non-empty list"),
+    ('{"messages": [{"role": "user", "content": 3}]}\n', r":1: `messages\[0\].content` is int"),
+    ('{"prompt": "a"}\n\n{"prompt": "b", "completion": "  "}\n', r":3: `completion` is empty"),
+    ('{"prompt": "a"}\n{"prompt": ""}\n', r":2: `prompt` must be non-empty text"),
+    ('{"prompt": ["a"]}\n', r":1: `prompt` must be non-empty text"),
+    ('{"text": "a"}\n', r":1: no `prompt` or `messages` field \(fields: \['text'\]\)"),
+    ('{"prompt": "a"}\n{not json\n', r":2: not valid JSON \(.* at column 2\)"),
+    ('["a"]\n', r" row 1: a row must be a JSON object"),
+    ("7\n", r":1: a row must be a JSON object, got int"),
+    ("", r"' has no rows"),
+    ("\n  \n", r"' has no rows"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("content", "message"), BAD_ROWS)
+def test_bad_rows_are_one_line_errors_with_file_line_and_field(tmp_path, content, message):
+    path = tmp_path / "x.jsonl"
+    path.write_text(content)
+    with pytest.raises(DataError, match=r"x\.jsonl" + message) as err:
+        read_prompts(path, DataConfig())
+    assert "\n" not in str(err.value)
+
+
+def test_non_utf8_bytes_name_the_line(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b'{"prompt": "a"}\n{"prompt": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=r"x.jsonl:2: not UTF-8 text \(byte 0xe9 at byte 16\)"):
+        read_prompts(path, DataConfig())
+
+
+def test_bad_files_are_one_line_errors(tmp_path):
     (tmp_path / "w.txt").write_text("a")
     with pytest.raises(DataError, match=r"unknown suffix '\.txt'"):
-        load_rows(tmp_path / "w.txt")
-    (tmp_path / "broken.jsonl").write_text("{not json\n")
-    with pytest.raises(DataError, match="could not be read as json"):
-        load_rows(tmp_path / "broken.jsonl")
+        read_rows(tmp_path / "w.txt")
+    with pytest.raises(DataError, match="does not exist"):
+        read_rows(tmp_path / "missing.jsonl")
+
+
+def test_eval_size_that_leaves_nothing_to_train_is_refused(tmp_path):
+    path = _jsonl(tmp_path / "p.jsonl", [{"prompt": f"q{i}"} for i in range(4)])
+    with pytest.raises(DataError, match=r"has 4 rows and eval_size=4 leaves none to train on"):
+        load_prompts(DataConfig(path=str(path), eval_size=4))
+    train, held = load_prompts(DataConfig(path=str(path), eval_size=3))
+    assert len(train) == 1 and len(held) == 3
+    eval_file = _jsonl(tmp_path / "e.jsonl", [{"prompt": "held"}])
+    train, held = load_prompts(DataConfig(path=str(path), eval_path=str(eval_file), eval_size=99))
+    assert len(train) == 4 and held == [Prompt(text="held")]
 
 
 def test_too_long_prompts_skip_with_count_or_error():

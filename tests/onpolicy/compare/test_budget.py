@@ -28,7 +28,8 @@ SIZES = Sizes(10, 100, 2.0, 3.0, 4, 5, 7)
 TRAIN = 6 * 10 * (2 + 4) * 5  # 1800: student forward + backward on every row
 ROLLOUT = 2 * 10 * (2 + 4) * 5  # 600: the student's own samples
 SCORING = 2 * 100 * (3 + 4) * 5  # 7000: the teacher's scoring forward
-DRAW = 2 * 100 * (3 + 4) * 7  # 9800: one fixed teacher sample per distinct prompt, once
+SAMPLE = 2 * 100 * (3 + 4)  # 1400: the teacher generating one sample
+DRAW = 7 * SAMPLE  # 9800: one teacher sample per distinct prompt (7), paid as first used
 
 
 def _objective(name: str, **params):
@@ -37,20 +38,26 @@ def _objective(name: str, **params):
 
 def test_step_cost_by_hand():
     sft = step_cost(_objective("sft"), SIZES, horizon=10)
-    assert sft.once == DRAW and sft.per_step(0) == TRAIN
+    # 5 rows per step over 7 distinct prompts: 5 new samples at step 0, the last 2 at step 1
+    assert sft.once == 0 and sft.per_step(0) == TRAIN + 5 * SAMPLE
+    assert sft.per_step(1) == TRAIN + 2 * SAMPLE and sft.per_step(2) == TRAIN
+    free = step_cost(_objective("sft"), SIZES, horizon=10, teacher_data="free")
+    assert [free.per_step(k) for k in range(3)] == [TRAIN] * 3
     rkl = step_cost(_objective("reverse_kl"), SIZES, horizon=10)
     assert rkl.once == 0 and rkl.per_step(3) == TRAIN + ROLLOUT + SCORING
     kd = step_cost(_objective("supervised_kd", source="teacher"), SIZES, horizon=10)
-    assert kd.once == DRAW and kd.per_step(0) == TRAIN + SCORING
+    assert run_flops(kd, 2) == DRAW + 2 * (TRAIN + SCORING)
     gkd = _objective("gkd", lmbda=0.5, beta=0.5, off_policy="teacher", seed=0)
     cost = step_cost(gkd, SIZES, horizon=50)
     on = [gkd.batch_source(k) == "student" for k in range(6)]
     assert 0 < sum(on) < 6  # the coin gives both kinds of steps in 6
-    assert cost.once == DRAW
-    assert [cost.per_step(k) for k in range(6)] == [
-        TRAIN + SCORING + (ROLLOUT if o else 0) for o in on
-    ]
-    assert run_flops(cost, 6) == DRAW + sum(cost.per_step(k) for k in range(6))
+    paid, seen = [], 0  # teacher rows before the step; distinct samples charged when first used
+    for o in on:
+        new = 0 if o else min(seen + 5, 7) - min(seen, 7)
+        seen += 0 if o else 5
+        paid.append(TRAIN + SCORING + (ROLLOUT if o else 0) + new * SAMPLE)
+    assert [cost.per_step(k) for k in range(6)] == paid
+    assert run_flops(cost, 6) == sum(paid)
 
 
 def test_plan_equal_flops_from_a_reference_and_from_a_total():
@@ -81,7 +88,7 @@ def test_budget_config_errors():
         "not one of the methods": {"match": "flops", "reference": "gkd"},
         "trains nothing": {"match": "flops", "reference": "untouched"},
         "positive number": {"match": "flops", "flops": -1},
-        "need budget.match=flops": {"reference": "sft"},
+        "budget.flops needs budget.match=flops": {"flops": 1e9},
         "unknown budget keys": {"match": "flops", "refrence": "sft"},
     }
     for message, raw in cases.items():
@@ -89,6 +96,8 @@ def test_budget_config_errors():
             parse_budget(raw, methods)
     with pytest.raises(ConfigError, match="exactly one of"):
         parse_budget({"match": "flops", "reference": "sft", "flops": 1e9}, methods)
+    # budget.match=steps on a flops config (e.g. an override): the reference is dropped, not fatal
+    assert parse_budget({"match": "steps", "reference": "sft"}, methods) == BudgetSpec()
 
 
 @pytest.fixture(scope="module")

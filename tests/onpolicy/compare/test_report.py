@@ -33,6 +33,8 @@ def _job(method, seed, score, status="ok", error=None):
         flops=1e6,
         params=100,
         disk_bytes=2_000_000,
+        flops_free=1e6,
+        flops_paid=2e6,
     )
 
 
@@ -122,3 +124,35 @@ def test_config_validation(tmp_path):
     assert cfg.train.steps == 7 and cfg.seeds == [1, 2]
     with pytest.raises(ConfigError, match="key=value"):
         load_config(path, ["train.steps"])
+
+
+def test_verdict_sentences_and_report_sections(tmp_path):
+    from onpolicy.compare.report_text import verdict
+
+    teacher = JobResult("teacher", 0, "ok", score=1.0, latency_s=0.02, tokens_per_s=5.0, params=9)
+    clear = aggregate(teacher, [_job(m, s, v) for m, s, v in (
+        ("sft", 0, 0.80), ("sft", 1, 0.82), ("rkl", 0, 0.40), ("rkl", 1, 0.44))])  # fmt: skip
+    text = verdict(clear, "paid")
+    assert "**sft** leads on score (0.810) ahead of rkl (0.420) by 0.390" in text
+    assert "a clear gap" in text and "1.00x rkl's FLOPs" in text
+    close = aggregate(teacher, [_job(m, s, v) for m, s, v in (
+        ("sft", 0, 0.5), ("sft", 1, 0.7), ("rkl", 0, 0.45), ("rkl", 1, 0.65))])  # fmt: skip
+    assert "not a clear gap" in verdict(close, "paid")
+    tie = aggregate(teacher, [_job("a", 0, 0.5), _job("b", 0, 0.5)])
+    assert verdict(tie, "free") == "Verdict: a, b tie on score (0.500); no method leads."
+    jobs = [_job("sft", 0, 0.5), _job("sft", 1, 0.6)]
+    jobs[1].steps, jobs[0].steps = 118, 117
+    jobs[0].samples, jobs[1].samples = ["4", "5", "6", "7"], ["x", "y", "z", "w"]
+    rows = aggregate(teacher, jobs)
+    assert rows[1].steps_per_seed == "117 / 118"
+    meta = {"task": {"name": "t", "digits": 2}, "steps": 3, "batch_size": 2, "lr": 1e-3,
+            "seeds": [0, 1], "methods": [{"name": "sft"}], "num_eval": 4,
+            "budget": {"match": "flops", "reference": "sft", "flops": {0: 1e6},
+                       "completion_tokens": None}, "max_new_tokens": 8}  # fmt: skip
+    doc = write_report(rows, jobs, meta, tmp_path, "exact_match", teacher, None, ["1+1=", "2+2="])
+    md = doc["markdown"].read_text()
+    assert md.startswith("# t (digits 2): sft") and "- **Seeds:** 0, 1" in md
+    assert "117 / 118" in md and "**Prompt 2:** `2+2=`" in md and "- sft: `x`" not in md
+    assert "- sft: `4`" in md and "- sft: `5`" in md
+    assert "recorded FLOPs are lower than estimated" in md
+    assert "{'name'" not in md  # no raw dict in the heading

@@ -7,7 +7,7 @@ row at the end (predicts nothing, never gathered), and ``span = [-1, spans of ro
 row 1 + S_0, ...]`` (row ``b``'s span ids offset by the spans of the rows before it, the same on
 both sides). Every ``alignment`` loss works per span (rows only index spans), so its per-span
 terms are those of the per-row windows, and the packed logits are the window with no copy when
-their storage holds the spare row (the teacher's, ``onpolicy.teacher.cross.score_cross``).
+their storage holds the spare row (the teacher's, ``onpolicy.forward.spare_row_empty``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from onpolicy.errors import ConfigError
-from onpolicy.forward import split_rows
+from onpolicy.forward import split_rows, with_spare_row
 from onpolicy.losses import reverse_kl, token_logprobs
 from onpolicy.objectives.base import BatchSource
 from onpolicy.objectives.common import require_cross, student_forward
@@ -28,26 +28,6 @@ from onpolicy.teacher.types import CrossTeacherScores, TeacherScores
 from onpolicy.types import Rollout
 
 CHUNK_ELEMS = 1 << 22  # rows per chunk = CHUNK_ELEMS // vocabulary (16 MiB of float32)
-
-
-def with_spare_row(logits_N_V: torch.Tensor) -> torch.Tensor:
-    """``[N + 1, V]``: ``logits_N_V`` and one more row. A view (no copy) when the tensor is
-    contiguous and its storage holds a row past its end (``spare_row_empty``), else a copy with
-    a zero row."""
-    N, V = logits_N_V.shape
-    start = logits_N_V.storage_offset()
-    room = logits_N_V.untyped_storage().nbytes() // max(logits_N_V.element_size(), 1)
-    if logits_N_V.is_contiguous() and room >= start + (N + 1) * V:
-        return logits_N_V.as_strided((N + 1, V), (V, 1), start)
-    return torch.cat([logits_N_V, logits_N_V.new_zeros((1, V))])
-
-
-def spare_row_empty(N: int, V: int, like: torch.Tensor) -> torch.Tensor:
-    """An uninitialized ``[N, V]`` tensor (``like``'s dtype, device) whose storage holds a zero
-    row after its end, so that ``with_spare_row`` of it is a view."""
-    buf = torch.empty((N + 1, V), dtype=like.dtype, device=like.device)
-    buf[N].zero_()
-    return buf[:N]
 
 
 def flat_window(

@@ -9,22 +9,20 @@ end-of-turn token form one extra span (matched by role), so the student still le
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from alignment import teacher_view
 from onpolicy.chat import render_prompt, stop_token_ids
 from onpolicy.errors import DataError
+from onpolicy.forward import spare_row_empty
 from onpolicy.losses import token_logprobs_chunked
-from onpolicy.teacher.types import CrossTeacherScores, TeacherScores
+from onpolicy.teacher.types import CrossScorer, CrossTeacherScores, TeacherScores
 from onpolicy.types import PaddedBatch, Rollout
 
-if TYPE_CHECKING:
-    from onpolicy.teacher.local import LocalTeacher
 
-
-def score_cross(teacher: LocalTeacher, rollout: Rollout) -> TeacherScores:
+def score_cross(teacher: CrossScorer, rollout: Rollout) -> TeacherScores:
     """``TeacherScores(mode="cross")`` for ``rollout`` (see the module docstring)."""
     if not rollout.prompts:
         raise DataError(
@@ -74,9 +72,7 @@ def score_cross(teacher: LocalTeacher, rollout: Rollout) -> TeacherScores:
 
 def _with_room(logits_N_V: torch.Tensor) -> torch.Tensor:
     """The same logits in a storage with a spare row after them: the objectives lay the rows out
-    as one sequence with no copy (``onpolicy.objectives.cross.with_spare_row``)."""
-    from onpolicy.objectives.cross import spare_row_empty
-
+    as one sequence with no copy (``onpolicy.forward.with_spare_row``)."""
     out = spare_row_empty(*logits_N_V.shape, like=logits_N_V)
     return out.copy_(logits_N_V)
 

@@ -18,6 +18,7 @@ from onpolicy.errors import ConfigError, TokenizerMismatchError
 from onpolicy.forward import forward_completions, head_logits
 from onpolicy.losses import LMHead, token_logprobs
 from onpolicy.models import adapters_disabled
+from onpolicy.teacher.cross import matched_vocab_pairs, score_cross
 from onpolicy.teacher.types import TeacherScores
 from onpolicy.types import Rollout
 
@@ -84,20 +85,13 @@ class LocalTeacher:
     def matched_vocab(self) -> tuple[torch.Tensor, ...]:
         """(student_ids_M, teacher_ids_M) spelling the same bytes; computed once (cross mode)."""
         if self._matched is None:
-            from onpolicy.teacher.cross import matched_vocab_pairs
-
             self._matched = matched_vocab_pairs(self.student_tokenizer, self.tokenizer)
         return self._matched
 
     def score(self, rollout: Rollout) -> TeacherScores:
         """The teacher's ``TeacherScores`` for ``rollout`` (no gradients)."""
         start = time.perf_counter()
-        if self.mode == "cross":
-            from onpolicy.teacher.cross import score_cross
-
-            scores = score_cross(self, rollout)
-        else:
-            scores = self._score_same(rollout)
+        scores = score_cross(self, rollout) if self.mode == "cross" else self._score_same(rollout)
         scores.metrics["teacher/seconds"] = time.perf_counter() - start
         return scores
 

@@ -3,7 +3,6 @@ backends, objective, optimizer and scheduler. No training logic here."""
 
 from __future__ import annotations
 
-import inspect
 import math
 import warnings
 from dataclasses import dataclass
@@ -121,20 +120,9 @@ def load_teacher(
 def build_objective(config: Config) -> Any:
     """The registered objective with ``objective.params``; a ``seed`` argument, when the factory
     takes one and the params do not set it, gets ``train.seed`` (GKD's per-step coin)."""
-    import onpolicy.objectives  # noqa: F401  (registers the built-ins)
-    from onpolicy.objectives.base import OBJECTIVES
+    from onpolicy.objectives.base import make_objective
 
-    name = config.objective.name
-    if name not in OBJECTIVES:
-        raise ConfigError(f"objective {name!r} is not registered; use one of {sorted(OBJECTIVES)}")
-    factory = OBJECTIVES[name]
-    params = dict(config.objective.params)
-    if "seed" in inspect.signature(factory).parameters and "seed" not in params:
-        params["seed"] = config.train.seed
-    try:
-        return factory(**params)
-    except TypeError as exc:
-        raise ConfigError(f"objective {name!r}: bad params {sorted(params)}: {exc}") from exc
+    return make_objective(config.objective.name, config.objective.params, config.train.seed)
 
 
 def build_optimizer(
@@ -213,7 +201,9 @@ def _load_models(config: Config, accelerator: Any) -> tuple:
     teacher = teacher_model = teacher_tok = None
     if objective.needs_teacher or config.teacher.path is not None or config.teacher.mode == "self":
         student = model if full is None else full.model
-        chunked = bool(getattr(objective, "chunked", False))  # reverse_kl / gkd option
+        from onpolicy.objectives.base import teacher_output
+
+        chunked = teacher_output(objective) == "hidden"  # what the objective declares
         teacher, teacher_model, teacher_tok = load_teacher(
             config, student, tokenizer, accelerator.device, chunked
         )

@@ -14,9 +14,10 @@ import onpolicy.objectives.cross as cross_mod
 from alignment import SideLogits, byte_trie, gjsd_measure, gold_prefix_terms, gold_terms
 from alignment.spans._byte_mass import matched_prefix_gjsd, prefix_logmass
 from alignment.spans.next_byte import next_byte_terms
+from onpolicy.forward import spare_row_empty
+from onpolicy.forward import with_spare_row as spare
 from onpolicy.losses import token_logprobs_chunked
-from onpolicy.objectives.cross import flat_window, reference_kl_sum, spare_row_empty
-from onpolicy.objectives.cross import with_spare_row as spare
+from onpolicy.objectives.cross import flat_window, reference_kl_sum
 
 
 @pytest.fixture(scope="module")

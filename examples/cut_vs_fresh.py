@@ -35,9 +35,9 @@ if __name__ == "__main__":
     cfg = GridConfig(teachers=[TEACHER], student_hidden=[128], steps=steps, data=data, lr=args.lr)
     teacher_dir = resolve_model_path(TEACHER)
     tok = load_tokenizer(teacher_dir)
-    from onpolicy.data import load_rows
+    from onpolicy.data import read_rows
 
-    rows = list(load_rows(data))
+    rows = [row for _, row in read_rows(data)]
     train_rows, eval_ro = rows[: -cfg.eval_rows], gold_rollout(rows[-cfg.eval_rows :], tok)
     teacher_model = load_model(teacher_dir, trainable=False)
     teacher = LocalTeacher(teacher_model, tok, tok, mode="same")

@@ -132,11 +132,11 @@ def train_student(
 def run_grid(cfg: GridConfig, log=print) -> list[dict[str, Any]]:
     """Every run of the grid as a row (see the module docstring)."""
     from onpolicy.config_checks import resolve_model_path
-    from onpolicy.data import load_rows
+    from onpolicy.data import read_rows
     from onpolicy.models import load_model, load_tokenizer
     from onpolicy.teacher.local import LocalTeacher
 
-    rows = list(load_rows(cfg.data))
+    rows = [row for _, row in read_rows(cfg.data)]  # checked rows, in file order
     if len(rows) <= cfg.eval_rows + cfg.batch_size:
         raise ConfigError(f"{cfg.data} has {len(rows)} rows; need more than eval_rows + batch_size")
     train_rows, eval_rows = rows[: -cfg.eval_rows], rows[-cfg.eval_rows :]

@@ -105,6 +105,8 @@ _SUMMARIES = {
     "doctor": "can these two tokenizers be aligned, and which loss fits",
     "compare": "on-policy vs off-policy baselines on your task, same budget",
     "quickstart": "a small end-to-end comparison on CPU",
+    "init-student": "a smaller student cut from a subset of the teacher's layers",
+    "scaling": "fit the distillation scaling law to a table of your runs",
 }
 
 

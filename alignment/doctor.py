@@ -19,10 +19,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from alignment.chat import teacher_view
-from alignment.offsets import token_bytes_table
-from alignment.special import end_of_turn_id
-from alignment.vocab_map import build_vocab_map, same_tokenizer
+from alignment.tokens.chat import turn_end_id
+from alignment.tokens.offsets import token_bytes_table
+from alignment.tokens.vocab_map import build_vocab_map, same_tokenizer
+from alignment.view import teacher_view
 
 DEFAULT_CONVERSATIONS = [
     [
@@ -99,7 +99,7 @@ def coverage(conversations, student: Any, teacher: Any) -> tuple[float, float, f
         if not conv or conv[-1]["role"] != "assistant":
             continue
         reply = student(conv[-1]["content"], add_special_tokens=False)["input_ids"]
-        view = teacher_view(conv[:-1], reply, student, teacher)
+        view = teacher_view((), reply, student, teacher)  # only the replies are aligned
         S = view.num_spans
         s_count = view.student_span_Ts[view.student_span_Ts >= 0].bincount(minlength=S)
         t_count = view.teacher_span_Tt[view.teacher_span_Tt >= 0].bincount(minlength=S)
@@ -181,7 +181,7 @@ def run_doctor(teacher: Any, student: Any, data: str | Path | None = None) -> st
     matched = len(vmap.student_ids_M)
     s_size, t_size = len(token_bytes_table(s_tok).bytes_V), len(token_bytes_table(t_tok).bytes_V)
     one, s_per, t_per, spans = coverage(conversations, s_tok, t_tok)
-    s_eot, t_eot = end_of_turn_id(s_tok), end_of_turn_id(t_tok)
+    s_eot, t_eot = turn_end_id(s_tok), turn_end_id(t_tok)
     rows = [
         ("tokenizer size / padded embeddings", f"{s_size:,} / {_padded_vocab(student)}",
          f"{t_size:,} / {_padded_vocab(teacher)}"),

@@ -56,7 +56,7 @@ def _one_to_one(
 
 @dataclass(frozen=True)
 class SideLogits:
-    """One model's view of a batch for the cross-tokenizer losses (``alignment.gold``).
+    """One model's view of a batch for the cross-tokenizer losses (``alignment.spans.gold``).
 
     Attributes:
         logits_B_T_V: [B, T, V] the model's logits on its own tokens; ``logits[:, t]`` predicts
@@ -87,6 +87,10 @@ class SpanLossTerms:
     matched_B_S: torch.Tensor
     unmatched_B_S: torch.Tensor
     mask_B_S: torch.Tensor
+
+    def weighted(self, matched_weight: float, unmatched_weight: float) -> torch.Tensor:
+        """[B, S] ``matched_weight * matched + unmatched_weight * unmatched`` per span."""
+        return matched_weight * self.matched_B_S + unmatched_weight * self.unmatched_B_S
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Cross-tokenizer losses: onpolicy's `alignment.gold` side by side with TRL's GOLD `ULDLoss`.
+"""Cross-tokenizer losses: onpolicy's `alignment.spans.gold` side by side with TRL's GOLD `ULDLoss`.
 
 Both sides get the same student/teacher logits, token ids and byte offsets (a prompt, then a
 completion cut into student and teacher tokens at different random byte boundaries; the sampled
@@ -20,7 +20,7 @@ rewrites only the sections of the cases it ran, with the command that made them.
 
 ``--rounds N`` runs every implementation N times in turn (A B A B ...) and takes the medians
 over all of them, so a load that comes and goes on a shared machine hits both sides alike. The
-"ULD rows" column is the CPU time ours spends in ``alignment.uld``'s row kernels (the sorts).
+"ULD rows" column is the CPU time ours spends in ``alignment.spans.uld``'s row kernels (the sorts).
 """
 
 from __future__ import annotations
@@ -77,8 +77,7 @@ def _real_inputs(seed: int) -> dict:
 
     from transformers import AutoTokenizer
 
-    from alignment.offsets import byte_offsets
-    from alignment.vocab_map import build_vocab_map
+    from alignment import build_vocab_map, byte_offsets
     from onpolicy.offline import gpt2_tokenizer_dir, smollm2_dir
 
     B, T, Vs, Vt = CASES["real"]
@@ -177,9 +176,7 @@ def _vocabs(inp: dict):
 
 
 def _our_loss(inp: dict, impl: str):
-    from alignment.gold import gold_loss, span_uld_loss
-    from alignment.spans import align_spans_batch
-    from alignment.types import SideLogits
+    from alignment import SideLogits, align_spans_batch, gold_loss, span_uld_loss
 
     s, t = inp["s"], inp["t"]
     span_s = align_spans_batch(s["offsets"], t["offsets"]).student_span_B_Ts  # for the reduction
@@ -204,8 +201,8 @@ def _trl_normalized(per_span_B_S: torch.Tensor, span_B_T: torch.Tensor) -> torch
 
 
 def _time_uld_rows() -> list[float]:
-    """Make ``alignment.gold_rows`` count the CPU time of its ULD row kernels (the sorts)."""
-    import alignment.gold_rows as gold
+    """Make ``alignment.spans._gold_rows`` count the CPU time of its ULD row kernels (the sorts)."""
+    import alignment.spans._gold_rows as gold
 
     spent = [0.0]
 
@@ -325,7 +322,7 @@ def _table(case: str, res: dict[str, dict]) -> list[str]:
 
 
 HEADER = (
-    "# Cross-tokenizer loss: alignment.gold vs TRL GOLD ULDLoss (CPU, 1 thread)\n\n"
+    "# Cross-tokenizer loss: alignment.spans.gold vs TRL GOLD ULDLoss (CPU, 1 thread)\n\n"
     "Each case's section below holds its latest table and the command that made it; "
     "`benchmarks/alignment.py` rewrites only the sections of the cases it runs. Per "
     "(implementation, case): the median over rounds x repeats timed calls, each round every "
@@ -340,8 +337,8 @@ HEADER = (
     "base/large: offsets cut the same bytes at random places on each side: ~20% of spans are "
     "1:1 and a span holds ~2.6 tokens per side (real tokenizer pairs are mostly 1:1), the "
     "harder case for the chain-rule scale. real: stdlib source text tokenized by SmolLM2 "
-    "(student) and GPT-2 (teacher) via `alignment.offsets.byte_offsets`, ~90% of spans 1:1, "
-    "matched pairs from `alignment.vocab_map`. `value - TRL` for GOLD: ours compares "
+    "(student) and GPT-2 (teacher) via `alignment.byte_offsets`, ~90% of spans 1:1, "
+    "matched pairs from `alignment.build_vocab_map`. `value - TRL` for GOLD: ours compares "
     "vocabulary pairs only on spans whose two anchor tokens are a matched pair (elsewhere the "
     "anchors are the pair, the rest goes to ULD; commit 7aa2350), TRL on every span; TRL also "
     "clamps probabilities at 1e-8 in its JSD. Timings come from a shared 2-core VM (other jobs "

@@ -1,6 +1,6 @@
 """Aligning one million tokens of real text between two real tokenizers, on one core.
 
-Ours: ``alignment.offsets.offsets_from_encoding`` (token-byte table, vectorised cumsum) +
+Ours: ``alignment.tokens.offsets.offsets_from_encoding`` (token-byte table, vectorised cumsum) +
 ``alignment.spans.align_spans`` (intersection of end positions + searchsorted).
 Peer: TRL 1.16 GOLD's own code, called as TRL ships it: the body of
 ``trl.experimental.utils.encode_with_byte_offsets`` (char -> byte table per text, then
@@ -34,8 +34,8 @@ import time
 import torch
 from transformers import AutoTokenizer
 
-from alignment.offsets import offsets_from_encoding
-from alignment.spans import align_spans
+from alignment import align_spans
+from alignment.tokens.offsets import offsets_from_encoding
 from onpolicy import offline
 
 REPEATS = 3

@@ -9,8 +9,8 @@ RSS above the RSS before the first call (Linux: the peak is reset there, ``clear
 The peer is TRL's GOLD ``ULDLoss`` (extended ULD, "bayesian" merge: the ``uld`` row runs ours
 with ``anchor="last"``, the same semantics; the ``uld`` objective's default anchor is
 ``first``) on the same inputs; TRL has no next-byte or
-prefix-marginal loss. ``gold_token`` is ``alignment.gold`` (TRL's GOLD semantics, anchor first),
-``gold_prefix`` the ``gold`` objective's default (``matched=prefix``).
+prefix-marginal loss. ``gold_token`` is ``alignment.gold_terms`` (TRL's GOLD semantics, anchor
+first), ``gold_prefix`` the ``gold`` objective's default (``matched=prefix``).
 
     .venv/bin/python benchmarks/cross_objectives.py [--tokens 104] [--repeats 3] [--warmup 1]
         [--impls next_byte,gold_prefix,gold_token,uld,trl_uld] [--objectives]
@@ -62,8 +62,7 @@ def _tokenizers():
 def make_inputs(tokens: int, seed: int = 0) -> dict:
     """alignment-benchmark style inputs (``benchmarks/alignment.py``): per side logits [1, T, V],
     ids, byte offsets (prompt tokens zero-width), TRL labels; matched pairs from the vocab map."""
-    from alignment.offsets import byte_offsets
-    from alignment.vocab_map import build_vocab_map
+    from alignment import build_vocab_map, byte_offsets
 
     s_tok, t_tok = _tokenizers()
     s_ids, s_off = byte_offsets(s_tok, TEXT, add_special_tokens=False)
@@ -92,12 +91,14 @@ def make_inputs(tokens: int, seed: int = 0) -> dict:
 
 
 def _ours(inp: dict, impl: str):
-    from alignment.byte_loss import next_byte_terms
-    from alignment.byte_marginal import byte_trie
-    from alignment.gold import gold_terms
-    from alignment.gold_prefix import gold_prefix_terms
-    from alignment.spans import align_spans_batch
-    from alignment.types import SideLogits
+    from alignment import (
+        SideLogits,
+        align_spans_batch,
+        byte_trie,
+        gold_prefix_terms,
+        gold_terms,
+        next_byte_terms,
+    )
 
     s, t = inp["s"], inp["t"]
     s_tok, t_tok = inp["tokenizers"]

@@ -13,20 +13,21 @@ and the optimizer step normalizes by the token count (``step``). Tiny models, CP
 
 The knobs, and what they do:
 
-- ``--kl-coef`` (default 0.1): weight of the teacher's log-ratio. It is summed over every token,
-  and on a student far from its teacher it is large and mostly negative (several nats per token),
-  so at 1.0 it drowns the task reward and pushes the student to short, odd completions.
+- ``--kl-coef`` (default 0.1): weight of the teacher's log-ratio. On a student far from its
+  teacher it is large and negative (here -11 to -19 nats summed over a completion), so at 1.0 it
+  drowns the task reward.
 - ``--advantage`` (default ``group``): the task reward minus the mean of the same prompt's samples
   (``center``), divided also by their standard deviation (``group``, as in GRPO), so its scale does
   not depend on how often the task succeeds. ``--samples`` is the group size.
 - ``--advantage-norm`` (default ``batch``): whiten the per-token advantages of each batch (zero
   mean, unit standard deviation) inside the objective, so a step's size does not depend on the
   scale of the log-ratios; ``none`` uses them as they are.
-- ``--lr`` (default 1e-3) with ``--max-grad-norm`` 1.0.
+- ``--lr`` (default 3e-4; ``--max-grad-norm`` 1.0): at 1e-3 even kl 0.1 collapsed one run.
 
-Measured on both tasks (held-out greedy accuracy over steps; see the report in
-docs/results/custom-loop.md): the old defaults (kl 1.0, centred reward, no normalization) lose
-accuracy; these defaults keep or raise it.
+Measured (docs/results/custom-loop.md, held-out accuracy over 60-120 steps, two seeds): the old
+recipe (kl 1.0, centred reward, no normalization, lr 1e-3) collapses ``count`` from 0.28 to 0.06
+on both seeds; with these defaults no run ends collapsed (``sum`` 0.16 -> 0.28-0.34, ``count``
+stays at 0.22-0.34). A safe start, not a tuned recipe: the coefficient matters most.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> list[tuple[int, float]]:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch", type=int, default=8, help="prompts per step")
     parser.add_argument("--samples", type=int, default=4, help="samples per prompt (group size)")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--max-grad-norm", type=float, default=1.0)
     parser.add_argument("--kl-coef", type=float, default=0.1, help="distillation weight")
     parser.add_argument("--advantage", choices=["center", "group"], default="group")

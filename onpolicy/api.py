@@ -17,7 +17,9 @@ from typing import Any
 
 import torch
 
-from onpolicy.chat import end_of_turn_token_id, render_prompts
+from alignment.tokens.chat import turn_end_id
+from onpolicy.chat import render_prompts
+from onpolicy.losses import token_normalized
 from onpolicy.objectives.base import LossOutput, Objective
 from onpolicy.teacher.types import TeacherScores
 from onpolicy.types import Prompt, Rollout, SamplingParams
@@ -62,7 +64,8 @@ def step(
         raise ValueError("step() needs at least one LossOutput")
     num_tokens = sum(o.num_tokens for o in outs)
     # global normalization: every counted token weighs the same, whatever the micro-batch split
-    total = sum((o.loss_sum for o in outs[1:]), start=outs[0].loss_sum) / max(num_tokens, 1)
+    loss_sum = sum((o.loss_sum for o in outs[1:]), start=outs[0].loss_sum)
+    total = token_normalized(loss_sum, num_tokens)
     if extra_loss is not None:
         total = total + extra_loss
     total.backward()
@@ -106,8 +109,7 @@ def completion_rollout(
 
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
-    stop = end_of_turn_token_id(tokenizer)
-    stop = tokenizer.eos_token_id if stop is None else stop
+    stop = turn_end_id(tokenizer)  # its end of turn, else its EOS
     n = len(prompts)
     return text_rollout(
         list(prompts),
@@ -123,11 +125,8 @@ def completion_rollout(
 
 def make_objective(name: str, **params: Any) -> Objective:
     """The objective registered as ``name`` built with ``params`` (the config's
-    ``objective.params``); unknown names list the known ones."""
-    import onpolicy.objectives  # noqa: F401  (registers the built-ins)
-    from onpolicy.errors import ConfigError
-    from onpolicy.objectives.base import OBJECTIVES
+    ``objective.params``); unknown names list the known ones (one factory:
+    ``onpolicy.objectives.base.make_objective``)."""
+    from onpolicy.objectives.base import make_objective as build
 
-    if name not in OBJECTIVES:
-        raise ConfigError(f"unknown objective {name!r}; use one of {sorted(OBJECTIVES)}")
-    return OBJECTIVES[name](**params)
+    return build(name, params)

@@ -6,6 +6,7 @@
     onpolicy compare ...       (onpolicy.compare: on-policy vs off-policy baselines)
     onpolicy quickstart ...    (onpolicy.compare: a small end-to-end demo)
     onpolicy init-student ...  (onpolicy.init_student: a student cut from the teacher's layers)
+    onpolicy scaling ...       (onpolicy.scaling: fit a distillation scaling law to your runs)
 
 Works unchanged under ``accelerate launch -m onpolicy.cli train ...`` (or ``accelerate launch
 $(which onpolicy) train ...``). A bad input is one line on stderr (``onpolicy: error: ...``) and
@@ -30,6 +31,7 @@ _DISPATCH = {
     "compare": ("onpolicy.compare", ("compare_main", "main")),
     "quickstart": ("onpolicy.compare", ("quickstart_main", "main")),
     "init-student": ("onpolicy.init_student", ("main",)),
+    "scaling": ("onpolicy.scaling", ("main",)),
 }
 
 

@@ -175,7 +175,7 @@ def _text(where: str, value: Any, field: str) -> str:
 def _messages(where: str, value: Any, field: str) -> tuple[dict[str, str], ...]:
     if not isinstance(value, list) or not value:
         raise DataError(
-            f"{where}: `{field}` must be a non-empty list of {{\"role\", \"content\"}} objects, "
+            f'{where}: `{field}` must be a non-empty list of {{"role", "content"}} objects, '
             f"got {type(value).__name__} {str(value)[:40]!r}"
         )
     out = []

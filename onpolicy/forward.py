@@ -150,3 +150,23 @@ def _device_of(model: torch.nn.Module) -> torch.device:
 def split_rows(values_N: torch.Tensor, num_tokens_B: list[int]) -> list[torch.Tensor]:
     """Packed per-position values -> one tensor per row."""
     return list(torch.split(values_N, num_tokens_B, dim=0))
+
+
+def with_spare_row(logits_N_V: torch.Tensor) -> torch.Tensor:
+    """``[N + 1, V]``: ``logits_N_V`` and one more row. A view (no copy) when the tensor is
+    contiguous and its storage holds a row past its end (``spare_row_empty``), else a copy with
+    a zero row."""
+    N, V = logits_N_V.shape
+    start = logits_N_V.storage_offset()
+    room = logits_N_V.untyped_storage().nbytes() // max(logits_N_V.element_size(), 1)
+    if logits_N_V.is_contiguous() and room >= start + (N + 1) * V:
+        return logits_N_V.as_strided((N + 1, V), (V, 1), start)
+    return torch.cat([logits_N_V, logits_N_V.new_zeros((1, V))])
+
+
+def spare_row_empty(N: int, V: int, like: torch.Tensor) -> torch.Tensor:
+    """An uninitialized ``[N, V]`` tensor (``like``'s dtype, device) whose storage holds a zero
+    row after its end, so that ``with_spare_row`` of it is a view."""
+    buf = torch.empty((N + 1, V), dtype=like.dtype, device=like.device)
+    buf[N].zero_()
+    return buf[:N]

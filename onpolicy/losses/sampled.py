@@ -16,6 +16,7 @@ import math
 
 import torch
 
+from alignment.divergence import token_logprobs as _token_logprobs
 from onpolicy.errors import ConfigError, DataError
 from onpolicy.losses.reduce import (
     as_bool_mask,
@@ -33,30 +34,49 @@ def token_logprobs(logits: Tensor, token_ids: Tensor, temperature: float = 1.0) 
     """``log softmax(logits / temperature)[..., token_ids]`` as ``[..., T]`` in float32 (float64 if
     given), from ``logits`` ``[..., T, V]`` and ``token_ids`` ``[..., T]`` (ids of masked positions
     must still be valid, e.g. 0). Uses ``logsumexp`` + ``gather``: no ``[..., T, V]``
-    log-probs kept."""
+    log-probs kept. The one sampled-token log-prob of both packages
+    (``alignment.divergence.token_logprobs``), validated here."""
     check_temperature(temperature)
     if token_ids.shape != logits.shape[:-1]:
         raise DataError(
             f"token_ids {tuple(token_ids.shape)} must match the logits' positions "
             f"{tuple(logits.shape[:-1])}"
         )
-    z = logits.to(compute_dtype(logits))
-    if temperature != 1.0:
-        z = z / temperature
-    picked = z.gather(-1, token_ids.long().unsqueeze(-1)).squeeze(-1)
-    return picked - torch.logsumexp(z, dim=-1)
+    return _token_logprobs(logits, token_ids, temperature)
+
+
+def token_logprobs_chunked(
+    logits_N_V: Tensor, targets_N: Tensor, chunk_elems: int = 1 << 22
+) -> Tensor:
+    """float32 ``[N]`` ``token_logprobs`` of ``[N, V]`` logits, a chunk of rows at a time (no
+    ``[N, V]`` float32 temporary when the logits are bf16/fp16). No gradient is meant to flow
+    (teacher scoring)."""
+    rows = max(1, chunk_elems // max(logits_N_V.shape[-1], 1))
+    out = [
+        _token_logprobs(z, t)
+        for z, t in zip(logits_N_V.split(rows), targets_N.split(rows), strict=True)
+    ]
+    return torch.cat(out) if out else logits_N_V.new_zeros(0, dtype=torch.float32)
+
+
+MASKED_LOGPROB = -100.0  # the teacher log-prob a sampled token it masks (-inf) is scored with
 
 
 def sampled_token_reward(student_logprobs: Tensor, teacher_logprobs: Tensor) -> Tensor:
     """Per-token reward ``teacher_logprob - student_logprob`` of the sampled tokens, ``[..., T]``,
-    detached (a constant for the policy gradient). Its mean under ``p_s`` is ``-KL(p_s || p_t)``."""
+    detached (a constant for the policy gradient). Its mean under ``p_s`` is ``-KL(p_s || p_t)``.
+
+    A sampled token the teacher masks (log-prob ``-inf``: the exact reward is ``-inf``) is scored
+    with ``MASKED_LOGPROB`` (-100 nats): a large finite penalty instead of a NaN/inf step."""
     if student_logprobs.shape != teacher_logprobs.shape:
         raise DataError(
             f"student logprobs {tuple(student_logprobs.shape)} and teacher logprobs "
             f"{tuple(teacher_logprobs.shape)} must have the same shape [..., T]"
         )
     dtype = compute_dtype(student_logprobs)
-    return (teacher_logprobs.to(dtype) - student_logprobs.to(dtype)).detach()
+    teacher = teacher_logprobs.to(dtype)
+    teacher = teacher.masked_fill(teacher.isneginf(), MASKED_LOGPROB)  # NaN stays NaN
+    return (teacher - student_logprobs.to(dtype)).detach()
 
 
 def policy_gradient_loss(

@@ -11,9 +11,10 @@ The trainer's loop (and a user's own RL-style loop) reads top to bottom:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 
@@ -55,6 +56,25 @@ class Objective(Protocol):
         ...
 
 
+TeacherOutput = Literal["logits", "hidden"]
+"""What an objective needs from a same-tokenizer teacher: its logits at the completion positions,
+or its final hidden states + LM head (a chunked divergence projects them a block at a time, and
+the teacher then skips its own full LM-head pass)."""
+
+
+@runtime_checkable
+class DeclaresTeacherOutput(Protocol):
+    """An objective that says which ``TeacherOutput`` it needs (the others need ``logits``)."""
+
+    def teacher_output(self) -> TeacherOutput: ...
+
+
+def teacher_output(objective: Any) -> TeacherOutput:
+    """The ``TeacherOutput`` ``objective`` declares (``logits`` when it declares none): the
+    trainer asks this instead of reading objective options."""
+    return objective.teacher_output() if isinstance(objective, DeclaresTeacherOutput) else "logits"
+
+
 ObjectiveFactory = Callable[..., Objective]
 OBJECTIVES: dict[str, ObjectiveFactory] = {}
 
@@ -68,3 +88,25 @@ def register_objective(name: str) -> Callable[[ObjectiveFactory], ObjectiveFacto
         return factory
 
     return wrap
+
+
+def make_objective(
+    name: str, params: Mapping[str, Any] | None = None, seed: int | None = None
+) -> Objective:
+    """The one objective factory (``onpolicy.api.make_objective``, the trainer's
+    ``build_objective``): the objective registered as ``name`` built with ``params``; ``seed``
+    goes to a factory that takes one when ``params`` does not set it (GKD's per-step coin).
+    Unknown names and bad params are one-line ``ConfigError``s."""
+    import onpolicy.objectives  # noqa: F401  (registers the built-ins)
+    from onpolicy.errors import ConfigError
+
+    if name not in OBJECTIVES:
+        raise ConfigError(f"unknown objective {name!r}; use one of {sorted(OBJECTIVES)}")
+    factory = OBJECTIVES[name]
+    kwargs = dict(params or {})
+    if seed is not None and "seed" in inspect.signature(factory).parameters:
+        kwargs.setdefault("seed", seed)
+    try:
+        return factory(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"objective {name!r}: bad params {sorted(kwargs)}: {exc}") from exc

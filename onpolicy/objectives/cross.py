@@ -7,7 +7,7 @@ row at the end (predicts nothing, never gathered), and ``span = [-1, spans of ro
 row 1 + S_0, ...]`` (row ``b``'s span ids offset by the spans of the rows before it, the same on
 both sides). Every ``alignment`` loss works per span (rows only index spans), so its per-span
 terms are those of the per-row windows, and the packed logits are the window with no copy when
-their storage holds the spare row (the teacher's, ``onpolicy.teacher.cross.score_cross``).
+their storage holds the spare row (the teacher's, ``onpolicy.forward.spare_row_empty``).
 """
 
 from __future__ import annotations
@@ -20,33 +20,14 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from onpolicy.errors import ConfigError
-from onpolicy.forward import split_rows
+from onpolicy.forward import split_rows, with_spare_row
+from onpolicy.losses import reverse_kl, token_logprobs
 from onpolicy.objectives.base import BatchSource
 from onpolicy.objectives.common import require_cross, student_forward
 from onpolicy.teacher.types import CrossTeacherScores, TeacherScores
 from onpolicy.types import Rollout
 
 CHUNK_ELEMS = 1 << 22  # rows per chunk = CHUNK_ELEMS // vocabulary (16 MiB of float32)
-
-
-def with_spare_row(logits_N_V: torch.Tensor) -> torch.Tensor:
-    """``[N + 1, V]``: ``logits_N_V`` and one more row. A view (no copy) when the tensor is
-    contiguous and its storage holds a row past its end (``spare_row_empty``), else a copy with
-    a zero row."""
-    N, V = logits_N_V.shape
-    start = logits_N_V.storage_offset()
-    room = logits_N_V.untyped_storage().nbytes() // max(logits_N_V.element_size(), 1)
-    if logits_N_V.is_contiguous() and room >= start + (N + 1) * V:
-        return logits_N_V.as_strided((N + 1, V), (V, 1), start)
-    return torch.cat([logits_N_V, logits_N_V.new_zeros((1, V))])
-
-
-def spare_row_empty(N: int, V: int, like: torch.Tensor) -> torch.Tensor:
-    """An uninitialized ``[N, V]`` tensor (``like``'s dtype, device) whose storage holds a zero
-    row after its end, so that ``with_spare_row`` of it is a view."""
-    buf = torch.empty((N + 1, V), dtype=like.dtype, device=like.device)
-    buf[N].zero_()
-    return buf[:N]
 
 
 def flat_window(
@@ -58,7 +39,7 @@ def flat_window(
     temperature: float,
 ):
     """``alignment.SideLogits`` of all rows as one sequence (see the module docstring)."""
-    from alignment.types import SideLogits
+    from alignment import SideLogits
 
     offsets = [0]
     for n in num_spans_B[:-1]:
@@ -109,11 +90,11 @@ def span_advantages_and_logprobs(
     student token, 0 on the others; a row's advantages sum to ``log P_t(text) - log P_s(text)`` of
     its aligned text (plus the stop span).
     """
-    from alignment.spans_math import span_logprobs, span_sampled_reward, span_values_to_tokens
+    from alignment import span_logprobs, span_sampled_reward, span_values_to_tokens
 
     cross: CrossTeacherScores = scores.cross
     fwd = student_forward(student, rollout, None)
-    logp_N = torch.log_softmax(fwd.logits_N_V.float(), -1).gather(1, fwd.targets_N[:, None])[:, 0]
+    logp_N = token_logprobs(fwd.logits_N_V, fwd.targets_N)
     advantages = []
     t_rows = split_rows(cross.token_logprobs_Nt.to(logp_N.device), cross.num_tokens_B)
     for b, s_lp in enumerate(split_rows(logp_N.detach(), fwd.num_tokens_B)):
@@ -153,9 +134,7 @@ def reference_kl_sum(
 
 
 def _kl_rows(s_W_V, rows, r_c_V, tau: float) -> torch.Tensor:
-    log_s = torch.log_softmax(s_W_V.index_select(0, rows).float() / tau, -1)
-    log_r = torch.log_softmax(r_c_V.float() / tau, -1)
-    return (log_s.exp() * (log_s - log_r)).sum()
+    return reverse_kl(s_W_V.index_select(0, rows), r_c_V, tau, reduction="sum").float()
 
 
 @dataclass(frozen=True)
@@ -282,9 +261,9 @@ class AnchoredCrossObjective:
 
 
 def side_tries(cross: CrossTeacherScores, s_side, t_side, needed_by: str) -> tuple:
-    """``(student trie, teacher trie)`` (``alignment.byte_marginal.byte_trie``) over each side's
+    """``(student trie, teacher trie)`` (``alignment.byte_trie``) over each side's
     padded vocabulary, from the tokenizers the cross scores carry."""
-    from alignment.byte_marginal import byte_trie
+    from alignment import byte_trie
 
     if cross.student_tokenizer is None or cross.teacher_tokenizer is None:
         raise ConfigError(

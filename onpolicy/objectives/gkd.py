@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from onpolicy.objectives.base import BatchSource, LossOutput, register_objective
+from onpolicy.objectives.base import BatchSource, LossOutput, TeacherOutput, register_objective
 from onpolicy.objectives.common import check_temperature, check_unit, on_policy_share
 from onpolicy.objectives.divergence import divergence_loss
 from onpolicy.teacher.types import TeacherScores
@@ -41,6 +41,10 @@ class GKD:
 
     def batch_source(self, step: int) -> BatchSource:
         return "student" if on_policy_share(self.seed, step, self.lmbda) else self.off_policy
+
+    def teacher_output(self) -> TeacherOutput:
+        """``hidden`` with ``chunked`` (the chunked divergence), else ``logits``."""
+        return "hidden" if self.chunked else "logits"
 
     def loss(self, student, rollout: Rollout, teacher_scores: TeacherScores | None) -> LossOutput:
         return divergence_loss(

@@ -2,18 +2,19 @@
 
 Per aligned span (``onpolicy.teacher.cross``) the student's and the teacher's distributions are
 compared: on the vocabulary pairs that spell the same bytes with a generalized JSD (``beta``), on
-the rest with ULD (sorted-probability L1); see ``alignment.gold``. Counted units are the spans with
-tokens on both sides (``LossOutput.num_tokens``).
+the rest with ULD (sorted-probability L1); see ``alignment.spans.gold``. Counted units are the
+spans with tokens on both sides (``LossOutput.num_tokens``).
 
 ``matched`` picks what a vocabulary pair compares:
 
-* ``prefix`` (default, ``alignment.gold_prefix``): each side's prefix marginal at the span start
-  (the probability that the text goes on with the pair's bytes, summed over the tokens that start
-  with them), the same event on both sides; no chain-rule scale, so spans where the student went
-  off-track do not dominate, and with ``0 < beta < 1`` each span's term is bounded.
-* ``token``: TRL's GOLD semantics (``alignment.gold``): the pair's token probabilities in the span
-  distributions (anchor distribution times the chain-rule probability of the span's other
-  tokens). On the arithmetic cross pair this collapsed the student (exact match 0.615 -> 0.0).
+* ``prefix`` (default, ``alignment.gold_prefix_terms``): each side's prefix marginal at the span
+  start (the probability that the text goes on with the pair's bytes, summed over the tokens
+  that start with them), the same event on both sides; no chain-rule scale, so spans where the
+  student went off-track do not dominate, and with ``0 < beta < 1`` each span's term is bounded.
+* ``token``: TRL's GOLD semantics (``alignment.gold_terms``): the pair's token probabilities in
+  the span distributions (anchor distribution times the chain-rule probability of the span's other
+  tokens). It collapsed the student on the arithmetic cross pair
+  (``docs/results/compare-arithmetic-cross.md``); kept as TRL's reference semantics.
 
 ``reference_kl`` (default 1.0) adds KL(student || the initial student) on the student's
 tokens: span targets cannot tell two tokenizations of a text apart, and without an anchor a BPE
@@ -74,11 +75,11 @@ class GOLD(AnchoredCrossObjective):
         device = s_side.logits_B_T_V.device
         ms, mt = cross.matched_student_ids_M.to(device), cross.matched_teacher_ids_M.to(device)
         if self.matched == "token":
-            from alignment.gold import gold_terms
+            from alignment import gold_terms
 
             terms = gold_terms(s_side, t_side, ms, mt, self.beta, top_k=self.top_k)
         else:
-            from alignment.gold_prefix import gold_prefix_terms
+            from alignment import gold_prefix_terms
 
             s_trie, t_trie = side_tries(cross, s_side, t_side, "gold matched=prefix (else: token)")
             terms = gold_prefix_terms(

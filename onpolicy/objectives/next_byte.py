@@ -1,6 +1,6 @@
 """The ``next_byte`` objective: on-policy distillation across tokenizers on next-byte marginals.
 
-At every byte of the student's completion (``alignment.byte_marginal``) each model's next-token
+At every byte of the student's completion (``alignment.spans.next_byte``) each model's next-token
 distribution is projected onto the next byte: exactly where the model is at a token boundary (for
 both at every span start, and at the stop), and as the within-token conditional (the tokens that
 extend the bytes already written) inside a token. The two 257-class distributions (256 bytes + a
@@ -53,7 +53,7 @@ class NextByte(AnchoredCrossObjective):
         check_temperature(self.temperature)
 
     def loss(self, student, rollout: Rollout, teacher_scores: TeacherScores | None) -> LossOutput:
-        from alignment.byte_loss import next_byte_terms
+        from alignment import next_byte_terms
 
         s_side, t_side, cross = cross_sides(
             student, rollout, teacher_scores, self.name, self.temperature, self.teacher_temperature

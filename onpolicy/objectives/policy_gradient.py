@@ -7,7 +7,7 @@ sequence (``reward_fn(rollout) -> [B] floats``) given to every token of that seq
 ``onpolicy.losses.policy_gradient_loss``: importance-weighted by ``exp(log p_student - log
 p_engine)`` against the rollout engine's logprobs (PPO clipping or truncated IS). With a teacher on
 another tokenizer the advantage is per aligned span (chain rule, exact on the sampled text: see
-``alignment.spans_math.span_sampled_reward``), placed on each span's last student token.
+``alignment.span_sampled_reward``), placed on each span's last student token.
 """
 
 from __future__ import annotations
@@ -72,8 +72,8 @@ class PolicyGradient:
             targets = fwd.targets_N
         behaviour_N = _behaviour(rollout, student_lp_N)
         advantage_N = self.kl_coef * advantage_N + self._rewards(rollout, student_lp_N)
-        if self.advantage_norm == "batch" and advantage_N.numel() > 1:
-            advantage_N = (advantage_N - advantage_N.mean()) / (advantage_N.std() + 1e-6)
+        if self.advantage_norm == "batch":
+            advantage_N = whiten(advantage_N)
         loss_sum = policy_gradient_loss(
             student_lp_N, behaviour_N, advantage_N, clip_mode=self.clip_mode,
             clip_eps=self.clip_eps, tis_cap=self.tis_cap, reduction="sum",
@@ -113,3 +113,13 @@ def _behaviour(rollout: Rollout, student_lp_N: torch.Tensor) -> torch.Tensor:
             "tokens; a backend must report one logprob per completion token"
         )
     return torch.tensor(flat, dtype=student_lp_N.dtype, device=student_lp_N.device)
+
+
+def whiten(advantage_N: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """``(a - mean) / (std + eps)`` over the finite entries of ``advantage_N`` ([N]); non-finite
+    entries are kept as they are (the loss reports them); fewer than two finite: unchanged."""
+    finite_N = torch.isfinite(advantage_N)
+    if int(finite_N.sum()) < 2:
+        return advantage_N
+    a = advantage_N[finite_N]
+    return torch.where(finite_N, (advantage_N - a.mean()) / (a.std() + eps), advantage_N)

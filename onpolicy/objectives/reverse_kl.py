@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from onpolicy.objectives.base import BatchSource, LossOutput, register_objective
+from onpolicy.objectives.base import BatchSource, LossOutput, TeacherOutput, register_objective
 from onpolicy.objectives.common import check_temperature, check_unit
 from onpolicy.objectives.divergence import divergence_loss
 from onpolicy.teacher.types import TeacherScores
@@ -31,6 +31,10 @@ class ReverseKL:
 
     def batch_source(self, step: int) -> BatchSource:
         return "student"
+
+    def teacher_output(self) -> TeacherOutput:
+        """``hidden`` with ``chunked`` (the chunked divergence), else ``logits``."""
+        return "hidden" if self.chunked else "logits"
 
     def loss(self, student, rollout: Rollout, teacher_scores: TeacherScores | None) -> LossOutput:
         return divergence_loss(

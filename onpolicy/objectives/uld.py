@@ -33,7 +33,7 @@ class ULD(AnchoredCrossObjective):
         check_temperature(self.temperature)
 
     def loss(self, student, rollout: Rollout, teacher_scores: TeacherScores | None) -> LossOutput:
-        from alignment.gold import gold_terms
+        from alignment import gold_terms
 
         s_side, t_side, cross = cross_sides(
             student, rollout, teacher_scores, self.name, self.temperature, self.teacher_temperature

@@ -1,8 +1,8 @@
 """The task interface: prompts, optional reference answers, and a scoring function.
 
 A task is what the comparison harness trains on and evaluates with. Built-in tasks register a
-factory under a name (``task.name`` in config); a user's own task is a JSONL file of
-``{"prompt": ..., "reference": ...}`` rows plus a metric name (see ``onpolicy.tasks.dataset``).
+factory under a name (``task.name`` in config); a user's own task is a dataset file in the one
+data format of ``onpolicy.data`` plus a metric name (see ``onpolicy.tasks.dataset``).
 """
 
 from __future__ import annotations

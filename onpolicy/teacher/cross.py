@@ -1,6 +1,6 @@
 """Cross-tokenizer teacher scoring: the teacher's own view of each conversation, aligned by bytes.
 
-Per row (``alignment.chat.teacher_view``): the prompt is rendered with the *teacher's* chat
+Per row (``alignment.teacher_view``): the prompt is rendered with the *teacher's* chat
 template; the student's completion bytes (from its token ids, never from decoded text; invalid
 UTF-8 included) are tokenized by the teacher; the two tokenizations of those bytes are aligned into
 spans (``alignment.align_spans``). The student's stop token (EOS / end of turn) and the teacher's
@@ -9,21 +9,20 @@ end-of-turn token form one extra span (matched by role), so the student still le
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from alignment.chat import teacher_view
+from alignment import teacher_view
 from onpolicy.chat import render_prompt, stop_token_ids
 from onpolicy.errors import DataError
-from onpolicy.teacher.types import CrossTeacherScores, TeacherScores
-from onpolicy.types import PaddedBatch, Prompt, Rollout
+from onpolicy.forward import spare_row_empty
+from onpolicy.losses import token_logprobs_chunked
+from onpolicy.teacher.types import CrossScorer, CrossTeacherScores, TeacherScores
+from onpolicy.types import PaddedBatch, Rollout
 
-if TYPE_CHECKING:
-    from onpolicy.teacher.local import LocalTeacher
 
-
-def score_cross(teacher: LocalTeacher, rollout: Rollout) -> TeacherScores:
+def score_cross(teacher: CrossScorer, rollout: Rollout) -> TeacherScores:
     """``TeacherScores(mode="cross")`` for ``rollout`` (see the module docstring)."""
     if not rollout.prompts:
         raise DataError(
@@ -34,7 +33,7 @@ def score_cross(teacher: LocalTeacher, rollout: Rollout) -> TeacherScores:
     s_stops = stop_token_ids(s_tok)
     t_prompts = [render_prompt(t_tok, p) for p in rollout.prompts]
     views = [
-        teacher_view(_messages(rollout.prompts[i]), c, s_tok, t_tok, set(s_stops))
+        teacher_view(t_prompts[i], c, s_tok, t_tok, s_stops)  # the prompt rendered once
         for i, c in zip(rollout.prompt_index_B, rollout.completion_ids_B, strict=True)
     ]
     prompt_ids_B = [t_prompts[i] for i in rollout.prompt_index_B]
@@ -73,31 +72,17 @@ def score_cross(teacher: LocalTeacher, rollout: Rollout) -> TeacherScores:
 
 def _with_room(logits_N_V: torch.Tensor) -> torch.Tensor:
     """The same logits in a storage with a spare row after them: the objectives lay the rows out
-    as one sequence with no copy (``onpolicy.objectives.cross.with_spare_row``)."""
-    from onpolicy.objectives.cross import spare_row_empty
-
+    as one sequence with no copy (``onpolicy.forward.with_spare_row``)."""
     out = spare_row_empty(*logits_N_V.shape, like=logits_N_V)
     return out.copy_(logits_N_V)
 
 
-def token_logprobs_chunked(
-    logits_N_V: torch.Tensor, targets_N: torch.Tensor, chunk_elems: int = 1 << 22
-) -> torch.Tensor:
-    """float32 [N] ``log_softmax(logits)[n, targets[n]]``, a chunk of rows at a time (no [N, V]
-    float32 temporary): ``z[target] - logsumexp(z)``."""
-    rows = max(1, chunk_elems // max(logits_N_V.shape[-1], 1))
-    out = [
-        z.float().gather(1, t[:, None]).squeeze(1) - torch.logsumexp(z.float(), -1)
-        for z, t in zip(logits_N_V.split(rows), targets_N.split(rows), strict=True)
-    ]
-    return torch.cat(out) if out else logits_N_V.new_zeros(0, dtype=torch.float32)
-
-
 def matched_vocab_pairs(student_tokenizer: Any, teacher_tokenizer: Any) -> tuple[torch.Tensor, ...]:
     """(student_ids_M, teacher_ids_M): one-to-one pairs of tokens that spell the same bytes
-    (``Ġthe`` and ``▁the`` match, ``alignment.vocab_map``), plus the special tokens matched by role
-    (end of turn <-> end of turn, ...): the stop span compares the stop probabilities directly."""
-    from alignment.vocab_map import build_vocab_map
+    (``Ġthe`` and ``▁the`` match, ``alignment.build_vocab_map``), plus the special tokens matched
+    by role (end of turn <-> end of turn, ...): the stop span compares the stop probabilities
+    directly."""
+    from alignment import build_vocab_map
 
     vmap = build_vocab_map(student_tokenizer, teacher_tokenizer)
     s_ids = torch.cat([vmap.student_ids_M, vmap.student_special_P])
@@ -112,13 +97,3 @@ def matched_vocab_pairs(student_tokenizer: Any, teacher_tokenizer: Any) -> tuple
             keep.append(k)
     index = torch.tensor(keep, dtype=torch.long)
     return s_ids[index], t_ids[index]
-
-
-def _messages(prompt: Prompt) -> tuple[dict[str, str], ...]:
-    """The conversation of a prompt (a plain-text prompt as one user message: only the
-    completion's alignment is used from the view, the prompt is rendered by ``render_prompt``)."""
-    return (
-        prompt.messages
-        if prompt.messages is not None
-        else ({"role": "user", "content": prompt.text},)
-    )

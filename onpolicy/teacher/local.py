@@ -13,16 +13,18 @@ from typing import Any, Literal
 
 import torch
 
-from alignment.vocab_map import same_tokenizer
+from alignment import same_tokenizer
 from onpolicy.errors import ConfigError, TokenizerMismatchError
 from onpolicy.forward import forward_completions, head_logits
-from onpolicy.losses import LMHead
+from onpolicy.losses import LMHead, token_logprobs
 from onpolicy.models import adapters_disabled
+from onpolicy.teacher.cross import matched_vocab_pairs, score_cross
 from onpolicy.teacher.types import TeacherScores
 from onpolicy.types import Rollout
 
 TeacherModeArg = Literal["same", "cross", "auto", "self"]
-__all__ = ["LocalTeacher", "same_tokenizer"]  # same_tokenizer: by content (alignment.vocab_map)
+# same_tokenizer: tokenizer identity by content (alignment.tokens.vocab_map)
+__all__ = ["LocalTeacher", "same_tokenizer"]
 
 
 class LocalTeacher:
@@ -83,20 +85,13 @@ class LocalTeacher:
     def matched_vocab(self) -> tuple[torch.Tensor, ...]:
         """(student_ids_M, teacher_ids_M) spelling the same bytes; computed once (cross mode)."""
         if self._matched is None:
-            from onpolicy.teacher.cross import matched_vocab_pairs
-
             self._matched = matched_vocab_pairs(self.student_tokenizer, self.tokenizer)
         return self._matched
 
     def score(self, rollout: Rollout) -> TeacherScores:
         """The teacher's ``TeacherScores`` for ``rollout`` (no gradients)."""
         start = time.perf_counter()
-        if self.mode == "cross":
-            from onpolicy.teacher.cross import score_cross
-
-            scores = score_cross(self, rollout)
-        else:
-            scores = self._score_same(rollout)
+        scores = score_cross(self, rollout) if self.mode == "cross" else self._score_same(rollout)
         scores.metrics["teacher/seconds"] = time.perf_counter() - start
         return scores
 
@@ -107,7 +102,7 @@ class LocalTeacher:
             fwd = forward_completions(self.model, batch, self.vocab_size, hidden=self.hidden)
         logprobs_N = None
         if fwd.logits_N_V is not None:
-            logprobs_N = _token_logprobs(fwd.logits_N_V, fwd.targets_N)
+            logprobs_N = token_logprobs(fwd.logits_N_V, fwd.targets_N)
         elif self.token_logprobs:  # a slice of positions at a time: [N, V] never exists at once
             logprobs_N = _chunked_token_logprobs(fwd.hidden_N_D, fwd.lm_head, fwd.targets_N)
         scores = TeacherScores(
@@ -157,11 +152,6 @@ class _null:
         return None
 
 
-def _token_logprobs(logits_N_V: torch.Tensor, targets_N: torch.Tensor) -> torch.Tensor:
-    """float32 log-softmax of each row at its target."""
-    return torch.log_softmax(logits_N_V.float(), dim=-1).gather(1, targets_N[:, None]).squeeze(1)
-
-
 def _sparse(logits_N_V: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
     """(top-k log-probs [N, K] float32, their ids [N, K], log tail mass [N]) per position."""
     from onpolicy.losses import teacher_tail_logprob
@@ -174,9 +164,9 @@ def _sparse(logits_N_V: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
 def _chunked_token_logprobs(
     hidden_N_D: torch.Tensor, head: LMHead, targets_N: torch.Tensor, block: int = 512
 ) -> torch.Tensor:
-    """``_token_logprobs`` of ``head_logits(hidden, head)``, ``block`` positions at a time."""
+    """``token_logprobs`` of ``head_logits(hidden, head)``, ``block`` positions at a time."""
     out = [
-        _token_logprobs(head_logits(h, head), t)
+        token_logprobs(head_logits(h, head), t)
         for h, t in zip(hidden_N_D.split(block), targets_N.split(block), strict=True)
     ]
     return torch.cat(out) if out else torch.zeros(0, device=targets_N.device)

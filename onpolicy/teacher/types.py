@@ -10,13 +10,27 @@ tokens.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 
 from onpolicy.losses.chunked import LMHead
 
 TeacherMode = Literal["same", "cross"]
+
+
+class CrossScorer(Protocol):
+    """What cross-tokenizer scoring (``onpolicy.teacher.cross.score_cross``) needs of a teacher
+    (``LocalTeacher`` is one): its tokenizer, the student's, its vocabulary size, a forward on its
+    own tokens and the matched vocabulary pairs."""
+
+    tokenizer: Any
+    student_tokenizer: Any
+    vocab_size: int
+
+    def forward_teacher_tokens(self, batch: Any) -> Any: ...
+
+    def matched_vocab(self) -> tuple[torch.Tensor, ...]: ...
 
 
 @dataclass

@@ -152,12 +152,12 @@ def save_checkpoint(
                 (tmp / f"{_CUSTOM}{i}.json").write_text(json.dumps(obj.state_dict()))
             (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
             _fsync_tree(tmp)
-        if final.exists():  # the same step saved twice (e.g. a resumed run's last step)
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        _fsync_dir(root)
-        for old in list_checkpoints(output_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            if final.exists():  # the same step saved twice (e.g. a resumed run's last step)
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+            _fsync_dir(root)
+            for old in list_checkpoints(output_dir)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
 

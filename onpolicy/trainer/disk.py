@@ -1,9 +1,10 @@
 """Write failures (disk full, read-only file system, quota, permissions) as one line.
 
-``disk_errors(path, kept)`` turns an ``OSError`` (or the ``RuntimeError`` torch and safetensors
-raise for a failed write) inside its body into a ``TrainingError`` that names the file, the
-reason, and what earlier output is intact (``kept``). Everything written before the failure
-was written atomically (checkpoints) or line by line (metrics), so nothing earlier is lost.
+``disk_errors(path, kept)`` turns an ``OSError`` (or the ``RuntimeError`` / ``SafetensorError``
+torch and safetensors raise for a failed write) inside its body into a ``TrainingError`` that
+names the file, the reason, and what earlier output is intact (``kept``). Everything written
+before the failure was written atomically (checkpoints) or line by line (metrics), so nothing
+earlier is lost.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from onpolicy.errors import OnpolicyError, TrainingError
 
-_WRITE_HINTS = ("write", "disk", "space", "file too large", "read-only", "errno")
+_WRITE_HINTS = ("write", "disk", "space", "file too large", "read-only", "errno", "os error")
 
 
 def _reason(exc: BaseException) -> str:
@@ -36,7 +37,7 @@ def disk_errors(path: str | Path, kept: str, cleanup: Path | None = None) -> Ite
         raise
     except OSError as exc:
         _raise(exc, path, kept, cleanup)
-    except RuntimeError as exc:
+    except Exception as exc:  # torch's RuntimeError, safetensors' SafetensorError
         if not any(h in str(exc).lower() for h in _WRITE_HINTS):
             raise
         _raise(exc, path, kept, cleanup)

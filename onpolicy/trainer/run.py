@@ -112,6 +112,11 @@ def train(
     from onpolicy.models import check_run_models
 
     validate(config, base_dir)
+    if train_prompts is None:  # read (and check) the dataset before any model loads
+        from onpolicy.data import load_prompts
+
+        train_prompts, loaded_eval = load_prompts(config.data, config.train.seed, base_dir)
+        eval_prompts = loaded_eval if eval_prompts is None else eval_prompts
     check_run_models(config)
     accelerator = make_accelerator(config)
     with contextlib.ExitStack() as held:

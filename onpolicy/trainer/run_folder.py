@@ -87,10 +87,13 @@ def folder_lock(output_dir: str | Path) -> Iterator[Path]:
     """Hold the exclusive lock of ``output_dir`` (created if missing) for the ``with`` body.
 
     Raises ``TrainingError`` naming the holder when another live process holds it."""
+    from onpolicy.trainer.disk import disk_errors
+
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     path = out / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    with disk_errors(path, "nothing of this run was written yet"):
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -101,9 +104,10 @@ def folder_lock(output_dir: str | Path) -> Iterator[Path]:
                 f"train.output_dir {str(out)!r} is in use by another run "
                 f"({_describe_holder(path)}); wait for it to end, or give another output_dir"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, _holder_line().encode())
-        os.fsync(fd)
+        with contextlib.suppress(OSError):  # who holds it is information only (disk full?)
+            os.ftruncate(fd, 0)
+            os.write(fd, _holder_line().encode())
+            os.fsync(fd)
         yield path
     finally:
         os.close(fd)  # closing the descriptor releases the lock

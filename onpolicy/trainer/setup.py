@@ -3,7 +3,6 @@ backends, objective, optimizer and scheduler. No training logic here."""
 
 from __future__ import annotations
 
-import inspect
 import math
 import warnings
 from dataclasses import dataclass
@@ -121,20 +120,9 @@ def load_teacher(
 def build_objective(config: Config) -> Any:
     """The registered objective with ``objective.params``; a ``seed`` argument, when the factory
     takes one and the params do not set it, gets ``train.seed`` (GKD's per-step coin)."""
-    import onpolicy.objectives  # noqa: F401  (registers the built-ins)
-    from onpolicy.objectives.base import OBJECTIVES
+    from onpolicy.objectives.base import make_objective
 
-    name = config.objective.name
-    if name not in OBJECTIVES:
-        raise ConfigError(f"objective {name!r} is not registered; use one of {sorted(OBJECTIVES)}")
-    factory = OBJECTIVES[name]
-    params = dict(config.objective.params)
-    if "seed" in inspect.signature(factory).parameters and "seed" not in params:
-        params["seed"] = config.train.seed
-    try:
-        return factory(**params)
-    except TypeError as exc:
-        raise ConfigError(f"objective {name!r}: bad params {sorted(params)}: {exc}") from exc
+    return make_objective(config.objective.name, config.objective.params, config.train.seed)
 
 
 def build_optimizer(
@@ -142,7 +130,7 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """The optimizer over the trainable parameters (LoRA: the adapters only).
 
-    ``fused``: Adam/AdamW's fused kernel (TRL's default; ~4x faster steps on CPU for SmolLM2-135M),
+    ``fused``: Adam/AdamW's fused kernel (TRL's default; its step time: benchmarks/RESULTS-e2e.md),
     used for plain parameters only (not FSDP/DeepSpeed-sharded ones)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -213,7 +201,9 @@ def _load_models(config: Config, accelerator: Any) -> tuple:
     teacher = teacher_model = teacher_tok = None
     if objective.needs_teacher or config.teacher.path is not None or config.teacher.mode == "self":
         student = model if full is None else full.model
-        chunked = bool(getattr(objective, "chunked", False))  # reverse_kl / gkd option
+        from onpolicy.objectives.base import teacher_output
+
+        chunked = teacher_output(objective) == "hidden"  # what the objective declares
         teacher, teacher_model, teacher_tok = load_teacher(
             config, student, tokenizer, accelerator.device, chunked
         )
@@ -232,7 +222,7 @@ def _hand_over_reference(objective: Any, model: Any, full: Any) -> None:
 def build_components(config: Config, accelerator: Any) -> Components:
     """Load everything and ``prepare`` the student and optimizer (the scheduler is registered for
     checkpointing, not prepared: accelerate would step it once per process)."""
-    from onpolicy.chat import end_of_turn_token_id
+    from alignment.tokens.chat import turn_end_id
     from onpolicy.rollout.base import make_backend
     from onpolicy.trainer.sharding import FullCopyBackend
 
@@ -256,9 +246,7 @@ def build_components(config: Config, accelerator: Any) -> Components:
         from onpolicy.rollout.hf import HFRolloutBackend
 
         teacher_backend = HFRolloutBackend(teacher_model, teacher_tok)
-    end_id = end_of_turn_token_id(tokenizer)
-    if end_id is None:
-        end_id = tokenizer.eos_token_id
+    end_id = turn_end_id(tokenizer)  # its end of turn, else its EOS
     sources = SampleSources(
         student_backend=backend,
         tokenizer=tokenizer,

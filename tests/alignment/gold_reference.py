@@ -1,4 +1,4 @@
-"""Materialized float64 references for ``alignment.gold`` (shared by its test modules)."""
+"""Materialized float64 references for ``alignment.spans.gold`` (shared by its test modules)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from alignment.spans_math import span_anchor_positions, span_distributions
+from alignment.spans.chain_rule import span_anchor_positions, span_distributions
 from alignment.types import SideLogits
 
 

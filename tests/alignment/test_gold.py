@@ -9,8 +9,8 @@ import torch
 from gold_reference import reference_terms
 
 from alignment.errors import AlignmentError
-from alignment.gold import gold_loss, gold_terms, span_uld_loss
-from alignment.spans_math import span_anchor_positions
+from alignment.spans.chain_rule import span_anchor_positions
+from alignment.spans.gold import gold_loss, gold_terms, span_uld_loss
 from alignment.types import SideLogits
 from onpolicy.losses.divergences import generalized_jsd
 
@@ -178,7 +178,7 @@ def test_chunked_rows_give_the_same_values_and_grads(monkeypatch) -> None:
     (g_whole,) = torch.autograd.grad(
         (whole.matched_B_S + 3 * whole.unmatched_B_S).sum(), student.logits_B_T_V
     )
-    monkeypatch.setattr("alignment.gold.CHUNK_ELEMS", 2 * Vt)  # 2 span rows per chunk
+    monkeypatch.setattr("alignment.spans.gold.CHUNK_ELEMS", 2 * Vt)  # 2 span rows per chunk
     part = gold_terms(student, teacher, ms, mt, beta=0.4)
     (g_part,) = torch.autograd.grad(
         (part.matched_B_S + 3 * part.unmatched_B_S).sum(), student.logits_B_T_V

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from alignment.byte_marginal import trie_from_bytes
-from alignment.gold import gold_terms
-from alignment.gold_prefix import gjsd_measure, gold_prefix_loss, gold_prefix_terms
+from alignment.divergence import gjsd_measure
+from alignment.spans.gold import gold_prefix_loss, gold_prefix_terms, gold_terms
+from alignment.tokens.byte_trie import trie_from_bytes
 from alignment.types import SideLogits
 
 S_VOCAB = [b"", b"a", b"b", b"ab", b"ba", b"aba", b"bb"]  # id 0: the stop token (no bytes)
@@ -67,7 +67,7 @@ def test_matched_term_matches_the_definition_values_and_grads(beta):
     (g,) = torch.autograd.grad(terms.matched_B_S.sum(), s.logits_B_T_V, retain_graph=True)
     (g_ref,) = torch.autograd.grad(ref.sum(), s.logits_B_T_V)
     torch.testing.assert_close(g, g_ref)
-    base = gold_terms(s, t, PAIRS_S, PAIRS_T, beta)  # the ULD part is alignment.gold's
+    base = gold_terms(s, t, PAIRS_S, PAIRS_T, beta)  # the ULD part is gold_terms'
     torch.testing.assert_close(terms.unmatched_B_S, base.unmatched_B_S)
 
 

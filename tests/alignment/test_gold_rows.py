@@ -1,4 +1,4 @@
-"""The row kernel of alignment.gold (gold_rows): float32/bfloat16 paths, reused buffers, the
+"""The row kernel of alignment.spans.gold (_gold_rows): float32/bfloat16 paths, reused buffers, the
 huge-page gradient, ties, zero probabilities and rows no span reads, against float64 references."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import pytest
 import torch
 from gold_reference import reference_terms
 
-import alignment.gold_rows as gold_rows
-from alignment.gold import gold_terms, span_uld_loss
+import alignment.spans._gold_rows as gold_rows
+from alignment.spans.gold import gold_terms, span_uld_loss
 from alignment.types import SideLogits
 
 B, Ts, Tt = 3, 12, 10
@@ -73,7 +73,7 @@ def test_low_precision_logits_match_float64_reference(monkeypatch, dtype, tol, b
     """float32 (numpy sort path, reused buffers), bfloat16 (upcast while gathering) and float64;
     temperature per side; 2 rows per chunk; values and student-logit gradients. ``beta=None``:
     no vocabulary pairs (pure ULD)."""
-    monkeypatch.setattr("alignment.gold.CHUNK_ELEMS", 2 * 301)
+    monkeypatch.setattr("alignment.spans.gold.CHUNK_ELEMS", 2 * 301)
     seed = 9 if beta is None else int(beta * 10)
     student, teacher, ms, mt = _sides(257, 301, seed=seed, dtype=dtype, t_s=1.3, t_t=0.6)
     if beta is None:

@@ -13,7 +13,7 @@ from tokenizers.implementations import BertWordPieceTokenizer
 from transformers import PreTrainedTokenizerFast
 
 from alignment.errors import AlignmentError
-from alignment.offsets import byte_offsets, token_bytes_table, token_offsets
+from alignment.tokens.offsets import byte_offsets, token_bytes_table, token_offsets
 
 REAL = ("gpt2", "qwen", "smollm2", "gemma3")
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from alignment.errors import AlignmentError
-from alignment.uld import sorted_l1_rows, topk_l1_rows, uld_loss, uld_loss_topk
+from alignment.spans.uld import sorted_l1_rows, topk_l1_rows, uld_loss, uld_loss_topk
 
 
 def _probs(*shape: int, seed: int, dtype=torch.float64, scale: float = 3.0) -> torch.Tensor:

@@ -9,9 +9,9 @@ import ot
 import pytest
 import torch
 
-import alignment.uld as uld
+import alignment.spans.uld as uld
 from alignment.errors import AlignmentError
-from alignment.uld import sorted_l1_rows, uld_loss
+from alignment.spans.uld import sorted_l1_rows, uld_loss
 
 
 def _rows(R: int, V: int, seed: int, levels: int | None = None) -> torch.Tensor:

@@ -10,8 +10,8 @@ from tokenizers import AddedToken
 from transformers import AutoTokenizer
 
 from alignment.errors import AlignmentError
-from alignment.offsets import token_bytes_table
-from alignment.vocab_map import (
+from alignment.tokens.offsets import token_bytes_table
+from alignment.tokens.vocab_map import (
     build_vocab_map,
     project_to_student,
     projection_matrix,

@@ -132,7 +132,9 @@ def test_zero_probability_teacher_tokens_are_finite():
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-6)
     out.backward()
     assert torch.isfinite(s.grad).all()
-    assert math.isinf(reverse_kl(s, t).item())  # p_s > 0 where p_t = 0: truly infinite
+    # p_s > 0 where p_t = 0 would be infinite: reverse KL is taken on the teacher's support
+    # (kernels docstring; checked against float64 in test_teacher_mask.py)
+    assert math.isfinite(reverse_kl(s, t).item())
 
 
 @pytest.mark.parametrize("name", sorted(DIVERGENCES))

@@ -11,7 +11,7 @@ import pytest
 import torch
 from losses_reference import CASES, ref_from_probs, softmax64
 
-from onpolicy.losses import divergence
+from onpolicy.losses import divergence, sampled_token_reward
 from onpolicy.losses.kernels import DIVERGENCES
 
 V = 11
@@ -76,3 +76,11 @@ def test_masked_tokens_get_no_student_gradient_under_reverse_kl():
     z = student.clone().requires_grad_(True)
     divergence("reverse_kl", z, teacher, reduction="sum").backward()
     assert z.grad[:, :3].abs().max() < 1e-12 and z.grad[2, 5:8].abs().max() < 1e-12
+
+
+def test_sampled_token_reward_of_a_masked_token_is_a_finite_penalty():
+    student = torch.tensor([-1.0, -2.0, -0.5])
+    teacher = torch.tensor([float("-inf"), -0.5, float("nan")])
+    reward = sampled_token_reward(student, teacher)
+    assert reward[0] == -99.0 and reward[1] == 1.5  # -100 - (-1); -0.5 - (-2)
+    assert reward[2].isnan()  # a broken teacher stays visible

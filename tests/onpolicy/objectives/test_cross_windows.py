@@ -9,21 +9,15 @@ import pytest
 import torch
 from tiny_cross_pair import scored_cross_pair
 
-import alignment.gold_prefix as gold_prefix_mod
+import alignment.spans._byte_mass as byte_mass
 import onpolicy.objectives.cross as cross_mod
-from alignment.byte_loss import next_byte_terms
-from alignment.byte_marginal import byte_trie
-from alignment.gold import gold_terms
-from alignment.gold_prefix import (
-    gjsd_measure,
-    gold_prefix_terms,
-    matched_prefix_gjsd,
-    prefix_logmass,
-)
-from alignment.types import SideLogits
-from onpolicy.objectives.cross import flat_window, reference_kl_sum, spare_row_empty
-from onpolicy.objectives.cross import with_spare_row as spare
-from onpolicy.teacher.cross import token_logprobs_chunked
+from alignment import SideLogits, byte_trie, gjsd_measure, gold_prefix_terms, gold_terms
+from alignment.spans._byte_mass import matched_prefix_gjsd, prefix_logmass
+from alignment.spans.next_byte import next_byte_terms
+from onpolicy.forward import spare_row_empty
+from onpolicy.forward import with_spare_row as spare
+from onpolicy.losses import token_logprobs_chunked
+from onpolicy.objectives.cross import flat_window, reference_kl_sum
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +151,7 @@ def test_matched_prefix_gjsd_chunks_equal_the_unchunked_form(beta, scored, monke
         beta,
     )  # fmt: skip
     (want_grad,) = torch.autograd.grad(want.sum(), s0)
-    monkeypatch.setattr(gold_prefix_mod, "CHUNK_ELEMS", 2 * max(Vs, Vt))  # 2 rows a chunk
+    monkeypatch.setattr(byte_mass, "CHUNK_ELEMS", 2 * max(Vs, Vt))  # 2 rows a chunk
     got = matched_prefix_gjsd(s0, s_rows, s_trie, ms, t0, t_rows, t_trie, mt, beta, 1.3, 0.8)
     (grad,) = torch.autograd.grad(got.sum(), s0)
     assert float(want.detach().abs().sum()) > 1e-3

@@ -238,3 +238,17 @@ def test_bad_options_are_config_errors(models, rollout):
         make_objective("nope")
     with pytest.raises(ConfigError, match="needs teacher scores"):
         make_objective("reverse_kl").loss(models[0], rollout, None)
+
+
+def test_objectives_declare_the_teacher_output_and_one_factory_passes_the_seed():
+    from onpolicy.objectives.base import make_objective as build
+    from onpolicy.objectives.base import teacher_output
+
+    assert teacher_output(make_objective("reverse_kl", chunked=True)) == "hidden"
+    assert teacher_output(make_objective("gkd")) == "logits"
+    assert teacher_output(make_objective("sft")) == "logits"  # declares nothing
+    assert build("gkd", {"lmbda": 0.5}, seed=7).seed == 7
+    assert build("gkd", {"lmbda": 0.5, "seed": 3}, seed=7).seed == 3
+    assert build("reverse_kl", {}, seed=7) == make_objective("reverse_kl")  # takes no seed
+    with pytest.raises(ConfigError, match="bad params"):
+        make_objective("gkd", nope=1)

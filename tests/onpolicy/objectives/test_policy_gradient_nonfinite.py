@@ -58,3 +58,30 @@ def test_nonfinite_teacher_logprob_reaches_the_loss(setup):
     out = make_objective("policy_gradient").loss(student, ro, broken)
     assert not math.isfinite(out.loss_sum.item())
     assert out.metrics["pg/nonfinite_inputs_sum"] == 1
+
+
+def test_batch_advantage_norm_whitens_and_ignores_scale(setup):
+    """``advantage_norm=batch``: the loss no longer depends on the advantages' scale (kl_coef 1 and
+    10 give the same loss) and the advantages sum to ~0; a NaN stays the only bad entry."""
+    import torch
+
+    from onpolicy.objectives.policy_gradient import whiten
+
+    student, _, ro, scores = setup
+    one = make_objective("policy_gradient", kl_coef=1.0, advantage_norm="batch")
+    ten = make_objective("policy_gradient", kl_coef=10.0, advantage_norm="batch")
+    a, b = one.loss(student, ro, scores), ten.loss(student, ro, scores)
+    params = [p for p in student.parameters() if p.requires_grad]
+    grad_a = torch.autograd.grad(a.loss_sum, params)
+    grad_b = torch.autograd.grad(b.loss_sum, params)
+    assert all(
+        torch.allclose(x, y, rtol=1e-4, atol=1e-5) for x, y in zip(grad_a, grad_b, strict=True)
+    )
+    assert max(float(g.abs().max()) for g in grad_a) > 1e-4  # a real gradient, not zeros
+    assert abs(a.metrics["advantage_sum"]) < 1e-3
+    plain = make_objective("policy_gradient", kl_coef=1.0).loss(student, ro, scores)
+    assert abs(plain.metrics["advantage_sum"]) > 1.0
+    x = torch.tensor([1.0, 3.0, float("nan"), 5.0])
+    w = whiten(x)
+    assert torch.allclose(w[[0, 1, 3]], torch.tensor([-1.0, 0.0, 1.0]), atol=1e-5)
+    assert torch.isnan(w[2])

@@ -10,7 +10,7 @@ import pytest
 import torch
 from tiny_cross_pair import scored_cross_pair, self_scored_rollout
 
-from alignment.offsets import token_bytes
+from alignment.tokens.offsets import token_bytes
 from onpolicy.api import make_objective
 from onpolicy.chat import render_prompt
 from onpolicy.teacher.local import LocalTeacher

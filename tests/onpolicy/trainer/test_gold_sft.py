@@ -11,7 +11,7 @@ import torch
 from onpolicy.config import from_dict
 from onpolicy.config_checks import resolve_model_path, validate
 from onpolicy.data import read_prompts
-from onpolicy.errors import ConfigError
+from onpolicy.errors import ConfigError, DataError
 from onpolicy.models import load_model, load_tokenizer
 from onpolicy.objectives.sft import SFT
 from onpolicy.trainer import train
@@ -110,3 +110,15 @@ def test_metric_errors_before_models_load(tmp_path):
         validate(_config(tmp_path, metric="bleu"))
     with pytest.raises(ConfigError, match=r"metric file 'nope\.py' does not exist"):
         validate(_config(tmp_path, metric="nope.py:score"))
+
+
+def test_bad_rows_stop_the_run_before_any_model_loads(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "completion": "b"}\n{"messages": "hi"}\n')
+    config = _config(tmp_path)
+    config.data.path, config.data.eval_path = str(bad), None
+    not_a_model = tmp_path / "empty_folder"  # loading it would fail with another error
+    not_a_model.mkdir()
+    config.student.path = str(not_a_model)
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: `messages` must be a non-empty list"):
+        train(config)

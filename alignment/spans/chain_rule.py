@@ -1,4 +1,5 @@
-"""Chain-rule span log-probabilities and span distributions, batched (no loop per token or span).
+"""Span math: chain-rule span log-probabilities and span distributions, batched (no loop per
+token or span). Which tokens form a span is ``alignment.spans.align``.
 
 Conventions (the logit shift):
     ``logits_B_T_V[:, t]`` is a causal LM's output at position ``t``: the distribution of token
@@ -41,6 +42,7 @@ from typing import Literal
 
 import torch
 
+from alignment.divergence import token_logprobs as _logprobs_at
 from alignment.errors import AlignmentError
 
 Anchor = Literal["first", "last"]
@@ -62,11 +64,7 @@ def token_logprobs(
         )
     if temperature <= 0:
         raise AlignmentError(f"temperature={temperature} must be > 0")
-    z = logits_B_T_V[:, :-1].to(torch.promote_types(logits_B_T_V.dtype, torch.float32))
-    if temperature != 1.0:
-        z = z / temperature
-    picked = z.gather(-1, input_ids_B_T[:, 1:].unsqueeze(-1)).squeeze(-1)
-    logp = picked - torch.logsumexp(z, dim=-1)
+    logp = _logprobs_at(logits_B_T_V[:, :-1], input_ids_B_T[:, 1:], temperature)
     return torch.nn.functional.pad(logp, (1, 0))
 
 
@@ -216,7 +214,7 @@ def span_distributions(
         ``(log_q_B_S_V, mask_B_S)``: float32 (or float64) ``log q``; unnormalized (a row's total
         is the chain-rule probability of the span's other tokens) unless ``normalize``. Rows of
         masked spans are finite filler. This materializes [B, S, V]; the losses in
-        ``alignment.gold`` compute the same quantities a chunk of rows at a time.
+        ``alignment.spans.gold`` compute the same quantities a chunk of rows at a time.
     """
     logp = token_logprobs(logits_B_T_V, input_ids_B_T, temperature)
     row_B_S, log_scale_B_S, mask = span_log_scale(logp, span_B_T, anchor, num_spans)

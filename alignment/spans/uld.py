@@ -11,13 +11,14 @@ In 1-D the optimal coupling of two uniform empirical measures with ``n`` atoms m
 sorted, so ``W1 = (1/n) sum_i |p_(i) - q_(i)|`` (POT: ``ot.wasserstein_1d(p, q)``). ULD ignores
 which token carries which probability, so it compares distributions over different vocabularies.
 
-Sorting is the main cost. On CPU, numpy's SIMD sort (x86-simd-sort) is 15-35x faster than
-``torch.sort``, so float32 CPU tensors are sorted by numpy (the argsort the gradient needs is one
+Sorting is the main cost. On CPU, numpy's SIMD sort (x86-simd-sort) is much faster than
+``torch.sort`` (measured in ``benchmarks/RESULTS-alignment.md``), so float32 CPU tensors are sorted
+by numpy (the argsort the gradient needs is one
 64-bit key sort of ``value bits << 32 | index``) and CUDA tensors by torch. The longer side's
 smallest ``|V_s - V_t|`` values meet the zero padding: they add their sum whatever their order,
 so where they are a large share of the row (``PARTIAL_TAIL``) the top ``min(V_s, V_t)`` are
 selected first (``ndarray.partition``, linear) and only those sorted (a 152k-token teacher
-against a 49k student: ~40% less sorting). Rows are split over ``torch.get_num_threads()``
+against a 49k student sorts ~40% less). Rows are split over ``torch.get_num_threads()``
 threads (numpy sorts outside the GIL). The loss has a custom backward that keeps one int8 sign
 per element instead of int64 sort indices. Ties: any order.
 """

@@ -1,4 +1,5 @@
-"""The row kernel behind ``alignment.gold``: span divergences a chunk of logits rows at a time.
+"""The row kernel behind ``alignment.spans.gold`` (private): span divergences a chunk of logits
+rows at a time.
 
 ``gold_terms`` turns spans into index tensors (``RowPlan``: which flat logits rows each side
 needs) and calls ``SpanDivergence``, a ``torch.autograd.Function`` whose forward and backward
@@ -7,7 +8,7 @@ work on a chunk of rows at a time, so no [spans x V] tensor is kept:
 * forward, per side: the chain-rule log-probability of each span's other tokens (log-softmax of
   the rows predicting them, one entry read per row), then the anchor rows' softmax scaled by
   it, the GJSD over matched columns (``gold_loss``), and the ULD row kernel
-  (``alignment.uld.sorted_l1_rows``: numpy's SIMD sort on CPU). Saved for backward: one int8
+  (``alignment.spans.uld.sorted_l1_rows``: numpy's SIMD sort on CPU). Saved for backward: one int8
   sign per student vocabulary entry per span, the per-span log scale, and with matched pairs one
   float per pair per span.
 * backward (student only; the teacher gets no gradient): the softmax of each student row used is
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from alignment.uld import sorted_l1_rows, topk_l1_rows
+from alignment.spans.uld import sorted_l1_rows, topk_l1_rows
 
 BUFFER_MAX_BYTES = 1 << 24  # per-thread buffers up to this size (a chunk at <= 8 threads) are kept
 HUGE_MIN_BYTES = 1 << 23  # fresh CPU tensors from this size on go on huge pages (fresh_empty)

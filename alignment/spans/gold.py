@@ -1,38 +1,45 @@
-"""Cross-tokenizer losses over aligned spans: pure ULD and the GOLD-style hybrid.
+"""Cross-tokenizer losses over aligned spans: pure ULD and the GOLD-style hybrid (one module; its
+row kernel is the private ``alignment.spans._gold_rows``).
 
 Each side gives its logits on its own tokens and a span id per token (``alignment.SideLogits``).
 For every span ``k`` that has tokens on both sides, each side's *span distribution* is formed as
-in ``alignment.spans_math`` (anchor token's next-token distribution at temperature ``tau``, times
-the chain-rule probability of the span's other tokens, unnormalized):
+in ``alignment.spans.chain_rule`` (anchor token's next-token distribution at temperature
+``tau``, times the chain-rule probability of the span's other tokens, unnormalized):
 
     a_k = P_student(rest of span k) * softmax(student_logits[anchor_s - 1] / tau_s)   [V_s]
     b_k = P_teacher(rest of span k) * softmax(teacher_logits[anchor_t - 1] / tau_t)   [V_t]
 
-* ``span_uld_loss``: ``ULD(a_k, b_k)`` (sorted L1, ``alignment.uld``).
+* ``span_uld_loss``: ``ULD(a_k, b_k)`` (sorted L1, ``alignment.spans.uld``).
 * ``gold_loss``: ``matched_weight * GJSD_beta(a_k[ms], b_k[mt])
   + unmatched_weight * ULD(a_k without ms, b_k without mt)``, where ``ms[i]``/``mt[i]`` are the
-  student/teacher ids of the ``i``-th matched vocabulary pair (same bytes; ``alignment.vocab_map``).
+  student/teacher ids of the ``i``-th matched vocabulary pair (same bytes;
+  ``alignment.tokens.vocab_map``).
   This holds where the span's two anchor tokens are themselves a matched pair: then ``a_k[ms[i]]``
   and ``b_k[mt[i]]`` are the same event (``ms[i]`` followed by the same rest of the span). Where
   the anchors spell different bytes (a merged student token ``+4`` against a teacher's ``+``
   ``4``), ``a_k["+"]`` is "the span is ``+`` alone" but ``b_k["+"]`` is "``+`` then ``4``": the
   vocabulary pairs would push the student off its merged tokens. There the only known pair is
   the two anchors (both equal the span's probability): ``ms = [anchor_s]``, ``mt = [anchor_t]``.
-  ``GJSD_beta`` is the generalized JSD in GKD's/TRL's convention (``beta = 0``: KL(teacher ||
-  student), ``1``: KL(student || teacher), else ``beta KL(t||m) + (1-beta) KL(s||m)``,
-  ``m = beta t + (1-beta) s``), written with the KL for positive measures
-  ``sum p log(p/q) - p + q`` because restricted span distributions do not sum to 1: it is >= 0,
-  0 iff equal, the plain KL for distributions, and for ``0 < beta < 1`` the extra terms cancel.
-  The weights are explicit (TRL's adaptive choice is ``matched_weight = M / V_t``).
+  ``GJSD_beta`` is ``alignment.divergence.gjsd_measure`` (GKD's/TRL's convention, with the KL
+  for positive measures: restricted span distributions do not sum to 1). The weights are
+  explicit (TRL's adaptive choice is ``matched_weight = M / V_t``).
+* ``gold_prefix_loss``: the same, but each matched pair compares the same *event* on both sides,
+  the prefix marginal at the span start ``M(beta_i) = sum_{w : bytes(w) starts with beta_i} P(w)``
+  (``beta_i`` the pair's bytes). With token probabilities a char-level teacher's ``P("+")`` means
+  "the text goes on with ``+``" but a BPE student's ``P("+")`` "a bare ``+`` token" (its ``+4``,
+  ``+0=1`` ... are the rest of that event). Both sides are at a token boundary at a span start, so
+  the first anchor rows are used without the chain-rule scale of the span's other tokens: a span
+  where the student went off-track weighs no more than any other, and with ``0 < beta < 1`` each
+  span's term is bounded. The unmatched part is the same ULD (bounded by 2 per span).
 
 Memory and speed: no [spans x V] tensor is kept. A custom autograd function
-(``alignment.gold_rows.SpanDivergence``) walks the span rows a chunk at a time (``CHUNK_ELEMS``,
+(``_gold_rows.SpanDivergence``) walks the span rows a chunk at a time (``CHUNK_ELEMS``,
 sized for a core's L2 cache), gathers only the rows it needs (anchor rows, and the rows
 predicting a span's other tokens for the chain-rule scale; a 1:1 span needs none) into buffers
-reused between calls, sorts with numpy's SIMD sort on CPU (``alignment.uld``), and keeps for
+reused between calls, sorts with numpy's SIMD sort on CPU (``alignment.spans.uld``), and keeps for
 backward one int8 sign per student vocabulary entry per span (+ one float per matched pair). The
 backward recomputes the softmax of those rows and writes each gradient row once, into a fresh
-gradient laid on huge pages on CPU (``gold_rows.fresh_empty``). The teacher gets no gradient.
+gradient laid on huge pages on CPU (``_gold_rows.fresh_empty``). The teacher gets no gradient.
 """
 
 from __future__ import annotations
@@ -42,14 +49,16 @@ import dataclasses
 import torch
 
 from alignment.errors import AlignmentError
-from alignment.gold_rows import KernelSpec, RowPlan, SpanDivergence
-from alignment.spans_math import Anchor, count_spans, span_anchor_positions
+from alignment.spans._byte_mass import matched_prefix_gjsd
+from alignment.spans._gold_rows import KernelSpec, RowPlan, SpanDivergence
+from alignment.spans.chain_rule import Anchor, count_spans, span_anchor_positions
+from alignment.spans.uld import Reduction, reduce_rows
+from alignment.tokens.byte_trie import ByteTrie
 from alignment.types import SideLogits, SpanLossTerms
-from alignment.uld import Reduction, reduce_rows
 
 # rows per chunk = CHUNK_ELEMS * torch threads // vocabulary: 2 MiB of float32 per thread, so a
 # chunk's rows stay in a core's L2 cache between the passes over them (gather, softmax, scale,
-# sort keys); 16 MiB chunks were ~15% slower on the base benchmark case
+# sort keys); measured against larger chunks in benchmarks/RESULTS-alignment.md
 CHUNK_ELEMS = 1 << 19
 
 
@@ -225,8 +234,7 @@ def gold_loss(
     terms = gold_terms(
         student, teacher, matched_student_ids_M, matched_teacher_ids_M, beta, anchor, top_k
     )
-    per_span = matched_weight * terms.matched_B_S + unmatched_weight * terms.unmatched_B_S
-    return reduce_rows(per_span, terms.mask_B_S, reduction)
+    return reduce_rows(terms.weighted(matched_weight, unmatched_weight), terms.mask_B_S, reduction)
 
 
 def span_uld_loss(
@@ -239,3 +247,63 @@ def span_uld_loss(
     """Pure ULD between span distributions (no vocabulary map). Reduction as in ``gold_loss``."""
     terms = gold_terms(student, teacher, None, None, 0.5, anchor, top_k)
     return reduce_rows(terms.unmatched_B_S, terms.mask_B_S, reduction)
+
+
+def gold_prefix_terms(
+    student: SideLogits,
+    teacher: SideLogits,
+    student_trie: ByteTrie,
+    teacher_trie: ByteTrie,
+    matched_student_ids_M: torch.Tensor,
+    matched_teacher_ids_M: torch.Tensor,
+    beta: float = 0.5,
+    top_k: int | None = None,
+) -> SpanLossTerms:
+    """Per-span matched (GJSD of prefix marginals at the span start) and unmatched (ULD, as in
+    ``gold_terms``) terms; [B, S], zero where ``mask_B_S`` is False."""
+    anchor: Anchor = "first"
+    base = gold_terms(
+        student, teacher, matched_student_ids_M, matched_teacher_ids_M, beta, anchor, top_k
+    )
+    S = max(count_spans(student.span_B_T), count_spans(teacher.span_B_T))
+    mask = base.mask_B_S
+    sel = mask.reshape(-1).nonzero().squeeze(1)
+    flat, rows = [], []
+    for side in (student, teacher):
+        B, T, V = side.logits_B_T_V.shape
+        pos, _ = span_anchor_positions(side.span_B_T.long(), anchor, S)
+        rows.append((torch.arange(B, device=pos.device)[:, None] * T + pos - 1).reshape(-1)[sel])
+        flat.append(side.logits_B_T_V.reshape(-1, V))
+    matched_R = matched_prefix_gjsd(
+        flat[0], rows[0], student_trie, matched_student_ids_M.long(),
+        flat[1].detach(), rows[1], teacher_trie, matched_teacher_ids_M.long(),
+        beta, student.temperature, teacher.temperature,
+    ).to(base.unmatched_B_S.dtype)  # fmt: skip
+    zeros = torch.zeros(mask.numel(), dtype=matched_R.dtype, device=mask.device)
+    return SpanLossTerms(
+        matched_B_S=zeros.index_put((sel,), matched_R).reshape(mask.shape),
+        unmatched_B_S=base.unmatched_B_S,
+        mask_B_S=mask,
+    )
+
+
+def gold_prefix_loss(
+    student: SideLogits,
+    teacher: SideLogits,
+    student_trie: ByteTrie,
+    teacher_trie: ByteTrie,
+    matched_student_ids_M: torch.Tensor,
+    matched_teacher_ids_M: torch.Tensor,
+    beta: float = 0.5,
+    matched_weight: float = 1.0,
+    unmatched_weight: float = 1.0,
+    top_k: int | None = None,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    """``matched_weight * GJSD(prefix marginals) + unmatched_weight * ULD`` per span, reduced
+    (``mean`` over spans with tokens on both sides, ``sum``, ``none``)."""
+    terms = gold_prefix_terms(
+        student, teacher, student_trie, teacher_trie, matched_student_ids_M,
+        matched_teacher_ids_M, beta, top_k,
+    )  # fmt: skip
+    return reduce_rows(terms.weighted(matched_weight, unmatched_weight), terms.mask_B_S, reduction)

@@ -1,12 +1,9 @@
 """The teacher's own view of a student sample: its chat template, its tokens, aligned on bytes.
 
-Given the conversation (messages) and the student's sampled completion ids:
+Given the teacher's prompt ids and the student's sampled completion ids:
 
-1. The teacher's prompt is the conversation rendered with the **teacher's** chat template
-   (``add_generation_prompt=True``) and tokenized with ``add_special_tokens=False`` (templates
-   render their own BOS and markers, as ``apply_chat_template(tokenize=True)`` does). A teacher
-   without a template gets a plain rendering (``"{role}: {content}\\n"`` per message, then
-   ``"assistant: "``); the doctor warns about that.
+1. The teacher's prompt is the conversation rendered once, by the caller, with the **teacher's**
+   chat template (``alignment.tokens.chat.render_messages``; ``onpolicy.chat.render_prompt``).
 2. The completion's bytes come from the student's token bytes (``token_offsets``), never from
    decoded text, so a completion cut in the middle of a character keeps its exact bytes. They are
    tokenized by the teacher tokenizer on their own (after the prompt). Bytes that are not valid
@@ -19,7 +16,7 @@ Given the conversation (messages) and the student's sampled completion ids:
 4. Only the completion is aligned (``align_spans`` on the two sides' completion offsets).
 
 ``collate_views`` pads a batch of views and puts the span indices on full-sequence positions
-(``-1`` on prompts and padding), the layout ``alignment.spans_math`` consumes.
+(``-1`` on prompts and padding), the layout ``alignment.spans.chain_rule`` consumes.
 """
 
 from __future__ import annotations
@@ -27,84 +24,27 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 from alignment.errors import AlignmentError
-from alignment.offsets import byte_offsets, token_bytes_table, token_offsets
-from alignment.spans import align_spans
-from alignment.special import end_of_turn_id, stop_ids
+from alignment.spans.align import align_spans
+from alignment.tokens.chat import stop_ids, turn_end_id
+from alignment.tokens.offsets import encode_bytes, token_offsets
 from alignment.types import SpanAlignment, TeacherView
 
 
-def render_prompt(tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[int]:
-    """The tokenizer's chat-template rendering of ``messages`` + generation prompt, as ids."""
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(
-            list(messages), tokenize=False, add_generation_prompt=True
-        )
-    else:
-        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def _single_byte_ids(tokenizer: Any) -> dict[int, int]:
-    """byte value -> id of a token that is exactly that byte (non-special)."""
-    table = token_bytes_table(tokenizer)
-    out: dict[int, int] = {}
-    for i in np.flatnonzero((table.length_V == 1) & ~table.special_V).tolist():
-        out.setdefault(table.bytes_V[i][0], i)
-    return out
-
-
-def encode_bytes(tokenizer: Any, data: bytes) -> tuple[list[int], np.ndarray]:
-    """Tokenize raw bytes (possibly invalid UTF-8): valid runs by the tokenizer, each invalid byte
-    as the tokenizer's single-byte token. Returns (ids, int64 [T, 2] byte offsets into ``data``)."""
-    text = data.decode("utf-8", errors="surrogateescape")  # invalid byte b -> "\udc00" + b
-    ids: list[int] = []
-    offsets: list[np.ndarray] = []
-    pos, run, single = 0, [], None
-
-    def flush() -> None:
-        nonlocal pos
-        piece = "".join(run)
-        if piece:
-            piece_ids, off = byte_offsets(tokenizer, piece, add_special_tokens=False)
-            ids.extend(piece_ids.tolist())
-            offsets.append(off.numpy() + pos)
-            pos += len(piece.encode("utf-8"))
-        run.clear()
-
-    for ch in text:
-        if "\udc80" <= ch <= "\udcff":
-            flush()
-            single = single if single is not None else _single_byte_ids(tokenizer)
-            byte = ord(ch) - 0xDC00
-            if byte not in single:
-                raise AlignmentError(
-                    f"the teacher tokenizer has no token for the invalid UTF-8 byte {byte:#04x}; "
-                    "use a byte-level or byte-fallback teacher tokenizer"
-                )
-            ids.append(single[byte])
-            offsets.append(np.array([[pos, pos + 1]], dtype=np.int64))
-            pos += 1
-        else:
-            run.append(ch)
-    flush()
-    return ids, np.concatenate(offsets) if offsets else np.zeros((0, 2), dtype=np.int64)
-
-
 def teacher_view(
-    messages: Sequence[dict[str, str]],
+    teacher_prompt_ids: Sequence[int],
     student_completion_ids: Sequence[int] | torch.Tensor,
     student_tokenizer: Any,
     teacher_tokenizer: Any,
-    student_stop_ids: set[int] | None = None,
+    student_stop_ids: Sequence[int] | None = None,
 ) -> TeacherView:
     """Build the teacher's input for one sample and align the completion tokens.
 
     Args:
-        messages: the conversation the student answered (``[{"role", "content"}, ...]``).
+        teacher_prompt_ids: the conversation the student answered, rendered with the teacher's
+            template (e.g. ``render_messages(teacher_tokenizer, messages)``).
         student_completion_ids: the student's sampled ids (stop token included if it stopped).
         student_tokenizer / teacher_tokenizer: Hugging Face fast tokenizers.
         student_stop_ids: ids that count as the student stopping (default: its EOS and its
@@ -121,7 +61,7 @@ def teacher_view(
     s_span, t_span = align_spans(s_off, t_off)
     num_spans = int(max(s_span.max(), t_span.max())) + 1 if data else 0
     if stopped:
-        t_eot = end_of_turn_id(teacher_tokenizer)
+        t_eot = turn_end_id(teacher_tokenizer)
         if t_eot is None:
             raise AlignmentError(
                 "the teacher tokenizer has neither an end-of-turn token nor an EOS; set its "
@@ -131,7 +71,7 @@ def teacher_view(
         t_span = torch.cat([t_span, torch.tensor([num_spans])])
         t_ids = [*t_ids, t_eot]
         num_spans += 1
-    prompt = render_prompt(teacher_tokenizer, messages)
+    prompt = [int(i) for i in teacher_prompt_ids]
     return TeacherView(
         teacher_input_ids_T=torch.tensor(prompt + t_ids, dtype=torch.long),
         completion=slice(len(prompt), len(prompt) + len(t_ids)),
@@ -161,7 +101,7 @@ def collate_views(
         (teacher_input_ids_B_Tt, teacher_attention_B_Tt, alignment): right-padded teacher inputs,
         their int64 attention mask, and a ``SpanAlignment`` whose ``[B, Ts]`` / ``[B, Tt]`` span
         tensors index token positions of the full sequences (``-1`` on prompts and padding), the
-        layout ``alignment.spans_math`` takes.
+        layout ``alignment.spans.chain_rule`` takes.
     """
     B = len(views)
     Tt = max((len(v.teacher_input_ids_T) for v in views), default=0)

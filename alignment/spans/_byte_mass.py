@@ -1,4 +1,5 @@
-"""Next-byte marginals: a vocabulary-free view of a language model's next-token distribution.
+"""Byte-class masses of a next-token distribution (private kernel of ``alignment.spans.next_byte``
+and of the prefix marginals in ``alignment.spans.gold``).
 
 A model that has just written a token boundary gives a distribution over its next *token*
 ``P(w)``. Projected onto the token's first byte it becomes a distribution over the next *byte*:
@@ -14,122 +15,38 @@ Inside a token (``ell`` bytes ``u`` of the current token written, ``ell >= 1``) 
 distribution of its own; from the row that predicted the current token this module reads the mass
 of the tokens extending ``u + c`` for every byte ``c`` and the mass of the tokens that are exactly
 ``u`` (``class_logprobs``: columns 0..255, ``STOP`` at depth 0, ``END`` at depth >= 1). How the
-two sides are compared from these (and what stands in for the forward passes a model never made)
-is ``alignment.byte_loss``; ``gjsd_log`` is the generalized JSD in GKD's/TRL's convention
-(``beta = 0``: KL(teacher || student), ``1``: KL(student || teacher), else
-``beta KL(t || m) + (1 - beta) KL(s || m)``, ``m = beta t + (1 - beta) s``).
+two sides are compared from these is ``alignment.spans.next_byte``. ``prefix_logmass`` is the mass
+of the tokens whose bytes start with a given token's bytes (the GOLD-style prefix marginals).
 
-Computation: per tokenizer a ``ByteTrie`` (token ids sorted by bytes; the byte at each depth; for
-every token and depth the sorted range sharing its first bytes) is built once. Every class is a
-contiguous range of the sorted vocabulary, so each distinct logits row is log-softmaxed and
-sorted once and reduced to its two-byte groups (``torch.segment_reduce``, log-sum-exp with a
-per-group max: no underflow); a depth-0 event sums those by first byte, a depth-1 event reads the
-groups inside its range, deeper events (short ranges) read their sorted range as one ragged
-batch. Rows are processed a chunk at a time under activation checkpointing: no more than one
-chunk of ``[rows, V]`` at once. On SmolLM2 -> Gemma-3 (104 student tokens) the next-byte loss's
-forward and backward went from 4.0 s (one ``[V]`` scatter per byte) to ~0.5 s
-(``benchmarks/cross_objectives.py``).
+Computation: every class is a contiguous range of the byte-sorted vocabulary
+(``alignment.tokens.byte_trie``), so each distinct logits row is log-softmaxed and sorted once and
+reduced to its two-byte groups (``torch.segment_reduce``, log-sum-exp with a per-group max: no
+underflow); a depth-0 event sums those by first byte, a depth-1 event reads the groups inside its
+range, deeper events (short ranges) read their sorted range as one ragged batch. Rows are processed
+a chunk at a time under activation checkpointing: no more than one chunk of ``[rows, V]`` at once
+(measured speed: ``benchmarks/RESULTS-alignment-speed.md``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import weakref
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from alignment.divergence import gjsd_measure
 from alignment.errors import AlignmentError
-from alignment.offsets import token_bytes_table
+from alignment.tokens.byte_trie import STOP, ByteTrie
 from alignment.types import SideLogits
 
-STOP = 256  # class of the tokens without bytes (EOS, end of turn, specials, padded ids)
 NUM_CLASSES = 257
 END = 257  # column of the tokens that end exactly at the bytes already written (depth >= 1)
 _DUMP = 258  # scatter column of tokens outside an event's range (dropped)
 CHUNK_ELEMS = 1 << 22  # rows per chunk = CHUNK_ELEMS // V
-Reduction = Literal["mean", "sum", "none"]
-
-
-@dataclass(frozen=True)
-class ByteTrie:
-    """One tokenizer's vocabulary sorted by bytes (a trie in array form), for ``V`` logit columns.
-
-    Attributes:
-        perm_V: int64 [V] token ids in byte-lexicographic order (tokens without bytes first).
-        rank_V: int64 [V] position of each id in that order (``perm_V[rank_V[i]] == i``).
-        length_V: int64 [V] bytes per id (0: special, empty, or an id past the tokenizer).
-        byte_L_V: int16 [L + 1, V] byte ``ell`` of the ``i``-th sorted token, ``STOP`` (256) where
-            the token has ``<= ell`` bytes; ``L`` = the longest token.
-        lo_L_V, hi_L_V: int32 [L + 1, V] the sorted range ``[lo, hi)`` of tokens sharing the first
-            ``ell`` bytes of the ``i``-th sorted token (``ell = 0``: the whole vocabulary).
-    """
-
-    perm_V: torch.Tensor
-    rank_V: torch.Tensor
-    length_V: torch.Tensor
-    byte_L_V: torch.Tensor
-    lo_L_V: torch.Tensor
-    hi_L_V: torch.Tensor
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self.perm_V.shape[0])
-
-
-_TRIES: Any = weakref.WeakKeyDictionary()
-
-
-def byte_trie(tokenizer: Any, vocab_size: int | None = None) -> ByteTrie:
-    """The (cached) ``ByteTrie`` of a Hugging Face fast tokenizer for ``vocab_size`` logit columns
-    (default: the tokenizer's size; ids past it are tokens without bytes)."""
-    table = token_bytes_table(tokenizer)
-    V = len(table.bytes_V) if vocab_size is None else vocab_size
-    with contextlib.suppress(KeyError, TypeError):
-        if V in _TRIES[tokenizer]:
-            return _TRIES[tokenizer][V]
-    data = [b"" if table.special_V[i] else table.bytes_V[i] for i in range(len(table.bytes_V))]
-    trie = trie_from_bytes((data + [b""] * V)[:V])
-    with contextlib.suppress(TypeError):
-        _TRIES.setdefault(tokenizer, {})[V] = trie
-    return trie
-
-
-def trie_from_bytes(bytes_V: list[bytes]) -> ByteTrie:
-    """A ``ByteTrie`` from each id's bytes (``b""`` for ids without bytes)."""
-    V = len(bytes_V)
-    perm = np.array(sorted(range(V), key=bytes_V.__getitem__), dtype=np.int64).reshape(V)
-    length = np.fromiter((len(b) for b in bytes_V), dtype=np.int64, count=V)
-    L = int(length.max()) if V else 0
-    sorted_len = length[perm]
-    grid = np.full((V, L + 1), STOP, dtype=np.int64)  # [V, L + 1] sorted tokens' bytes
-    flat = np.frombuffer(b"".join(bytes_V[i] for i in perm.tolist()), dtype=np.uint8)
-    rows = np.repeat(np.arange(V), sorted_len)
-    cols = np.arange(flat.shape[0]) - np.repeat(np.cumsum(sorted_len) - sorted_len, sorted_len)
-    grid[rows, cols] = flat
-    # lcp[i] = common prefix length of sorted tokens i - 1 and i (lcp[0] = 0)
-    same = (grid[1:] == grid[:-1]) & (grid[1:] != STOP)
-    lcp = np.concatenate([[0], np.cumprod(same, axis=1).sum(axis=1)]).astype(np.int64)
-    idx = np.arange(V)
-    lo, hi = np.zeros((L + 1, V), np.int64), np.full((L + 1, V), V, np.int64)
-    for ell in range(1, L + 1):  # a new group starts where the shared prefix is shorter than ell
-        start = (lcp < ell) | (idx == 0)
-        lo[ell] = np.maximum.accumulate(np.where(start, idx, 0))
-        nxt = np.where(np.concatenate([start[1:], [True]]), idx + 1, V)
-        hi[ell] = np.minimum.accumulate(nxt[::-1])[::-1]
-    rank = np.empty(V, dtype=np.int64)
-    rank[perm] = idx
-    return ByteTrie(
-        perm_V=torch.from_numpy(perm),
-        rank_V=torch.from_numpy(rank),
-        length_V=torch.from_numpy(length),
-        byte_L_V=torch.from_numpy(np.ascontiguousarray(grid.T).astype(np.int16)),
-        lo_L_V=torch.from_numpy(lo.astype(np.int32)),
-        hi_L_V=torch.from_numpy(hi.astype(np.int32)),
-    )
 
 
 @dataclass(frozen=True)
@@ -365,25 +282,97 @@ def restricted_logprobs(logmass_E_C: torch.Tensor, keep_E_C: torch.Tensor) -> to
     return lm - torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
 
 
-def gjsd_log(ls_E_C: torch.Tensor, lt_E_C: torch.Tensor, beta: float) -> torch.Tensor:
-    """[E] generalized JSD between distributions given as log-probs (``-inf``: zero mass).
+def _prefix_index(trie: ByteTrie, ids_M: torch.Tensor, dev: torch.device) -> tuple:
+    """``(perm, ids_M, length, lo, hi)``: the sorted ranges of the pairs' bytes in ``trie``."""
+    rank = trie.rank_V.to(dev)[ids_M]
+    length = trie.length_V.to(dev)[ids_M]
+    lo = trie.lo_L_V.to(dev)[length, rank].long()
+    hi = trie.hi_L_V.to(dev)[length, rank].long()
+    return trie.perm_V.to(dev), ids_M, length, lo, hi
 
-    ``beta = 0``: KL(t || s); ``1``: KL(s || t); else ``beta KL(t||m) + (1-beta) KL(s||m)``,
-    ``m = beta t + (1 - beta) s``. Terms with zero mass count 0 (``0 log 0 = 0``), with finite
-    gradients."""
-    s_pos, t_pos = torch.isfinite(ls_E_C), torch.isfinite(lt_E_C)
-    ls = torch.where(s_pos, ls_E_C, torch.zeros((), dtype=ls_E_C.dtype))
-    lt = torch.where(t_pos, lt_E_C, torch.zeros((), dtype=lt_E_C.dtype))
-    zero = torch.zeros((), dtype=ls.dtype)
-    if beta == 0.0:
-        return torch.where(t_pos, lt.exp() * (lt - ls), zero).sum(-1)
-    if beta == 1.0:
-        return torch.where(s_pos, ls.exp() * (ls - lt), zero).sum(-1)
-    lm = torch.logaddexp(
-        torch.where(t_pos, lt + float(np.log(beta)), -torch.inf),
-        torch.where(s_pos, ls + float(np.log1p(-beta)), -torch.inf),
+
+def prefix_logmass(
+    logits_N_V: torch.Tensor,
+    rows_R: torch.Tensor,
+    trie: ByteTrie,
+    ids_M: torch.Tensor,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """float64 [R, M] ``log M(bytes(ids_M[i]))`` under ``softmax(logits[rows_R[r]] / tau)``.
+
+    Sums over the sorted range of tokens extending the pair's bytes (a float64 cumulative sum,
+    differences clamped at 0); byte-less ids give their own probability. Differentiable,
+    checkpointed a chunk of rows at a time."""
+    index = _prefix_index(trie, ids_M, logits_N_V.device)
+    chunk = max(1, CHUNK_ELEMS // max(trie.vocab_size, 1))
+    out = []
+    for s in range(0, max(rows_R.shape[0], 1), chunk):
+        args = (logits_N_V, rows_R[s : s + chunk], *index, temperature)
+        fn = _chunk_prefix
+        out.append(
+            checkpoint(fn, *args, use_reentrant=False) if logits_N_V.requires_grad else fn(*args)
+        )
+    return torch.cat(out)
+
+
+def matched_prefix_gjsd(
+    student_logits_N_V: torch.Tensor,
+    student_rows_R: torch.Tensor,
+    student_trie: ByteTrie,
+    student_ids_M: torch.Tensor,
+    teacher_logits_N_V: torch.Tensor,
+    teacher_rows_R: torch.Tensor,
+    teacher_trie: ByteTrie,
+    teacher_ids_M: torch.Tensor,
+    beta: float,
+    student_temperature: float = 1.0,
+    teacher_temperature: float = 1.0,
+) -> torch.Tensor:
+    """float64 [R] ``gjsd_measure(prefix_logmass(student), prefix_logmass(teacher), beta)``, a
+    chunk of rows at a time: no [R, M] tensor is kept but the teacher's float64 log masses
+    (computed once, no gradient); the student's masses and the divergence are recomputed per
+    chunk in backward (activation checkpointing). Gradient to the student logits only."""
+    dev = student_logits_N_V.device
+    s_index = _prefix_index(student_trie, student_ids_M, dev)
+    t_index = _prefix_index(teacher_trie, teacher_ids_M, teacher_logits_N_V.device)
+    V = max(student_trie.vocab_size, teacher_trie.vocab_size, 1)
+    chunk = max(1, CHUNK_ELEMS // V)
+    grad = student_logits_N_V.requires_grad
+    out = []
+    for s in range(0, student_rows_R.shape[0], chunk):
+        with torch.no_grad():
+            lt = _chunk_prefix(
+                teacher_logits_N_V, teacher_rows_R[s : s + chunk], *t_index, teacher_temperature
+            ).to(dev)
+        args = (student_logits_N_V, student_rows_R[s : s + chunk], *s_index,
+                student_temperature, lt, beta)  # fmt: skip
+        fn = _chunk_matched
+        out.append(checkpoint(fn, *args, use_reentrant=False) if grad else fn(*args))
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64, device=dev)
+
+
+def _chunk_matched(logits_N_V, rows, perm, ids_M, length, lo, hi, temperature, lt, beta):
+    return gjsd_measure(
+        _chunk_prefix(logits_N_V, rows, perm, ids_M, length, lo, hi, temperature), lt, beta
     )
-    lm = torch.where(s_pos | t_pos, lm, zero)
-    kl_t = torch.where(t_pos, lt.exp() * (lt - lm), zero).sum(-1)
-    kl_s = torch.where(s_pos, ls.exp() * (ls - lm), zero).sum(-1)
-    return beta * kl_t + (1 - beta) * kl_s
+
+
+def _chunk_prefix(logits_N_V, rows, perm, ids_M, length, lo, hi, temperature):
+    z = logits_N_V.index_select(0, rows)
+    z = z.to(torch.promote_types(z.dtype, torch.float32))  # the logits' precision, >= float32
+    if temperature != 1.0:
+        z = z / temperature
+    p = torch.softmax(z, dim=-1)
+    c = torch.cumsum(p.index_select(1, perm), 1, dtype=torch.float64)  # c[:, i]: first i + 1
+    # mass of the sorted range [lo, hi) = c[hi - 1] - c[lo - 1] (nothing below lo = 0)
+    upper = c.index_select(1, (hi - 1).clamp(min=0))
+    lower = c.index_select(1, (lo - 1).clamp(min=0))
+    mass = torch.where(lo > 0, upper - lower, upper).clamp(min=0.0)
+    own = (length == 0).nonzero().squeeze(1)  # byte-less ids: their own probability
+    own_p = p.index_select(1, ids_M.index_select(0, own)).to(mass.dtype)
+    mass = mass.index_copy(1, own, own_p)
+    # a mass of exactly 0 (below the cumulative sum's resolution) is log 0 = -inf with a zero
+    # gradient: log of a safe 1 there, so that log's backward never meets 0 / 0 = NaN
+    pos = mass > 0
+    safe = torch.where(pos, mass, torch.ones((), dtype=mass.dtype))
+    return torch.where(pos, torch.log(safe), torch.full((), -math.inf, dtype=mass.dtype))

@@ -1,4 +1,5 @@
-"""The next-byte loss between two models with different tokenizers (``alignment.byte_marginal``).
+"""The next-byte loss between two models with different tokenizers: the one home of next-byte
+(byte-class masses of each side's next-token distribution: the private ``_byte_mass``).
 
 At every byte ``j`` of the completion (and at the stop) both sides give a distribution over the
 next byte (257 classes: 256 bytes + stop):
@@ -19,13 +20,10 @@ next byte (257 classes: 256 bytes + stop):
   bytes stand in for the forward passes the student never made). The teacher's side lumps the
   same way: its probabilities of the extending bytes, and their complement as ``OTHER``.
 
-  Why this form (measured on the arithmetic pair, char teacher vs BPE student, 300 steps, exact
-  match from 0.615): comparing only at token boundaries (exact marginals, 0.0) or with the plain
-  within-token conditional (0.225) leaves the bytes of a merged token whose continuation is forced
-  (``+1+0=0`` after ``+1+``) unsupervised; crediting the ended path with the teacher's own
-  distribution over the other bytes (0.155; forward KL 0.0 after 40 steps) lets the student match
-  the teacher by splitting tokens non-canonically (``+`` then ``4``). Lumped into ``OTHER``, the
-  ended mass is only asked to equal the teacher's probability that the text leaves the token.
+  Why this form and not the plain within-token conditional or the teacher's own distribution over
+  the other bytes: measured on the arithmetic pair in ``docs/results/compare-arithmetic-cross.md``
+  ("How the next-byte loss got here"); lumped into ``OTHER``, the ended mass is only asked to
+  equal the teacher's probability that the text leaves the token.
 
 Both distributions are restricted to the classes both can produce there (renormalized); positions
 with fewer than two such classes carry no information and are skipped. The divergence is the
@@ -39,19 +37,18 @@ from typing import Literal
 
 import torch
 
-from alignment.byte_marginal import (
+from alignment.divergence import gjsd_log
+from alignment.errors import AlignmentError
+from alignment.spans._byte_mass import (
     END,
     NUM_CLASSES,
-    STOP,
     ByteEvents,
-    ByteTrie,
     _select,
     class_logprobs,
-    gjsd_log,
     restricted_logprobs,
     side_events,
 )
-from alignment.errors import AlignmentError
+from alignment.tokens.byte_trie import STOP, ByteTrie, byte_trie
 from alignment.types import SideLogits
 
 Reduction = Literal["mean", "sum", "none"]
@@ -226,4 +223,4 @@ def next_byte_loss(
     raise AlignmentError(f"reduction={reduction!r} must be 'mean', 'sum' or 'none'")
 
 
-__all__ = ["STOP", "ByteTerms", "next_byte_loss", "next_byte_terms"]
+__all__ = ["STOP", "ByteTerms", "ByteTrie", "byte_trie", "next_byte_loss", "next_byte_terms"]

@@ -310,3 +310,49 @@ def _offsets_from_chars(
     marker_pos = np.maximum.accumulate(np.where(marker, 0, offsets[:, 1]))
     offsets[marker] = np.stack([marker_pos[marker]] * 2, axis=1)
     return offsets
+
+
+def _single_byte_ids(tokenizer: Any) -> dict[int, int]:
+    """byte value -> id of a token that is exactly that byte (non-special)."""
+    table = token_bytes_table(tokenizer)
+    out: dict[int, int] = {}
+    for i in np.flatnonzero((table.length_V == 1) & ~table.special_V).tolist():
+        out.setdefault(table.bytes_V[i][0], i)
+    return out
+
+
+def encode_bytes(tokenizer: Any, data: bytes) -> tuple[list[int], np.ndarray]:
+    """Tokenize raw bytes (possibly invalid UTF-8): valid runs by the tokenizer, each invalid byte
+    as the tokenizer's single-byte token. Returns (ids, int64 [T, 2] byte offsets into ``data``)."""
+    text = data.decode("utf-8", errors="surrogateescape")  # invalid byte b -> "\udc00" + b
+    ids: list[int] = []
+    offsets: list[np.ndarray] = []
+    pos, run, single = 0, [], None
+
+    def flush() -> None:
+        nonlocal pos
+        piece = "".join(run)
+        if piece:
+            piece_ids, off = byte_offsets(tokenizer, piece, add_special_tokens=False)
+            ids.extend(piece_ids.tolist())
+            offsets.append(off.numpy() + pos)
+            pos += len(piece.encode("utf-8"))
+        run.clear()
+
+    for ch in text:
+        if "\udc80" <= ch <= "\udcff":
+            flush()
+            single = single if single is not None else _single_byte_ids(tokenizer)
+            byte = ord(ch) - 0xDC00
+            if byte not in single:
+                raise AlignmentError(
+                    f"the teacher tokenizer has no token for the invalid UTF-8 byte {byte:#04x}; "
+                    "use a byte-level or byte-fallback teacher tokenizer"
+                )
+            ids.append(single[byte])
+            offsets.append(np.array([[pos, pos + 1]], dtype=np.int64))
+            pos += 1
+        else:
+            run.append(ch)
+    flush()
+    return ids, np.concatenate(offsets) if offsets else np.zeros((0, 2), dtype=np.int64)

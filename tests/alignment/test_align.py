@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from alignment.errors import AlignmentError
-from alignment.offsets import byte_offsets
-from alignment.spans import align_spans, align_spans_batch
+from alignment.spans.align import align_spans, align_spans_batch
+from alignment.tokens.offsets import byte_offsets
 
 
 def test_hand_case():

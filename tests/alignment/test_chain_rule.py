@@ -8,8 +8,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from alignment.errors import AlignmentError
-from alignment.spans import align_spans
-from alignment.spans_math import (
+from alignment.spans.align import align_spans
+from alignment.spans.chain_rule import (
     count_spans,
     span_anchor_positions,
     span_distributions,

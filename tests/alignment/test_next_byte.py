@@ -9,10 +9,10 @@ import random
 import pytest
 import torch
 
-import alignment.byte_marginal as bm
-from alignment.byte_loss import next_byte_loss, next_byte_terms
-from alignment.byte_marginal import byte_trie, trie_from_bytes
+import alignment.spans._byte_mass as bm
 from alignment.errors import AlignmentError
+from alignment.spans.next_byte import next_byte_loss, next_byte_terms
+from alignment.tokens.byte_trie import byte_trie, trie_from_bytes
 from alignment.types import SideLogits
 
 # ---------------------------------------------------------------- an independent reference
@@ -296,7 +296,7 @@ def test_bad_input_is_a_clear_error():
 def test_real_tokenizer_trie_ranges_hold_exactly_the_extending_tokens(real_tokenizers):
     """GPT-2 (byte-level) and Gemma-3 (byte fallback): each depth's sorted range holds exactly the
     tokens that extend the prefix, and every byte starts some token (all 256 classes exist)."""
-    from alignment.offsets import token_bytes_table
+    from alignment.tokens.offsets import token_bytes_table
 
     for name in ("gpt2", "gemma3"):
         tok = real_tokenizers[name]
@@ -321,7 +321,7 @@ def test_class_logprobs_on_a_real_vocabulary_match_a_dense_reference(real_tokeni
     """The fast class masses (two-byte groups for depths 0 and 1, sorted ranges deeper) equal a
     float64 dense sum over the tokens extending the prefix, at every depth of real tokens, with
     gradients; the support holds exactly the classes some token falls in."""
-    from alignment.offsets import token_bytes_table
+    from alignment.tokens.offsets import token_bytes_table
 
     tok = real_tokenizers[name]
     table = token_bytes_table(tok)

@@ -1,0 +1,2 @@
+"""Diagnostics that explain when on-policy distillation pays (pure functions; see
+``onpolicy.evidence.diagnostics``)."""

@@ -80,7 +80,12 @@ def compare(cfg: CompareConfig, progress: bool = True, note: str = "") -> tuple[
 
 
 def _parser(prog: str, default_config: str | None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    first_paragraph = __doc__.split("\n\n")[0]  # a whole sentence, not its first line
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=first_paragraph + "\n\nEvery key of the config: onpolicy/compare/config.py.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument(
         "--config",
         default=default_config,

@@ -3,6 +3,7 @@ each: tiny models gain nothing from more, and oversubscribed cores slow torch do
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
@@ -19,6 +20,7 @@ def run_calls(calls: list[tuple[Callable, tuple]], workers: int, progress: bool,
         for fn, args in calls:
             out.append(fn(*args))
             bar.update()
+            _plain_line(progress, desc, len(out), len(calls))
         bar.close()
         return out
     import multiprocessing as mp
@@ -29,5 +31,13 @@ def run_calls(calls: list[tuple[Callable, tuple]], workers: int, progress: bool,
         for fut in as_completed(futures):
             done[futures[fut]] = fut.result()
             bar.update()
+            _plain_line(progress, desc, len(done), len(calls))
     bar.close()
     return [done[i] for i in range(len(calls))]
+
+
+def _plain_line(progress: bool, desc: str, finished: int, total: int) -> None:
+    """Without a progress bar (``--no-progress``), one plain stderr line per finished job, so a
+    long comparison is never silent."""
+    if not progress:
+        print(f"[onpolicy] {desc}: {finished}/{total} done", file=sys.stderr, flush=True)

@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
         ([], "exit status 2; nothing already saved is touched."),
         (["train"], "A JSON summary is printed on stdout at the end."),
         (["eval"], "the metrics are printed as JSON."),
+        (["compare"], "quickstart (``onpolicy quickstart`` / ``examples/quickstart.py``)."),
     ],
 )
 def test_help_texts_are_whole(argv, ends, capsys):
@@ -79,3 +80,12 @@ def test_train_prints_no_library_noise(tmp_path):
     noise = ("Loading weights", "Writing model shards", "Removed shared tensor", "Setting accel")
     assert not any(n in done.stderr + done.stdout for n in noise), done.stderr
     assert done.stderr.strip() == ""
+
+
+def test_no_progress_prints_one_plain_line_per_finished_job(capsys):
+    from onpolicy.compare.pool import run_calls
+
+    out = run_calls([(abs, (-1,)), (abs, (-2,))], workers=1, progress=False, desc="runs")
+    assert out == [1, 2]
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["[onpolicy] runs: 1/2 done", "[onpolicy] runs: 2/2 done"]

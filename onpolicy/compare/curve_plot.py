@@ -30,7 +30,7 @@ def plot_curves(
     groups = {s: m for s, m in groups.items() if any(any(c) for c in m.values())}
     if not groups:
         return None
-    panels = [("score", metric), ("kl_per_token", "KL(student || teacher) per token")]
+    panels = [("score", metric), ("kl_per_byte", "KL(student || teacher) per byte")]
     fig, axes = plt.subplots(
         2, len(groups), figsize=(5.2 * len(groups), 7.5), squeeze=False, sharex="col"
     )

@@ -4,8 +4,9 @@ accountings, ``accounting.py``) and wall seconds spent up to that step, and summ
 
 A point's metrics, on the held-out prompts, on the student's own greedy completions
 (``onpolicy.trainer.evaluate``): ``score`` (the task metric), ``kl_per_token`` (the exact
-full-distribution KL(student || teacher) per completion token; same tokenizer only; for a
-character-level student, per character), ``teacher_nll_per_byte`` (the teacher's NLL of the
+full-distribution KL(student || teacher) per completion token; same tokenizer only),
+``kl_per_byte`` (the same KL per UTF-8 byte of the completions: KL/char, comparable across
+tokenizers of the same text), ``teacher_nll_per_byte`` (the teacher's NLL of the
 student's completions per UTF-8 byte). Evaluation compute is not training compute: not counted.
 
 Summaries over the seed-mean curve of a method (points at the same steps across seeds; x = the
@@ -27,6 +28,7 @@ from onpolicy.trainer.step_metrics import ComputeBudget
 _METRICS = {
     "score": "eval/score",
     "kl_per_token": "eval/kl_per_token",
+    "kl_per_byte": "eval/kl_per_byte",
     "teacher_nll_per_byte": "eval/teacher_nll_per_byte",
 }
 
@@ -41,6 +43,7 @@ class CurvePoint:
     seconds: float
     score: float | None = None
     kl_per_token: float | None = None
+    kl_per_byte: float | None = None
     teacher_nll_per_byte: float | None = None
 
     def flops(self, teacher_data: str) -> float:

@@ -159,6 +159,7 @@ def _means(s: dict[str, float]) -> dict[str, float]:
     if "kl" in s:
         n = max(s["n_positions"], 1.0)
         out["eval/kl_per_token"] = s["kl"] / n
+        out["eval/kl_per_byte"] = s["kl"] / nbytes  # per UTF-8 byte of the completions: KL/char
         for key, value in s.items():
             if key.startswith("pos:"):
                 out["eval/" + key.removeprefix("pos:diag/")] = value / n

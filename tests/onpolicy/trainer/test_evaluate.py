@@ -76,3 +76,21 @@ def _uncapped_kl(student, tok, teacher, backend, prompts, sampling, greedy) -> f
         ]
     finally:
         teacher.config.final_logit_softcapping = cap
+
+
+def test_kl_is_reported_per_token_and_per_byte_from_the_same_sums():
+    """Hand-derived: 6.0 nats of KL over 4 completion positions holding 12 UTF-8 bytes."""
+    from onpolicy.trainer.evaluate import _means
+
+    sums = {
+        "n_rows": 2.0,
+        "bytes": 12.0,
+        "completion_tokens": 4.0,
+        "truncated": 0.0,
+        "repetition": 0.0,
+        "kl": 6.0,
+        "n_positions": 4.0,
+    }
+    out = _means(sums)
+    assert out["eval/kl_per_token"] == pytest.approx(1.5)
+    assert out["eval/kl_per_byte"] == pytest.approx(0.5)

@@ -77,6 +77,25 @@ class CompareConfig:
     lr_search: LRSearchSpec | None = None
 
 
+def _check_long_models(models: dict[str, Any], task: dict[str, Any]) -> None:
+    """``models: {kind: long_arithmetic, student: small | medium, teacher_steps: N}``: the cached
+    models of the ``long_arithmetic`` task (``onpolicy.tasks.long_models``), built for the task
+    block's digits, min_digits and variants (the teacher trained ``teacher_steps``, default 1000);
+    the student is saved untrained (warm it with ``warm_start``)."""
+    if task.get("name") != "long_arithmetic":
+        raise ConfigError("models.kind=long_arithmetic needs task.name: long_arithmetic")
+    unknown = set(models) - {"kind", "student", "teacher_steps"}
+    if unknown:
+        raise ConfigError(
+            f"models: unknown keys {sorted(unknown)} for kind long_arithmetic; "
+            "use student, teacher_steps"
+        )
+    if models.get("student", "medium") not in ("small", "medium"):
+        raise ConfigError(
+            f"models.student={models['student']!r}; use 'small' (21x) or 'medium' (5.3x)"
+        )
+
+
 def parse_config(raw: dict[str, Any]) -> CompareConfig:
     """Validate a loaded YAML mapping into a ``CompareConfig`` (one-line errors naming the key)."""
     unknown = set(raw) - _KEYS
@@ -88,8 +107,12 @@ def parse_config(raw: dict[str, Any]) -> CompareConfig:
     task, models = dict(raw["task"]), dict(raw["models"])
     if "name" not in task:
         raise ConfigError("task block needs a 'name' (arithmetic, chat_pair or dataset)")
-    if models.get("kind") not in ("arithmetic", "paths"):
-        raise ConfigError(f"models.kind={models.get('kind')!r}; use 'arithmetic' or 'paths'")
+    if models.get("kind") not in ("arithmetic", "long_arithmetic", "paths"):
+        raise ConfigError(
+            f"models.kind={models.get('kind')!r}; use 'arithmetic', 'long_arithmetic' or 'paths'"
+        )
+    if models["kind"] == "long_arithmetic":
+        _check_long_models(models, task)
     methods = [method_spec(m) for m in raw["methods"]]
     names = [m.name for m in methods]
     if len(set(names)) != len(names) or not names:

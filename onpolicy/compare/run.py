@@ -116,6 +116,19 @@ def resolve_models(cfg: CompareConfig, log: Callable[[str], None] = print) -> Mo
         return ModelDirs(
             str(models.teacher_dir), str(models.student_dir), str(models.cross_student_dir)
         )
+    if kind == "long_arithmetic":
+        from onpolicy.tasks.long_models import LongModelsConfig, long_models
+
+        task = {k: cfg.task[k] for k in ("digits", "min_digits", "variants") if k in cfg.task}
+        if "teacher_steps" in spec:
+            task["teacher_steps"] = int(spec["teacher_steps"])
+        built = long_models(LongModelsConfig(**task), log=log)
+        student = spec.get("student", "medium")
+        log(
+            f"[compare] long_arithmetic models at {built.teacher_dir.parent} (teacher valid exact "
+            f"match when built: {built.teacher_score:.3f}; params: {built.params})"
+        )
+        return ModelDirs(str(built.teacher_dir), str(built.student_dirs[student]), None)
     if "teacher" not in spec:
         raise ConfigError("models.kind=paths needs a 'teacher' folder")
     return ModelDirs(

@@ -4,6 +4,9 @@ the seed-mean curve, FLOPs to reach a score, the area under the curve and the pl
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from onpolicy.compare.accounting import teacher_rows
@@ -20,6 +23,8 @@ from onpolicy.compare.lr_search import choose, parse_lr_search
 from onpolicy.compare.warm import parse_warm
 from onpolicy.errors import ConfigError
 from onpolicy.trainer.step_metrics import ComputeBudget
+
+REPO = Path(__file__).resolve().parents[3]
 
 N_S, N_T = 10, 100
 
@@ -145,3 +150,21 @@ def test_lr_choice_best_validation_value_smaller_on_ties():
         {"method": "m", "start": "plateau", "lr": 1e-4, "metrics": {"eval/kl_per_token": 0.2}},
     ]
     assert choose(trials) == {("m", "cold"): 1e-4, ("m", "plateau"): 1e-3}
+
+
+def test_the_long_regime_config_parses_and_its_models_block_is_checked_up_front():
+    import yaml
+
+    from onpolicy.compare.config import parse_config
+
+    raw = yaml.safe_load((REPO / "configs/compare/evidence_long.yaml").read_text())
+    cfg = parse_config(raw)
+    assert cfg.models == {"kind": "long_arithmetic", "student": "medium"}
+    for bad, words in (
+        ({"kind": "long_arithmetic", "student": "large"}, "use 'small'"),
+        ({"kind": "long_arithmetic", "teacher": "x"}, "unknown keys ['teacher']"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            parse_config({**raw, "models": bad})
+    with pytest.raises(ConfigError, match=re.escape("needs task.name: long_arithmetic")):
+        parse_config({**raw, "task": {"name": "arithmetic"}})

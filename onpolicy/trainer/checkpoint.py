@@ -272,8 +272,12 @@ def _check_optimizer_keys(accelerator: Any) -> None:
     """``KeyError`` when a loaded optimizer's parameter groups lack a setting its class needs
     (state written by another optimizer: torch accepts it and fails at the first step)."""
     for opt in getattr(accelerator, "_optimizers", []):
+        try:
+            defaults = opt.defaults
+        except AttributeError:  # DeepSpeed's ZeRO optimizers have none (DeepSpeed loads its own)
+            continue
         for group in opt.param_groups:
-            missing = sorted(set(opt.defaults) - set(group))
+            missing = sorted(set(defaults) - set(group))
             if missing:
                 raise KeyError(
                     f"the saved optimizer state lacks {missing}: another optimizer wrote it"

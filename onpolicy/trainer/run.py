@@ -56,14 +56,17 @@ def make_accelerator(config: Config) -> Any:
 
     from onpolicy.trainer.metrics_log import tracker_names
     from onpolicy.trainer.setup import mixed_precision
-    from onpolicy.trainer.sharding import no_accelerator_device
+    from onpolicy.trainer.sharding import fix_cpu_deepspeed_ranks, no_accelerator_device
 
-    return Accelerator(
+    accelerator = Accelerator(
         cpu=no_accelerator_device(),  # torchrun-started processes form a gloo group on CPU
         mixed_precision=mixed_precision(config.train.mixed_precision),
         log_with=tracker_names(config.logging) or None,
         project_dir=config.train.output_dir,
     )
+    # before anything asks who the main process is (the run-folder lock does, first thing)
+    fix_cpu_deepspeed_ranks(accelerator)
+    return accelerator
 
 
 def prepare_prompts(

@@ -103,7 +103,7 @@ def configure_deepspeed(accelerator: Any, micro_batch_size: int, grad_accum: int
     DeepSpeed's ``gradient_accumulation_steps`` 1 (raise ``train.micro_batch_size`` instead)."""
     if not is_deepspeed(accelerator):
         return False
-    _fix_cpu_deepspeed_ranks(accelerator)
+    fix_cpu_deepspeed_ranks(accelerator)
     plugin = accelerator.state.deepspeed_plugin
     ds = plugin.deepspeed_config
     if grad_accum != 1 or ds.get("gradient_accumulation_steps", 1) not in (1, "auto"):
@@ -117,13 +117,15 @@ def configure_deepspeed(accelerator: Any, micro_batch_size: int, grad_accum: int
     return int(ds.get("zero_optimization", {}).get("stage", 0)) == 3
 
 
-def _fix_cpu_deepspeed_ranks(accelerator: Any) -> None:
+def fix_cpu_deepspeed_ranks(accelerator: Any) -> None:
     """On a machine without an accelerator, accelerate starts DeepSpeed's (gloo) process group but
     records one process of rank 0 everywhere (it finds no backend name): every process would act
-    as the main one. Record the group's real size and ranks."""
+    as the main one. Record the group's real size and ranks (a no-op elsewhere; idempotent)."""
     import torch.distributed as dist
     from accelerate.state import PartialState
 
+    if not is_deepspeed(accelerator):
+        return
     if accelerator.state.backend is not None or not dist.is_initialized():
         return
     fixed = {

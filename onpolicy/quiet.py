@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 
 ENV = "ONPOLICY_QUIET"
 _HARMLESS = {"accelerate.utils.other": ("Removed shared tensor",)}
+_RANK = re.compile(r"^\[RANK \d+\] ")
 _PROGRESS_ENV = ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS")
 
 
@@ -34,7 +36,8 @@ class _DropMessages(logging.Filter):
         self.prefixes = prefixes
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.prefixes)
+        # accelerate's multi-process logger prefixes "[RANK n] " once a process group exists
+        return not _RANK.sub("", str(record.msg), count=1).startswith(self.prefixes)
 
 
 def quiet_libraries() -> None:

@@ -154,6 +154,9 @@ def quickstart_main(argv: Sequence[str] | None = None) -> int:
     """``onpolicy quickstart``: the arithmetic task's teacher (trained and cached on first use),
     the untouched student, SFT on teacher samples and on-policy reverse KL, same budget; prints a
     before/after table and where the report and plots are."""
+    from onpolicy.quiet import quiet_libraries
+
+    quiet_libraries()  # `make demo` calls this directly, not through the CLI that quiets
     default = Path(__file__).resolve().parents[2] / "configs" / "compare" / "quickstart.yaml"
     args = _parser("onpolicy quickstart", str(default)).parse_args(argv)
     cfg = load_config(args.config, args.overrides)

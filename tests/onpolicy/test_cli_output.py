@@ -46,6 +46,7 @@ def test_quiet_drops_only_the_known_harmless_record(caplog, monkeypatch):
     logger = logging.getLogger("accelerate.utils.other")
     with caplog.at_level(logging.WARNING):
         logger.warning("Removed shared tensor {'lm_head.weight'} while saving. This should be OK")
+        logger.warning("[RANK 0] Removed shared tensor {'lm_head.weight'} while saving.")
         logger.warning("a real warning")
     assert [r.getMessage() for r in caplog.records] == ["a real warning"]
 

@@ -39,6 +39,7 @@ REGIMES = {  # output length: 6-digit problems (62 + EOS tokens) and 3-digit one
 NUM_EVAL = 200
 WARMUP_LR, WARMUP_STEPS, SAVE_EVERY, WARMUP_STAGES = 2e-3, 1200, 100, 3
 LR_GRID = (3e-4, 1e-3, 3e-3)
+MIN_RISE = 0.1  # a warm-up curve must rise this much before it can plateau
 RKL_STEPS = 60  # the budget: this many reverse-KL steps' FLOPs (data free), for every arm
 
 
@@ -102,9 +103,13 @@ def _merge(merged: dict | None, run: dict) -> dict:
 
 
 def _plateau(merged: dict) -> int | None:
-    """The step where the valid curve flattened (past half its best score), or None."""
+    """The step where the valid curve flattened (past half its best score), or None; None too
+    while the curve has not risen ``MIN_RISE`` above its start (a flat curve at ~0 is a student
+    that has not started to learn, not a plateau)."""
     scores = [p["score"] for p in merged["curve"] if p["step"] % SAVE_EVERY < 2]
     steps = [p["step"] for p in merged["curve"] if p["step"] % SAVE_EVERY < 2]
+    if max(scores) - scores[0] < MIN_RISE:
+        return None
     first = next(i for i, sc in enumerate(scores) if sc >= 0.5 * max(scores))
     i = first + plateau_index(scores[first:], window=3, tol=0.02)
     return steps[i] if i < len(scores) - 1 else None

@@ -202,9 +202,9 @@ def plot_diagnostics(runs: dict, start: str, path: Path) -> None:
     arms = [a for a in ("sft", *ON_POLICY) if (start, a) in runs]
     for k, arm in enumerate(arms):
         rs = runs[(start, arm)]
-        lengths = sorted(int(x) for x in rs[0]["curve"][-1]["by_length"])
-        means = [statistics.mean(r["curve"][-1]["by_length"][str(n)] for r in rs) for n in lengths]
-        a1.plot([n + 1 for n in lengths], means, marker="o", color=f"C{k}", label=arm)
+        k_steps = len(rs[0]["curve"][-1]["survival"])  # share right through step 1..k
+        means = [statistics.mean(r["curve"][-1]["survival"][j] for r in rs) for j in range(k_steps)]
+        a1.plot(range(1, k_steps + 1), means, marker="o", color=f"C{k}", label=arm)
         diag = [r for r in rs if r["kl_end"]]
         if diag:
             if k == 0:

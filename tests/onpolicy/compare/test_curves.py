@@ -159,7 +159,7 @@ def test_the_long_regime_config_parses_and_its_models_block_is_checked_up_front(
 
     raw = yaml.safe_load((REPO / "configs/compare/evidence_long.yaml").read_text())
     cfg = parse_config(raw)
-    assert cfg.models == {"kind": "long_arithmetic", "student": "medium"}
+    assert cfg.models == {"kind": "long_arithmetic", "student": "medium", "teacher_steps": 2500}
     for bad, words in (
         ({"kind": "long_arithmetic", "student": "large"}, "use 'small'"),
         ({"kind": "long_arithmetic", "teacher": "x"}, "unknown keys ['teacher']"),

@@ -5,9 +5,9 @@ the total wait and the error states it (http.py, vllm_server.py, vllm_teacher.py
 from __future__ import annotations
 
 import http.server
-import threading
 
 import pytest
+from local_http import LocalServer
 
 from onpolicy.errors import BackendError
 from onpolicy.rollout.http import RetryPolicy, request_json
@@ -18,7 +18,7 @@ from onpolicy.types import SamplingParams
 HTML = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body>portal</body></html>"
 
 
-class _Server:
+class _Server(LocalServer):
     """127.0.0.1 server answering every GET and POST with status 200, ``body``, ``kind``."""
 
     def __init__(self, body: bytes, kind: str):
@@ -36,17 +36,7 @@ class _Server:
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -7,11 +7,11 @@ from __future__ import annotations
 import http.server
 import json
 import socket
-import threading
 import time
 
 import pytest
 import torch
+from local_http import LocalServer
 
 from onpolicy.errors import BackendError, ConfigError
 from onpolicy.rollout.http import RetryPolicy, request_json
@@ -25,7 +25,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class _Server:
+class _Server(LocalServer):
     """A local HTTP server answering POSTs with ``plan`` (list of (delay_s, status, body));
     the last entry repeats. Counts requests."""
 
@@ -52,17 +52,7 @@ class _Server:
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler)
 
 
 def _backend(url, **options):

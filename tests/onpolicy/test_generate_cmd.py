@@ -123,8 +123,11 @@ def test_another_teacher_or_setting_is_refused(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "objective", [{"name": "sft", "params": {"source": "dataset"}},
-                  {"name": "supervised_kd", "params": {"source": "dataset"}}],  # fmt: skip
+    "objective",
+    [
+        {"name": "sft", "params": {"source": "dataset"}},
+        {"name": "supervised_kd", "params": {"source": "dataset"}},
+    ],
 )
 def test_sft_and_supervised_kd_train_on_a_generated_file(tmp_path, objective):
     from onpolicy.trainer import train

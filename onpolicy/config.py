@@ -57,7 +57,9 @@ class TeacherConfig:
     (the student's own base with LoRA adapters disabled; needs ``lora.enabled``).
     ``samples``: teacher-sampled batches (SFT, GKD's off-policy share) are ``fresh`` samples every
     step, or ``fixed``: one sample per prompt drawn once before training (sequence-level KD's
-    dataset)."""
+    dataset).
+    ``scores``: cached top-k scores (``onpolicy score``) for the dataset batches, read with no
+    teacher model in memory; other batches (GKD's on-policy share) need ``path``."""
 
     path: str | None = None
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
@@ -65,6 +67,7 @@ class TeacherConfig:
     top_k: int = 0  # 0 = full distribution; > 0 = sparse top-k scores
     gguf_file: str | None = None
     samples: Literal["fresh", "fixed"] = "fresh"
+    scores: str | None = None  # a folder written by `onpolicy score` (onpolicy.scores.cached)
 
 
 @dataclass
@@ -243,6 +246,8 @@ def load_config(
         value = getattr(config.data, key)
         if value is not None:
             setattr(config.data, key, str(resolve_path(value, base_dir).resolve()))
+    if config.teacher.scores is not None:
+        config.teacher.scores = str(resolve_path(config.teacher.scores, base_dir).resolve())
     return config
 
 

@@ -41,7 +41,11 @@ def validate(config: Config, base_dir: Path | None = None) -> None:
     _check_registered("rollout.backend", c.rollout.backend, _backend_names())
     _check_registered("objective.name", c.objective.name, _objective_names())
     _check_objective_params(c.objective)
-    if c.teacher.path is None and c.teacher.mode != "self" and _needs_teacher_model(c):
+    if c.teacher.scores is not None:
+        from onpolicy.scores.cached import check_cached_scores
+
+        check_cached_scores(c, base_dir)
+    elif c.teacher.path is None and c.teacher.mode != "self" and _needs_teacher_model(c):
         raise ConfigError(
             f"teacher.path is missing and objective {c.objective.name!r} needs a teacher; set it "
             "to a model folder or tiny:<size> (gold-data SFT without a teacher: objective sft "

@@ -199,7 +199,10 @@ def _load_models(config: Config, accelerator: Any) -> tuple:
     objective = build_objective(config)
     _hand_over_reference(objective, model, full)
     teacher = teacher_model = teacher_tok = None
-    if objective.needs_teacher or config.teacher.path is not None or config.teacher.mode == "self":
+    from onpolicy.scores.cached import needs_live_teacher, open_cached_teacher
+
+    wanted = objective.needs_teacher or config.teacher.path is not None
+    if (wanted or config.teacher.mode == "self") and needs_live_teacher(config, objective):
         student = model if full is None else full.model
         from onpolicy.objectives.base import teacher_output
 
@@ -207,6 +210,9 @@ def _load_models(config: Config, accelerator: Any) -> tuple:
         teacher, teacher_model, teacher_tok = load_teacher(
             config, student, tokenizer, accelerator.device, chunked
         )
+    if config.teacher.scores is not None:  # dataset batches from the cache; the rest live
+        t = config.teacher
+        teacher = open_cached_teacher(t.scores, tokenizer, t.path, t.gguf_file, live=teacher)
     return model, tokenizer, full, objective, teacher, teacher_model, teacher_tok
 
 

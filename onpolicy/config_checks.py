@@ -38,6 +38,10 @@ def validate(config: Config, base_dir: Path | None = None) -> None:
                 "or a save_to_disk folder"
             )
     check_metric(c.eval.metric, base_dir)
+    if c.reward.function is not None:
+        from onpolicy.rewards import check_reward_config
+
+        check_reward_config(c, base_dir)
     _check_registered("rollout.backend", c.rollout.backend, _backend_names())
     _check_registered("objective.name", c.objective.name, _objective_names())
     _check_objective_params(c.objective)

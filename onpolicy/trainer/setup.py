@@ -119,10 +119,17 @@ def load_teacher(
 
 def build_objective(config: Config) -> Any:
     """The registered objective with ``objective.params``; a ``seed`` argument, when the factory
-    takes one and the params do not set it, gets ``train.seed`` (GKD's per-step coin)."""
+    takes one and the params do not set it, gets ``train.seed`` (GKD's per-step coin); with
+    ``reward.function``, its ``TaskReward`` as ``reward_fn`` (``onpolicy.rewards``)."""
     from onpolicy.objectives.base import make_objective
 
-    return make_objective(config.objective.name, config.objective.params, config.train.seed)
+    params = dict(config.objective.params)
+    if config.reward.function is not None:  # the task reward joins the sampled-token advantage
+        from onpolicy.rewards import build_task_reward
+
+        r = config.reward
+        params["reward_fn"] = build_task_reward(r.function, r.coef, r.normalize)
+    return make_objective(config.objective.name, params, config.train.seed)
 
 
 def build_optimizer(

@@ -59,6 +59,7 @@ class GenerateSpec:
     chat: bool = False
     dtype: str = "float32"
     gguf_file: str | None = None
+    vllm: tuple[str, ...] = ()  # ``key=value`` engine options (``onpolicy.rollout.vllm_engine``)
 
 
 @dataclass
@@ -99,6 +100,9 @@ def check_spec(spec: GenerateSpec) -> None:
         )
     if spec.backend not in ("hf", "vllm"):
         raise ConfigError(f"--backend={spec.backend!r}; use hf or vllm")
+    for option in spec.vllm:
+        if "=" not in option or spec.backend != "vllm":
+            raise ConfigError(f"--vllm {option!r}: give key=value, with --backend vllm")
 
 
 def _header(spec: GenerateSpec, fingerprint: str) -> dict[str, Any]:
@@ -190,7 +194,10 @@ def _sampler(spec: GenerateSpec, model: Any, tokenizer: Any, folder: str) -> Any
     from onpolicy.rollout.base import make_backend
 
     if spec.backend == "vllm":
-        return make_backend("vllm", tokenizer=tokenizer, model_path=folder)
+        import yaml
+
+        options = {k: yaml.safe_load(v) for k, _, v in (o.partition("=") for o in spec.vllm)}
+        return make_backend("vllm", tokenizer=tokenizer, model_path=folder, **options)
     return make_backend("hf", model=model, tokenizer=tokenizer)
 
 
@@ -282,13 +289,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chat", action="store_true", help="plain `prompt` rows are user messages")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--gguf-file", default=None, help="the .gguf file inside --teacher's folder")
+    p.add_argument("--vllm", action="append", default=[], metavar="KEY=VALUE",
+                   help="vLLM engine option, e.g. gpu_memory_utilization=0.8 (repeatable)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """``onpolicy generate``: prints a JSON summary; a bad input is one line and exit status 2."""
     args = _parser().parse_args(argv)
-    spec = GenerateSpec(**vars(args))
+    spec = GenerateSpec(**{**vars(args), "vllm": tuple(args.vllm)})
     try:
         summary = generate_dataset(spec)
     except OnpolicyError as exc:

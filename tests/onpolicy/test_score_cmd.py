@@ -190,6 +190,25 @@ def test_a_run_with_teacher_scores_loads_no_teacher_and_matches_the_live_run(tmp
     assert max(abs(a - b) for a, b in zip(cached_losses, live_losses, strict=True)) < 1e-5
 
 
+def test_gkd_reads_the_cache_off_policy_and_the_live_teacher_on_policy(tmp_path):
+    from onpolicy.trainer import train
+
+    data, scores = _data(tmp_path), tmp_path / "scores"
+    _score(data, scores, top_k=64)
+    objective = "objective={name: gkd, params: {lmbda: 0.5, beta: 0.5, off_policy: dataset}}"
+    gkd = _config(tmp_path, data, f"teacher.scores={scores}", "train.steps=6", objective)
+    result = train(gkd)
+    assert result.steps == 6 and result.nonfinite_steps == 0
+    path = Path(result.final_dir).parent / "metrics.jsonl"
+    steps = [json.loads(x) for x in path.read_text().splitlines()]
+    steps = [r for r in steps if "train/on_policy" in r]
+    on = [r for r in steps if r["train/on_policy"] == 1.0]
+    off = [r for r in steps if r["train/on_policy"] == 0.0]
+    assert on and off  # both shares ran
+    assert all(r.get("teacher/cached_rows", 0) == 4 for r in off)  # every dataset row cached
+    assert all("teacher/cached_rows" not in r for r in on)  # the student's samples: live
+
+
 def _losses(result) -> list[float]:
     path = Path(result.final_dir).parent / "metrics.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()]

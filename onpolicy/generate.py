@@ -14,7 +14,8 @@ The output is the project's data format (``onpolicy.data``), one row per sample:
 (``prompt`` instead of ``messages`` for raw-text prompts), so ``data.path`` of ``onpolicy train``
 reads it directly (``configs/sft_teacher_data.yaml``). A sample that is empty text is dropped (the
 data format refuses empty completions); one cut at ``--max-new-tokens`` is kept with
-``finish_reason: length`` and counted.
+``finish_reason: length`` and counted (a run trains on it as a finished answer, end of turn
+included: ``--drop-truncated`` drops such samples instead).
 
 Resumable: prompts are keyed by a hash of what the teacher sees (text or messages). After each
 batch the rows are written and flushed first, then ``<out>.progress.jsonl`` records the batch's
@@ -60,6 +61,7 @@ class GenerateSpec:
     dtype: str = "float32"
     gguf_file: str | None = None
     vllm: tuple[str, ...] = ()  # ``key=value`` engine options (``onpolicy.rollout.vllm_engine``)
+    drop_truncated: bool = False  # drop samples cut at max_new_tokens (they never ended)
 
 
 @dataclass
@@ -111,7 +113,8 @@ def _header(spec: GenerateSpec, fingerprint: str) -> dict[str, Any]:
         "format": FORMAT_VERSION,
         "teacher_fingerprint": fingerprint,
         "sampling": {k: getattr(spec, k) for k in ("n", "temperature", "top_p",
-                                                   "max_new_tokens", "seed", "chat")},
+                                                   "max_new_tokens", "seed", "chat",
+                                                   "drop_truncated")},
     }  # fmt: skip
 
 
@@ -241,15 +244,16 @@ def generate_dataset(spec: GenerateSpec) -> GenerateSummary:
             )  # fmt: skip
             ids = [render_prompt(tokenizer, p) for _, p in batch]  # the teacher's own template
             ro = sampler.generate(ids, sampling, [p for _, p in batch])
-            _write_batch(out, batch, ro, spec.teacher, summary)
+            _write_batch(out, batch, ro, spec, summary)
     finally:
         sampler.close()
     return summary
 
 
-def _write_batch(out: Path, batch: list[tuple[str, Prompt]], ro: Any, teacher: str,
+def _write_batch(out: Path, batch: list[tuple[str, Prompt]], ro: Any, spec: GenerateSpec,
                  summary: GenerateSummary) -> None:  # fmt: skip
     """Rows first (durable), then the progress record of the batch's prompts."""
+    teacher, drop_truncated = spec.teacher, spec.drop_truncated
     rows: list[str] = []
     counts = {h: 0 for h, _ in batch}
     sample = {h: 0 for h, _ in batch}
@@ -261,6 +265,8 @@ def _write_batch(out: Path, batch: list[tuple[str, Prompt]], ro: Any, teacher: s
             summary.dropped_empty += 1
             continue
         summary.truncated += reason == "length"
+        if reason == "length" and drop_truncated:
+            continue
         rows.append(json.dumps(_row(prompt, text, h, j, reason, teacher), ensure_ascii=False))
         counts[h] += 1
     _append(out, rows)
@@ -289,6 +295,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chat", action="store_true", help="plain `prompt` rows are user messages")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--gguf-file", default=None, help="the .gguf file inside --teacher's folder")
+    p.add_argument("--drop-truncated", action="store_true",
+                   help="drop samples cut at --max-new-tokens (kept by default, marked)")
     p.add_argument("--vllm", action="append", default=[], metavar="KEY=VALUE",
                    help="vLLM engine option, e.g. gpu_memory_utilization=0.8 (repeatable)")
     return p

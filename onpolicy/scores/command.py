@@ -139,11 +139,7 @@ def _prepare_folder(out: Path, manifest: Manifest, teacher_tok: Any) -> bool:
 def score_dataset(spec: ScoreSpec) -> ScoreSummary:
     """Score ``spec.data`` into ``spec.out`` (see the module docstring); returns what it did."""
     from onpolicy.config_checks import resolve_model_path
-    from onpolicy.teacher.identity import (
-        load_teacher_model,
-        tokenizer_fingerprint,
-        weights_fingerprint,
-    )
+    from onpolicy.teacher.identity import tokenizer_fingerprint, weights_fingerprint
 
     check_spec(spec)
     folder = resolve_model_path(spec.teacher)
@@ -167,17 +163,25 @@ def score_dataset(spec: ScoreSpec) -> ScoreSummary:
         else:
             todo.setdefault(key, b)
     if todo:
-        _score_rows(spec, folder, render_tok, manifest, rollout, todo, summary, load_teacher_model)
+        _score_rows(spec, render_tok, manifest, rollout, todo, summary)
     summary.tokens_stored, nbytes = _stored(out)
     summary.bytes_per_token = nbytes / max(summary.tokens_stored, 1)
     return summary
 
 
-def _score_rows(spec, folder, render_tok, manifest, rollout, todo, summary, load) -> None:
-    """Score the ``todo`` rows in batches; one shard per ``rows_per_shard`` rows."""
+def _score_rows(
+    spec: ScoreSpec,
+    render_tok: Any,
+    manifest: Manifest,
+    rollout: Rollout,
+    todo: dict[str, int],
+    summary: ScoreSummary,
+) -> None:
+    """Score the ``todo`` rows (key -> row) in batches; one shard per ``rows_per_shard`` rows."""
+    from onpolicy.teacher.identity import load_teacher_model
     from onpolicy.teacher.local import LocalTeacher
 
-    model, teacher_tok, _ = load(spec.teacher, spec.teacher_dtype, spec.gguf_file)
+    model, teacher_tok, _ = load_teacher_model(spec.teacher, spec.teacher_dtype, spec.gguf_file)
     teacher = LocalTeacher(model, teacher_tok, render_tok, mode="same", top_k=manifest.top_k)
     index = len(complete_shards(spec.out))
     items = list(todo.items())

@@ -9,7 +9,7 @@ A folder::
     shards/00000.safetensors per completion token n of the shard's rows (row-major):
                                ids_N_K          int32   the teacher's top-K token ids
                                logprobs_N_K     float16 their log-probabilities (temperature 1)
-                               tail_N           float16 log of the remaining mass (-inf at K = V)
+                               tail_N           float16 log of the remaining mass (floored at 1e-8)
                                token_logprob_N  float16 log-probability of the completion token
                                offsets_R1       int64   row r: tokens offsets[r] .. offsets[r+1]
     shards/00000.json        the shard's R row keys, in order; written after the tensors (a shard

@@ -157,3 +157,16 @@ def test_the_recipe_reads_a_generated_file(tmp_path):
     generate_dataset(_spec(prompts, out))
     config = load_config(REPO / "configs" / "sft_teacher_data.yaml", [f"data.path={out}"])
     assert config.objective.params == {"source": "dataset"} and config.teacher.path is None
+
+
+def test_drop_truncated_keeps_only_finished_answers(tmp_path):
+    prompts = _prompts(tmp_path, 6)
+    out = tmp_path / "answers.jsonl"
+    spec = GenerateSpec(teacher=TEACHER, prompts=str(prompts), out=str(out), n=2,
+                        max_new_tokens=8, drop_truncated=True)  # fmt: skip
+    summary = generate_dataset(spec)
+    assert summary.truncated > 0  # 8 tokens cut some answers
+    assert summary.rows_written + summary.truncated + summary.dropped_empty == 12
+    rows = _rows(out) if out.exists() else []
+    assert len(rows) == summary.rows_written
+    assert all(r["finish_reason"] == "stop" for r in rows)

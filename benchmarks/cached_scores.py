@@ -14,7 +14,7 @@ training with the live teacher.
    dense run over the steps and the relative difference of the weight update
    ``|dw - dw_dense| / |dw_dense|``.
 
-    .venv/bin/python benchmarks/cached_scores.py [--steps 8] [--out docs/results/cached-scores.md]
+    .venv/bin/python benchmarks/cached_scores.py [--steps 8] [--pair tiny|smollm2] [--out FILE]
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ from onpolicy.scores.store import ScoreReader  # noqa: E402
 from onpolicy.teacher.local import LocalTeacher  # noqa: E402
 from onpolicy.tiny import tiny_model_dir  # noqa: E402
 
-TEACHER = "tiny:small,seed=1,pretrain_steps=300"
 DISTILLKIT = {  # name: (k, exact_k, exact bits, polynomial terms, term bits) from its README
     "DistillKit recommended (k 128)": (128, 16, 16, 6, 32),
     "DistillKit budget (k 50)": (50, 1, 16, 3, 32),
@@ -83,17 +82,40 @@ def run(student_dir, rollout, teacher, steps: int) -> tuple[list[float], torch.T
     return losses, end - start
 
 
+def models(pair: str, tmp: Path) -> tuple[Path, Path]:
+    """``(teacher folder, student folder)``: the tiny pair, or SmolLM2-135M-Instruct (V = 49,152)
+    and a student cut from it (every 6th of its 30 layers, ``onpolicy init-student``)."""
+    if pair == "tiny":
+        return (tiny_model_dir("small", seed=1, pretrain_steps=300),
+                tiny_model_dir("tiny", seed=2, pretrain_steps=100))  # fmt: skip
+    from onpolicy.init_student import init_student
+    from onpolicy.offline import smollm2_dir
+
+    teacher = smollm2_dir()
+    init_student(teacher, tmp / "student", every=6)
+    return teacher, tmp / "student"
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--pair", choices=["tiny", "smollm2"], default="tiny")
     parser.add_argument("--out", default=None, help="write the tables to this markdown file")
     args = parser.parse_args(argv)
-    tmp = Path(tempfile.mkdtemp(prefix="cached-scores-"))
+    with tempfile.TemporaryDirectory(prefix="cached-scores-") as folder:  # K = V folders are big
+        text = measure(args.pair, args.steps, Path(folder))
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+    return text
+
+
+def measure(pair: str, steps: int, tmp: Path) -> str:
+    """Score the data at each K / dtype, train every variant, and return the report."""
     data = tmp / "rows.jsonl"
     lines = (REPO / "configs" / "data" / "tiny_chat.jsonl").read_text().splitlines(True)
-    data.write_text("".join(lines[: 4 * args.steps]))
-    teacher_dir = tiny_model_dir("small", seed=1, pretrain_steps=300)
-    student_dir = tiny_model_dir("tiny", seed=2, pretrain_steps=100)
+    data.write_text("".join(lines[: 4 * steps]))
+    teacher_dir, student_dir = models(pair, tmp)
     tok = load_tokenizer(student_dir)
     vocab = len(tok)
     teacher_model = load_model(teacher_dir, trainable=False)
@@ -103,21 +125,17 @@ def main(argv: list[str] | None = None) -> str:
                 (64, "float16"), (16, "float16")]  # fmt: skip
     stored = {}
     for k, dtype in variants:
-        spec = ScoreSpec(teacher=TEACHER, data=str(data), out=str(tmp / f"k{k}-{dtype}"),
+        spec = ScoreSpec(teacher=str(teacher_dir), data=str(data), out=str(tmp / f"k{k}-{dtype}"),
                          top_k=k, dtype=dtype, batch_size=4, rows_per_shard=4)  # fmt: skip
         stored[k, dtype] = score_dataset(spec).bytes_per_token
     dense = run(student_dir, rollout, LocalTeacher(teacher_model, teacher_tok, tok, "same"),
-                args.steps)  # fmt: skip
+                steps)  # fmt: skip
     runs = {"live, top-V": run(student_dir, rollout, LocalTeacher(
-        teacher_model, teacher_tok, tok, "same", top_k=vocab), args.steps)}  # fmt: skip
+        teacher_model, teacher_tok, tok, "same", top_k=vocab), steps)}  # fmt: skip
     for k, dtype in variants:
         teacher = CachedTeacher(ScoreReader(tmp / f"k{k}-{dtype}"))
-        runs[f"cached, K={k}, {dtype}"] = run(student_dir, rollout, teacher, args.steps)
-    text = report(vocab, variants, stored, dense, runs, args.steps)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
-    return text
+        runs[f"cached, K={k}, {dtype}"] = run(student_dir, rollout, teacher, steps)
+    return report(vocab, variants, stored, dense, runs, steps)
 
 
 def report(vocab, variants, stored, dense, runs, steps) -> str:

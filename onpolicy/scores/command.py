@@ -126,7 +126,8 @@ def _prepare_folder(out: Path, manifest: Manifest, teacher_tok: Any) -> bool:
     dtype) were deleted."""
     invalidated = False
     if (out / "manifest.json").is_file() and not read_manifest(out).same_scores(manifest):
-        shutil.rmtree(out / "shards", ignore_errors=True)
+        for stale in ("shards", "tokenizer"):  # a tokenizer of another kind leaves other files
+            shutil.rmtree(out / stale, ignore_errors=True)
         invalidated = True
     elif out.exists() and any(out.iterdir()) and not (out / "manifest.json").is_file():
         raise ConfigError(f"--out {str(out)!r} is a non-empty folder without a score manifest")

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from onpolicy.losses import reverse_kl
+
 # divergence: consecutive steps that show it, and the thresholds (heuristics; see ``divergence``)
 DIVERGENCE_STEPS = 5
 _ZERO_GRAD = 1e-12
@@ -56,11 +58,10 @@ def topk_overlap(student_N_V: torch.Tensor, teacher_N_V: torch.Tensor, k: int) -
 
 
 def reverse_kl_per_token(student_N_V: torch.Tensor, teacher_N_V: torch.Tensor) -> torch.Tensor:
-    """[N] ``KL(student || teacher) = sum_v p_s (log p_s - log p_t)`` per position, float32."""
-    logp_s = torch.log_softmax(student_N_V.float(), dim=-1)
-    logp_t = torch.log_softmax(teacher_N_V.float(), dim=-1)
-    terms = torch.where(logp_s.isneginf(), 0.0, logp_s.exp() * (logp_s - logp_t))
-    return terms.sum(dim=-1)
+    """[N] ``KL(student || teacher) = sum_v p_s (log p_s - log p_t)`` per position (float32,
+    float64 stays): the loss's one definition, ``onpolicy.losses.reverse_kl`` unreduced (on the
+    teacher's support where the teacher masks tokens with ``-inf``)."""
+    return reverse_kl(student_N_V, teacher_N_V, reduction="none")
 
 
 def truncated_share(finish_reason_B: Sequence[str]) -> float:

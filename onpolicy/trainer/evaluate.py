@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from onpolicy.forward import forward_completions
+from onpolicy.losses import token_logprobs
 from onpolicy.trainer import diagnostics as diag
 from onpolicy.types import Prompt, SamplingParams
 
@@ -114,14 +115,13 @@ def _batch_sums(
     vocab = scores.vocab_size if scores.mode == "same" else len(tokenizer)
     fwd = forward_completions(model, batch, vocab)
     s_logits_N_V = fwd.logits_N_V.float()
-    student_lp = torch.log_softmax(s_logits_N_V, -1).gather(1, fwd.targets_N[:, None]).sum()
+    student_lp = token_logprobs(s_logits_N_V, fwd.targets_N).sum()
     if scores.mode == "same":
         t_logits_N_V = _teacher_logits(scores).float()
         if scores.token_logprobs_N is not None:
             teacher_lp = scores.token_logprobs_N.sum()
         else:  # a teacher set up for a chunked objective skips its token log-probs
-            t_lp_N_V = torch.log_softmax(t_logits_N_V, -1)
-            teacher_lp = t_lp_N_V.gather(1, fwd.targets_N[:, None]).sum()
+            teacher_lp = token_logprobs(t_logits_N_V, fwd.targets_N).sum()
         out["kl"] = diag.reverse_kl_per_token(s_logits_N_V, t_logits_N_V).sum().item()
         d = diag.distribution_diagnostics(s_logits_N_V, t_logits_N_V)
         n = float(s_logits_N_V.shape[0])

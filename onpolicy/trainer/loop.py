@@ -42,6 +42,7 @@ import torch
 
 from onpolicy.config import Config
 from onpolicy.errors import TrainingError
+from onpolicy.losses import token_normalized
 from onpolicy.trainer import checkpoint as ckpt
 from onpolicy.trainer.diagnostics import (
     DIVERGENCE_STEPS,
@@ -120,10 +121,7 @@ def train_step(
     n_global = int(_reduce(accelerator, [local_tokens])[0])
     loss, n_counted, applied, nonfinite, extra = 0.0, 0, False, False, {}
     if n_global > 0:  # else no completion token anywhere: nothing to learn, every process skips
-        # global normalization: each loss SUM is divided by the global token count N; DDP then
-        # averages the processes' gradients, so multiply by the process count to undo that average
-        scale = accelerator.num_processes / n_global
-        local, trained = _backward_all(c, rollouts, scale, accelerator)
+        local, trained = _backward_all(c, rollouts, n_global, accelerator)
         tallies.append(trained)
         loss_sum, counted, n_bad = _reduce(accelerator, local)
         n_counted = int(counted)
@@ -169,10 +167,12 @@ def _apply_update(
 
 
 def _backward_all(
-    c: Components, rollouts: list[Any], scale: float, accelerator: Any
+    c: Components, rollouts: list[Any], n_global: int, accelerator: Any
 ) -> tuple[list[float], StepTally]:
-    """Score, loss and backward (``loss_sum * scale``) per micro-batch; returns this process's
-    ``[loss_sum, counted tokens, non-finite losses]`` and its tally of the micro-batches."""
+    """Score, loss and backward per micro-batch, each loss SUM normalized by the global token count
+    ``n_global`` (``token_normalized``; times the process count, since DDP averages the processes'
+    gradients); returns this process's ``[loss_sum, counted tokens, non-finite losses]`` and its
+    tally of the micro-batches."""
     local = [0.0, 0.0, 0.0]  # [loss_sum, counted tokens, non-finite losses]
     tally = StepTally()
     for i, rollout in enumerate(rollouts):
@@ -182,7 +182,8 @@ def _backward_all(
         sync = contextlib.nullcontext() if last else accelerator.no_sync(c.model)
         with sync:
             out = c.objective.loss(c.model, rollout, scores)
-            _backward(out.loss_sum * scale, accelerator, c.model, last)
+            loss = token_normalized(out.loss_sum, n_global, accelerator.num_processes)
+            _backward(loss, accelerator, c.model, last)
         value = float(out.loss_sum.detach())
         finite = math.isfinite(value)
         local = [

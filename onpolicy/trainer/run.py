@@ -344,9 +344,9 @@ def evaluate_config(
     from accelerate import Accelerator
 
     from onpolicy.chat import render_prompt
-    from onpolicy.config_checks import resolve_model_path, validate
+    from onpolicy.config_checks import validate
     from onpolicy.data import filter_by_length, load_prompts
-    from onpolicy.models import load_lora_student, load_model, load_tokenizer
+    from onpolicy.models import load_lora_student, load_model, load_tokenizer, resolve_model_path
     from onpolicy.rollout.hf import HFRolloutBackend
     from onpolicy.trainer.setup import load_teacher, sampling_params
 

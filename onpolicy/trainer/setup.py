@@ -11,8 +11,8 @@ from typing import Any
 import torch
 
 from onpolicy.config import Config, OptimConfig
-from onpolicy.config_checks import resolve_model_path
 from onpolicy.errors import ConfigError
+from onpolicy.models import resolve_model_path
 from onpolicy.trainer.sources import SampleSources
 from onpolicy.types import SamplingParams
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from onpolicy.config import from_dict
-from onpolicy.config_checks import resolve_model_path, validate
+from onpolicy.config_checks import validate
 from onpolicy.data import read_prompts
 from onpolicy.errors import ConfigError, DataError
-from onpolicy.models import load_model, load_tokenizer
+from onpolicy.models import load_model, load_tokenizer, resolve_model_path
 from onpolicy.objectives.sft import SFT
 from onpolicy.trainer import train
 from onpolicy.trainer.setup import build_components

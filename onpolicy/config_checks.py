@@ -18,9 +18,11 @@ from onpolicy.models import (
     resolve_model_path,
     saved_weights_file,
 )
+from onpolicy.objectives.base import make_objective
 
 if TYPE_CHECKING:  # annotations only: config imports this module, never the other way
     from onpolicy.config import Config, ObjectiveConfig
+    from onpolicy.objectives.base import Objective
 
 __all__ = ["parse_tiny_spec", "resolve_model_path", "resolve_path", "validate"]
 
@@ -49,7 +51,9 @@ def validate(config: Config, base_dir: Path | None = None) -> None:
     _check_registered("rollout.backend", c.rollout.backend, _backend_names())
     _check_registered("objective.name", c.objective.name, _objective_names())
     _check_objective_params(c.objective)
-    if c.teacher.path is None and c.teacher.mode != "self" and _needs_teacher_model(c):
+    # built once by the one factory: bad option values fail here, before any model loads
+    objective = make_objective(c.objective.name, c.objective.params, c.train.seed)
+    if c.teacher.path is None and c.teacher.mode != "self" and _needs_teacher(objective, c):
         raise ConfigError(
             f"teacher.path is missing and objective {c.objective.name!r} needs a teacher; set it "
             "to a model folder or tiny:<size> (gold-data SFT without a teacher: objective sft "
@@ -57,17 +61,8 @@ def validate(config: Config, base_dir: Path | None = None) -> None:
         )
 
 
-def _needs_teacher_model(c: Config) -> bool:
+def _needs_teacher(objective: Objective, c: Config) -> bool:
     """Whether the objective scores with the teacher or samples it in some step."""
-    from onpolicy.objectives.base import OBJECTIVES
-
-    factory = OBJECTIVES.get(c.objective.name)
-    if factory is None:
-        return True
-    try:
-        objective = factory(**c.objective.params)
-    except Exception:  # bad params are reported when the run builds the objective
-        return True
     if objective.needs_teacher:
         return True
     return any(objective.batch_source(s) == "teacher" for s in range(c.train.steps))

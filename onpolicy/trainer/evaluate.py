@@ -18,14 +18,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from onpolicy.forward import forward_completions
 from onpolicy.losses import token_logprobs
 from onpolicy.trainer import diagnostics as diag
-from onpolicy.types import Prompt, SamplingParams
+from onpolicy.types import Prompt, Rollout, SamplingParams
+
+if TYPE_CHECKING:  # annotations only
+    from transformers import PreTrainedTokenizerBase
+
+    from onpolicy.rollout.base import RolloutBackend
+    from onpolicy.teacher.local import LocalTeacher
 
 ScoreFn = Callable[[str, Prompt], float]
 
@@ -54,10 +60,10 @@ def task_metric(metric: str, held_out: Sequence[Prompt], base_dir: Any = None) -
 
 
 def evaluate(
-    model: Any,
-    tokenizer: Any,
-    teacher: Any,
-    backend: Any,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    teacher: LocalTeacher | None,
+    backend: RolloutBackend,
     prompts: Sequence[Prompt],
     sampling: SamplingParams,
     greedy: bool = True,
@@ -91,7 +97,11 @@ def evaluate(
 
 
 def _batch_sums(
-    model: Any, tokenizer: Any, teacher: Any, rollout: Any, score_fn: ScoreFn | None
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    teacher: LocalTeacher | None,
+    rollout: Rollout,
+    score_fn: ScoreFn | None,
 ) -> dict[str, float]:
     """Sums (not means) over one batch, with the counts they divide by (``n_*`` keys)."""
     out: dict[str, float] = {

@@ -1,4 +1,6 @@
-"""Load students and teachers (Hugging Face folders), LoRA students through PEFT, save and export.
+"""Load students and teachers (Hugging Face folders), LoRA students through PEFT, save and export;
+the one place model paths (folders, ``.gguf`` files, ``tiny:`` and ``offline:`` specs) are checked
+(``check_model_path``, before anything loads) and resolved to folders (``resolve_model_path``).
 
 A teacher can be the student's own base model with its adapters disabled (self-distillation):
 ``with adapters_disabled(student): teacher_logits = student(...)`` — see ``LocalTeacher``.

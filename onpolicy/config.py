@@ -13,9 +13,11 @@ Layout: one block per swappable component, flat scalar keys inside each block::
     eval:      {every: 20, num_prompts: 32, greedy: true}
     logging:   {every: 1, jsonl: true, tensorboard: true}
 
-A model path is a local Hugging Face folder, a ``.gguf`` file, or ``tiny:<size>[,key=value...]``
+A model path is a local Hugging Face folder, a ``.gguf`` file, ``tiny:<size>[,key=value...]``
 (a tiny model built in-process by ``onpolicy.tiny.tiny_model_dir``; e.g.
-``tiny:small,pretrain_steps=300,seed=1,tokenizer=char``), so recipes run offline.
+``tiny:small,pretrain_steps=300,seed=1,tokenizer=char``) or ``offline:smollm2|gemma3`` (a real
+model from its package, ``onpolicy.offline``), so recipes run offline. Paths are checked and
+resolved in one place, ``onpolicy.models`` (``check_model_path``, ``resolve_model_path``).
 
 Every error is a ``ConfigError`` with one line that names the key, the bad value and the fix.
 """
@@ -235,6 +237,8 @@ def load_config(
             raise ConfigError(f"config file {str(p)!r} must hold a mapping of blocks at the top")
     raw = apply_overrides(raw, overrides)
     config = from_dict(raw)
+    # imported here, not at the top, so that ``onpolicy.config`` stays free of torch (the checks
+    # import ``onpolicy.models``); ``config_checks`` imports this module for annotations only
     from onpolicy.config_checks import resolve_path, validate
 
     base_dir = Path(path).parent if path is not None else None

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 import torch
 
+from onpolicy.losses import reverse_kl
+
 
 def score_by_bucket(keys: Sequence[int], scores: Sequence[float]) -> dict[int, tuple[float, int]]:
     """``{key: (mean score, count)}`` over paired ``keys`` (e.g. reference length) and scores,
@@ -65,13 +67,12 @@ def reverse_kl_by_position(
 ) -> tuple[list[float], list[int]]:
     """Per completion position ``j``: the mean over rows (where ``mask_B_J``) of
     ``KL(s || t) = sum_v s_v (log s_v - log t_v)`` with ``s = softmax(student)``,
-    ``t = softmax(teacher)`` (float32), and the number of rows counted.
+    ``t = softmax(teacher)`` (float32; ``onpolicy.losses.reverse_kl``, the loss's one
+    definition), and the number of rows counted.
 
     Returns ``(mean_kl_J, count_J)``; a position no row reaches has mean NaN and count 0.
     """
-    log_s = torch.log_softmax(student_logits_B_J_V.float(), dim=-1)
-    log_t = torch.log_softmax(teacher_logits_B_J_V.float(), dim=-1)
-    kl_B_J = (log_s.exp() * (log_s - log_t)).sum(-1)
+    kl_B_J = reverse_kl(student_logits_B_J_V, teacher_logits_B_J_V, mask=mask_B_J, reduction="none")
     m = mask_B_J.float()
     count_J = m.sum(0)
     mean_J = (kl_B_J * m).sum(0) / count_J.clamp(min=1)

@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from onpolicy.config import Config
 from onpolicy.trainer import checkpoint as ckpt
@@ -16,6 +16,13 @@ from onpolicy.trainer.loop import StepResult, final_dir, run_steps, warn_collaps
 from onpolicy.trainer.run_folder import ResumePolicy, claim_output_dir, config_record
 from onpolicy.trainer.step_metrics import ComputeBudget
 from onpolicy.types import Prompt
+
+if TYPE_CHECKING:  # annotations only
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    from onpolicy.trainer.metrics_log import MetricsLog
+    from onpolicy.trainer.setup import Components
 
 ScoreFn = Callable[[str, Prompt], float]
 
@@ -51,7 +58,7 @@ class TrainResult:
     budget: ComputeBudget = field(default_factory=ComputeBudget)
 
 
-def make_accelerator(config: Config) -> Any:
+def make_accelerator(config: Config) -> Accelerator:
     from accelerate import Accelerator
 
     from onpolicy.trainer.metrics_log import tracker_names
@@ -131,7 +138,7 @@ def train(
 
 def _train_claimed(
     config: Config,
-    accelerator: Any,
+    accelerator: Accelerator,
     latest: Path | None,
     train_prompts: Sequence[Prompt] | None,
     eval_prompts: Sequence[Prompt] | None,
@@ -197,8 +204,8 @@ def _train_claimed(
 
 
 def _with_fixed_teacher_samples(
-    c: Any, config: Config, accelerator: Any, prompts: list[Prompt]
-) -> tuple[Any, ComputeBudget]:
+    c: Components, config: Config, accelerator: Accelerator, prompts: list[Prompt]
+) -> tuple[Components, ComputeBudget]:
     """``c`` with its fixed teacher samples drawn (``teacher.samples=fixed`` and an objective
     that samples the teacher in some step), and the compute spent; else ``c`` unchanged."""
     import dataclasses
@@ -226,7 +233,7 @@ def _with_fixed_teacher_samples(
     return dataclasses.replace(c, sources=sources), spent
 
 
-def _resume(accelerator: Any, latest: Path | None) -> tuple[ckpt.TrainerState, int | None]:
+def _resume(accelerator: Accelerator, latest: Path | None) -> tuple[ckpt.TrainerState, int | None]:
     """Restore ``latest`` (chosen by ``claim_output_dir``), else a fresh state."""
     if latest is None:
         return ckpt.TrainerState(), None
@@ -239,12 +246,12 @@ class _Session:
     """What the per-step callback needs: evaluation, logging, progress bar, checkpoints."""
 
     config: Config
-    accelerator: Any
-    c: Any
+    accelerator: Accelerator
+    c: Components
     held_out: list[Prompt]
     score_fn: ScoreFn | None
-    log: Any
-    bar: Any = None
+    log: MetricsLog
+    bar: tqdm | None = None
     warned: set[str] = field(default_factory=set)
 
     def open_bar(self, initial: int) -> None:
@@ -307,7 +314,9 @@ class _Session:
             ckpt.save_checkpoint(self.accelerator, out, st, cfg.train.keep_checkpoints)
 
 
-def _save_final(config: Config, c: Any, accelerator: Any) -> tuple[Path | None, Path | None]:
+def _save_final(
+    config: Config, c: Components, accelerator: Accelerator
+) -> tuple[Path | None, Path | None]:
     """The student in Hugging Face format (adapters for LoRA); merged export on request."""
     from onpolicy.models import export_merged, save_student
     from onpolicy.trainer.disk import disk_errors
@@ -344,9 +353,9 @@ def evaluate_config(
     from accelerate import Accelerator
 
     from onpolicy.chat import render_prompt
-    from onpolicy.config_checks import resolve_model_path, validate
+    from onpolicy.config_checks import validate
     from onpolicy.data import filter_by_length, load_prompts
-    from onpolicy.models import load_lora_student, load_model, load_tokenizer
+    from onpolicy.models import load_lora_student, load_model, load_tokenizer, resolve_model_path
     from onpolicy.rollout.hf import HFRolloutBackend
     from onpolicy.trainer.setup import load_teacher, sampling_params
 

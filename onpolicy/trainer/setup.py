@@ -5,16 +5,24 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from onpolicy.config import Config, OptimConfig
-from onpolicy.config_checks import resolve_model_path
 from onpolicy.errors import ConfigError
+from onpolicy.models import resolve_model_path
 from onpolicy.trainer.sources import SampleSources
-from onpolicy.types import SamplingParams
+from onpolicy.types import Prompt, SamplingParams
+
+if TYPE_CHECKING:  # annotations only (heavy or optional imports stay lazy)
+    from transformers import PreTrainedTokenizerBase
+
+    from onpolicy.objectives.base import Objective
+    from onpolicy.rollout.base import RolloutBackend
+    from onpolicy.teacher.local import LocalTeacher
 
 
 @dataclass
@@ -27,30 +35,25 @@ class Components:
         raw_model: the unwrapped student (generation, saving); under FSDP an unsharded copy
             refreshed after every optimizer step (``onpolicy.trainer.sharding.FullCopy``).
         tokenizer: the student's tokenizer.
-        teacher: a ``LocalTeacher`` (None when the objective needs none).
+        teacher: the teacher that scores rollouts (None when the objective needs none).
         backend: the student's rollout backend.
-        teacher_backend: samples from the teacher (objectives whose batch source is ``teacher``).
-        teacher_tokenizer: the teacher's tokenizer (None without a teacher model).
         objective: the registered objective built from ``config.objective``.
         optimizer, scheduler: from ``config.optim``; the scheduler steps once per optimizer step.
         sampling: the rollout's ``SamplingParams``.
-        end_id: the student's end-of-turn (or EOS) token id, appended to finished text completions.
-        sources: where batches come from (``trainer.sources``); its fixed teacher samples are
-            drawn by ``train`` once the prompts are known.
+        sources: where batches come from (``trainer.sources``: the teacher's rollout backend, the
+            student's end-of-turn id); its fixed teacher samples are drawn by ``train`` once the
+            prompts are known.
     """
 
-    model: Any
-    raw_model: Any
-    tokenizer: Any
-    teacher: Any
-    backend: Any
-    teacher_backend: Any
-    teacher_tokenizer: Any
-    objective: Any
-    optimizer: Any
-    scheduler: Any
+    model: torch.nn.Module
+    raw_model: torch.nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    teacher: LocalTeacher | None
+    backend: RolloutBackend
+    objective: Objective
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
     sampling: SamplingParams
-    end_id: int | None
     sources: SampleSources
 
 
@@ -94,7 +97,7 @@ def load_student(config: Config, device: torch.device) -> tuple[Any, Any]:
 
 def load_teacher(
     config: Config, student: Any, student_tok: Any, device: torch.device, chunked: bool = False
-) -> tuple:
+) -> tuple[LocalTeacher, torch.nn.Module, PreTrainedTokenizerBase]:
     """``(LocalTeacher, teacher_model, teacher_tokenizer)``; ``mode=self`` reuses the student.
 
     ``chunked``: the objective projects hidden states through the LM heads a block at a time, so
@@ -261,18 +264,15 @@ def build_components(config: Config, accelerator: Any) -> Components:
         tokenizer=tokenizer,
         teacher=teacher,
         backend=backend,
-        teacher_backend=teacher_backend,
-        teacher_tokenizer=teacher_tok,
         objective=objective,
         optimizer=optimizer,
         scheduler=scheduler,
         sampling=sampling_params(config),
-        end_id=end_id,
         sources=sources,
     )
 
 
-def _teacher_renderer(teacher_tok: Any) -> Any:
+def _teacher_renderer(teacher_tok: Any) -> Callable[[Prompt], list[int]] | None:
     """``prompt -> ids`` with the teacher's chat template (None without a teacher tokenizer)."""
     if teacher_tok is None:
         return None

@@ -41,6 +41,9 @@ def validate(config: Config, base_dir: Path | None = None) -> None:
     _check_registered("rollout.backend", c.rollout.backend, _backend_names())
     _check_registered("objective.name", c.objective.name, _objective_names())
     _check_objective_params(c.objective)
+    from onpolicy.hidden.build import check_hidden_config
+
+    check_hidden_config(c)
     if c.teacher.path is None and c.teacher.mode != "self" and _needs_teacher_model(c):
         raise ConfigError(
             f"teacher.path is missing and objective {c.objective.name!r} needs a teacher; set it "

@@ -182,3 +182,28 @@ def test_cross_tokenizer_teacher_refuses_hidden_layers(models):
     char_tok = load_tokenizer(tiny_model_dir("tiny", "char", seed=0))
     with pytest.raises(ConfigError, match="hidden-state distillation needs the same tokenizer"):
         LocalTeacher(teacher, tok, char_tok, mode="auto", hidden_layers=(1,))
+
+
+def test_chunked_objective_and_a_lora_student_get_the_same_term(models):
+    """The term reads the objective's own forward: a chunked divergence (hidden states + head,
+    ``logits_to_keep=1``) and a PEFT LoRA student (hooks on the PEFT wrapper) give the dense
+    objective's hidden sum; LoRA gradients reach the adapters only."""
+    from onpolicy.models import LoraSpec, apply_lora
+
+    student, tok, teacher = models
+    ro = _rollout(tok)
+    scores = LocalTeacher(teacher, tok, tok, mode="same", hidden_layers=(2, 3)).score(ro)
+    heads = LocalTeacher(teacher, tok, tok, "same", hidden=True, hidden_layers=(2, 3)).score(ro)
+    dense = _wrapped("reverse_kl", "mse", 1.0).loss(student, ro, scores)
+    chunked = _wrapped("reverse_kl", "mse", 1.0, chunked=True).loss(student, ro, heads)
+    assert chunked.metrics["hidden/distance_sum"] == pytest.approx(
+        dense.metrics["hidden/distance_sum"], rel=1e-5
+    )
+    lora = apply_lora(copy.deepcopy(student), LoraSpec(rank=4, alpha=8.0))
+    out = _wrapped("reverse_kl", "mse", 1.0).loss(lora, ro, scores)
+    assert out.metrics["hidden/distance_sum"] == pytest.approx(
+        dense.metrics["hidden/distance_sum"], rel=1e-5
+    )  # LoRA B starts at zero: the student's function is unchanged
+    out.loss_sum.backward()
+    trained = {n for n, p in lora.named_parameters() if p.grad is not None}
+    assert trained and all("lora_" in n for n in trained)

@@ -170,3 +170,18 @@ def test_two_processes_match_one_with_the_hidden_term(tmp_path):
         a, b = (load_file(str(ckpt.latest_checkpoint(tmp_path / d) / name)) for d in ("one", "two"))
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=f"{name} {k}")
+
+
+def test_checkpoints_written_before_the_hidden_block_still_resume(tmp_path):
+    """A checkpoint's recorded config without the ``hidden.*`` keys (written before they existed)
+    matches a config that leaves them at their defaults; turning the term on is a change."""
+    from pathlib import Path
+
+    from onpolicy.errors import TrainingError
+    from onpolicy.trainer.run_folder import check_config, config_record
+
+    cfg = _cfg(tmp_path)
+    old = {k: v for k, v in config_record(cfg)["config"].items() if not k.startswith("hidden.")}
+    assert check_config(Path("step-00000002"), old, cfg, allow=()) == []
+    with pytest.raises(TrainingError, match=r"hidden.weight None -> 1.0"):
+        check_config(Path("step-00000002"), old, _cfg(tmp_path, "hidden.weight=1"), allow=())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -43,8 +44,6 @@ def test_bad_cut_settings(models, message):
 
 def test_cut_and_fresh_students_share_the_shape_not_the_weights(tmp_path):
     teacher = tmp_path / "teacher"
-    import shutil
-
     shutil.copytree(tiny_model_dir("small", "bpe", seed=1), teacher)
     cut = cut_student_dir(teacher, [0, 2], log=lambda _: None)
     fresh = cut_student_dir(teacher, [0, 2], fresh=True, log=lambda _: None)

@@ -7,6 +7,7 @@ Layout: one block per swappable component, flat scalar keys inside each block::
     lora:      {enabled: true, r: 8, alpha: 16, target_modules: [q_proj, v_proj]}
     rollout:   {backend: hf, max_new_tokens: 32, temperature: 1.0, vllm: {...}}
     objective: {name: reverse_kl, params: {beta: 1.0}}
+    hidden:    {weight: 1.0, loss: mse, layer_map: [[1, 2], [2, 4]]}   # optional: off by default
     data:      {path: prompts.jsonl, eval_path: ..., on_too_long: skip}
     optim:     {lr: 1e-4, scheduler: cosine, warmup_steps: 10, grad_clip: 1.0}
     train:     {steps: 100, micro_batch_size: 4, grad_accum: 2, seed: 0, output_dir: runs/x}
@@ -111,6 +112,28 @@ class ObjectiveConfig:
 
 
 @dataclass
+class HiddenConfig:
+    """Hidden-state distillation added to the objective's loss (same tokenizer only):
+    ``weight * sum_n d_n`` over the completion positions the objective counts, ``d_n`` the
+    ``loss`` (``mse`` or ``cosine``, ``onpolicy.losses.hidden``) between the projected student
+    states and the teacher's, averaged over the layer pairs; normalized with the objective's loss
+    by the global token count. ``weight: 0`` (the default) turns it off.
+
+    ``layer_map``: ``[[student, teacher], ...]`` indices of transformers' ``hidden_states`` (0 =
+    embeddings, i = after layer i); empty: every student layer with the evenly spaced teacher
+    layer (``onpolicy.hidden.layers``). ``projection``: ``auto`` (a trained linear map per pair
+    when the widths differ, none when equal), ``linear`` (always) or ``none`` (equal widths
+    only). ``projection_init``: ``xavier`` or ``identity``. The maps are saved in checkpoints,
+    not in the exported student."""
+
+    weight: float = 0.0
+    loss: Literal["mse", "cosine"] = "mse"
+    layer_map: list[list[int]] = field(default_factory=list)
+    projection: Literal["auto", "linear", "none"] = "auto"
+    projection_init: Literal["xavier", "identity"] = "xavier"
+
+
+@dataclass
 class DataConfig:
     """Prompts from a local JSONL/JSON/parquet file or a ``save_to_disk`` folder; the row format
     (``prompt`` or ``messages``, optional ``completion``) is in ``onpolicy.data``.
@@ -201,6 +224,7 @@ class Config:
     lora: LoraConfig = field(default_factory=LoraConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    hidden: HiddenConfig = field(default_factory=HiddenConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -51,6 +51,9 @@ def validate(config: Config, base_dir: Path | None = None) -> None:
     _check_registered("rollout.backend", c.rollout.backend, _backend_names())
     _check_registered("objective.name", c.objective.name, _objective_names())
     _check_objective_params(c.objective)
+    from onpolicy.hidden.build import check_hidden_config
+
+    check_hidden_config(c)
     # built once by the one factory: bad option values fail here, before any model loads
     objective = make_objective(c.objective.name, c.objective.params, c.train.seed)
     if c.teacher.path is None and c.teacher.mode != "self" and _needs_teacher(objective, c):

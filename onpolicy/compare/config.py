@@ -96,6 +96,24 @@ def _check_long_models(models: dict[str, Any], task: dict[str, Any]) -> None:
         )
 
 
+def _check_cut(models: dict[str, Any]) -> None:
+    """``cut_layers: [0, 2]`` (kind arithmetic): the student is cut from the teacher's decoder
+    layers (``onpolicy.tasks.cut_students``); ``cut_fresh: true``: that shape, re-initialized."""
+    if "cut_layers" not in models and "cut_fresh" not in models:
+        return
+    layers = models.get("cut_layers")
+    if models["kind"] != "arithmetic":
+        raise ConfigError("models.cut_layers needs models.kind: arithmetic")
+    if (
+        not isinstance(layers, list)
+        or not layers
+        or not all(isinstance(i, int) and i >= 0 for i in layers)
+    ):
+        raise ConfigError(f"models.cut_layers={layers!r}; give teacher layer indices, e.g. [0, 2]")
+    if not isinstance(models.get("cut_fresh", False), bool):
+        raise ConfigError(f"models.cut_fresh={models['cut_fresh']!r} must be true or false")
+
+
 def parse_config(raw: dict[str, Any]) -> CompareConfig:
     """Validate a loaded YAML mapping into a ``CompareConfig`` (one-line errors naming the key)."""
     unknown = set(raw) - _KEYS
@@ -113,6 +131,7 @@ def parse_config(raw: dict[str, Any]) -> CompareConfig:
         )
     if models["kind"] == "long_arithmetic":
         _check_long_models(models, task)
+    _check_cut(models)
     methods = [method_spec(m) for m in raw["methods"]]
     names = [m.name for m in methods]
     if len(set(names)) != len(names) or not names:

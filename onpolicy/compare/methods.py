@@ -35,6 +35,8 @@ class MethodSpec:
         params: the objective's keyword arguments.
         student: ``same`` (the student sharing the teacher's tokenizer) or ``cross`` (the student
             with its own tokenizer).
+        hidden: the trainer's ``hidden`` block (hidden-state distillation added to the
+            objective, e.g. ``{weight: 1.0, loss: cosine}``); empty: none.
 
     Batches an objective takes from its ``dataset`` source are the task's reference completions;
     from its ``teacher`` source, the fixed teacher samples.
@@ -44,6 +46,7 @@ class MethodSpec:
     objective: str
     params: dict[str, Any] = field(default_factory=dict)
     student: StudentKind = "same"
+    hidden: dict[str, Any] = field(default_factory=dict)
 
 
 BUILTIN_METHODS: dict[str, MethodSpec] = {
@@ -66,7 +69,7 @@ BUILTIN_METHODS: dict[str, MethodSpec] = {
 
 
 def method_spec(entry: str | dict[str, Any]) -> MethodSpec:
-    """A built-in method by name, or a dict ``{name, objective, params, student, dataset}``."""
+    """A built-in method by name, or a dict ``{name, objective, params, student, hidden}``."""
     if isinstance(entry, str):
         if entry not in BUILTIN_METHODS:
             raise ConfigError(
@@ -82,8 +85,10 @@ def method_spec(entry: str | dict[str, Any]) -> MethodSpec:
     if unknown:
         raise ConfigError(
             f"method {merged['name']!r}: unknown keys {sorted(unknown)}; use name, objective, "
-            "params, student"
+            "params, student, hidden"
         )
+    if not isinstance(merged.get("hidden", {}), dict):
+        raise ConfigError(f"method {merged['name']!r}: hidden must be a mapping (the hidden block)")
     return MethodSpec(**merged)
 
 
@@ -140,6 +145,7 @@ def trainer_config(
         "teacher": {"path": teacher_dir, "mode": "auto", "samples": "fixed"},
         "rollout": {"max_new_tokens": settings.max_new_tokens, "temperature": settings.temperature},
         "objective": {"name": spec.objective, "params": dict(spec.params)},
+        "hidden": dict(spec.hidden),
         "optim": {
             "optimizer": "adamw",
             "lr": settings.lr,

@@ -94,6 +94,7 @@ def resolve_models(cfg: CompareConfig, log: Callable[[str], None] = print) -> Mo
         )
 
         digits = cfg.task.get("digits", 3)
+        cut = spec.pop("cut_layers", None), bool(spec.pop("cut_fresh", False))
         for key in ("teacher", "student"):  # YAML gives {layers, heads, ffn}
             if isinstance(spec.get(key), dict):
                 spec[key] = ModelSpec(**spec[key])
@@ -113,9 +114,12 @@ def resolve_models(cfg: CompareConfig, log: Callable[[str], None] = print) -> Mo
             f"[compare] arithmetic models at {models.teacher_dir.parent} "
             f"(held-out exact match when built: {models.scores})"
         )
-        return ModelDirs(
-            str(models.teacher_dir), str(models.student_dir), str(models.cross_student_dir)
-        )
+        student_dir = models.student_dir
+        if cut[0] is not None:  # the student is cut from the teacher (or that shape, fresh)
+            from onpolicy.tasks.cut_students import cut_student_dir
+
+            student_dir = cut_student_dir(models.teacher_dir, cut[0], fresh=cut[1], log=log)
+        return ModelDirs(str(models.teacher_dir), str(student_dir), str(models.cross_student_dir))
     if kind == "long_arithmetic":
         from onpolicy.tasks.long_models import LongModelsConfig, long_models
 

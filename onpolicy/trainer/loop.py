@@ -157,7 +157,7 @@ def _apply_update(
 ) -> tuple[bool, dict[str, float]]:
     """Skip (zero the gradients) when any process had a NaN/inf loss (``n_bad`` global) or the
     gradient norm is NaN/inf; else clip and step. Returns ``(applied, metrics)``."""
-    params = [p for p in c.model.parameters() if p.requires_grad]
+    params = c.trainable_parameters()
     if n_bad > 0:
         c.optimizer.zero_grad(set_to_none=True)
         return False, {}

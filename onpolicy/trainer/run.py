@@ -128,6 +128,10 @@ def train(
         train_prompts, loaded_eval = load_prompts(config.data, config.train.seed, base_dir)
         eval_prompts = loaded_eval if eval_prompts is None else eval_prompts
     check_run_models(config)
+    if config.hidden.weight > 0:  # layer map and tokenizers checked before any weights load
+        from onpolicy.hidden.build import hidden_plan
+
+        hidden_plan(config)
     accelerator = make_accelerator(config)
     with contextlib.ExitStack() as held:
         latest = claim_output_dir(accelerator, config, policy or ResumePolicy(), held)

@@ -43,6 +43,8 @@ class Components:
         sources: where batches come from (``trainer.sources``: the teacher's rollout backend, the
             student's end-of-turn id); its fixed teacher samples are drawn by ``train`` once the
             prompts are known.
+        projection: the hidden-state projection as ``prepare`` returned it (trained with the
+            student, saved in checkpoints, never exported), None without trainable maps.
     """
 
     model: torch.nn.Module
@@ -55,6 +57,13 @@ class Components:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     sampling: SamplingParams
     sources: SampleSources
+    projection: Any = None
+
+    def trainable_parameters(self) -> list[torch.Tensor]:
+        """What the optimizer updates and the gradient clip sees: the student's trainable
+        parameters, then the hidden-state projection's."""
+        modules = [self.model] if self.projection is None else [self.model, self.projection]
+        return [p for m in modules for p in m.parameters() if p.requires_grad]
 
 
 def sampling_params(config: Config) -> SamplingParams:
@@ -96,27 +105,32 @@ def load_student(config: Config, device: torch.device) -> tuple[Any, Any]:
 
 
 def load_teacher(
-    config: Config, student: Any, student_tok: Any, device: torch.device, chunked: bool = False
+    config: Config,
+    student: Any,
+    student_tok: Any,
+    device: torch.device,
+    chunked: bool = False,
+    hidden_layers: tuple[int, ...] = (),
 ) -> tuple[LocalTeacher, torch.nn.Module, PreTrainedTokenizerBase]:
     """``(LocalTeacher, teacher_model, teacher_tokenizer)``; ``mode=self`` reuses the student.
 
     ``chunked``: the objective projects hidden states through the LM heads a block at a time, so
-    the teacher returns hidden states + head and skips its own full LM-head pass."""
+    the teacher returns hidden states + head and skips its own full LM-head pass.
+    ``hidden_layers``: the teacher's intermediate hidden states it returns (hidden-state
+    distillation)."""
     from onpolicy.models import load_model, load_tokenizer
     from onpolicy.teacher.local import LocalTeacher
 
     t = config.teacher
+    kw = {"hidden": chunked, "token_logprobs": not chunked, "hidden_layers": hidden_layers}
     if t.mode == "self":
-        kw = {"hidden": chunked, "token_logprobs": not chunked}
         teacher = LocalTeacher(student, student_tok, student_tok, mode="self", **kw)
         return teacher, student, student_tok
     path = resolve_model_path(t.path or "")
     dtype = "float32" if t.dtype == "auto" else t.dtype
     tokenizer = load_tokenizer(path, t.gguf_file)
     model = load_model(path, dtype=dtype, device=device, gguf_file=t.gguf_file, trainable=False)
-    teacher = LocalTeacher(
-        model, tokenizer, student_tok, mode=t.mode, hidden=chunked, token_logprobs=not chunked
-    )
+    teacher = LocalTeacher(model, tokenizer, student_tok, mode=t.mode, **kw)
     return teacher, model, tokenizer
 
 
@@ -129,15 +143,20 @@ def build_objective(config: Config) -> Any:
 
 
 def build_optimizer(
-    model: torch.nn.Module, cfg: OptimConfig, fused: bool = False
+    model: torch.nn.Module,
+    cfg: OptimConfig,
+    fused: bool = False,
+    extra: tuple[torch.nn.Module, ...] = (),
 ) -> torch.optim.Optimizer:
-    """The optimizer over the trainable parameters (LoRA: the adapters only).
+    """The optimizer over the trainable parameters (LoRA: the adapters only), and those of the
+    ``extra`` modules (the hidden-state projection), with the same settings.
 
     ``fused``: Adam/AdamW's fused kernel (TRL's default; its step time: benchmarks/RESULTS-e2e.md),
     used for plain parameters only (not FSDP/DeepSpeed-sharded ones)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("the student has no trainable parameters; check lora.target_modules")
+    params += [p for m in extra for p in m.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
@@ -179,7 +198,8 @@ def mixed_precision(requested: str) -> str:
 
 
 def _load_models(config: Config, accelerator: Any) -> tuple:
-    """``(student, tokenizer, full copy, objective, LocalTeacher, teacher model, teacher tok)``.
+    """``(student, tokenizer, full copy, objective, LocalTeacher, teacher model, teacher tok,
+    hidden plan)``; the hidden plan (``onpolicy.hidden.build``) is None without a hidden term.
 
     FSDP / DeepSpeed ZeRO-3 shard the student in place in ``prepare``: then ``full`` is an
     unsharded ``FullCopy`` for rollouts, evaluation and saving (else None), a self-distillation
@@ -201,16 +221,34 @@ def _load_models(config: Config, accelerator: Any) -> tuple:
     full = FullCopy(model) if sharded else None
     objective = build_objective(config)
     _hand_over_reference(objective, model, full)
+    plan = _hidden_plan(config, accelerator)
     teacher = teacher_model = teacher_tok = None
     if objective.needs_teacher or config.teacher.path is not None or config.teacher.mode == "self":
         student = model if full is None else full.model
         from onpolicy.objectives.base import teacher_output
 
         chunked = teacher_output(objective) == "hidden"  # what the objective declares
+        layers = () if plan is None else tuple(t for _, t in plan.pairs)
         teacher, teacher_model, teacher_tok = load_teacher(
-            config, student, tokenizer, accelerator.device, chunked
+            config, student, tokenizer, accelerator.device, chunked, layers
         )
-    return model, tokenizer, full, objective, teacher, teacher_model, teacher_tok
+    return model, tokenizer, full, objective, teacher, teacher_model, teacher_tok, plan
+
+
+def _hidden_plan(config: Config, accelerator: Any) -> Any:
+    """The hidden-state term's plan (``onpolicy.hidden.build.hidden_plan``), None when off."""
+    if config.hidden.weight <= 0:
+        return None
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise ConfigError(
+            "hidden-state distillation trains a projection next to the student, which DeepSpeed "
+            "(one model per engine) cannot; use DDP or FSDP, or set hidden.weight=0"
+        )
+    from onpolicy.hidden.build import hidden_plan
+
+    return hidden_plan(config)
 
 
 def _hand_over_reference(objective: Any, model: Any, full: Any) -> None:
@@ -229,12 +267,24 @@ def build_components(config: Config, accelerator: Any) -> Components:
     from onpolicy.rollout.base import make_backend
     from onpolicy.trainer.sharding import FullCopyBackend
 
-    model, tokenizer, full, objective, teacher, teacher_model, teacher_tok = _load_models(
+    model, tokenizer, full, objective, teacher, teacher_model, teacher_tok, plan = _load_models(
         config, accelerator
     )
-    optimizer = build_optimizer(model, config.optim, fused=full is None)
+    projection = None
+    if plan is not None:
+        from onpolicy.hidden.build import make_projection
+
+        projection = make_projection(plan, config).to(accelerator.device)
+    trained = (projection,) if plan is not None and plan.num_maps else ()
+    optimizer = build_optimizer(model, config.optim, fused=full is None, extra=trained)
     scheduler = build_scheduler(optimizer, config.optim, config.train.steps)
-    prepared, optimizer = accelerator.prepare(model, optimizer)
+    # the projection is prepared like the student: DDP-synchronized, saved and restored with it
+    prepared, *prepared_extra, optimizer = accelerator.prepare(model, *trained, optimizer)
+    if plan is not None:
+        from onpolicy.hidden.build import wrap_objective
+
+        projection = prepared_extra[0] if trained else projection
+        objective = wrap_objective(objective, plan, config, projection)
     accelerator.register_for_checkpointing(scheduler)
     raw = accelerator.unwrap_model(prepared) if full is None else full.model
     extra = config.rollout.vllm if config.rollout.backend != "hf" else {}
@@ -269,6 +319,7 @@ def build_components(config: Config, accelerator: Any) -> Components:
         scheduler=scheduler,
         sampling=sampling_params(config),
         sources=sources,
+        projection=prepared_extra[0] if trained else None,
     )
 
 

@@ -7,6 +7,8 @@
     onpolicy quickstart ...    (onpolicy.compare: a small end-to-end demo)
     onpolicy init-student ...  (onpolicy.init_student: a student cut from the teacher's layers)
     onpolicy scaling ...       (onpolicy.scaling: fit a distillation scaling law to your runs)
+    onpolicy generate ...      (onpolicy.generate: the teacher answers prompts -> a dataset)
+    onpolicy score ...         (onpolicy.scores: cached top-k teacher scores of a dataset)
 
 Works unchanged under ``accelerate launch -m onpolicy.cli train ...`` (or ``accelerate launch
 $(which onpolicy) train ...``). A bad input is one line on stderr (``onpolicy: error: ...``) and
@@ -32,6 +34,8 @@ _DISPATCH = {
     "quickstart": ("onpolicy.compare", "quickstart_main"),
     "init-student": ("onpolicy.init_student", "main"),
     "scaling": ("onpolicy.scaling", "main"),
+    "generate": ("onpolicy.generate", "main"),
+    "score": ("onpolicy.scores.command", "main"),
 }
 
 
@@ -107,6 +111,8 @@ _SUMMARIES = {
     "quickstart": "a small end-to-end comparison on CPU",
     "init-student": "a smaller student cut from a subset of the teacher's layers",
     "scaling": "fit the distillation scaling law to a table of your runs",
+    "generate": "a teacher-made dataset: the teacher answers your prompts (resumable)",
+    "score": "cache a teacher's top-k scores of a dataset for training without the teacher",
 }
 
 

@@ -13,6 +13,7 @@ Layout: one block per swappable component, flat scalar keys inside each block::
     train:     {steps: 100, micro_batch_size: 4, grad_accum: 2, seed: 0, output_dir: runs/x}
     eval:      {every: 20, num_prompts: 32, greedy: true}
     logging:   {every: 1, jsonl: true, tensorboard: true}
+    reward:    {function: rewards.py:correct, coef: 1.0}   # policy_gradient + a task reward
 
 A model path is a local Hugging Face folder, a ``.gguf`` file, ``tiny:<size>[,key=value...]``
 (a tiny model built in-process by ``onpolicy.tiny.tiny_model_dir``; e.g.
@@ -60,7 +61,9 @@ class TeacherConfig:
     (the student's own base with LoRA adapters disabled; needs ``lora.enabled``).
     ``samples``: teacher-sampled batches (SFT, GKD's off-policy share) are ``fresh`` samples every
     step, or ``fixed``: one sample per prompt drawn once before training (sequence-level KD's
-    dataset)."""
+    dataset).
+    ``scores``: cached top-k scores (``onpolicy score``) for the dataset batches, read with no
+    teacher model in memory; other batches (GKD's on-policy share) need ``path``."""
 
     path: str | None = None
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
@@ -68,6 +71,7 @@ class TeacherConfig:
     top_k: int = 0  # 0 = full distribution; > 0 = sparse top-k scores
     gguf_file: str | None = None
     samples: Literal["fresh", "fixed"] = "fresh"
+    scores: str | None = None  # a folder written by `onpolicy score` (onpolicy.scores.cached)
 
 
 @dataclass
@@ -216,6 +220,23 @@ class LoggingConfig:
 
 
 @dataclass
+class RewardConfig:
+    """A task reward added to the sampled-token objective's advantage (``policy_gradient``):
+    ``kl_coef * teacher log-ratio + coef * group-normalized reward`` (``onpolicy.rewards``).
+
+    ``function``: ``path/to/file.py:function`` (``(completion_text, prompt) -> float``, a local
+    file, relative to the config's folder) or a built-in metric (``exact_match``, ``contains``);
+    None = no task reward. ``normalize``: ``std`` (minus the prompt's mean over its ``rollout.n``
+    samples, over their std) or ``center`` (minus the mean only). The stable start measured in
+    docs/results/custom-loop.md: objective ``kl_coef: 0.1``, ``advantage_norm: batch``, lr 3e-4,
+    ``rollout.n: 4`` (``configs/pg_task_reward.yaml``)."""
+
+    function: str | None = None
+    coef: float = 1.0
+    normalize: Literal["std", "center"] = "std"
+
+
+@dataclass
 class Config:
     """The whole run. See the module docstring for the YAML layout."""
 
@@ -230,6 +251,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -271,6 +293,11 @@ def load_config(
         value = getattr(config.data, key)
         if value is not None:
             setattr(config.data, key, str(resolve_path(value, base_dir).resolve()))
+    if config.teacher.scores is not None:
+        config.teacher.scores = str(resolve_path(config.teacher.scores, base_dir).resolve())
+    file, sep, fn = (config.reward.function or "").rpartition(":")
+    if sep and file.endswith(".py"):  # a local reward file, relative to the YAML's folder
+        config.reward.function = f"{resolve_path(file, base_dir).resolve()}:{fn}"
     return config
 
 

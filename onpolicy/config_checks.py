@@ -48,6 +48,10 @@ def validate(config: Config, base_dir: Path | None = None) -> None:
                 "or a save_to_disk folder"
             )
     check_metric(c.eval.metric, base_dir)
+    if c.reward.function is not None:
+        from onpolicy.rewards import check_reward_config
+
+        check_reward_config(c, base_dir)
     _check_registered("rollout.backend", c.rollout.backend, _backend_names())
     _check_registered("objective.name", c.objective.name, _objective_names())
     _check_objective_params(c.objective)
@@ -56,7 +60,11 @@ def validate(config: Config, base_dir: Path | None = None) -> None:
     check_hidden_config(c)
     # built once by the one factory: bad option values fail here, before any model loads
     objective = make_objective(c.objective.name, c.objective.params, c.train.seed)
-    if c.teacher.path is None and c.teacher.mode != "self" and _needs_teacher(objective, c):
+    if c.teacher.scores is not None:
+        from onpolicy.scores.cached import check_cached_scores
+
+        check_cached_scores(c, base_dir)
+    elif c.teacher.path is None and c.teacher.mode != "self" and _needs_teacher(objective, c):
         raise ConfigError(
             f"teacher.path is missing and objective {c.objective.name!r} needs a teacher; set it "
             "to a model folder or tiny:<size> (gold-data SFT without a teacher: objective sft "

@@ -274,10 +274,12 @@ class _Session:
         """Main process only (the others wait): the unwrapped student, no collectives."""
         c, metrics = self.c, {}
         if self.accelerator.is_main_process and self.held_out:
+            from onpolicy.scores.cached import live_teacher
+
             metrics = evaluate(
                 c.raw_model,
                 c.tokenizer,
-                c.teacher,
+                live_teacher(c.teacher),  # a cached teacher has no scores of new samples
                 c.backend,
                 self.held_out,
                 c.sampling,

@@ -136,10 +136,17 @@ def load_teacher(
 
 def build_objective(config: Config) -> Any:
     """The registered objective with ``objective.params``; a ``seed`` argument, when the factory
-    takes one and the params do not set it, gets ``train.seed`` (GKD's per-step coin)."""
+    takes one and the params do not set it, gets ``train.seed`` (GKD's per-step coin); with
+    ``reward.function``, its ``TaskReward`` as ``reward_fn`` (``onpolicy.rewards``)."""
     from onpolicy.objectives.base import make_objective
 
-    return make_objective(config.objective.name, config.objective.params, config.train.seed)
+    params = dict(config.objective.params)
+    if config.reward.function is not None:  # the task reward joins the sampled-token advantage
+        from onpolicy.rewards import build_task_reward
+
+        r = config.reward
+        params["reward_fn"] = build_task_reward(r.function, r.coef, r.normalize)
+    return make_objective(config.objective.name, params, config.train.seed)
 
 
 def build_optimizer(
@@ -223,7 +230,10 @@ def _load_models(config: Config, accelerator: Any) -> tuple:
     _hand_over_reference(objective, model, full)
     plan = _hidden_plan(config, accelerator)
     teacher = teacher_model = teacher_tok = None
-    if objective.needs_teacher or config.teacher.path is not None or config.teacher.mode == "self":
+    from onpolicy.scores.cached import needs_live_teacher, open_cached_teacher
+
+    wanted = objective.needs_teacher or config.teacher.path is not None
+    if (wanted or config.teacher.mode == "self") and needs_live_teacher(config, objective):
         student = model if full is None else full.model
         from onpolicy.objectives.base import teacher_output
 
@@ -232,6 +242,9 @@ def _load_models(config: Config, accelerator: Any) -> tuple:
         teacher, teacher_model, teacher_tok = load_teacher(
             config, student, tokenizer, accelerator.device, chunked, layers
         )
+    if config.teacher.scores is not None:  # dataset batches from the cache; the rest live
+        t = config.teacher
+        teacher = open_cached_teacher(t.scores, tokenizer, t.path, t.gguf_file, live=teacher)
     return model, tokenizer, full, objective, teacher, teacher_model, teacher_tok, plan
 
 

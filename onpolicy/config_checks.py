@@ -10,7 +10,7 @@ import difflib
 from pathlib import Path
 from typing import Any
 
-from onpolicy.config import Config, ObjectiveConfig
+from onpolicy.config import Config, ObjectiveConfig, TeacherConfig
 from onpolicy.errors import ConfigError
 from onpolicy.metrics import check_metric
 
@@ -24,13 +24,14 @@ def validate(config: Config, base_dir: Path | None = None) -> None:
         from onpolicy.models import saved_weights_file
 
         saved_weights_file(c.student.init_from)  # a one-line error before any model loads
-    if c.teacher.mode == "self":
-        if not c.lora.enabled:
-            raise ConfigError(
-                "teacher.mode=self needs lora.enabled=true (teacher = base, adapters off)"
-            )
-    elif c.teacher.path is not None:
-        _check_model_path("teacher.path", c.teacher.path)
+    for key, t in _teacher_blocks(c):
+        if t.mode == "self":
+            if not c.lora.enabled:
+                raise ConfigError(
+                    f"{key}.mode=self needs lora.enabled=true (teacher = base, adapters off)"
+                )
+        elif t.path is not None:
+            _check_model_path(f"{key}.path", t.path)
     for key, value in (("data.path", c.data.path), ("data.eval_path", c.data.eval_path)):
         if value is not None and not resolve_path(value, base_dir).exists():
             raise ConfigError(
@@ -41,12 +42,52 @@ def validate(config: Config, base_dir: Path | None = None) -> None:
     _check_registered("rollout.backend", c.rollout.backend, _backend_names())
     _check_registered("objective.name", c.objective.name, _objective_names())
     _check_objective_params(c.objective)
+    _check_teachers(c)
+    if c.teachers:
+        return
     if c.teacher.path is None and c.teacher.mode != "self" and _needs_teacher_model(c):
         raise ConfigError(
             f"teacher.path is missing and objective {c.objective.name!r} needs a teacher; set it "
             "to a model folder or tiny:<size> (gold-data SFT without a teacher: objective sft "
             "with params {source: dataset})"
         )
+
+
+def _teacher_blocks(c: Config) -> list[tuple[str, TeacherConfig]]:
+    """``(config key, block)`` of each teacher: ``teachers.<name>``, else ``teacher``."""
+    if c.teachers:
+        return [(f"teachers.{name}", t) for name, t in c.teachers.items()]
+    return [("teacher", c.teacher)]
+
+
+def _check_teachers(c: Config) -> None:
+    """Each teacher's backend against the objective; the ``teachers:`` map's own rules."""
+    from onpolicy.objectives.base import make_objective, teacher_output
+    from onpolicy.teacher.backends import check_backend
+
+    try:
+        objective = make_objective(c.objective.name, c.objective.params, c.train.seed)
+    except ConfigError:
+        return  # reported when the run builds the objective
+    output = teacher_output(objective)
+    if c.teachers:
+        if c.teacher != TeacherConfig():
+            raise ConfigError(
+                "both teacher: and teachers: are set; put every teacher under teachers: "
+                "(name: {path: ..., weight: ...}) and drop the teacher: block"
+            )
+        if any(objective.batch_source(s) == "teacher" for s in range(c.train.steps)):
+            raise ConfigError(
+                f"objective {c.objective.name!r} samples the teacher, which several teachers "
+                "do not support yet; use one teacher: block (or gkd with lmbda: 1)"
+            )
+    for key, t in _teacher_blocks(c):
+        if c.teachers and t.path is None and t.mode != "self":
+            raise ConfigError(f"{key}.path is missing; set it to a model folder or tiny:<size>")
+        if t.weight <= 0:
+            raise ConfigError(f"{key}.weight={t.weight} must be > 0")
+        if t.path is not None or t.backend != "local":
+            check_backend(key, t, output, objective)
 
 
 def _needs_teacher_model(c: Config) -> bool:

@@ -115,7 +115,9 @@ def _batch_sums(
     fwd = forward_completions(model, batch, vocab)
     s_logits_N_V = fwd.logits_N_V.float()
     student_lp = torch.log_softmax(s_logits_N_V, -1).gather(1, fwd.targets_N[:, None]).sum()
-    if scores.mode == "same":
+    if scores.mode == "same" and scores.logits_N_V is None and scores.hidden_N_D is None:
+        teacher_lp = scores.token_logprobs_N.sum()  # a top-k (vLLM) teacher: no full KL
+    elif scores.mode == "same":
         t_logits_N_V = _teacher_logits(scores).float()
         if scores.token_logprobs_N is not None:
             teacher_lp = scores.token_logprobs_N.sum()

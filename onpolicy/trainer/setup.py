@@ -27,7 +27,8 @@ class Components:
         raw_model: the unwrapped student (generation, saving); under FSDP an unsharded copy
             refreshed after every optimizer step (``onpolicy.trainer.sharding.FullCopy``).
         tokenizer: the student's tokenizer.
-        teacher: a ``LocalTeacher`` (None when the objective needs none).
+        teacher: a ``LocalTeacher`` or ``VLLMTeacher`` (``onpolicy.teacher.backends``), a
+            ``TeacherSet`` with ``teachers:``, None when the objective needs none.
         backend: the student's rollout backend.
         teacher_backend: samples from the teacher (objectives whose batch source is ``teacher``).
         teacher_tokenizer: the teacher's tokenizer (None without a teacher model).
@@ -95,26 +96,34 @@ def load_student(config: Config, device: torch.device) -> tuple[Any, Any]:
 def load_teacher(
     config: Config, student: Any, student_tok: Any, device: torch.device, chunked: bool = False
 ) -> tuple:
-    """``(LocalTeacher, teacher_model, teacher_tokenizer)``; ``mode=self`` reuses the student.
+    """``(scorer, teacher_model, teacher_tokenizer)`` of ``config.teacher`` (the first of
+    ``config.teachers`` when that is set); ``mode=self`` reuses the student; the model is None
+    for a vLLM teacher.
 
     ``chunked``: the objective projects hidden states through the LM heads a block at a time, so
     the teacher returns hidden states + head and skips its own full LM-head pass."""
-    from onpolicy.models import load_model, load_tokenizer
-    from onpolicy.teacher.local import LocalTeacher
+    from onpolicy.teacher.backends import build_teacher
 
-    t = config.teacher
-    if t.mode == "self":
-        kw = {"hidden": chunked, "token_logprobs": not chunked}
-        teacher = LocalTeacher(student, student_tok, student_tok, mode="self", **kw)
-        return teacher, student, student_tok
-    path = resolve_model_path(t.path or "")
-    dtype = "float32" if t.dtype == "auto" else t.dtype
-    tokenizer = load_tokenizer(path, t.gguf_file)
-    model = load_model(path, dtype=dtype, device=device, gguf_file=t.gguf_file, trainable=False)
-    teacher = LocalTeacher(
-        model, tokenizer, student_tok, mode=t.mode, hidden=chunked, token_logprobs=not chunked
-    )
-    return teacher, model, tokenizer
+    block = next(iter(config.teachers.values())) if config.teachers else config.teacher
+    built = build_teacher(block, student, student_tok, device, "hidden" if chunked else "logits")
+    return built.scorer, built.model, built.tokenizer
+
+
+def load_teachers(config: Config, student: Any, student_tok: Any, device: Any, output: str):
+    """``(teacher, built)``: the one teacher of ``config.teacher`` (a ``BuiltTeacher``), or a
+    ``TeacherSet`` of ``config.teachers`` (then ``built`` is None: no teacher samples)."""
+    from onpolicy.teacher.backends import build_teacher
+    from onpolicy.teacher.routing import TeacherSet
+
+    if not config.teachers:
+        built = build_teacher(config.teacher, student, student_tok, device, output)
+        return built.scorer, built
+    scorers = {
+        name: build_teacher(t, student, student_tok, device, output).scorer
+        for name, t in config.teachers.items()
+    }
+    weights = {name: t.weight for name, t in config.teachers.items()}
+    return TeacherSet(scorers, weights), None
 
 
 def build_objective(config: Config) -> Any:
@@ -176,7 +185,7 @@ def mixed_precision(requested: str) -> str:
 
 
 def _load_models(config: Config, accelerator: Any) -> tuple:
-    """``(student, tokenizer, full copy, objective, LocalTeacher, teacher model, teacher tok)``.
+    """``(student, tokenizer, full copy, objective, teacher, BuiltTeacher or None)``.
 
     FSDP / DeepSpeed ZeRO-3 shard the student in place in ``prepare``: then ``full`` is an
     unsharded ``FullCopy`` for rollouts, evaluation and saving (else None), a self-distillation
@@ -198,16 +207,15 @@ def _load_models(config: Config, accelerator: Any) -> tuple:
     full = FullCopy(model) if sharded else None
     objective = build_objective(config)
     _hand_over_reference(objective, model, full)
-    teacher = teacher_model = teacher_tok = None
-    if objective.needs_teacher or config.teacher.path is not None or config.teacher.mode == "self":
+    teacher = built = None
+    t = config.teacher
+    if objective.needs_teacher or t.path is not None or t.mode == "self" or config.teachers:
         student = model if full is None else full.model
         from onpolicy.objectives.base import teacher_output
 
-        chunked = teacher_output(objective) == "hidden"  # what the objective declares
-        teacher, teacher_model, teacher_tok = load_teacher(
-            config, student, tokenizer, accelerator.device, chunked
-        )
-    return model, tokenizer, full, objective, teacher, teacher_model, teacher_tok
+        output = teacher_output(objective)  # what the objective declares
+        teacher, built = load_teachers(config, student, tokenizer, accelerator.device, output)
+    return model, tokenizer, full, objective, teacher, built
 
 
 def _hand_over_reference(objective: Any, model: Any, full: Any) -> None:
@@ -226,9 +234,8 @@ def build_components(config: Config, accelerator: Any) -> Components:
     from onpolicy.rollout.base import make_backend
     from onpolicy.trainer.sharding import FullCopyBackend
 
-    model, tokenizer, full, objective, teacher, teacher_model, teacher_tok = _load_models(
-        config, accelerator
-    )
+    model, tokenizer, full, objective, teacher, built = _load_models(config, accelerator)
+    teacher_tok = None if built is None else built.tokenizer
     optimizer = build_optimizer(model, config.optim, fused=full is None)
     scheduler = build_scheduler(optimizer, config.optim, config.train.steps)
     prepared, optimizer = accelerator.prepare(model, optimizer)
@@ -241,11 +248,7 @@ def build_components(config: Config, accelerator: Any) -> Components:
         full.refresh()
         accelerator.register_for_checkpointing(full)  # refreshed when a checkpoint loads
         backend = FullCopyBackend(backend, full)
-    teacher_backend = None
-    if teacher_model is not None and config.teacher.mode != "self":
-        from onpolicy.rollout.hf import HFRolloutBackend
-
-        teacher_backend = HFRolloutBackend(teacher_model, teacher_tok)
+    teacher_backend = None if built is None else built.sampler  # None for mode: self
     end_id = turn_end_id(tokenizer)  # its end of turn, else its EOS
     sources = SampleSources(
         student_backend=backend,
@@ -253,7 +256,7 @@ def build_components(config: Config, accelerator: Any) -> Components:
         end_id=end_id,
         teacher_backend=teacher_backend,
         render_teacher=_teacher_renderer(teacher_tok),
-        same_tokenizer=teacher is None or teacher.mode == "same",
+        same_tokenizer=teacher is None or getattr(teacher, "mode", "same") == "same",
     )
     return Components(
         model=prepared,

@@ -142,3 +142,21 @@ def test_two_teachers_of_different_tokenizers_train_with_per_teacher_metrics(tmp
         total = r["teacher/bpe/tokens"] + r["teacher/char/tokens"]
         assert total == pytest.approx(r["train/completion_tokens"], abs=1)
         assert 0 < r["teacher/coverage"] <= 1  # the char teacher scored across tokenizers
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["served_reverse_kl", "served_policy_gradient", "served_cross_tokenizer",
+     "engine_reverse_kl", "several_teachers"],
+)  # fmt: skip
+def test_teacher_recipes_load_and_validate(name):
+    from onpolicy.config import load_config
+
+    path = Path(__file__).resolve().parents[2] / "configs" / "teachers" / f"{name}.yaml"
+    if name.startswith("engine") and not vllm_installed():
+        with pytest.raises(ConfigError, match="needs the vllm package"):
+            load_config(path)
+        return
+    cfg = load_config(path)
+    assert Path(cfg.data.path).is_file()
+    assert cfg.teachers or cfg.teacher.backend != "local"

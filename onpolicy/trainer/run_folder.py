@@ -49,6 +49,8 @@ SAFE_KEYS = (
     "train.output_dir",
     "logging.",
     "eval.",
+    "teacher.server_url",  # the served teacher moved (same model): a resume may follow it
+    "teacher.vllm.",  # its timeouts and retries
 )
 
 
@@ -145,9 +147,18 @@ def _is_safe(key: str) -> bool:
 
 
 def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """``{key: (saved value, current value)}`` for every flat key that differs."""
+    """``{key: (saved value, current value)}`` for every flat key that differs. A key the saved
+    record lacks (added to the config since) and now at its default is no change."""
+    from onpolicy.trainer.metrics_log import flat_config
+
+    defaults = flat_config(Config())
     keys = sorted(set(saved) | set(now))
-    return {k: (saved.get(k), now.get(k)) for k in keys if saved.get(k) != now.get(k)}
+    new_at_default = {k for k in keys if k not in saved and now.get(k, k) == defaults.get(k)}
+    return {
+        k: (saved.get(k), now.get(k))
+        for k in keys
+        if saved.get(k) != now.get(k) and k not in new_at_default
+    }
 
 
 def check_config(

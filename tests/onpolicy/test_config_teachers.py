@@ -160,3 +160,18 @@ def test_teacher_recipes_load_and_validate(name):
     cfg = load_config(path)
     assert Path(cfg.data.path).is_file()
     assert cfg.teachers or cfg.teacher.backend != "local"
+
+
+def test_a_checkpoint_from_before_the_backend_keys_resumes(tmp_path):
+    """Keys added since a checkpoint was saved are no change at their defaults (old runs resume);
+    set to something else they are listed like any other change."""
+    from onpolicy.trainer.run_folder import config_changes, config_record
+
+    now = config_record(_config(tmp_path))["config"]
+    added = ("teacher.backend", "teacher.server_url", "teacher.served_model", "teacher.weight",
+             "data.teacher_field")  # fmt: skip
+    old = {k: v for k, v in now.items() if k not in added}
+    assert "teacher.backend" in now and "teacher.backend" not in old
+    assert config_changes(old, now) == {}
+    served = config_record(_config(tmp_path, "teacher.backend=vllm-server"))["config"]
+    assert config_changes(old, served) == {"teacher.backend": (None, "vllm-server")}

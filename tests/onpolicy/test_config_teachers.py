@@ -175,3 +175,27 @@ def test_a_checkpoint_from_before_the_backend_keys_resumes(tmp_path):
     assert config_changes(old, now) == {}
     served = config_record(_config(tmp_path, "teacher.backend=vllm-server"))["config"]
     assert config_changes(old, served) == {"teacher.backend": (None, "vllm-server")}
+
+
+def test_make_teacher_builds_and_checks_like_the_config():
+    import socket
+
+    from onpolicy import make_teacher
+    from onpolicy.config_checks import resolve_model_path
+    from onpolicy.errors import BackendError
+    from onpolicy.models import load_model, load_tokenizer
+    from onpolicy.teacher.local import LocalTeacher
+
+    path = resolve_model_path("tiny:tiny")
+    student, tok = load_model(path), load_tokenizer(path)
+    teacher = make_teacher(student, tok, path=TEACHER, mode="same")
+    assert isinstance(teacher, LocalTeacher) and teacher.mode == "same"
+    with pytest.raises(ConfigError, match=r"needs teacher\.server_url"):
+        make_teacher(student, tok, path=TEACHER, backend="vllm-server")
+    with socket.socket() as s:  # a port nothing listens on: retried, then one line
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    with pytest.raises(BackendError) as err:
+        make_teacher(student, tok, path=TEACHER, backend="vllm-server", server_url=url,
+                     vllm={"timeout_s": 1, "max_retries": 1, "backoff_s": 0.0})  # fmt: skip
+    assert "\n" not in str(err.value) and "2 tries" in str(err.value)

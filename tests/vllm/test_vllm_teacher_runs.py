@@ -148,3 +148,14 @@ def test_server_outage_mid_run_is_one_line_and_the_checkpoint_resumes(
         _Proxy.down_after = None  # the server is back: the run resumes and finishes
         result = train(cfg)
     assert result.resumed_from is not None and result.steps == 3
+
+
+def test_engine_teacher_same_tokenizer_run(tmp_path):
+    """``teacher.backend: vllm``: an in-process engine started on the teacher scores (top-k)."""
+    engine = {"dtype": "float32", "kv_cache_space_gib": 1, "max_model_len": 256}
+    cfg = _config(tmp_path, "", "teacher.backend=vllm", "teacher.server_url=null",
+                  "teacher.top_k=8", f"teacher.vllm={json.dumps(engine)}")  # fmt: skip
+    result = train(cfg)
+    steps = _steps(tmp_path)
+    assert result.steps == 2 and all(r["teacher/seconds"] > 0 for r in steps)
+    assert all(r["train/loss"] == r["train/loss"] for r in steps)

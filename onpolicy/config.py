@@ -70,8 +70,8 @@ class TeacherConfig:
     # process), ``vllm`` (a vLLM engine in this process, started on ``path``; ``vllm`` keys are
     # ``VLLMEngineOptions``), ``vllm-server`` (a running ``vllm serve`` at ``server_url``; ``path``
     # gives the tokenizer; ``vllm`` keys are ``RetryPolicy`` fields). vLLM teachers return top-k
-    # log-probabilities: ``top_k`` per position (0 = ``DEFAULT_TOP_K`` = 64, or only the sampled
-    # token's when the objective needs no more: ``policy_gradient``).
+    # log-probabilities: ``top_k`` per position (0 = 64 same tokenizer, 256 across tokenizers,
+    # or only the sampled token's when the objective needs no more: ``policy_gradient``).
     backend: Literal["local", "vllm", "vllm-server"] = "local"
     server_url: str | None = None
     served_model: str | None = None

@@ -56,14 +56,18 @@ def vllm_installed() -> bool:
     return spec is not None and spec.origin is not None
 
 
-def teacher_top_k(t: TeacherConfig, output: str) -> int:
+def teacher_top_k(t: TeacherConfig, output: str, mode: str = "same") -> int:
     """Top-k a vLLM teacher asks for: ``t.top_k`` when set, else none when the objective needs
-    only the sampled tokens' log-probabilities (``output == "token"``), else ``DEFAULT_TOP_K``."""
-    from onpolicy.teacher.vllm_teacher import DEFAULT_TOP_K
+    only the sampled tokens' log-probabilities (``output == "token"``), else ``DEFAULT_TOP_K``
+    (same tokenizer) or ``DEFAULT_CROSS_TOP_K`` (the rebuilt distribution of the cross-tokenizer
+    objectives: docs/results/topk-cross-teacher.md)."""
+    from onpolicy.teacher.vllm_teacher import DEFAULT_CROSS_TOP_K, DEFAULT_TOP_K
 
     if t.top_k > 0:
         return t.top_k
-    return 0 if output == "token" else DEFAULT_TOP_K
+    if output == "token":
+        return 0
+    return DEFAULT_CROSS_TOP_K if mode == "cross" else DEFAULT_TOP_K
 
 
 def check_backend(key: str, t: TeacherConfig, output: str, objective: Any) -> None:
@@ -135,7 +139,7 @@ def build_teacher(
     path = resolve_model_path(t.path or "")
     tokenizer = load_tokenizer(path, t.gguf_file)
     mode = _mode(t, tokenizer, student_tok)
-    k = teacher_top_k(t, output)
+    k = teacher_top_k(t, output, mode)
     kw = {"top_k": k, "mode": mode, "tokenizer": tokenizer, "student_tokenizer": student_tok}
     stops = _stops(tokenizer)
     if t.backend == "vllm":

@@ -199,3 +199,14 @@ def test_make_teacher_builds_and_checks_like_the_config():
         make_teacher(student, tok, path=TEACHER, backend="vllm-server", server_url=url,
                      vllm={"timeout_s": 1, "max_retries": 1, "backoff_s": 0.0})  # fmt: skip
     assert "\n" not in str(err.value) and "2 tries" in str(err.value)
+
+
+def test_top_k_a_vllm_teacher_asks_for():
+    from onpolicy.teacher.backends import teacher_top_k
+
+    served = TeacherConfig(path=TEACHER, backend="vllm-server", server_url="http://x:1")
+    assert teacher_top_k(served, "logits", "same") == 64
+    assert teacher_top_k(served, "logits", "cross") == 256  # the rebuilt distribution
+    assert teacher_top_k(served, "token", "cross") == 0  # policy_gradient: the tokens' only
+    served.top_k = 16
+    assert teacher_top_k(served, "token", "same") == 16  # an explicit top_k wins

@@ -37,7 +37,7 @@ DEFAULT_TOP_K = 64
 DEFAULT_CROSS_TOP_K = 256
 """The same across tokenizers, where ``next_byte`` / ``gold`` / ``uld`` use the distribution
 rebuilt from the top-k: at 256 on SmolLM2 / Gemma-3 the gradient's cosine to the full teacher's is
-0.95 (next_byte) to 0.997 (gold), at 64 0.89 to 0.98 (``docs/results/topk-cross-teacher.md``)."""
+0.95 (next_byte) to 0.998 (uld), at 64 0.89 to 0.99 (``docs/results/topk-cross-teacher.md``)."""
 DEFAULT_TAIL: TailMode = "uniform"
 
 PositionLogprobs = dict[int, tuple[float, int]]

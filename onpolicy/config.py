@@ -211,7 +211,8 @@ class Config:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     # several teachers, by name (``onpolicy.teacher.routing``): a prompt whose row names one in
     # ``data.teacher_field`` is scored by it alone; the others by every teacher, the losses
-    # mixed by ``weight``. Leave ``teacher`` unset when this is set.
+    # mixed by ``weight`` (teacher samples: ``onpolicy.trainer.routed_samples``). Leave ``teacher``
+    # unset when this is set.
     teachers: dict[str, TeacherConfig] = field(default_factory=dict)
     lora: LoraConfig = field(default_factory=LoraConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)

@@ -76,10 +76,15 @@ def _check_teachers(c: Config) -> None:
                 "both teacher: and teachers: are set; put every teacher under teachers: "
                 "(name: {path: ..., weight: ...}) and drop the teacher: block"
             )
-        if any(objective.batch_source(s) == "teacher" for s in range(c.train.steps)):
+        if len({t.samples for t in c.teachers.values()}) > 1:
             raise ConfigError(
-                f"objective {c.objective.name!r} samples the teacher, which several teachers "
-                "do not support yet; use one teacher: block (or gkd with lmbda: 1)"
+                "teachers: disagree on samples (fresh / fixed); set the same value in each"
+            )
+        samples = any(objective.batch_source(s) == "teacher" for s in range(c.train.steps))
+        if samples and any(t.mode == "self" for t in c.teachers.values()):
+            raise ConfigError(
+                f"objective {c.objective.name!r} samples the teachers, and a mode: self teacher "
+                "cannot sample; give it a path or drop it"
             )
     for key, t in _teacher_blocks(c):
         if c.teachers and t.path is None and t.mode != "self":

@@ -211,7 +211,8 @@ def _with_fixed_teacher_samples(
     from onpolicy.trainer.sources import draw_teacher_samples
 
     steps = range(config.train.steps)
-    if config.teacher.samples != "fixed" or all(
+    blocks = list(config.teachers.values()) or [config.teacher]  # they agree (validated)
+    if blocks[0].samples != "fixed" or all(
         c.objective.batch_source(s) != "teacher" for s in steps
     ):
         return c, ComputeBudget()

@@ -110,20 +110,31 @@ def load_teacher(
 
 
 def load_teachers(config: Config, student: Any, student_tok: Any, device: Any, output: str):
-    """``(teacher, built)``: the one teacher of ``config.teacher`` (a ``BuiltTeacher``), or a
-    ``TeacherSet`` of ``config.teachers`` (then ``built`` is None: no teacher samples)."""
-    from onpolicy.teacher.backends import build_teacher
+    """``(teacher, BuiltTeacher)``: the one teacher of ``config.teacher``, or for
+    ``config.teachers`` a ``TeacherSet`` and a ``RoutedSampler`` of their samplers (whose samples
+    are in the student's tokens; the built teacher's tokenizer is then None)."""
+    from alignment.tokens.chat import turn_end_id
+    from onpolicy.teacher.backends import BuiltTeacher, build_teacher
     from onpolicy.teacher.routing import TeacherSet
+    from onpolicy.trainer.routed_samples import RoutedSampler, SamplingTeacher
 
     if not config.teachers:
         built = build_teacher(config.teacher, student, student_tok, device, output)
         return built.scorer, built
-    scorers = {
-        name: build_teacher(t, student, student_tok, device, output).scorer
+    each = {
+        name: build_teacher(t, student, student_tok, device, output)
         for name, t in config.teachers.items()
     }
     weights = {name: t.weight for name, t in config.teachers.items()}
-    return TeacherSet(scorers, weights), None
+    samplers = {
+        name: SamplingTeacher(b.sampler, b.tokenizer, b.scorer.mode == "same")
+        for name, b in each.items()
+    }
+    sampler = RoutedSampler(
+        samplers, weights, student_tok, turn_end_id(student_tok), config.train.seed
+    )
+    teachers = TeacherSet({name: b.scorer for name, b in each.items()}, weights)
+    return teachers, BuiltTeacher(teachers, sampler, None)
 
 
 def build_objective(config: Config) -> Any:

@@ -144,6 +144,11 @@ def test_two_teachers_of_different_tokenizers_train_with_per_teacher_metrics(tmp
         total = r["teacher/bpe/tokens"] + r["teacher/char/tokens"]
         assert total == pytest.approx(r["train/completion_tokens"], abs=1)
         assert 0 < r["teacher/coverage"] <= 1  # the char teacher scored across tokenizers
+    ev = result.eval_after  # each teacher evaluated; the first one's also under the plain keys
+    assert ev["eval/teacher_nll_per_byte"] == ev["eval/bpe/teacher_nll_per_byte"]
+    assert ev["eval/char/teacher_nll_per_byte"] != ev["eval/bpe/teacher_nll_per_byte"]
+    assert "eval/bpe/kl_per_token" in ev and 0 < ev["eval/char/alignment_coverage"] <= 1
+    assert "eval/char/completion_length" not in ev  # student-only metrics stay unprefixed
 
 
 @pytest.mark.parametrize(

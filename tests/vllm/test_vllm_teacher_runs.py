@@ -74,6 +74,19 @@ def test_served_teacher_same_tokenizer_runs(vllm_teacher_server, tmp_path, overr
         assert all(r["train/on_policy"] == 0.0 and r["train/teacher_tokens"] > 0 for r in steps)
 
 
+def test_served_teacher_across_tokenizers_next_byte_run(vllm_teacher_server, tmp_path):
+    """A BPE student, the char teacher on the server: its top-256 (the cross default) rebuilt
+    for next_byte; the run trains and logs the alignment coverage."""
+    url, _ = vllm_teacher_server
+    cfg = _config(tmp_path, url, "student.path=tiny:tiny,seed=2,pretrain_steps=100",
+                  "objective.name=next_byte", "teacher.mode=cross")  # fmt: skip
+    assert cfg.teacher.top_k == 0  # the default: 256 across tokenizers
+    result = train(cfg)
+    steps = _steps(tmp_path)
+    assert result.steps == 2 and all(0 < r["teacher/coverage"] <= 1 for r in steps)
+    assert all(r["train/loss"] == r["train/loss"] for r in steps)
+
+
 def test_two_teachers_of_different_tokenizers_one_served(vllm_teacher_server, tmp_path):
     url, _ = vllm_teacher_server
     teachers = {

@@ -96,7 +96,9 @@ def check_backend(key: str, t: TeacherConfig, output: str, objective: Any) -> No
         )
     if t.backend == "vllm-server":
         if not t.server_url:
-            raise ConfigError(f"{key}.backend=vllm-server needs {key}.server_url (http://host:port)")
+            raise ConfigError(
+                f"{key}.backend=vllm-server needs {key}.server_url (http://host:port)"
+            )
         unknown = sorted(set(t.vllm) - set(SERVER_KEYS))
         if unknown:
             raise ConfigError(f"unknown {key}.vllm option(s) {unknown}; known: {list(SERVER_KEYS)}")

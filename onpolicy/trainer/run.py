@@ -212,9 +212,7 @@ def _with_fixed_teacher_samples(
 
     steps = range(config.train.steps)
     blocks = list(config.teachers.values()) or [config.teacher]  # they agree (validated)
-    if blocks[0].samples != "fixed" or all(
-        c.objective.batch_source(s) != "teacher" for s in steps
-    ):
+    if blocks[0].samples != "fixed" or all(c.objective.batch_source(s) != "teacher" for s in steps):
         return c, ComputeBudget()
     gather = None
     if accelerator.num_processes > 1:

@@ -46,6 +46,9 @@ _LAZY = {
     "make_objective": "onpolicy.api",
     "make_backend": "onpolicy.rollout.base",
     "LocalTeacher": "onpolicy.teacher.local",
+    "VLLMTeacher": "onpolicy.teacher.vllm_teacher",
+    "TeacherSet": "onpolicy.teacher.routing",
+    "make_teacher": "onpolicy.api",
     # models
     "load_model": "onpolicy.models",
     "load_tokenizer": "onpolicy.models",

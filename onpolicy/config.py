@@ -3,7 +3,8 @@
 Layout: one block per swappable component, flat scalar keys inside each block::
 
     student:   {path: tiny:small, dtype: float32, max_length: 256, init_from: runs/warm}
-    teacher:   {path: ..., mode: auto}           # mode: same | cross | auto | self
+    teacher:   {path: ..., mode: auto, backend: local}   # backend: local | vllm | vllm-server
+    teachers:  {math: {path: ..., weight: 1.0}, chat: {...}}  # several (instead of teacher:)
     lora:      {enabled: true, r: 8, alpha: 16, target_modules: [q_proj, v_proj]}
     rollout:   {backend: hf, max_new_tokens: 32, temperature: 1.0, vllm: {...}}
     objective: {name: reverse_kl, params: {beta: 1.0}}
@@ -72,6 +73,17 @@ class TeacherConfig:
     gguf_file: str | None = None
     samples: Literal["fresh", "fixed"] = "fresh"
     scores: str | None = None  # a folder written by `onpolicy score` (onpolicy.scores.cached)
+    # where the teacher runs (``onpolicy.teacher.backends``): ``local`` (transformers, this
+    # process), ``vllm`` (a vLLM engine in this process, started on ``path``; ``vllm`` keys are
+    # ``VLLMEngineOptions``), ``vllm-server`` (a running ``vllm serve`` at ``server_url``; ``path``
+    # gives the tokenizer; ``vllm`` keys are ``RetryPolicy`` fields). vLLM teachers return top-k
+    # log-probabilities: ``top_k`` per position (0 = 64 same tokenizer, 256 across tokenizers,
+    # or only the sampled token's when the objective needs no more: ``policy_gradient``).
+    backend: Literal["local", "vllm", "vllm-server"] = "local"
+    server_url: str | None = None
+    served_model: str | None = None
+    vllm: dict[str, Any] = field(default_factory=dict)
+    weight: float = 1.0  # in ``teachers:``: share of the loss for prompts that name no teacher
 
 
 @dataclass
@@ -158,6 +170,7 @@ class DataConfig:
     chat: bool = False
     on_too_long: Literal["skip", "error"] = "skip"
     shuffle: bool = True
+    teacher_field: str = "teacher"  # with ``teachers:``, a row's field naming its teacher
 
 
 @dataclass
@@ -242,6 +255,11 @@ class Config:
 
     student: ModelConfig = field(default_factory=ModelConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    # several teachers, by name (``onpolicy.teacher.routing``): a prompt whose row names one in
+    # ``data.teacher_field`` is scored by it alone; the others by every teacher, the losses
+    # mixed by ``weight`` (teacher samples: ``onpolicy.trainer.routed_samples``). Leave ``teacher``
+    # unset when this is set.
+    teachers: dict[str, TeacherConfig] = field(default_factory=dict)
     lora: LoraConfig = field(default_factory=LoraConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -363,6 +381,10 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key} must be a list, got {value!r}")
         return [_coerce(args[0], v, key) for v in value]
+    if origin is dict and dataclasses.is_dataclass(args[1]):  # a named map of blocks
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping of name -> block, got {value!r}")
+        return {str(k): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
     if origin is dict or hint is Any:
         if origin is dict and not isinstance(value, dict):
             raise ConfigError(f"{key} must be a mapping, got {value!r}")

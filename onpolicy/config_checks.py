@@ -21,7 +21,7 @@ from onpolicy.models import (
 from onpolicy.objectives.base import make_objective
 
 if TYPE_CHECKING:  # annotations only: config imports this module, never the other way
-    from onpolicy.config import Config, ObjectiveConfig
+    from onpolicy.config import Config, ObjectiveConfig, TeacherConfig
     from onpolicy.objectives.base import Objective
 
 __all__ = ["parse_tiny_spec", "resolve_model_path", "resolve_path", "validate"]
@@ -34,13 +34,14 @@ def validate(config: Config, base_dir: Path | None = None) -> None:
     check_model_path("student.path", c.student.path)
     if c.student.init_from is not None:
         saved_weights_file(c.student.init_from)  # a one-line error before any model loads
-    if c.teacher.mode == "self":
-        if not c.lora.enabled:
-            raise ConfigError(
-                "teacher.mode=self needs lora.enabled=true (teacher = base, adapters off)"
-            )
-    elif c.teacher.path is not None:
-        check_model_path("teacher.path", c.teacher.path)
+    for key, t in _teacher_blocks(c):
+        if t.mode == "self":
+            if not c.lora.enabled:
+                raise ConfigError(
+                    f"{key}.mode=self needs lora.enabled=true (teacher = base, adapters off)"
+                )
+        elif t.path is not None:
+            check_model_path(f"{key}.path", t.path)
     for key, value in (("data.path", c.data.path), ("data.eval_path", c.data.eval_path)):
         if value is not None and not resolve_path(value, base_dir).exists():
             raise ConfigError(
@@ -60,6 +61,9 @@ def validate(config: Config, base_dir: Path | None = None) -> None:
     check_hidden_config(c)
     # built once by the one factory: bad option values fail here, before any model loads
     objective = make_objective(c.objective.name, c.objective.params, c.train.seed)
+    _check_teachers(c, objective)
+    if c.teachers:
+        return
     if c.teacher.scores is not None:
         from onpolicy.scores.cached import check_cached_scores
 
@@ -70,6 +74,45 @@ def validate(config: Config, base_dir: Path | None = None) -> None:
             "to a model folder or tiny:<size> (gold-data SFT without a teacher: objective sft "
             "with params {source: dataset})"
         )
+
+
+def _teacher_blocks(c: Config) -> list[tuple[str, TeacherConfig]]:
+    """``(config key, block)`` of each teacher: ``teachers.<name>``, else ``teacher``."""
+    if c.teachers:
+        return [(f"teachers.{name}", t) for name, t in c.teachers.items()]
+    return [("teacher", c.teacher)]
+
+
+def _check_teachers(c: Config, objective: Objective) -> None:
+    """Each teacher's backend against the objective; the ``teachers:`` map's own rules."""
+    from onpolicy.config import TeacherConfig
+    from onpolicy.objectives.base import teacher_output
+    from onpolicy.teacher.backends import check_backend
+
+    output = teacher_output(objective)
+    if c.teachers:
+        if c.teacher != TeacherConfig():
+            raise ConfigError(
+                "both teacher: and teachers: are set; put every teacher under teachers: "
+                "(name: {path: ..., weight: ...}) and drop the teacher: block"
+            )
+        if len({t.samples for t in c.teachers.values()}) > 1:
+            raise ConfigError(
+                "teachers: disagree on samples (fresh / fixed); set the same value in each"
+            )
+        samples = any(objective.batch_source(s) == "teacher" for s in range(c.train.steps))
+        if samples and any(t.mode == "self" for t in c.teachers.values()):
+            raise ConfigError(
+                f"objective {c.objective.name!r} samples the teachers, and a mode: self teacher "
+                "cannot sample; give it a path or drop it"
+            )
+    for key, t in _teacher_blocks(c):
+        if c.teachers and t.path is None and t.mode != "self":
+            raise ConfigError(f"{key}.path is missing; set it to a model folder or tiny:<size>")
+        if t.weight <= 0:
+            raise ConfigError(f"{key}.weight={t.weight} must be > 0")
+        if t.path is not None or t.backend != "local":
+            check_backend(key, t, output, objective)
 
 
 def _needs_teacher(objective: Objective, c: Config) -> bool:

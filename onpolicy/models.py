@@ -204,10 +204,12 @@ def check_run_models(config: Any) -> None:
             f"student.max_length={config.student.max_length} exceeds the {positions} positions "
             f"of the student {config.student.path!r}; set student.max_length <= {positions}"
         )
-    if config.teacher.path and config.teacher.mode != "self":
-        teacher = resolve_model_path(config.teacher.path)
-        check_tokenizer_folder(teacher, config.teacher.gguf_file)
-        check_model_folder(teacher, config.teacher.gguf_file)
+    for t in [config.teacher, *config.teachers.values()]:
+        if t.path and t.mode != "self":
+            teacher = resolve_model_path(t.path)
+            check_tokenizer_folder(teacher, t.gguf_file)
+            if t.backend != "vllm-server":  # a served teacher: only its tokenizer is read here
+                check_model_folder(teacher, t.gguf_file)
 
 
 @contextlib.contextmanager

@@ -180,7 +180,7 @@ def serve_command(
     # not; the API server module takes the same arguments (the model as --model) on both.
     argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_path)]
     argv += ["--host", "127.0.0.1", "--port", str(port), "--served-model-name", served_name]
-    argv += ["--logprobs-mode", "raw_logprobs", "--max-logprobs", "64", "--enforce-eager"]
+    argv += ["--logprobs-mode", "raw_logprobs", "--max-logprobs", "256", "--enforce-eager"]
     argv += ["--max-model-len", str(max_model_len), "--dtype", dtype]
     argv += ["--gpu-memory-utilization", str(gpu_memory_utilization)]
     if max_lora_rank is not None:

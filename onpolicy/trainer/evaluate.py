@@ -80,7 +80,10 @@ def evaluate(
     if not prompts:
         return {}
     sampling = replace(sampling, n=1, temperature=0.0 if greedy else sampling.temperature)
-    sums: dict[str, float] = {}
+    # several teachers (``TeacherSet``): the first one's metrics as usual, every one's under
+    # ``eval/<name>/`` (each on all the held-out completions)
+    named = dict(getattr(teacher, "teachers", None) or {"": teacher})
+    sums: dict[str, dict[str, float]] = {name: {} for name in named}
     was_training = model.training
     model.eval()
     try:
@@ -89,11 +92,24 @@ def evaluate(
                 chunk = list(prompts[i : i + batch_size])
                 ids = [render_prompt(tokenizer, p) for p in chunk]
                 rollout = backend.generate(ids, sampling, chunk)
-                for k, v in _batch_sums(model, tokenizer, teacher, rollout, score_fn).items():
-                    sums[k] = sums.get(k, 0.0) + v
+                for j, (name, t) in enumerate(named.items()):
+                    fn = score_fn if j == 0 else None
+                    for k, v in _batch_sums(model, tokenizer, t, rollout, fn).items():
+                        sums[name][k] = sums[name].get(k, 0.0) + v
     finally:
         model.train(was_training)
-    return _means(sums)
+    names = list(named)
+    out = _means(sums[names[0]])
+    for name in names if len(names) > 1 else ():
+        student_only = _means({k: v for k, v in sums[name].items() if k in _STUDENT_SUMS})
+        for k, v in _means(sums[name]).items():
+            if k not in student_only and k != "eval/student_nll_per_token":
+                out[f"eval/{name}/{k.removeprefix('eval/')}"] = v
+    return out
+
+
+_STUDENT_SUMS = ("n_rows", "bytes", "completion_tokens", "truncated", "repetition", "score")
+"""``_batch_sums`` keys that do not depend on the teacher."""
 
 
 def _batch_sums(
@@ -126,7 +142,9 @@ def _batch_sums(
     fwd = forward_completions(model, batch, vocab)
     s_logits_N_V = fwd.logits_N_V.float()
     student_lp = token_logprobs(s_logits_N_V, fwd.targets_N).sum()
-    if scores.mode == "same":
+    if scores.mode == "same" and scores.logits_N_V is None and scores.hidden_N_D is None:
+        teacher_lp = scores.token_logprobs_N.sum()  # a top-k (vLLM) teacher: no full KL
+    elif scores.mode == "same":
         t_logits_N_V = _teacher_logits(scores).float()
         if scores.token_logprobs_N is not None:
             teacher_lp = scores.token_logprobs_N.sum()

@@ -44,6 +44,7 @@ import torch
 from onpolicy.config import Config
 from onpolicy.errors import TrainingError
 from onpolicy.losses import token_normalized
+from onpolicy.teacher.routing import score_and_loss
 from onpolicy.trainer import checkpoint as ckpt
 from onpolicy.trainer.diagnostics import (
     DIVERGENCE_STEPS,
@@ -183,12 +184,11 @@ def _backward_all(
     local = [0.0, 0.0, 0.0]  # [loss_sum, counted tokens, non-finite losses]
     tally = StepTally()
     for i, rollout in enumerate(rollouts):
-        scores = c.teacher.score(rollout) if c.objective.needs_teacher else None
         last = i == len(rollouts) - 1
         # gradients are all-reduced once, on the last micro-batch
         sync = contextlib.nullcontext() if last else accelerator.no_sync(c.model)
-        with sync:
-            out = c.objective.loss(c.model, rollout, scores)
+        with sync:  # score (each teacher its rows: onpolicy.teacher.routing), loss, backward
+            out, scored = score_and_loss(c.teacher, c.objective, c.model, rollout)
             loss = token_normalized(out.loss_sum, n_global, accelerator.num_processes)
             _backward(loss, accelerator, c.model, last)
         value = float(out.loss_sum.detach())
@@ -200,11 +200,11 @@ def _backward_all(
         ]
         tally.nonfinite_losses += not finite
         tally_rollout(tally, rollout)
-        if scores is not None:
-            tally.teacher_nonfinite += teacher_nonfinite(scores)
-            tally.budget.teacher_tokens += _teacher_positions(rollout, scores)
-            tally_alignment(tally, scores)
-        tally_components(tally, rollout.metrics, out.metrics, scores.metrics if scores else {})
+        for part in scored:
+            tally.teacher_nonfinite += teacher_nonfinite(part.scores)
+            tally.budget.teacher_tokens += _teacher_positions(part.rollout, part.scores)
+            tally_alignment(tally, part.scores)
+        tally_components(tally, rollout.metrics, out.metrics, *(p.scores.metrics for p in scored))
     return local, tally
 
 

@@ -127,6 +127,11 @@ def train(
 
         train_prompts, loaded_eval = load_prompts(config.data, config.train.seed, base_dir)
         eval_prompts = loaded_eval if eval_prompts is None else eval_prompts
+    if config.teachers:  # a row naming an unknown teacher: an error before any model loads
+        from onpolicy.teacher.routing import route_rows
+
+        weights = {name: t.weight for name, t in config.teachers.items()}
+        route_rows([p.teacher for p in train_prompts], weights)
     check_run_models(config)
     if config.hidden.weight > 0:  # layer map and tokenizers checked before any weights load
         from onpolicy.hidden.build import hidden_plan
@@ -217,9 +222,8 @@ def _with_fixed_teacher_samples(
     from onpolicy.trainer.sources import draw_teacher_samples
 
     steps = range(config.train.steps)
-    if config.teacher.samples != "fixed" or all(
-        c.objective.batch_source(s) != "teacher" for s in steps
-    ):
+    blocks = list(config.teachers.values()) or [config.teacher]  # they agree (validated)
+    if blocks[0].samples != "fixed" or all(c.objective.batch_source(s) != "teacher" for s in steps):
         return c, ComputeBudget()
     gather = None
     if accelerator.num_processes > 1:
@@ -373,7 +377,8 @@ def evaluate_config(
         model, tok = load_lora_student(base, path, device=device), load_tokenizer(path)
     else:
         model, tok = load_model(path, device=device, trainable=False), load_tokenizer(path)
-    teacher = load_teacher(config, model, tok, device)[0] if config.teacher.path else None
+    has_teacher = config.teacher.path or config.teachers
+    teacher = load_teacher(config, model, tok, device)[0] if has_teacher else None
     if eval_prompts is None:
         eval_prompts = load_prompts(config.data, config.train.seed, base_dir)[1]
     budget = config.student.max_length - config.rollout.max_new_tokens

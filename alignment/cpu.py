@@ -21,6 +21,10 @@ dtype) up to ``BUFFER_MAX_BYTES`` is reused between calls.
 
 **Huge pages** (``fresh_empty``): a large fresh tensor laid on transparent huge pages takes 512x
 fewer page faults. Measured gains: ``benchmarks/RESULTS-alignment.md``.
+
+**Freed memory kept** (``retain_freed_memory``, glibc): training on a CPU frees and allocates the
+same large buffers every step; glibc hands each one back to the system (``munmap``, heap trim) and
+the next step faults it in again. Measured gains: ``benchmarks/RESULTS-e2e.md``.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import itertools
 import math
 import mmap
 import os
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -179,3 +184,42 @@ def fresh_empty(shape: tuple[int, ...], dtype, device) -> torch.Tensor:
         return torch.frombuffer(region, dtype=dtype, count=n, offset=offset).view(shape)
     except (OSError, ValueError):
         return torch.empty(shape, dtype=dtype, device=device)
+
+
+M_TRIM_THRESHOLD = -1  # glibc <malloc.h>
+M_MMAP_MAX = -4
+TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int: keep up to ~2 GB free at the heap top
+RETAIN_ENV = "ONPOLICY_RETAIN_FREED_MEMORY"
+
+
+def retain_freed_memory() -> bool:
+    """Make glibc keep freed memory for reuse instead of handing it back to the system.
+
+    Sets ``M_MMAP_MAX = 0`` (every block from the heap: glibc serves a buffer above its mmap
+    threshold, at most 32 MB, with a fresh ``mmap`` and frees it with ``munmap``) and a high
+    ``M_TRIM_THRESHOLD`` (freed memory at the heap top stays mapped), so a training step that
+    allocates the buffers of the step before page-faults nothing. The process keeps its
+    high-water mark instead, and freed blocks can fragment (peak RSS a few % higher). It changes
+    the whole process' allocator: the trainer applies it only when it trains on the CPU, and
+    ``ONPOLICY_RETAIN_FREED_MEMORY=0`` turns it off. Returns whether it was applied (False off
+    Linux/glibc or when turned off).
+    """
+    if os.environ.get(RETAIN_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    mallopt = _mallopt()
+    if mallopt is None:
+        return False
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+def _mallopt():
+    """glibc's ``mallopt(int, int) -> int``, or None where the C library has none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # musl and others: no mallopt
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn

@@ -248,13 +248,18 @@ def main() -> None:
     loads, kernels = args.loads.split(","), args.kernels.split(",")
     load_start, start = os.getloadavg(), time.time()
     runs: dict[tuple, list[dict]] = {}
-    for _ in range(args.rounds):  # interleaved: round, threads, load, kernel
+    for r in range(args.rounds):  # interleaved: round, threads, load, kernel
         for t in threads:
             for load in loads:
                 for k in kernels:
                     runs.setdefault((k, t, load), []).append(_spawn(k, t, load, args))
                     print(k, t, load, runs[(k, t, load)][-1]["cpu"], flush=True)
-    load_end = os.getloadavg()
+        _report(args, runs, r + 1, load_start, start)  # after each round: a run cut short counts
+
+
+def _report(args, runs: dict, done: int, load_start, start: float) -> None:
+    threads = [int(t) for t in args.threads.split(",")]
+    loads, kernels = args.loads.split(","), args.kernels.split(",")
     res = {key: _cell(v) for key, v in runs.items()}
     command = (
         f"`nice -n 5 .venv/bin/python benchmarks/threads.py --threads {args.threads} --loads "
@@ -263,22 +268,24 @@ def main() -> None:
         + (f" --before {args.before}" if args.before else "")
         + "`"
     )
+    load_end = os.getloadavg()
     body = "\n".join([
         f"## {args.section}",
         "",
         f"Command: {command} ({time.strftime('%Y-%m-%d %H:%M', time.gmtime(start))} UTC, "
-        f"{(time.time() - start) / 60:.0f} min). Machine: {os.cpu_count()} cores, torch "
-        f"{torch.__version__}, torch's default thread count here {torch.get_num_threads()}. "
-        f"Load average (1, 5, 15 min) at the start {tuple(round(x, 1) for x in load_start)}, "
-        f"at the end {tuple(round(x, 1) for x in load_end)}: a shared machine; only the ratios "
-        "within this run (interleaved) mean anything.",
+        f"{(time.time() - start) / 60:.0f} min, {done} of {args.rounds} rounds done). Machine: "
+        f"{os.cpu_count()} cores, torch {torch.__version__}, torch's default thread count here "
+        f"{torch.get_num_threads()}. Load average (1, 5, 15 min) at the start "
+        f"{tuple(round(x, 1) for x in load_start)}, at the end "
+        f"{tuple(round(x, 1) for x in load_end)}: a shared machine; only the ratios within this "
+        "run (interleaved) mean anything.",
         "",
         *_tables(res, threads, loads, kernels),
     ])  # fmt: skip
     out = Path(args.out)
     text = out.read_text() if out.exists() else HEADER
     out.write_text(_alignment_bench().merge_sections(text, {args.section: body}))
-    print(body)
+    print(body, flush=True)
 
 
 if __name__ == "__main__":

@@ -34,12 +34,13 @@ in ``alignment.spans.chain_rule`` (anchor token's next-token distribution at tem
 
 Memory and speed: no [spans x V] tensor is kept. A custom autograd function
 (``_gold_rows.SpanDivergence``) walks the span rows a chunk at a time (``CHUNK_ELEMS``,
-sized for a core's L2 cache), gathers only the rows it needs (anchor rows, and the rows
-predicting a span's other tokens for the chain-rule scale; a 1:1 span needs none) into buffers
-reused between calls, sorts with numpy's SIMD sort on CPU (``alignment.spans.uld``), and keeps for
-backward one int8 sign per student vocabulary entry per span (+ one float per matched pair). The
-backward recomputes the softmax of those rows and writes each gradient row once, into a fresh
-gradient laid on huge pages on CPU (``alignment.cpu.fresh_empty``). The teacher gets no gradient.
+sized for a core's L2 cache; on CPU the chunks run on torch's thread count, ``alignment.cpu``),
+gathers only the rows it needs (anchor rows, and the rows predicting a span's other tokens for
+the chain-rule scale; a 1:1 span needs none) into buffers reused between calls, sorts with
+numpy's SIMD sort on CPU (``alignment.spans.uld``), and keeps for backward one int8 sign per
+student vocabulary entry per span (+ one float per matched pair). The backward recomputes the
+softmax of those rows and writes each gradient row once, into a fresh gradient laid on huge
+pages on CPU (``alignment.cpu.fresh_empty``). The teacher gets no gradient.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ Kernels (forward + backward to the student logits where there is one):
 - ``chunked``: ``onpolicy.losses.chunked_divergence`` (GKD's JSD, beta 0.5, 256 tokens, V 16,384,
   hidden 896/1536: the ``small`` shape of ``benchmarks/losses.py``);
 - ``align``: ``alignment.align_spans_batch`` on the real case's offsets, 50 times per call;
+- ``spin``: no project code, torch's threads alone: 20 times a softmax of [64, 50,000] followed
+  by ~10 ms of single-threaded numpy sorting in the calling thread (the pattern of a kernel that
+  alternates torch ops with other work): what torch's OpenMP workers burn while they wait;
 - ``KERNEL@before``: the same kernel with the packages of another checkout (``--before DIR``,
   e.g. ``git archive fca4bc7 | tar -x -C DIR``: the code before the one-pool fix).
 
@@ -47,7 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 sys.path.insert(0, str(REPO))
 
-KERNELS = ("trl-uld", "ours-uld", "ours-gold", "next-byte", "chunked", "align")
+KERNELS = ("trl-uld", "ours-uld", "ours-gold", "next-byte", "chunked", "align", "spin")
 OUT = REPO / "benchmarks" / "RESULTS-threads.md"
 HEADER = (
     "# Thread scaling of the CPU kernels, and TRL GOLD `ULDLoss` (benchmarks/threads.py)\n\n"
@@ -113,8 +116,24 @@ def _chunked():
     return run
 
 
+def _spin():
+    import numpy as np
+
+    z = torch.randn(64, 50_000, generator=torch.Generator().manual_seed(0))
+    keys = np.random.default_rng(0).random((3, 50_000))
+
+    def run(_x):
+        for _ in range(20):
+            torch.softmax(z, -1)
+            np.sort(keys, -1)  # one thread, GIL released: torch's workers are idle meanwhile
+
+    return run
+
+
 def _call(kernel: str, case: str):
     """``(fn(x) -> scalar loss or None, x)``: one call of the kernel (backward included)."""
+    if kernel == "spin":
+        return _spin(), torch.zeros(1, requires_grad=True)
     bench = _alignment_bench()
     inp = _inputs(bench, case)
     x = inp["s"]["logits"].requires_grad_()

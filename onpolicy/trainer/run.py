@@ -157,8 +157,8 @@ def _train_claimed(
     """``train`` once the output folder is held: the run itself."""
     from accelerate.utils import set_seed
 
+    from alignment.cpu import retain_freed_memory
     from onpolicy.data import PromptStream
-    from onpolicy.trainer.host_memory import retain_freed_memory
     from onpolicy.trainer.metrics_log import MetricsLog
     from onpolicy.trainer.setup import build_components
 

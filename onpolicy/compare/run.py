@@ -117,11 +117,12 @@ def resolve_models(cfg: CompareConfig, log: Callable[[str], None] = print) -> Mo
             str(models.teacher_dir), str(models.student_dir), str(models.cross_student_dir)
         )
     if kind == "long_arithmetic":
-        from onpolicy.tasks.long_models import LongModelsConfig, long_models
+        from onpolicy.tasks.long_models import LongModelsConfig, long_models, teacher_spec
 
         task = {k: cfg.task[k] for k in ("digits", "min_digits", "variants") if k in cfg.task}
         if "teacher_steps" in spec:
             task["teacher_steps"] = int(spec["teacher_steps"])
+        task["teacher"] = teacher_spec(str(spec.get("teacher", "base")))
         built = long_models(LongModelsConfig(**task), log=log)
         student = spec.get("student", "medium")
         log(

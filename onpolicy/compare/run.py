@@ -317,11 +317,15 @@ def run_compare(
         log(f"[compare] equal FLOPs: steps per (method, seed) {_steps_line(plan)}")
     extras, starts = Extras(), {seed: [COLD] for seed in cfg.seeds}
     if cfg.warm_start is not None:
-        calls = [(warm_up, (cfg, dirs, seed, threads)) for seed in cfg.seeds]
+        shared = cfg.warm_start.shared  # one warm-up (the first seed's) for every seed
+        calls = [
+            (warm_up, (cfg, dirs, seed, threads)) for seed in cfg.seeds[: 1 if shared else None]
+        ]
         extras.warm = run_calls(calls, cfg.workers, progress, "warm-up")
         for record in extras.warm:
-            branches = starts_from(record)
-            starts[record["seed"]] = ([COLD] if cfg.warm_start.cold else []) + branches
+            branches = ([COLD] if cfg.warm_start.cold else []) + starts_from(record)
+            for seed in cfg.seeds if shared else [record["seed"]]:
+                starts[seed] = branches
             log(f"[compare] warm-up seed {record['seed']}: {_branch_line(record)}")
     if cfg.lr_search is not None:
         extras.lr_trials, extras.lr_chosen = _search_lrs(cfg, dirs, starts, threads, progress)

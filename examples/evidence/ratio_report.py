@@ -68,17 +68,30 @@ def wall_lines(runs: dict) -> list[str]:
     return lines
 
 
-def tables(run: Path, name: str, docs: Path) -> None:
+def _by_accounting(table, paid: dict, free: dict) -> list[str]:
+    """``table``'s rows: the free-accounting ones from ``free``, the rest from ``paid``."""
+    head, rows = table(paid)[:2], table(paid)[2:]
+    rows = [r for r in rows if "| free |" not in r]
+    return head + [r for r in table(free)[2:] if "| free |" in r] + rows
+
+
+def tables(run: Path, name: str, docs: Path, free_sft: Path | None) -> None:
+    """``free_sft``: a second run holding SFT alone at reverse KL's FLOPs with the data free (the
+    free rows use its SFT); None: every row from ``run``."""
     runs = load_jobs(run)
+    free = dict(runs)
+    if free_sft is not None:
+        free.update({k: v for k, v in load_jobs(free_sft).items() if k[1] == "sft"})
     sections = {
-        "Arm - continued SFT at equal FLOPs": regime_table(runs),
-        "FLOPs to reach continued SFT's best score": reach_table(runs),
+        "Arm - continued SFT at equal FLOPs": _by_accounting(regime_table, runs, free),
+        "FLOPs to reach continued SFT's best score": _by_accounting(reach_table, runs, free),
         "Early drop": drop_table(runs),
         "Steps, learning rate, wall time": wall_lines(runs),
     }
     for title, lines in sections.items():
         print(f"\n### {title}\n\n" + "\n".join(lines))
-    plot_curves(runs, docs / f"evidence-{name}-curves.png")
+    plot_curves(free, docs / f"evidence-{name}-curves-free.png")
+    plot_curves(runs, docs / f"evidence-{name}-curves-paid.png")
 
 
 def _models(teacher: str, steps: int):
@@ -165,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("what", choices=["teacher", "tables", "kl"])
     p.add_argument("--run", type=Path, default=Path("outputs/compare/evidence-ratio"))
     p.add_argument("--name", default="ratio")
+    p.add_argument("--free-sft", type=Path, default=None, help="SFT at the free budget (a run)")
     p.add_argument("--docs", type=Path, default=Path("docs/results"))
     p.add_argument("--teacher", default="large")
     p.add_argument("--teacher-steps", type=int, default=1000)
@@ -175,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.what == "teacher":
         teacher_facts(a.teacher, a.teacher_steps, a.prompts)
     elif a.what == "tables":
-        tables(a.run, a.name, a.docs)
+        tables(a.run, a.name, a.docs, a.free_sft)
     else:
         kl_rows(a.run, a.seed, a.prompts)
 

@@ -57,7 +57,8 @@ class TeacherConfig:
     (the student's own base with LoRA adapters disabled; needs ``lora.enabled``).
     ``samples``: teacher-sampled batches (SFT, GKD's off-policy share) are ``fresh`` samples every
     step, or ``fixed``: one sample per prompt drawn once before training (sequence-level KD's
-    dataset)."""
+    dataset); ``sample_seed``: the seed of that draw (default ``train.seed``), so runs of several
+    seeds can train on one dataset."""
 
     path: str | None = None
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
@@ -65,6 +66,7 @@ class TeacherConfig:
     top_k: int = 0  # 0 = full distribution; > 0 = sparse top-k scores
     gguf_file: str | None = None
     samples: Literal["fresh", "fixed"] = "fresh"
+    sample_seed: int | None = None
 
 
 @dataclass

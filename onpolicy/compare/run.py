@@ -274,13 +274,20 @@ def _train(
     run_dir = Path(cfg.output_dir) / "runs" / f"{sub}{spec.name}-seed{seed}"
     held_out = task.eval_prompts if cfg.eval_every else ()
     n_eval = min(cfg.eval_prompts or len(held_out), len(held_out))
-    options = RunOptions(cfg.eval_every, n_eval, start.init_from)
+    options = RunOptions(cfg.eval_every, n_eval, start.init_from, sample_seed=_sample_seed(cfg))
     out = train_run(
         cfg, dirs, spec, seed, cfg.train, run_dir, options, split.train, held_out, task.score
     )
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the final student is kept
     student, stok = _load(out.final_dir, trainable=False)
     return student, stok, _Trained(ComputeBudget(**out.budget), out.losses, out.account)
+
+
+def _sample_seed(cfg: CompareConfig) -> int | None:
+    """With a shared warm-up every seed trains on its teacher samples (its dataset: the first
+    seed's draw); else each seed draws its own (None)."""
+    w = cfg.warm_start
+    return cfg.seeds[0] if w is not None and w.shared else None
 
 
 @dataclass

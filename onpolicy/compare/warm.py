@@ -13,9 +13,10 @@ config; the cold start stays as the negative control unless ``cold: false``).
       lr: 2.0e-4                  # the warm-up's learning rate (default: train.lr)
       cache_dir: outputs/warm     # default: <output_dir>/warm
 
-``shared: true`` trains the first seed's warm-up only and branches every seed from it (the seeds
-then differ in the arms' sampling and batch order only): a cheaper, stated design for a budget
-that cannot pay one warm-up per seed.
+``shared: true`` trains the first seed's warm-up only and branches every seed from it, and every
+run trains on the warm-up's fixed teacher samples (one dataset, as a practitioner's; without
+``shared`` each seed draws its own): the seeds then differ in the arms' sampling and batch order
+only. A cheaper, stated design for a budget that cannot pay one warm-up per seed.
 
 The plateau (``curves.plateau_step``): the first evaluation at which the best validation score so
 far exceeds the best of ``window`` evaluations earlier by less than ``min_gain``, once the best

@@ -220,13 +220,14 @@ def _with_fixed_teacher_samples(
     from onpolicy.trainer.sources import DRAW_CHUNK, prompt_key
 
     rank, world = accelerator.process_index, accelerator.num_processes
-    args = (prompts, c.sampling, c.sources, config.train.seed, rank, world, gather)
+    seed = config.train.seed if config.teacher.sample_seed is None else config.teacher.sample_seed
+    args = (prompts, c.sampling, c.sources, seed, rank, world, gather)
     teacher = getattr(c.sources.teacher_backend, "model", None)  # a local model's weights
     if os.environ.get(ENV) and isinstance(teacher, torch.nn.Module):  # opt-in: one shared draw
         sampling = dataclasses.replace(c.sampling, seed=None)  # each chunk sets its own
         key = draw_key(
             teacher, [prompt_key(p) for p in prompts], sampling=repr(sampling),
-            seed=config.train.seed, rank=rank, world=world, chunk=DRAW_CHUNK,
+            seed=seed, rank=rank, world=world, chunk=DRAW_CHUNK,
             same_tokenizer=c.sources.same_tokenizer,
         )  # fmt: skip
         fixed, spent = cached_draw(key, lambda: draw_teacher_samples(*args))

@@ -1,5 +1,6 @@
-"""``warm_start.shared: true``: one warm-up (the first seed's) branches every seed, and the flag
-does not enter the warm-up's cache key (caches built before it existed stay valid)."""
+"""``warm_start.shared: true``: one warm-up (the first seed's) branches every seed, every run
+trains on the warm-up's teacher samples (one draw in all), and the flag does not enter the
+warm-up's cache key (caches built before it existed stay valid)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from onpolicy.compare import compare, parse_config
 from onpolicy.compare.warm import cache_folder, parse_warm
 from onpolicy.errors import ConfigError
+from onpolicy.trainer.sample_cache import ENV
 
 TASK = {"name": "arithmetic", "digits": 2, "num_train": 60, "num_eval": 6}
 MODELS = {
@@ -42,7 +44,9 @@ def _config(tmp_path, shared: bool):
 
 def test_shared_warm_up_is_trained_once_and_branches_every_seed(tmp_path, monkeypatch):
     monkeypatch.setenv("ONPOLICY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv(ENV, str(tmp_path / "samples"))  # one file per distinct draw
     _, paths = compare(_config(tmp_path, shared=True), progress=False)
+    assert len(list((tmp_path / "samples").glob("*.pkl"))) == 1  # warm-up and both seeds' SFT
     data = json.loads(paths["json"].read_text())
     assert [w["seed"] for w in data["warm_up"]] == [0]  # one warm-up, not one per seed
     jobs = {(j["method"], j["seed"]): j for j in data["jobs"]}

@@ -62,7 +62,8 @@ class TeacherConfig:
     (the student's own base with LoRA adapters disabled; needs ``lora.enabled``).
     ``samples``: teacher-sampled batches (SFT, GKD's off-policy share) are ``fresh`` samples every
     step, or ``fixed``: one sample per prompt drawn once before training (sequence-level KD's
-    dataset).
+    dataset); ``sample_seed``: the seed of that draw (default ``train.seed``), so runs of several
+    seeds can train on one dataset.
     ``scores``: cached top-k scores (``onpolicy score``) for the dataset batches, read with no
     teacher model in memory; other batches (GKD's on-policy share) need ``path``."""
 
@@ -84,6 +85,7 @@ class TeacherConfig:
     served_model: str | None = None
     vllm: dict[str, Any] = field(default_factory=dict)
     weight: float = 1.0  # in ``teachers:``: share of the loss for prompts that name no teacher
+    sample_seed: int | None = None
 
 
 @dataclass

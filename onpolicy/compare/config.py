@@ -78,18 +78,25 @@ class CompareConfig:
 
 
 def _check_long_models(models: dict[str, Any], task: dict[str, Any]) -> None:
-    """``models: {kind: long_arithmetic, student: small | medium, teacher_steps: N}``: the cached
-    models of the ``long_arithmetic`` task (``onpolicy.tasks.long_models``), built for the task
-    block's digits, min_digits and variants (the teacher trained ``teacher_steps``, default 1000);
-    the student is saved untrained (warm it with ``warm_start``)."""
+    """``models: {kind: long_arithmetic, student: small | medium, teacher: base | large,
+    teacher_steps: N}``: the cached models of the ``long_arithmetic`` task
+    (``onpolicy.tasks.long_models``), built for the task block's digits, min_digits and variants
+    (the teacher of shape ``teacher``, default base (445k; large: 1.77M), trained ``teacher_steps``,
+    default 1000); the student is saved untrained (warm it with ``warm_start``)."""
+    from onpolicy.tasks.long_models import teacher_spec
+
     if task.get("name") != "long_arithmetic":
         raise ConfigError("models.kind=long_arithmetic needs task.name: long_arithmetic")
-    unknown = set(models) - {"kind", "student", "teacher_steps"}
+    unknown = set(models) - {"kind", "student", "teacher", "teacher_steps"}
     if unknown:
         raise ConfigError(
             f"models: unknown keys {sorted(unknown)} for kind long_arithmetic; "
-            "use student, teacher_steps"
+            "use student, teacher, teacher_steps"
         )
+    try:
+        teacher_spec(str(models.get("teacher", "base")))
+    except ConfigError as exc:
+        raise ConfigError(f"models.{exc}") from None
     if models.get("student", "medium") not in ("small", "medium"):
         raise ConfigError(
             f"models.student={models['student']!r}; use 'small' (21x) or 'medium' (5.3x)"

@@ -9,8 +9,14 @@ config; the cold start stays as the negative control unless ``cold: false``).
       branch_at: [200, plateau]   # warm-up steps (multiples of every) and/or plateau
       plateau: {window: 3, min_gain: 0.01}
       cold: true                  # also run every method from the untouched student
+      shared: false               # true: one warm-up (the first seed's) for every seed
       lr: 2.0e-4                  # the warm-up's learning rate (default: train.lr)
       cache_dir: outputs/warm     # default: <output_dir>/warm
+
+``shared: true`` trains the first seed's warm-up only and branches every seed from it, and every
+run trains on the warm-up's fixed teacher samples (one dataset, as a practitioner's; without
+``shared`` each seed draws its own): the seeds then differ in the arms' sampling and batch order
+only. A cheaper, stated design for a budget that cannot pay one warm-up per seed.
 
 The plateau (``curves.plateau_step``): the first evaluation at which the best validation score so
 far exceeds the best of ``window`` evaluations earlier by less than ``min_gain``, once the best
@@ -42,7 +48,7 @@ from onpolicy.errors import ConfigError
 from onpolicy.types import Prompt
 
 PLATEAU = "plateau"
-_KEYS = {"method", "steps", "every", "branch_at", "plateau", "cold", "lr", "cache_dir"}
+_KEYS = {"method", "steps", "every", "branch_at", "plateau", "cold", "lr", "cache_dir", "shared"}
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,7 @@ class WarmSpec:
     cold: bool = True
     lr: float | None = None
     cache_dir: str | None = None
+    shared: bool = False
 
 
 @dataclass(frozen=True)
@@ -111,6 +118,7 @@ def parse_warm(raw: dict[str, Any] | None) -> WarmSpec | None:
         cold=bool(raw.get("cold", True)),
         lr=None if raw.get("lr") is None else float(raw["lr"]),
         cache_dir=raw.get("cache_dir"),
+        shared=bool(raw.get("shared", False)),
     )
     _check(spec)
     return spec
@@ -150,8 +158,9 @@ def prompts_digest(prompts: Sequence[Prompt]) -> str:
 def cache_folder(cfg: Any, dirs: Any, seed: int, train_prompts: Sequence[Prompt]) -> Path:
     """``<cache_dir>/<key>/seed<seed>`` for the warm-up of ``cfg`` (``CompareConfig``)."""
     w: WarmSpec = cfg.warm_start
+    warm = {k: v for k, v in asdict(w).items() if k != "shared"}  # keys as before it existed
     parts = {
-        "warm": {**asdict(w), "cold": None, "cache_dir": None},
+        "warm": {**warm, "cold": None, "cache_dir": None},
         "train": asdict(cfg.train),
         "task": cfg.task,
         "teacher": dirs.teacher,

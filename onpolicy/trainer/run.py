@@ -4,6 +4,7 @@ and the comparison harness call. No globals: everything a run needs comes from i
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,15 +229,25 @@ def _with_fixed_teacher_samples(
     gather = None
     if accelerator.num_processes > 1:
         from accelerate.utils import gather_object as gather
-    fixed, spent = draw_teacher_samples(
-        prompts,
-        c.sampling,
-        c.sources,
-        config.train.seed,
-        accelerator.process_index,
-        accelerator.num_processes,
-        gather,
-    )
+    import torch
+
+    from onpolicy.trainer.sample_cache import ENV, cached_draw, draw_key
+    from onpolicy.trainer.sources import DRAW_CHUNK, prompt_key
+
+    rank, world = accelerator.process_index, accelerator.num_processes
+    seed = config.train.seed if config.teacher.sample_seed is None else config.teacher.sample_seed
+    args = (prompts, c.sampling, c.sources, seed, rank, world, gather)
+    teacher = getattr(c.sources.teacher_backend, "model", None)  # a local model's weights
+    if os.environ.get(ENV) and isinstance(teacher, torch.nn.Module):  # opt-in: one shared draw
+        sampling = dataclasses.replace(c.sampling, seed=None)  # each chunk sets its own
+        key = draw_key(
+            teacher, [prompt_key(p) for p in prompts], sampling=repr(sampling),
+            seed=seed, rank=rank, world=world, chunk=DRAW_CHUNK,
+            same_tokenizer=c.sources.same_tokenizer,
+        )  # fmt: skip
+        fixed, spent = cached_draw(key, lambda: draw_teacher_samples(*args))
+    else:
+        fixed, spent = draw_teacher_samples(*args)
     sources = dataclasses.replace(c.sources, fixed_teacher=fixed)
     return dataclasses.replace(c, sources=sources), spent
 

@@ -131,8 +131,8 @@ def warm_up(cfg: Any, dirs: Any, seed: int, threads: int = 1) -> dict[str, Any]:
     options = RunOptions(spec.every, len(val), None, spec.every)
     settings = warm.with_lr(cfg.train, spec)
     out = train_run(
-        cfg, dirs, spec.method, seed, settings, folder / "run", options, split.train, val,
-        task.score,
+        cfg, dirs, spec.method, warm.warm_seed(seed), settings, folder / "run", options,
+        split.train, val, task.score,
     )  # fmt: skip
     curve = out.account.curve
     branches = warm.branch_steps(spec, curve)
@@ -158,6 +158,7 @@ def lr_trial(
 
     import torch
 
+    from onpolicy.compare import reuse
     from onpolicy.tasks.base import make_task
 
     torch.set_num_threads(threads)
@@ -166,6 +167,10 @@ def lr_trial(
     seed = cfg.seeds[0]
     steps = cfg.lr_search.steps or cfg.train.steps
     settings = dataclasses.replace(cfg.train, lr=lr, steps=steps)
+    key = reuse.run_key(cfg, dirs, spec, seed, settings, start.init_from)
+    stored = reuse.load(cfg, "lr", key)
+    if stored is not None:
+        return {**stored, "start": start.name}
     run_dir = Path(cfg.output_dir) / "lr_search" / start.name / f"{spec.name}-lr{lr:g}"
     options = RunOptions(0, len(split.validation), start.init_from)
     out = train_run(
@@ -174,10 +179,12 @@ def lr_trial(
     )  # fmt: skip
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     shutil.rmtree(run_dir / "final", ignore_errors=True)
-    return {
+    record = {
         "method": spec.name,
         "start": start.name,
         "lr": lr,
         "metrics": out.eval_after,
         "validation_prompts": [p.text for p in split.validation],
     }
+    reuse.save(cfg, "lr", key, record)
+    return record

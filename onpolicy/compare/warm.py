@@ -18,6 +18,11 @@ score has risen at least ``min_gain`` above the first evaluation; the warm-up's 
 "not reached") when that never happens. The warm-up is evaluated on the
 validation split carved from the training prompts (``validation.size``), never the held-out split.
 
+The warm-up of seed ``s`` trains with the seed ``warm_seed(s)``: its teacher samples (one fixed
+sample per training prompt, drawn from the run's seed) are distinct from the ones the branches of
+seed ``s`` draw, so continued SFT (and GKD's off-policy half) trains on fresh teacher samples, the
+data that ``teacher_data: paid`` charges it for, not on the warm-up's data again.
+
 Cache: ``<cache_dir>/<key>/seed<s>/`` holds ``warm.json`` (curve, branch points) and one
 ``branch-<step>/model.safetensors`` per branch point; ``key`` hashes everything the warm-up's
 weights depend on (method, steps, lr, batch, sampling, models, task, seed, training prompts,
@@ -42,6 +47,7 @@ from onpolicy.errors import ConfigError
 from onpolicy.types import Prompt
 
 PLATEAU = "plateau"
+WARM_SEED_OFFSET = 10_000  # the warm-up's seed: its teacher samples are not the branches'
 _KEYS = {"method", "steps", "every", "branch_at", "plateau", "cold", "lr", "cache_dir"}
 
 
@@ -133,6 +139,11 @@ def _check(spec: WarmSpec) -> None:
             )
 
 
+def warm_seed(seed: int) -> int:
+    """The training seed of the warm-up of ``seed`` (prompt order and teacher samples)."""
+    return seed + WARM_SEED_OFFSET
+
+
 def method_trains_nothing(spec: MethodSpec) -> bool:
     return spec.objective == "none"
 
@@ -158,6 +169,7 @@ def cache_folder(cfg: Any, dirs: Any, seed: int, train_prompts: Sequence[Prompt]
         "student": dirs.student if w.method.student == "same" else dirs.cross_student,
         "prompts": prompts_digest(train_prompts),
         "validation_size": cfg.validation_size,
+        "run_seed": warm_seed(seed),
     }
     root = Path(w.cache_dir) if w.cache_dir else Path(cfg.output_dir) / "warm"
     return root / warm_key(parts) / f"seed{seed}"

@@ -1,0 +1,95 @@
+"""Staged comparisons on tiny arithmetic models: with ``reuse_runs`` a rerun with more seeds trains
+only the new seeds' runs (finished jobs and learning-rate trials are read back, identical), and
+the warm-up draws teacher samples distinct from the ones its branches' continued SFT trains on."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from onpolicy.compare import compare, parse_config
+from onpolicy.compare.warm import warm_seed
+
+TASK = {"name": "arithmetic", "digits": 2, "num_train": 60, "num_eval": 6}
+MODELS = {
+    "kind": "arithmetic",
+    "num_train": 200,
+    "teacher_steps": 20,
+    "student_steps": 5,
+    "batch_size": 16,
+    "teacher": {"layers": 1, "heads": 1, "ffn": 64},
+    "student": {"layers": 1, "heads": 1, "ffn": 32},
+}
+WARM = {"method": "sft", "steps": 2, "every": 1, "branch_at": ["plateau"], "lr": 3e-2}
+
+
+def _config(tmp_path, seeds):
+    return parse_config(
+        {
+            "task": TASK,
+            "models": MODELS,
+            "methods": ["sft", "reverse_kl"],
+            "train": {"steps": 2, "batch_size": 4, "max_new_tokens": 16, "lr": 1e-3},
+            "seeds": seeds,
+            "eval": {"every": 1},
+            "validation": {"size": 8},
+            "warm_start": WARM,
+            "lr_search": {"grid": [1e-4, 1e-3], "steps": 1, "methods": ["sft"]},
+            "reuse_runs": True,
+            "output_dir": str(tmp_path / "out"),
+        }
+    )
+
+
+@pytest.mark.slow
+def test_staged_seeds_reuse_runs_and_warm_up_samples_are_fresh(tmp_path, monkeypatch):
+    monkeypatch.setenv("ONPOLICY_CACHE", str(tmp_path / "cache"))
+    import onpolicy.trainer as trainer
+    import onpolicy.trainer.sources as sources
+
+    draws, trained = [], []
+    real_draw, real_train = sources.draw_teacher_samples, trainer.train
+
+    def spy_draw(prompts, sampling, src, seed, *args, **kwargs):
+        fixed, spent = real_draw(prompts, sampling, src, seed, *args, **kwargs)
+        draws.append((seed, {k: [r[1] for r in v] for k, v in fixed.rows.items()}))
+        return fixed, spent
+
+    def spy_train(config, **kwargs):
+        trained.append((config.objective.name, config.train.seed, config.train.steps))
+        return real_train(config, **kwargs)
+
+    monkeypatch.setattr(sources, "draw_teacher_samples", spy_draw)
+    monkeypatch.setattr(trainer, "train", spy_train)
+
+    _, paths = compare(_config(tmp_path, [0]), progress=False)
+    first = json.loads(paths["json"].read_text())
+    # the warm-up (seed 10000) and the branches' SFT (seed 0) train on different teacher samples
+    by_seed = {}
+    for seed, rows in draws:
+        by_seed.setdefault(seed, rows)
+    assert set(by_seed) == {0, warm_seed(0)}
+    warm_rows, branch_rows = by_seed[warm_seed(0)], by_seed[0]
+    assert warm_rows.keys() == branch_rows.keys()
+    assert any(warm_rows[k] != branch_rows[k] for k in warm_rows)
+    n_first = len(trained)  # warm-up + 2 starts x 2 LR trials + 2 starts x 2 methods
+    assert n_first == 1 + 4 + 4
+
+    trained.clear()
+    _, paths = compare(_config(tmp_path, [0, 1]), progress=False)
+    second = json.loads(paths["json"].read_text())
+    # only seed 1 trains: its warm-up and its 2 starts x 2 methods; no LR trial again
+    assert sorted(trained) == sorted(
+        [("sft", warm_seed(1), 2)] + [(m, 1, 2) for m in ("sft", "reverse_kl")] * 2
+    )
+    assert second["lr_trials"] == first["lr_trials"]
+
+    def seed0(data):
+        return sorted(
+            (j["start"], j["method"], j["score"], j["flops_paid"], json.dumps(j["curve"]))
+            for j in data["jobs"]
+            if j["seed"] == 0
+        )
+
+    assert seed0(second) == seed0(first)

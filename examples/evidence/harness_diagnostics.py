@@ -2,7 +2,7 @@
 held-out prompts: where errors start and how the teacher-scored reverse KL is spread over the
 output, for the start weights (the warm-up branch) and every method's final student.
 
-    python examples/evidence/harness_diagnostics.py teacher --config CONFIG
+    python examples/evidence/harness_diagnostics.py teacher --config CONFIG [--greedy valid,test]
         # the teacher's greedy exact match (valid, test) and its temperature-1 samples' accuracy
         # on training prompts (the data SFT learns from), with survival by step
     python examples/evidence/harness_diagnostics.py runs --config CONFIG [--start plateau]
@@ -51,11 +51,12 @@ def _world(cfg, split: str):
     return world, dirs
 
 
-def teacher_report(cfg, n_samples: int) -> dict:
-    """Greedy exact match of the teacher on valid and test; temperature-1 sample accuracy and
-    survival on the first ``n_samples`` training prompts (seed 0)."""
+def teacher_report(cfg, n_samples: int, greedy: list[str]) -> dict:
+    """Greedy exact match of the teacher on the ``greedy`` splits (valid / test); temperature-1
+    sample accuracy and survival on the first ``n_samples`` training prompts (seed 0)."""
     out = {}
-    for split in ("valid", "test"):
+    world, _ = _world(cfg, "test")
+    for split in greedy:
         world, _ = _world(cfg, split)
         score, _, mean_len, survival = greedy_eval(world.teacher, world, world.eval_prompts)
         out[f"greedy_{split}"] = {"exact_match": score, "mean_len": mean_len, "survival": survival}
@@ -115,11 +116,12 @@ def main() -> None:
     ap.add_argument("--config", required=True)
     ap.add_argument("--start", default="plateau")
     ap.add_argument("--samples", type=int, default=1000)
+    ap.add_argument("--greedy", default="", help="greedy splits: valid,test")
     args = ap.parse_args()
     torch.set_num_threads(1)
     cfg = load_config(args.config)
     data = (
-        teacher_report(cfg, args.samples)
+        teacher_report(cfg, args.samples, [x for x in args.greedy.split(",") if x])
         if args.what == "teacher"
         else runs_report(cfg, args.start)
     )

@@ -77,7 +77,7 @@ def main() -> None:
     lens = [len(c) for c in ro.completion_ids_B]
     print(f"rows {len(lens)}, completion tokens {sum(lens)} (lengths {min(lens)}-{max(lens)})")
     print(
-        f"engine tokens {int(out.num_tokens)}; loss engine {float(engine):.8f} ref {float(ref):.8f}"
+        f"engine tokens {int(out.num_tokens)}; loss engine {float(engine.detach()):.8f} ref {float(ref.detach()):.8f}"
     )
     print(f"largest relative gradient difference (per tensor, max-normalized): {worst:.2e}")
     print("reference KL by position, first 5:", [round(x, 4) for x in by_pos[:5]])

@@ -76,9 +76,8 @@ def main() -> None:
     )
     lens = [len(c) for c in ro.completion_ids_B]
     print(f"rows {len(lens)}, completion tokens {sum(lens)} (lengths {min(lens)}-{max(lens)})")
-    print(
-        f"engine tokens {int(out.num_tokens)}; loss engine {float(engine.detach()):.8f} ref {float(ref.detach()):.8f}"
-    )
+    e, r = float(engine.detach()), float(ref.detach())
+    print(f"engine tokens {int(out.num_tokens)}; loss engine {e:.8f} reference {r:.8f}")
     print(f"largest relative gradient difference (per tensor, max-normalized): {worst:.2e}")
     print("reference KL by position, first 5:", [round(x, 4) for x in by_pos[:5]])
     print("reference KL by position, last 5:", [round(x, 4) for x in by_pos[-5:]])

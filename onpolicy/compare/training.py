@@ -51,6 +51,19 @@ def split_prompts(cfg: Any, task: Any) -> Split:
     return Split(prompts[:-size], prompts[-size:])
 
 
+def consumed(prompts: Sequence[Prompt], steps: int, batch_size: int, seed: int) -> list[Prompt]:
+    """The prompts a run of ``steps`` x ``batch_size`` rows reads from the trainer's stream
+    (``PromptStream(prompts, seed)``): all of them when it reads an epoch or more. A run given only
+    these trains on the same prompts (in another order) and draws fixed teacher samples for them
+    alone, not for every training prompt."""
+    from onpolicy.data import PromptStream
+
+    rows = steps * batch_size
+    if rows >= len(prompts):
+        return list(prompts)
+    return PromptStream(prompts, seed).take(rows)
+
+
 def student_of(dirs: Any, spec: MethodSpec) -> str | None:
     return dirs.student if spec.student == "same" else dirs.cross_student
 
@@ -90,8 +103,9 @@ def train_run(
 
     student = student_of(dirs, spec)
     config = trainer_config(spec, settings, seed, student, dirs.teacher, run_dir, options)
+    prompts = consumed(prompts, settings.steps, settings.batch_size, seed)
     result = train(
-        config, train_prompts=list(prompts), eval_prompts=list(eval_prompts), score_fn=score_fn
+        config, train_prompts=prompts, eval_prompts=list(eval_prompts), score_fn=score_fn
     )
     objective = build_objective(config)
     sources = [objective.batch_source(k) for k in range(settings.steps)]

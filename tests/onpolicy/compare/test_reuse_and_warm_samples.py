@@ -1,6 +1,7 @@
 """Staged comparisons on tiny arithmetic models: with ``reuse_runs`` a rerun with more seeds trains
-only the new seeds' runs (finished jobs and learning-rate trials are read back, identical), and
-the warm-up draws teacher samples distinct from the ones its branches' continued SFT trains on."""
+only the new seeds' runs (finished jobs and learning-rate trials are read back, identical); the
+warm-up draws teacher samples distinct from the ones its branches' continued SFT trains on; a run
+draws teacher samples only for the prompts it reads."""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ import json
 import pytest
 
 from onpolicy.compare import compare, parse_config
+from onpolicy.compare.training import split_prompts
 from onpolicy.compare.warm import warm_seed
+from onpolicy.data import PromptStream
+from onpolicy.tasks.base import make_task
+from onpolicy.trainer.sources import prompt_key
 
 TASK = {"name": "arithmetic", "digits": 2, "num_train": 60, "num_eval": 6}
 MODELS = {
@@ -21,7 +26,7 @@ MODELS = {
     "teacher": {"layers": 1, "heads": 1, "ffn": 64},
     "student": {"layers": 1, "heads": 1, "ffn": 32},
 }
-WARM = {"method": "sft", "steps": 2, "every": 1, "branch_at": ["plateau"], "lr": 3e-2}
+WARM = {"method": "sft", "steps": 13, "every": 13, "branch_at": ["plateau"], "lr": 3e-2}
 
 
 def _config(tmp_path, seeds):
@@ -66,13 +71,15 @@ def test_staged_seeds_reuse_runs_and_warm_up_samples_are_fresh(tmp_path, monkeyp
     _, paths = compare(_config(tmp_path, [0]), progress=False)
     first = json.loads(paths["json"].read_text())
     # the warm-up (seed 10000) and the branches' SFT (seed 0) train on different teacher samples
-    by_seed = {}
-    for seed, rows in draws:
-        by_seed.setdefault(seed, rows)
-    assert set(by_seed) == {0, warm_seed(0)}
-    warm_rows, branch_rows = by_seed[warm_seed(0)], by_seed[0]
-    assert warm_rows.keys() == branch_rows.keys()
-    assert any(warm_rows[k] != branch_rows[k] for k in warm_rows)
+    assert {seed for seed, _ in draws} == {0, warm_seed(0)}
+    train = split_prompts(_config(tmp_path, [0]), make_task(**TASK)).train
+    (warm_rows,) = [rows for seed, rows in draws if seed == warm_seed(0)]
+    assert len(warm_rows) == len(train)  # 13 steps x 4 rows read every training prompt
+    runs = [rows for seed, rows in draws if seed == 0]  # LR trials (1 step), runs (2 steps)
+    assert sorted({len(rows) for rows in runs}) == [4, 8]
+    for rows in runs:  # samples drawn for the prompts the run reads, and only those
+        assert set(rows) == {prompt_key(p) for p in PromptStream(train, 0).take(len(rows))}
+        assert any(warm_rows[k] != rows[k] for k in rows)  # not the warm-up's samples
     n_first = len(trained)  # warm-up + 2 starts x 2 LR trials + 2 starts x 2 methods
     assert n_first == 1 + 4 + 4
 
@@ -81,7 +88,7 @@ def test_staged_seeds_reuse_runs_and_warm_up_samples_are_fresh(tmp_path, monkeyp
     second = json.loads(paths["json"].read_text())
     # only seed 1 trains: its warm-up and its 2 starts x 2 methods; no LR trial again
     assert sorted(trained) == sorted(
-        [("sft", warm_seed(1), 2)] + [(m, 1, 2) for m in ("sft", "reverse_kl")] * 2
+        [("sft", warm_seed(1), 13)] + [(m, 1, 2) for m in ("sft", "reverse_kl")] * 2
     )
     assert second["lr_trials"] == first["lr_trials"]
 

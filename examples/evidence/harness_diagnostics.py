@@ -8,6 +8,10 @@ output, for the start weights (the warm-up branch) and every method's final stud
     python examples/evidence/harness_diagnostics.py runs --config CONFIG [--start plateau]
         # per method and seed: greedy survival by step; KL(student || teacher) per position of
         # the student's own samples (64 prompts), as thirds and per position; JSON to stdout
+    python examples/evidence/harness_diagnostics.py warmup --config CONFIG CHECKPOINT...
+        # greedy exact match and survival by step of warm-up checkpoints (validation split)
+    python examples/evidence/harness_diagnostics.py export --config CONFIG CHECKPOINT --to DIR
+        # a warm-up checkpoint as a student model folder
 
 Nothing here trains; it reads the folders ``onpolicy compare`` left (``<output_dir>/runs/<start>/
 <method>-seed<s>/final`` and the warm-up branch in ``<output_dir>/warm``).
@@ -110,21 +114,53 @@ def runs_report(cfg, start: str) -> dict:
     return out
 
 
+def warmup_report(cfg, checkpoints: list[str]) -> dict:
+    """Greedy exact match and survival by step of warm-up checkpoints on the harness's validation
+    split (the prompts the warm-up's curve and plateau are measured on)."""
+    from onpolicy.compare.training import split_prompts
+
+    world, dirs = _world(cfg, "test")
+    val = list(split_prompts(cfg, make_task(**cfg.task)).validation)
+    out = {}
+    for path in checkpoints:
+        model = load_model(dirs.student, trainable=False)
+        load_saved_weights(model, path)
+        score, _, mean_len, survival = greedy_eval(model, world, val)
+        out[path] = {"exact_match": score, "mean_len": mean_len, "survival": survival}
+    return out
+
+
+def export_start(cfg, checkpoint: str, to: str) -> dict:
+    """The student at a warm-up checkpoint as a model folder (for ``models: {kind: paths}``)."""
+    from onpolicy.models import load_tokenizer, save_student
+
+    dirs = resolve_models(cfg, log=lambda _: None)
+    model = load_model(dirs.student, trainable=False)
+    load_saved_weights(model, checkpoint)
+    save_student(model, load_tokenizer(dirs.student), to)
+    return {"checkpoint": checkpoint, "saved": to}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["teacher", "runs"])
+    ap.add_argument("what", choices=["teacher", "runs", "warmup", "export"])
+    ap.add_argument("--to", help="export: the model folder to write")
+    ap.add_argument("checkpoints", nargs="*", help="warmup: checkpoint folders")
     ap.add_argument("--config", required=True)
     ap.add_argument("--start", default="plateau")
     ap.add_argument("--samples", type=int, default=1000)
     ap.add_argument("--greedy", default="", help="greedy splits: valid,test")
-    args = ap.parse_args()
+    args = ap.parse_intermixed_args()
     torch.set_num_threads(1)
     cfg = load_config(args.config)
-    data = (
-        teacher_report(cfg, args.samples, [x for x in args.greedy.split(",") if x])
-        if args.what == "teacher"
-        else runs_report(cfg, args.start)
-    )
+    if args.what == "teacher":
+        data = teacher_report(cfg, args.samples, [x for x in args.greedy.split(",") if x])
+    elif args.what == "export":
+        data = export_start(cfg, args.checkpoints[0], args.to)
+    elif args.what == "warmup":
+        data = warmup_report(cfg, args.checkpoints)
+    else:
+        data = runs_report(cfg, args.start)
     print(json.dumps(data, indent=1))
 
 

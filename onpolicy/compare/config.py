@@ -26,6 +26,9 @@ training budget, the seeds and where to write the report.
     lr_search: {grid: [1.0e-4, 3.0e-4, 1.0e-3], steps: 100, methods: [reverse_kl]}
         # per method (and start point), the learning rate with the best validation score
         # (compare/lr_search.py); default: train.lr for every method
+    reuse_runs: true
+        # keep every finished run and LR trial under <output_dir>/reuse/ and read an identical one
+        # back instead of training it again: run in stages (seed 0, then more seeds) (reuse.py)
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ _KEYS = {
     "validation",
     "warm_start",
     "lr_search",
+    "reuse_runs",
 }
 _EVAL_KEYS = {"every", "num_prompts", "max_new_tokens"}
 
@@ -75,6 +79,7 @@ class CompareConfig:
     validation_size: int | None = None
     warm_start: WarmSpec | None = None
     lr_search: LRSearchSpec | None = None
+    reuse_runs: bool = False
 
 
 def _check_long_models(models: dict[str, Any], task: dict[str, Any]) -> None:
@@ -182,6 +187,7 @@ def parse_config(raw: dict[str, Any]) -> CompareConfig:
         validation_size=None if val is None else int(val),
         warm_start=parse_warm(raw.get("warm_start")),
         lr_search=parse_lr_search(raw.get("lr_search"), names),
+        reuse_runs=bool(raw.get("reuse_runs", False)),
     )
 
 

@@ -183,13 +183,37 @@ def run_job(
 ) -> JobResult:
     """Train ``spec`` from ``start`` (the initial student, or a warm-up branch) with ``seed`` for
     ``steps`` optimizer steps (None: ``cfg.train.steps``) at ``lr`` (None: ``cfg.train.lr``) and
-    evaluate it on the held-out prompts; never raises."""
+    evaluate it on the held-out prompts; never raises. With ``reuse_runs``, a finished identical
+    run is read back instead (``compare.reuse``)."""
+    from onpolicy.compare import reuse
+
     torch.set_num_threads(threads)
     train = dataclasses.replace(
         cfg.train,
         steps=cfg.train.steps if steps is None else steps,
         lr=cfg.train.lr if lr is None else lr,
     )
+    texts = {"teacher_texts": reuse.warm_key({"t": teacher_texts})}
+    key = reuse.run_key(cfg, dirs, spec, seed, train, start.init_from, texts)
+    stored = reuse.load(cfg, "job", key)
+    if stored is not None:
+        return JobResult(**{**stored, "start": start.name, "start_step": start.step})
+    result = _run_job(cfg, dirs, spec, seed, teacher_texts, train, start)
+    if result.status == "ok":
+        reuse.save(cfg, "job", key, asdict(result))
+    return result
+
+
+def _run_job(
+    cfg: CompareConfig,
+    dirs: ModelDirs,
+    spec: MethodSpec,
+    seed: int,
+    teacher_texts: list[str],
+    train: Any,
+    start: Start,
+) -> JobResult:
+    """``run_job`` without reuse: train and evaluate (``train``: the run's settings)."""
     head = {"method": spec.name, "seed": seed, "start": start.name, "start_step": start.step}
     try:
         task = make_task(**cfg.task)

@@ -133,11 +133,22 @@ def _check_objective(key: str, t: TeacherConfig, output: str, objective: Any) ->
 
 
 def build_teacher(
-    t: TeacherConfig, student: Any, student_tok: Any, device: Any, output: str = "logits"
+    t: TeacherConfig,
+    student: Any,
+    student_tok: Any,
+    device: Any,
+    output: str = "logits",
+    hidden_layers: tuple[int, ...] = (),
 ) -> BuiltTeacher:
-    """The teacher of block ``t`` for a student (``output``: what the objective declares)."""
+    """The teacher of block ``t`` for a student (``output``: what the objective declares;
+    ``hidden_layers``: intermediate hidden states to return, local teachers only)."""
     if t.backend == "local":
-        return _local(t, student, student_tok, device, chunked=output == "hidden")
+        return _local(t, student, student_tok, device, output == "hidden", hidden_layers)
+    if hidden_layers:
+        raise ConfigError(
+            f"hidden-state distillation needs the teacher's hidden states; teacher.backend="
+            f"{t.backend!r} returns log-probabilities only: use backend local or hidden.weight=0"
+        )
     from onpolicy.config_checks import resolve_model_path
     from onpolicy.models import load_tokenizer
     from onpolicy.teacher.vllm_teacher import VLLMTeacher
@@ -168,13 +179,21 @@ def build_teacher(
     return BuiltTeacher(scorer, sampler, tokenizer)
 
 
-def _local(t: TeacherConfig, student: Any, student_tok: Any, device: Any, chunked: bool):
+def _local(
+    t: TeacherConfig,
+    student: Any,
+    student_tok: Any,
+    device: Any,
+    chunked: bool,
+    hidden_layers: tuple[int, ...] = (),
+):
     from onpolicy.config_checks import resolve_model_path
     from onpolicy.models import load_model, load_tokenizer
     from onpolicy.rollout.hf import HFRolloutBackend
     from onpolicy.teacher.local import LocalTeacher
 
-    kw = {"hidden": chunked, "token_logprobs": not chunked, "top_k": t.top_k}
+    kw = {"hidden": chunked, "token_logprobs": not chunked, "top_k": t.top_k,
+          "hidden_layers": hidden_layers}  # fmt: skip
     if t.mode == "self":
         scorer = LocalTeacher(student, student_tok, student_tok, mode="self", **kw)
         return BuiltTeacher(scorer, None, student_tok, student)

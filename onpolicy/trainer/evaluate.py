@@ -18,13 +18,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from onpolicy.forward import forward_completions
+from onpolicy.losses import token_logprobs
 from onpolicy.trainer import diagnostics as diag
-from onpolicy.types import Prompt, SamplingParams
+from onpolicy.types import Prompt, Rollout, SamplingParams
+
+if TYPE_CHECKING:  # annotations only
+    from transformers import PreTrainedTokenizerBase
+
+    from onpolicy.rollout.base import RolloutBackend
+    from onpolicy.teacher.local import LocalTeacher
 
 ScoreFn = Callable[[str, Prompt], float]
 
@@ -53,10 +60,10 @@ def task_metric(metric: str, held_out: Sequence[Prompt], base_dir: Any = None) -
 
 
 def evaluate(
-    model: Any,
-    tokenizer: Any,
-    teacher: Any,
-    backend: Any,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    teacher: LocalTeacher | None,
+    backend: RolloutBackend,
     prompts: Sequence[Prompt],
     sampling: SamplingParams,
     greedy: bool = True,
@@ -106,7 +113,11 @@ _STUDENT_SUMS = ("n_rows", "bytes", "completion_tokens", "truncated", "repetitio
 
 
 def _batch_sums(
-    model: Any, tokenizer: Any, teacher: Any, rollout: Any, score_fn: ScoreFn | None
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    teacher: LocalTeacher | None,
+    rollout: Rollout,
+    score_fn: ScoreFn | None,
 ) -> dict[str, float]:
     """Sums (not means) over one batch, with the counts they divide by (``n_*`` keys)."""
     out: dict[str, float] = {
@@ -130,7 +141,7 @@ def _batch_sums(
     vocab = scores.vocab_size if scores.mode == "same" else len(tokenizer)
     fwd = forward_completions(model, batch, vocab)
     s_logits_N_V = fwd.logits_N_V.float()
-    student_lp = torch.log_softmax(s_logits_N_V, -1).gather(1, fwd.targets_N[:, None]).sum()
+    student_lp = token_logprobs(s_logits_N_V, fwd.targets_N).sum()
     if scores.mode == "same" and scores.logits_N_V is None and scores.hidden_N_D is None:
         teacher_lp = scores.token_logprobs_N.sum()  # a top-k (vLLM) teacher: no full KL
     elif scores.mode == "same":
@@ -138,8 +149,7 @@ def _batch_sums(
         if scores.token_logprobs_N is not None:
             teacher_lp = scores.token_logprobs_N.sum()
         else:  # a teacher set up for a chunked objective skips its token log-probs
-            t_lp_N_V = torch.log_softmax(t_logits_N_V, -1)
-            teacher_lp = t_lp_N_V.gather(1, fwd.targets_N[:, None]).sum()
+            teacher_lp = token_logprobs(t_logits_N_V, fwd.targets_N).sum()
         out["kl"] = diag.reverse_kl_per_token(s_logits_N_V, t_logits_N_V).sum().item()
         d = diag.distribution_diagnostics(s_logits_N_V, t_logits_N_V)
         n = float(s_logits_N_V.shape[0])

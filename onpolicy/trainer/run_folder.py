@@ -148,16 +148,16 @@ def _is_safe(key: str) -> bool:
 
 def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """``{key: (saved value, current value)}`` for every flat key that differs. A key the saved
-    record lacks (added to the config since) and now at its default is no change."""
+    record lacks (added to the config after the checkpoint was written) counts only when its
+    current value is not the default (a default is what the older run trained with)."""
     from onpolicy.trainer.metrics_log import flat_config
 
     defaults = flat_config(Config())
     keys = sorted(set(saved) | set(now))
-    new_at_default = {k for k in keys if k not in saved and now.get(k, k) == defaults.get(k)}
     return {
         k: (saved.get(k), now.get(k))
         for k in keys
-        if saved.get(k) != now.get(k) and k not in new_at_default
+        if saved.get(k) != now.get(k) and not (k not in saved and now.get(k) == defaults.get(k))
     }
 
 

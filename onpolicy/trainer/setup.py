@@ -5,16 +5,24 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from onpolicy.config import Config, OptimConfig
-from onpolicy.config_checks import resolve_model_path
 from onpolicy.errors import ConfigError
+from onpolicy.models import resolve_model_path
 from onpolicy.trainer.sources import SampleSources
-from onpolicy.types import SamplingParams
+from onpolicy.types import Prompt, SamplingParams
+
+if TYPE_CHECKING:  # annotations only (heavy or optional imports stay lazy)
+    from transformers import PreTrainedTokenizerBase
+
+    from onpolicy.objectives.base import Objective
+    from onpolicy.rollout.base import RolloutBackend
+    from onpolicy.teacher.local import LocalTeacher
 
 
 @dataclass
@@ -30,29 +38,33 @@ class Components:
         teacher: a ``LocalTeacher`` or ``VLLMTeacher`` (``onpolicy.teacher.backends``), a
             ``TeacherSet`` with ``teachers:``, None when the objective needs none.
         backend: the student's rollout backend.
-        teacher_backend: samples from the teacher (objectives whose batch source is ``teacher``).
-        teacher_tokenizer: the teacher's tokenizer (None without a teacher model).
         objective: the registered objective built from ``config.objective``.
         optimizer, scheduler: from ``config.optim``; the scheduler steps once per optimizer step.
         sampling: the rollout's ``SamplingParams``.
-        end_id: the student's end-of-turn (or EOS) token id, appended to finished text completions.
-        sources: where batches come from (``trainer.sources``); its fixed teacher samples are
-            drawn by ``train`` once the prompts are known.
+        sources: where batches come from (``trainer.sources``: the teacher's rollout backend, the
+            student's end-of-turn id); its fixed teacher samples are drawn by ``train`` once the
+            prompts are known.
+        projection: the hidden-state projection as ``prepare`` returned it (trained with the
+            student, saved in checkpoints, never exported), None without trainable maps.
     """
 
-    model: Any
-    raw_model: Any
-    tokenizer: Any
-    teacher: Any
-    backend: Any
-    teacher_backend: Any
-    teacher_tokenizer: Any
-    objective: Any
-    optimizer: Any
-    scheduler: Any
+    model: torch.nn.Module
+    raw_model: torch.nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    teacher: LocalTeacher | None
+    backend: RolloutBackend
+    objective: Objective
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
     sampling: SamplingParams
-    end_id: int | None
     sources: SampleSources
+    projection: Any = None
+
+    def trainable_parameters(self) -> list[torch.Tensor]:
+        """What the optimizer updates and the gradient clip sees: the student's trainable
+        parameters, then the hidden-state projection's."""
+        modules = [self.model] if self.projection is None else [self.model, self.projection]
+        return [p for m in modules for p in m.parameters() if p.requires_grad]
 
 
 def sampling_params(config: Config) -> SamplingParams:
@@ -94,22 +106,37 @@ def load_student(config: Config, device: torch.device) -> tuple[Any, Any]:
 
 
 def load_teacher(
-    config: Config, student: Any, student_tok: Any, device: torch.device, chunked: bool = False
+    config: Config,
+    student: Any,
+    student_tok: Any,
+    device: torch.device,
+    chunked: bool = False,
+    hidden_layers: tuple[int, ...] = (),
 ) -> tuple:
     """``(scorer, teacher_model, teacher_tokenizer)`` of ``config.teacher`` (the first of
     ``config.teachers`` when that is set); ``mode=self`` reuses the student; the model is None
     for a vLLM teacher.
 
     ``chunked``: the objective projects hidden states through the LM heads a block at a time, so
-    the teacher returns hidden states + head and skips its own full LM-head pass."""
+    the teacher returns hidden states + head and skips its own full LM-head pass.
+    ``hidden_layers``: the teacher's intermediate hidden states it returns (hidden-state
+    distillation; local teachers only)."""
     from onpolicy.teacher.backends import build_teacher
 
     block = next(iter(config.teachers.values())) if config.teachers else config.teacher
-    built = build_teacher(block, student, student_tok, device, "hidden" if chunked else "logits")
+    output = "hidden" if chunked else "logits"
+    built = build_teacher(block, student, student_tok, device, output, hidden_layers)
     return built.scorer, built.model, built.tokenizer
 
 
-def load_teachers(config: Config, student: Any, student_tok: Any, device: Any, output: str):
+def load_teachers(
+    config: Config,
+    student: Any,
+    student_tok: Any,
+    device: Any,
+    output: str,
+    hidden_layers: tuple[int, ...] = (),
+):
     """``(teacher, BuiltTeacher)``: the one teacher of ``config.teacher``, or for
     ``config.teachers`` a ``TeacherSet`` and a ``RoutedSampler`` of their samplers (whose samples
     are in the student's tokens; the built teacher's tokenizer is then None)."""
@@ -119,8 +146,10 @@ def load_teachers(config: Config, student: Any, student_tok: Any, device: Any, o
     from onpolicy.trainer.routed_samples import RoutedSampler, SamplingTeacher
 
     if not config.teachers:
-        built = build_teacher(config.teacher, student, student_tok, device, output)
+        built = build_teacher(config.teacher, student, student_tok, device, output, hidden_layers)
         return built.scorer, built
+    if hidden_layers:
+        raise ConfigError("hidden-state distillation takes one teacher; drop teachers: or hidden")
     each = {
         name: build_teacher(t, student, student_tok, device, output)
         for name, t in config.teachers.items()
@@ -139,22 +168,34 @@ def load_teachers(config: Config, student: Any, student_tok: Any, device: Any, o
 
 def build_objective(config: Config) -> Any:
     """The registered objective with ``objective.params``; a ``seed`` argument, when the factory
-    takes one and the params do not set it, gets ``train.seed`` (GKD's per-step coin)."""
+    takes one and the params do not set it, gets ``train.seed`` (GKD's per-step coin); with
+    ``reward.function``, its ``TaskReward`` as ``reward_fn`` (``onpolicy.rewards``)."""
     from onpolicy.objectives.base import make_objective
 
-    return make_objective(config.objective.name, config.objective.params, config.train.seed)
+    params = dict(config.objective.params)
+    if config.reward.function is not None:  # the task reward joins the sampled-token advantage
+        from onpolicy.rewards import build_task_reward
+
+        r = config.reward
+        params["reward_fn"] = build_task_reward(r.function, r.coef, r.normalize)
+    return make_objective(config.objective.name, params, config.train.seed)
 
 
 def build_optimizer(
-    model: torch.nn.Module, cfg: OptimConfig, fused: bool = False
+    model: torch.nn.Module,
+    cfg: OptimConfig,
+    fused: bool = False,
+    extra: tuple[torch.nn.Module, ...] = (),
 ) -> torch.optim.Optimizer:
-    """The optimizer over the trainable parameters (LoRA: the adapters only).
+    """The optimizer over the trainable parameters (LoRA: the adapters only), and those of the
+    ``extra`` modules (the hidden-state projection), with the same settings.
 
     ``fused``: Adam/AdamW's fused kernel (TRL's default; its step time: benchmarks/RESULTS-e2e.md),
     used for plain parameters only (not FSDP/DeepSpeed-sharded ones)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("the student has no trainable parameters; check lora.target_modules")
+    params += [p for m in extra for p in m.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
@@ -196,7 +237,8 @@ def mixed_precision(requested: str) -> str:
 
 
 def _load_models(config: Config, accelerator: Any) -> tuple:
-    """``(student, tokenizer, full copy, objective, teacher, BuiltTeacher or None)``.
+    """``(student, tokenizer, full copy, objective, teacher, BuiltTeacher or None, hidden
+    plan)``; the hidden plan (``onpolicy.hidden.build``) is None without a hidden term.
 
     FSDP / DeepSpeed ZeRO-3 shard the student in place in ``prepare``: then ``full`` is an
     unsharded ``FullCopy`` for rollouts, evaluation and saving (else None), a self-distillation
@@ -218,15 +260,40 @@ def _load_models(config: Config, accelerator: Any) -> tuple:
     full = FullCopy(model) if sharded else None
     objective = build_objective(config)
     _hand_over_reference(objective, model, full)
+    plan = _hidden_plan(config, accelerator)
     teacher = built = None
     t = config.teacher
-    if objective.needs_teacher or t.path is not None or t.mode == "self" or config.teachers:
+    from onpolicy.scores.cached import needs_live_teacher, open_cached_teacher
+
+    wanted = objective.needs_teacher or t.path is not None or t.mode == "self" or config.teachers
+    if wanted and needs_live_teacher(config, objective):
         student = model if full is None else full.model
         from onpolicy.objectives.base import teacher_output
 
         output = teacher_output(objective)  # what the objective declares
-        teacher, built = load_teachers(config, student, tokenizer, accelerator.device, output)
-    return model, tokenizer, full, objective, teacher, built
+        layers = () if plan is None else tuple(x for _, x in plan.pairs)
+        teacher, built = load_teachers(
+            config, student, tokenizer, accelerator.device, output, layers
+        )
+    if t.scores is not None:  # dataset batches from the cache; the rest live
+        teacher = open_cached_teacher(t.scores, tokenizer, t.path, t.gguf_file, live=teacher)
+    return model, tokenizer, full, objective, teacher, built, plan
+
+
+def _hidden_plan(config: Config, accelerator: Any) -> Any:
+    """The hidden-state term's plan (``onpolicy.hidden.build.hidden_plan``), None when off."""
+    if config.hidden.weight <= 0:
+        return None
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise ConfigError(
+            "hidden-state distillation trains a projection next to the student, which DeepSpeed "
+            "(one model per engine) cannot; use DDP or FSDP, or set hidden.weight=0"
+        )
+    from onpolicy.hidden.build import hidden_plan
+
+    return hidden_plan(config)
 
 
 def _hand_over_reference(objective: Any, model: Any, full: Any) -> None:
@@ -245,11 +312,23 @@ def build_components(config: Config, accelerator: Any) -> Components:
     from onpolicy.rollout.base import make_backend
     from onpolicy.trainer.sharding import FullCopyBackend
 
-    model, tokenizer, full, objective, teacher, built = _load_models(config, accelerator)
+    model, tokenizer, full, objective, teacher, built, plan = _load_models(config, accelerator)
     teacher_tok = None if built is None else built.tokenizer
-    optimizer = build_optimizer(model, config.optim, fused=full is None)
+    projection = None
+    if plan is not None:
+        from onpolicy.hidden.build import make_projection
+
+        projection = make_projection(plan, config).to(accelerator.device)
+    trained = (projection,) if plan is not None and plan.num_maps else ()
+    optimizer = build_optimizer(model, config.optim, fused=full is None, extra=trained)
     scheduler = build_scheduler(optimizer, config.optim, config.train.steps)
-    prepared, optimizer = accelerator.prepare(model, optimizer)
+    # the projection is prepared like the student: DDP-synchronized, saved and restored with it
+    prepared, *prepared_extra, optimizer = accelerator.prepare(model, *trained, optimizer)
+    if plan is not None:
+        from onpolicy.hidden.build import wrap_objective
+
+        projection = prepared_extra[0] if trained else projection
+        objective = wrap_objective(objective, plan, config, projection)
     accelerator.register_for_checkpointing(scheduler)
     raw = accelerator.unwrap_model(prepared) if full is None else full.model
     extra = config.rollout.vllm if config.rollout.backend != "hf" else {}
@@ -275,18 +354,16 @@ def build_components(config: Config, accelerator: Any) -> Components:
         tokenizer=tokenizer,
         teacher=teacher,
         backend=backend,
-        teacher_backend=teacher_backend,
-        teacher_tokenizer=teacher_tok,
         objective=objective,
         optimizer=optimizer,
         scheduler=scheduler,
         sampling=sampling_params(config),
-        end_id=end_id,
         sources=sources,
+        projection=prepared_extra[0] if trained else None,
     )
 
 
-def _teacher_renderer(teacher_tok: Any) -> Any:
+def _teacher_renderer(teacher_tok: Any) -> Callable[[Prompt], list[int]] | None:
     """``prompt -> ids`` with the teacher's chat template (None without a teacher tokenizer)."""
     if teacher_tok is None:
         return None

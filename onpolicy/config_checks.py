@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # annotations only: config imports this module, never the oth
     from onpolicy.objectives.base import Objective
 
 __all__ = ["parse_tiny_spec", "resolve_model_path", "resolve_path", "validate"]
+_check_model_path = check_model_path  # the old private name (branches written before the move)
 
 
 def validate(config: Config, base_dir: Path | None = None) -> None:

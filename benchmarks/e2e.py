@@ -188,7 +188,7 @@ def table(results: dict[str, dict], args) -> str:
         + f", {args.steps} timed steps x {args.rounds} round(s) per side after 1 warm-up each "
         f"(medians), {args.threads or 'default'} torch thread(s), CPU, float32"
         + (f", cross student cut to {args.student_layers} layers" if args.student_layers else "")
-        + f", freed memory retained (host_memory): {_RETAINED[args.retain_freed_memory]}.",
+        + f", freed memory retained (retain_freed_memory): {_RETAINED[args.retain_freed_memory]}.",
         "",
         "| case | engine | TRL | engine tok/s | TRL tok/s | speed ratio | target | engine step s "
         "| TRL step s | CPU-time ratio | engine peak MB | TRL peak MB | memory ratio |",
@@ -270,8 +270,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     p.add_argument(
         "--retain-freed-memory", choices=("engine", "both", "none"), default="both",
-        help="which sides keep freed memory mapped (onpolicy.trainer.host_memory; the engine's "
-        "trainer does it on CPU): both (like for like, default), engine (as shipped), none",
+        help="which sides keep freed memory mapped (alignment.cpu.retain_freed_memory; the "
+        "engine's trainer does it on CPU): both (like for like, default), engine (as shipped), "
+        "none",
     )  # fmt: skip
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument(

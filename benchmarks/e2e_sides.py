@@ -327,7 +327,7 @@ def run_side(args) -> dict:
     torch.manual_seed(0)
     retain = getattr(args, "retain_freed_memory", "engine")
     if retain == "both" or (retain == "engine" and args.side.startswith("engine")):
-        from onpolicy.trainer.host_memory import retain_freed_memory
+        from alignment.cpu import retain_freed_memory
 
         retain_freed_memory()  # what onpolicy.trainer.train does on CPU
     fns = {

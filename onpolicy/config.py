@@ -3,10 +3,12 @@
 Layout: one block per swappable component, flat scalar keys inside each block::
 
     student:   {path: tiny:small, dtype: float32, max_length: 256, init_from: runs/warm}
-    teacher:   {path: ..., mode: auto}           # mode: same | cross | auto | self
+    teacher:   {path: ..., mode: auto, backend: local}   # backend: local | vllm | vllm-server
+    teachers:  {math: {path: ..., weight: 1.0}, chat: {...}}  # several (instead of teacher:)
     lora:      {enabled: true, r: 8, alpha: 16, target_modules: [q_proj, v_proj]}
     rollout:   {backend: hf, max_new_tokens: 32, temperature: 1.0, vllm: {...}}
     objective: {name: reverse_kl, params: {beta: 1.0}}
+    hidden:    {weight: 1.0, loss: mse, layer_map: [[1, 2], [2, 4]]}   # optional: off by default
     data:      {path: prompts.jsonl, eval_path: ..., on_too_long: skip}
     optim:     {lr: 1e-4, scheduler: cosine, warmup_steps: 10, grad_clip: 1.0}
     train:     {steps: 100, micro_batch_size: 4, grad_accum: 2, seed: 0, output_dir: runs/x}
@@ -14,9 +16,11 @@ Layout: one block per swappable component, flat scalar keys inside each block::
     logging:   {every: 1, jsonl: true, tensorboard: true}
     reward:    {function: rewards.py:correct, coef: 1.0}   # policy_gradient + a task reward
 
-A model path is a local Hugging Face folder, a ``.gguf`` file, or ``tiny:<size>[,key=value...]``
+A model path is a local Hugging Face folder, a ``.gguf`` file, ``tiny:<size>[,key=value...]``
 (a tiny model built in-process by ``onpolicy.tiny.tiny_model_dir``; e.g.
-``tiny:small,pretrain_steps=300,seed=1,tokenizer=char``), so recipes run offline.
+``tiny:small,pretrain_steps=300,seed=1,tokenizer=char``) or ``offline:smollm2|gemma3`` (a real
+model from its package, ``onpolicy.offline``), so recipes run offline. Paths are checked and
+resolved in one place, ``onpolicy.models`` (``check_model_path``, ``resolve_model_path``).
 
 Every error is a ``ConfigError`` with one line that names the key, the bad value and the fix.
 """
@@ -58,7 +62,8 @@ class TeacherConfig:
     (the student's own base with LoRA adapters disabled; needs ``lora.enabled``).
     ``samples``: teacher-sampled batches (SFT, GKD's off-policy share) are ``fresh`` samples every
     step, or ``fixed``: one sample per prompt drawn once before training (sequence-level KD's
-    dataset).
+    dataset); ``sample_seed``: the seed of that draw (default ``train.seed``), so runs of several
+    seeds can train on one dataset.
     ``scores``: cached top-k scores (``onpolicy score``) for the dataset batches, read with no
     teacher model in memory; other batches (GKD's on-policy share) need ``path``."""
 
@@ -69,6 +74,18 @@ class TeacherConfig:
     gguf_file: str | None = None
     samples: Literal["fresh", "fixed"] = "fresh"
     scores: str | None = None  # a folder written by `onpolicy score` (onpolicy.scores.cached)
+    # where the teacher runs (``onpolicy.teacher.backends``): ``local`` (transformers, this
+    # process), ``vllm`` (a vLLM engine in this process, started on ``path``; ``vllm`` keys are
+    # ``VLLMEngineOptions``), ``vllm-server`` (a running ``vllm serve`` at ``server_url``; ``path``
+    # gives the tokenizer; ``vllm`` keys are ``RetryPolicy`` fields). vLLM teachers return top-k
+    # log-probabilities: ``top_k`` per position (0 = 64 same tokenizer, 256 across tokenizers,
+    # or only the sampled token's when the objective needs no more: ``policy_gradient``).
+    backend: Literal["local", "vllm", "vllm-server"] = "local"
+    server_url: str | None = None
+    served_model: str | None = None
+    vllm: dict[str, Any] = field(default_factory=dict)
+    weight: float = 1.0  # in ``teachers:``: share of the loss for prompts that name no teacher
+    sample_seed: int | None = None
 
 
 @dataclass
@@ -113,6 +130,28 @@ class ObjectiveConfig:
 
 
 @dataclass
+class HiddenConfig:
+    """Hidden-state distillation added to the objective's loss (same tokenizer only):
+    ``weight * sum_n d_n`` over the completion positions the objective counts, ``d_n`` the
+    ``loss`` (``mse`` or ``cosine``, ``onpolicy.losses.hidden``) between the projected student
+    states and the teacher's, averaged over the layer pairs; normalized with the objective's loss
+    by the global token count. ``weight: 0`` (the default) turns it off.
+
+    ``layer_map``: ``[[student, teacher], ...]`` indices of transformers' ``hidden_states`` (0 =
+    embeddings, i = after layer i); empty: every student layer with the evenly spaced teacher
+    layer (``onpolicy.hidden.layers``). ``projection``: ``auto`` (a trained linear map per pair
+    when the widths differ, none when equal), ``linear`` (always) or ``none`` (equal widths
+    only). ``projection_init``: ``xavier`` or ``identity``. The maps are saved in checkpoints,
+    not in the exported student."""
+
+    weight: float = 0.0
+    loss: Literal["mse", "cosine"] = "mse"
+    layer_map: list[list[int]] = field(default_factory=list)
+    projection: Literal["auto", "linear", "none"] = "auto"
+    projection_init: Literal["xavier", "identity"] = "xavier"
+
+
+@dataclass
 class DataConfig:
     """Prompts from a local JSONL/JSON/parquet file or a ``save_to_disk`` folder; the row format
     (``prompt`` or ``messages``, optional ``completion``) is in ``onpolicy.data``.
@@ -133,6 +172,7 @@ class DataConfig:
     chat: bool = False
     on_too_long: Literal["skip", "error"] = "skip"
     shuffle: bool = True
+    teacher_field: str = "teacher"  # with ``teachers:``, a row's field naming its teacher
 
 
 @dataclass
@@ -217,9 +257,15 @@ class Config:
 
     student: ModelConfig = field(default_factory=ModelConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    # several teachers, by name (``onpolicy.teacher.routing``): a prompt whose row names one in
+    # ``data.teacher_field`` is scored by it alone; the others by every teacher, the losses
+    # mixed by ``weight`` (teacher samples: ``onpolicy.trainer.routed_samples``). Leave ``teacher``
+    # unset when this is set.
+    teachers: dict[str, TeacherConfig] = field(default_factory=dict)
     lora: LoraConfig = field(default_factory=LoraConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    hidden: HiddenConfig = field(default_factory=HiddenConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -257,6 +303,8 @@ def load_config(
             raise ConfigError(f"config file {str(p)!r} must hold a mapping of blocks at the top")
     raw = apply_overrides(raw, overrides)
     config = from_dict(raw)
+    # imported here, not at the top, so that ``onpolicy.config`` stays free of torch (the checks
+    # import ``onpolicy.models``); ``config_checks`` imports this module for annotations only
     from onpolicy.config_checks import resolve_path, validate
 
     base_dir = Path(path).parent if path is not None else None
@@ -335,6 +383,10 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key} must be a list, got {value!r}")
         return [_coerce(args[0], v, key) for v in value]
+    if origin is dict and dataclasses.is_dataclass(args[1]):  # a named map of blocks
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping of name -> block, got {value!r}")
+        return {str(k): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
     if origin is dict or hint is Any:
         if origin is dict and not isinstance(value, dict):
             raise ConfigError(f"{key} must be a mapping, got {value!r}")

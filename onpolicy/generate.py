@@ -84,9 +84,9 @@ def prompt_hash(prompt: Prompt) -> str:
 
 def check_spec(spec: GenerateSpec) -> None:
     """One-line ``ConfigError`` for a bad flag or file, before any model loads."""
-    from onpolicy.config_checks import _check_model_path
+    from onpolicy.models import check_model_path
 
-    _check_model_path("--teacher", spec.teacher)
+    check_model_path("--teacher", spec.teacher)
     if not Path(spec.prompts).exists():
         raise ConfigError(f"--prompts {spec.prompts!r} does not exist; give a JSONL/parquet file")
     out = Path(spec.out)

@@ -35,6 +35,8 @@ class MethodSpec:
         params: the objective's keyword arguments.
         student: ``same`` (the student sharing the teacher's tokenizer) or ``cross`` (the student
             with its own tokenizer).
+        hidden: the trainer's ``hidden`` block (hidden-state distillation added to the
+            objective, e.g. ``{weight: 1.0, loss: cosine}``); empty: none.
 
     Batches an objective takes from its ``dataset`` source are the task's reference completions;
     from its ``teacher`` source, the fixed teacher samples.
@@ -44,6 +46,7 @@ class MethodSpec:
     objective: str
     params: dict[str, Any] = field(default_factory=dict)
     student: StudentKind = "same"
+    hidden: dict[str, Any] = field(default_factory=dict)
 
 
 BUILTIN_METHODS: dict[str, MethodSpec] = {
@@ -66,7 +69,7 @@ BUILTIN_METHODS: dict[str, MethodSpec] = {
 
 
 def method_spec(entry: str | dict[str, Any]) -> MethodSpec:
-    """A built-in method by name, or a dict ``{name, objective, params, student, dataset}``."""
+    """A built-in method by name, or a dict ``{name, objective, params, student, hidden}``."""
     if isinstance(entry, str):
         if entry not in BUILTIN_METHODS:
             raise ConfigError(
@@ -82,8 +85,10 @@ def method_spec(entry: str | dict[str, Any]) -> MethodSpec:
     if unknown:
         raise ConfigError(
             f"method {merged['name']!r}: unknown keys {sorted(unknown)}; use name, objective, "
-            "params, student"
+            "params, student, hidden"
         )
+    if not isinstance(merged.get("hidden", {}), dict):
+        raise ConfigError(f"method {merged['name']!r}: hidden must be a mapping (the hidden block)")
     return MethodSpec(**merged)
 
 
@@ -109,12 +114,14 @@ class RunOptions:
         eval_prompts: how many of those prompts an evaluation uses (0 = no evaluation at all).
         init_from: saved weights the student starts from (a warm-up branch), else None.
         checkpoint_every: keep a checkpoint every this many steps (the warm-up's branch points).
+        sample_seed: the seed of the fixed teacher samples (None: the run's seed).
     """
 
     eval_every: int = 0
     eval_prompts: int = 0
     init_from: str | None = None
     checkpoint_every: int = 0
+    sample_seed: int | None = None
 
 
 def trainer_config(
@@ -137,9 +144,15 @@ def trainer_config(
             "max_length": _context(student_dir),
             "init_from": o.init_from,
         },
-        "teacher": {"path": teacher_dir, "mode": "auto", "samples": "fixed"},
+        "teacher": {
+            "path": teacher_dir,
+            "mode": "auto",
+            "samples": "fixed",
+            "sample_seed": o.sample_seed,
+        },
         "rollout": {"max_new_tokens": settings.max_new_tokens, "temperature": settings.temperature},
         "objective": {"name": spec.objective, "params": dict(spec.params)},
+        "hidden": dict(spec.hidden),
         "optim": {
             "optimizer": "adamw",
             "lr": settings.lr,

@@ -19,7 +19,7 @@ from typing import ClassVar, Literal
 import torch
 
 from onpolicy.losses import policy_gradient_loss, token_logprobs
-from onpolicy.objectives.base import BatchSource, LossOutput, register_objective
+from onpolicy.objectives.base import BatchSource, LossOutput, TeacherOutput, register_objective
 from onpolicy.objectives.common import require_same, student_forward
 from onpolicy.teacher.types import TeacherScores
 from onpolicy.types import Rollout
@@ -56,6 +56,10 @@ class PolicyGradient:
 
     def batch_source(self, step: int) -> BatchSource:
         return "student"
+
+    def teacher_output(self) -> TeacherOutput:
+        """Only each completion token's teacher log-probability (same or cross tokenizer)."""
+        return "token"
 
     def loss(self, student, rollout: Rollout, teacher_scores: TeacherScores | None) -> LossOutput:
         student_lp_N, advantage_N, targets, reward_metrics = self.advantages(

@@ -73,11 +73,11 @@ class ScoreSummary:
 
 def check_spec(spec: ScoreSpec) -> None:
     """One-line ``ConfigError`` for a bad flag or file, before any model loads."""
-    from onpolicy.config_checks import _check_model_path
+    from onpolicy.models import check_model_path
 
-    _check_model_path("--teacher", spec.teacher)
+    check_model_path("--teacher", spec.teacher)
     if spec.student is not None:
-        _check_model_path("--student", spec.student)
+        check_model_path("--student", spec.student)
     if not Path(spec.data).exists():
         raise ConfigError(f"--data {spec.data!r} does not exist; give a JSONL/parquet file")
     if not Path(spec.out).parent.is_dir():

@@ -15,7 +15,8 @@ import torch
 
 from alignment import same_tokenizer
 from onpolicy.errors import ConfigError, TokenizerMismatchError
-from onpolicy.forward import forward_completions, head_logits
+from onpolicy.forward import completion_positions, forward_completions, head_logits
+from onpolicy.hidden.layers import capture_hidden_states, pack_layers
 from onpolicy.losses import LMHead, token_logprobs
 from onpolicy.models import adapters_disabled
 from onpolicy.teacher.cross import matched_vocab_pairs, score_cross
@@ -46,6 +47,8 @@ class LocalTeacher:
             full pass of the teacher's LM head over every position, which a chunked divergence
             does again: set False when the objective only needs the distribution (``reverse_kl``
             / ``gkd`` with ``chunked=True``); ``token_logprobs_N`` is then None.
+        hidden_layers: indices of transformers' ``hidden_states`` (0 = embeddings) returned as
+            ``TeacherScores.layer_hidden_L_N_D`` (hidden-state distillation; same tokenizer).
     """
 
     def __init__(
@@ -57,6 +60,7 @@ class LocalTeacher:
         hidden: bool = False,
         top_k: int = 0,
         token_logprobs: bool = True,
+        hidden_layers: tuple[int, ...] = (),
     ) -> None:
         if top_k < 0 or (top_k and hidden):
             raise ConfigError(f"teacher top_k={top_k}: use 0 (full logits) or > 0 without hidden")
@@ -77,6 +81,12 @@ class LocalTeacher:
         self.hidden = hidden
         self.top_k = top_k
         self.token_logprobs = token_logprobs
+        self.hidden_layers = tuple(hidden_layers)
+        if self.hidden_layers and self.mode != "same":
+            raise ConfigError(
+                "hidden-state distillation needs the same tokenizer, but the teacher's differs "
+                "from the student's; set hidden.weight=0 (or use a same-tokenizer teacher)"
+            )
         self.vocab_size = len(tokenizer)
         if mode != "self":
             model.requires_grad_(False)
@@ -98,7 +108,9 @@ class LocalTeacher:
     @torch.no_grad()
     def _score_same(self, rollout: Rollout) -> TeacherScores:
         batch = rollout.to_padded(self.tokenizer.pad_token_id)
-        with self._eval_mode(), adapters_disabled(self.model) if self.adapters_off else _null():
+        capture = capture_hidden_states(self.model) if self.hidden_layers else _null()
+        adapters = adapters_disabled(self.model) if self.adapters_off else _null()
+        with self._eval_mode(), adapters, capture as captured:
             fwd = forward_completions(self.model, batch, self.vocab_size, hidden=self.hidden)
         logprobs_N = None
         if fwd.logits_N_V is not None:
@@ -114,6 +126,9 @@ class LocalTeacher:
             hidden_N_D=fwd.hidden_N_D,
             lm_head=fwd.lm_head,
         )
+        if self.hidden_layers:  # the same positions as the logits (the completion mask)
+            mask_B_T, _ = completion_positions(batch)
+            scores.layer_hidden_L_N_D = pack_layers(captured.only(), self.hidden_layers, mask_B_T)
         if self.top_k:
             scores.topk_logprobs_N_K, scores.topk_ids_N_K, scores.tail_logprob_N = _sparse(
                 fwd.logits_N_V, min(self.top_k, self.vocab_size)

@@ -93,6 +93,9 @@ class TeacherScores:
             the remaining mass (``LocalTeacher(top_k=K)`` or a vLLM teacher); ``logits_N_V`` is
             then None.
         cross: the cross-tokenizer view (``mode == "cross"``), else None.
+        layer_hidden_L_N_D: the teacher's intermediate hidden states at those positions, one
+            row per layer it was asked for (``LocalTeacher(hidden_layers=...)``, ``same`` only;
+            hidden-state distillation, ``onpolicy.hidden``), else None.
         metrics: plain floats (e.g. seconds, alignment coverage).
     """
 
@@ -108,6 +111,7 @@ class TeacherScores:
     tail_logprob_N: torch.Tensor | None = None
     cross: CrossTeacherScores | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    layer_hidden_L_N_D: torch.Tensor | None = None
 
     def dense_logits(self) -> torch.Tensor:
         """float32 ``[N, V]`` teacher logits (projected from hidden states if that is what it

@@ -49,6 +49,8 @@ SAFE_KEYS = (
     "train.output_dir",
     "logging.",
     "eval.",
+    "teacher.server_url",  # the served teacher moved (same model): a resume may follow it
+    "teacher.vllm.",  # its timeouts and retries
 )
 
 
@@ -145,9 +147,18 @@ def _is_safe(key: str) -> bool:
 
 
 def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """``{key: (saved value, current value)}`` for every flat key that differs."""
+    """``{key: (saved value, current value)}`` for every flat key that differs. A key the saved
+    record lacks (added to the config after the checkpoint was written) counts only when its
+    current value is not the default (a default is what the older run trained with)."""
+    from onpolicy.trainer.metrics_log import flat_config
+
+    defaults = flat_config(Config())
     keys = sorted(set(saved) | set(now))
-    return {k: (saved.get(k), now.get(k)) for k in keys if saved.get(k) != now.get(k)}
+    return {
+        k: (saved.get(k), now.get(k))
+        for k in keys
+        if saved.get(k) != now.get(k) and not (k not in saved and now.get(k) == defaults.get(k))
+    }
 
 
 def check_config(

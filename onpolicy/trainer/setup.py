@@ -5,16 +5,31 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from onpolicy.config import Config, OptimConfig
-from onpolicy.config_checks import resolve_model_path
 from onpolicy.errors import ConfigError
+from onpolicy.models import resolve_model_path
 from onpolicy.trainer.sources import SampleSources
-from onpolicy.types import SamplingParams
+from onpolicy.types import Prompt, SamplingParams
+
+if TYPE_CHECKING:  # annotations only (heavy or optional imports stay lazy)
+    from transformers import PreTrainedTokenizerBase
+
+    from onpolicy.objectives.base import Objective
+    from onpolicy.rollout.base import RolloutBackend
+    from onpolicy.types import Rollout
+
+
+class Teacher(Protocol):
+    """What the trainer asks of a teacher: ``LocalTeacher``, ``VLLMTeacher`` or a ``TeacherSet``
+    (``onpolicy.teacher``) scores a rollout."""
+
+    def score(self, rollout: Rollout) -> Any: ...
 
 
 @dataclass
@@ -27,31 +42,46 @@ class Components:
         raw_model: the unwrapped student (generation, saving); under FSDP an unsharded copy
             refreshed after every optimizer step (``onpolicy.trainer.sharding.FullCopy``).
         tokenizer: the student's tokenizer.
-        teacher: a ``LocalTeacher`` (None when the objective needs none).
+        teacher: a ``LocalTeacher`` or ``VLLMTeacher`` (``onpolicy.teacher.backends``), a
+            ``TeacherSet`` with ``teachers:``, None when the objective needs none.
         backend: the student's rollout backend.
-        teacher_backend: samples from the teacher (objectives whose batch source is ``teacher``).
-        teacher_tokenizer: the teacher's tokenizer (None without a teacher model).
         objective: the registered objective built from ``config.objective``.
         optimizer, scheduler: from ``config.optim``; the scheduler steps once per optimizer step.
         sampling: the rollout's ``SamplingParams``.
-        end_id: the student's end-of-turn (or EOS) token id, appended to finished text completions.
-        sources: where batches come from (``trainer.sources``); its fixed teacher samples are
-            drawn by ``train`` once the prompts are known.
+        sources: where batches come from (``trainer.sources``: the teacher's rollout backend, the
+            student's end-of-turn id); its fixed teacher samples are drawn by ``train`` once the
+            prompts are known.
+        projection: the hidden-state projection as ``prepare`` returned it (trained with the
+            student, saved in checkpoints, never exported), None without trainable maps.
     """
 
-    model: Any
-    raw_model: Any
-    tokenizer: Any
-    teacher: Any
-    backend: Any
-    teacher_backend: Any
-    teacher_tokenizer: Any
-    objective: Any
-    optimizer: Any
-    scheduler: Any
+    model: torch.nn.Module
+    raw_model: torch.nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    teacher: Teacher | None
+    backend: RolloutBackend
+    objective: Objective
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
     sampling: SamplingParams
-    end_id: int | None
     sources: SampleSources
+    projection: torch.nn.Module | None = None
+
+    @property
+    def teacher_backend(self) -> RolloutBackend | None:
+        """The teacher's rollout backend (``sources.teacher_backend``; None without one)."""
+        return self.sources.teacher_backend
+
+    @property
+    def end_id(self) -> int | None:
+        """The student's end-of-turn (or EOS) id (``sources.end_id``)."""
+        return self.sources.end_id
+
+    def trainable_parameters(self) -> list[torch.Tensor]:
+        """What the optimizer updates and the gradient clip sees: the student's trainable
+        parameters, then the hidden-state projection's."""
+        modules = [self.model] if self.projection is None else [self.model, self.projection]
+        return [p for m in modules for p in m.parameters() if p.requires_grad]
 
 
 def sampling_params(config: Config) -> SamplingParams:
@@ -93,28 +123,64 @@ def load_student(config: Config, device: torch.device) -> tuple[Any, Any]:
 
 
 def load_teacher(
-    config: Config, student: Any, student_tok: Any, device: torch.device, chunked: bool = False
+    config: Config,
+    student: Any,
+    student_tok: Any,
+    device: torch.device,
+    chunked: bool = False,
+    hidden_layers: tuple[int, ...] = (),
 ) -> tuple:
-    """``(LocalTeacher, teacher_model, teacher_tokenizer)``; ``mode=self`` reuses the student.
+    """``(scorer, teacher_model, teacher_tokenizer)`` of ``config.teacher`` (the first of
+    ``config.teachers`` when that is set); ``mode=self`` reuses the student; the model is None
+    for a vLLM teacher.
 
     ``chunked``: the objective projects hidden states through the LM heads a block at a time, so
-    the teacher returns hidden states + head and skips its own full LM-head pass."""
-    from onpolicy.models import load_model, load_tokenizer
-    from onpolicy.teacher.local import LocalTeacher
+    the teacher returns hidden states + head and skips its own full LM-head pass.
+    ``hidden_layers``: the teacher's intermediate hidden states it returns (hidden-state
+    distillation; local teachers only)."""
+    from onpolicy.teacher.backends import build_teacher
 
-    t = config.teacher
-    if t.mode == "self":
-        kw = {"hidden": chunked, "token_logprobs": not chunked}
-        teacher = LocalTeacher(student, student_tok, student_tok, mode="self", **kw)
-        return teacher, student, student_tok
-    path = resolve_model_path(t.path or "")
-    dtype = "float32" if t.dtype == "auto" else t.dtype
-    tokenizer = load_tokenizer(path, t.gguf_file)
-    model = load_model(path, dtype=dtype, device=device, gguf_file=t.gguf_file, trainable=False)
-    teacher = LocalTeacher(
-        model, tokenizer, student_tok, mode=t.mode, hidden=chunked, token_logprobs=not chunked
+    block = next(iter(config.teachers.values())) if config.teachers else config.teacher
+    output = "hidden" if chunked else "logits"
+    built = build_teacher(block, student, student_tok, device, output, hidden_layers)
+    return built.scorer, built.model, built.tokenizer
+
+
+def load_teachers(
+    config: Config,
+    student: Any,
+    student_tok: Any,
+    device: Any,
+    output: str,
+    hidden_layers: tuple[int, ...] = (),
+):
+    """``(teacher, BuiltTeacher)``: the one teacher of ``config.teacher``, or for
+    ``config.teachers`` a ``TeacherSet`` and a ``RoutedSampler`` of their samplers (whose samples
+    are in the student's tokens; the built teacher's tokenizer is then None)."""
+    from alignment.tokens.chat import turn_end_id
+    from onpolicy.teacher.backends import BuiltTeacher, build_teacher
+    from onpolicy.teacher.routing import TeacherSet
+    from onpolicy.trainer.routed_samples import RoutedSampler, SamplingTeacher
+
+    if not config.teachers:
+        built = build_teacher(config.teacher, student, student_tok, device, output, hidden_layers)
+        return built.scorer, built
+    if hidden_layers:
+        raise ConfigError("hidden-state distillation takes one teacher; drop teachers: or hidden")
+    each = {
+        name: build_teacher(t, student, student_tok, device, output)
+        for name, t in config.teachers.items()
+    }
+    weights = {name: t.weight for name, t in config.teachers.items()}
+    samplers = {
+        name: SamplingTeacher(b.sampler, b.tokenizer, b.scorer.mode == "same")
+        for name, b in each.items()
+    }
+    sampler = RoutedSampler(
+        samplers, weights, student_tok, turn_end_id(student_tok), config.train.seed
     )
-    return teacher, model, tokenizer
+    teachers = TeacherSet({name: b.scorer for name, b in each.items()}, weights)
+    return teachers, BuiltTeacher(teachers, sampler, None)
 
 
 def build_objective(config: Config) -> Any:
@@ -133,15 +199,20 @@ def build_objective(config: Config) -> Any:
 
 
 def build_optimizer(
-    model: torch.nn.Module, cfg: OptimConfig, fused: bool = False
+    model: torch.nn.Module,
+    cfg: OptimConfig,
+    fused: bool = False,
+    extra: tuple[torch.nn.Module, ...] = (),
 ) -> torch.optim.Optimizer:
-    """The optimizer over the trainable parameters (LoRA: the adapters only).
+    """The optimizer over the trainable parameters (LoRA: the adapters only), and those of the
+    ``extra`` modules (the hidden-state projection), with the same settings.
 
     ``fused``: Adam/AdamW's fused kernel (TRL's default; its step time: benchmarks/RESULTS-e2e.md),
     used for plain parameters only (not FSDP/DeepSpeed-sharded ones)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("the student has no trainable parameters; check lora.target_modules")
+    params += [p for m in extra for p in m.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
@@ -183,7 +254,8 @@ def mixed_precision(requested: str) -> str:
 
 
 def _load_models(config: Config, accelerator: Any) -> tuple:
-    """``(student, tokenizer, full copy, objective, LocalTeacher, teacher model, teacher tok)``.
+    """``(student, tokenizer, full copy, objective, teacher, BuiltTeacher or None, hidden
+    plan)``; the hidden plan (``onpolicy.hidden.build``) is None without a hidden term.
 
     FSDP / DeepSpeed ZeRO-3 shard the student in place in ``prepare``: then ``full`` is an
     unsharded ``FullCopy`` for rollouts, evaluation and saving (else None), a self-distillation
@@ -205,22 +277,40 @@ def _load_models(config: Config, accelerator: Any) -> tuple:
     full = FullCopy(model) if sharded else None
     objective = build_objective(config)
     _hand_over_reference(objective, model, full)
-    teacher = teacher_model = teacher_tok = None
+    plan = _hidden_plan(config, accelerator)
+    teacher = built = None
+    t = config.teacher
     from onpolicy.scores.cached import needs_live_teacher, open_cached_teacher
 
-    wanted = objective.needs_teacher or config.teacher.path is not None
-    if (wanted or config.teacher.mode == "self") and needs_live_teacher(config, objective):
+    wanted = objective.needs_teacher or t.path is not None or t.mode == "self" or config.teachers
+    if wanted and needs_live_teacher(config, objective):
         student = model if full is None else full.model
         from onpolicy.objectives.base import teacher_output
 
-        chunked = teacher_output(objective) == "hidden"  # what the objective declares
-        teacher, teacher_model, teacher_tok = load_teacher(
-            config, student, tokenizer, accelerator.device, chunked
+        output = teacher_output(objective)  # what the objective declares
+        layers = () if plan is None else tuple(x for _, x in plan.pairs)
+        teacher, built = load_teachers(
+            config, student, tokenizer, accelerator.device, output, layers
         )
-    if config.teacher.scores is not None:  # dataset batches from the cache; the rest live
-        t = config.teacher
+    if t.scores is not None:  # dataset batches from the cache; the rest live
         teacher = open_cached_teacher(t.scores, tokenizer, t.path, t.gguf_file, live=teacher)
-    return model, tokenizer, full, objective, teacher, teacher_model, teacher_tok
+    return model, tokenizer, full, objective, teacher, built, plan
+
+
+def _hidden_plan(config: Config, accelerator: Any) -> Any:
+    """The hidden-state term's plan (``onpolicy.hidden.build.hidden_plan``), None when off."""
+    if config.hidden.weight <= 0:
+        return None
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise ConfigError(
+            "hidden-state distillation trains a projection next to the student, which DeepSpeed "
+            "(one model per engine) cannot; use DDP or FSDP, or set hidden.weight=0"
+        )
+    from onpolicy.hidden.build import hidden_plan
+
+    return hidden_plan(config)
 
 
 def _hand_over_reference(objective: Any, model: Any, full: Any) -> None:
@@ -239,12 +329,23 @@ def build_components(config: Config, accelerator: Any) -> Components:
     from onpolicy.rollout.base import make_backend
     from onpolicy.trainer.sharding import FullCopyBackend
 
-    model, tokenizer, full, objective, teacher, teacher_model, teacher_tok = _load_models(
-        config, accelerator
-    )
-    optimizer = build_optimizer(model, config.optim, fused=full is None)
+    model, tokenizer, full, objective, teacher, built, plan = _load_models(config, accelerator)
+    teacher_tok = None if built is None else built.tokenizer
+    projection = None
+    if plan is not None:
+        from onpolicy.hidden.build import make_projection
+
+        projection = make_projection(plan, config).to(accelerator.device)
+    trained = (projection,) if plan is not None and plan.num_maps else ()
+    optimizer = build_optimizer(model, config.optim, fused=full is None, extra=trained)
     scheduler = build_scheduler(optimizer, config.optim, config.train.steps)
-    prepared, optimizer = accelerator.prepare(model, optimizer)
+    # the projection is prepared like the student: DDP-synchronized, saved and restored with it
+    prepared, *prepared_extra, optimizer = accelerator.prepare(model, *trained, optimizer)
+    if plan is not None:
+        from onpolicy.hidden.build import wrap_objective
+
+        projection = prepared_extra[0] if trained else projection
+        objective = wrap_objective(objective, plan, config, projection)
     accelerator.register_for_checkpointing(scheduler)
     raw = accelerator.unwrap_model(prepared) if full is None else full.model
     extra = config.rollout.vllm if config.rollout.backend != "hf" else {}
@@ -254,11 +355,7 @@ def build_components(config: Config, accelerator: Any) -> Components:
         full.refresh()
         accelerator.register_for_checkpointing(full)  # refreshed when a checkpoint loads
         backend = FullCopyBackend(backend, full)
-    teacher_backend = None
-    if teacher_model is not None and config.teacher.mode != "self":
-        from onpolicy.rollout.hf import HFRolloutBackend
-
-        teacher_backend = HFRolloutBackend(teacher_model, teacher_tok)
+    teacher_backend = None if built is None else built.sampler  # None for mode: self
     end_id = turn_end_id(tokenizer)  # its end of turn, else its EOS
     sources = SampleSources(
         student_backend=backend,
@@ -266,7 +363,7 @@ def build_components(config: Config, accelerator: Any) -> Components:
         end_id=end_id,
         teacher_backend=teacher_backend,
         render_teacher=_teacher_renderer(teacher_tok),
-        same_tokenizer=teacher is None or teacher.mode == "same",
+        same_tokenizer=teacher is None or getattr(teacher, "mode", "same") == "same",
     )
     return Components(
         model=prepared,
@@ -274,18 +371,16 @@ def build_components(config: Config, accelerator: Any) -> Components:
         tokenizer=tokenizer,
         teacher=teacher,
         backend=backend,
-        teacher_backend=teacher_backend,
-        teacher_tokenizer=teacher_tok,
         objective=objective,
         optimizer=optimizer,
         scheduler=scheduler,
         sampling=sampling_params(config),
-        end_id=end_id,
         sources=sources,
+        projection=prepared_extra[0] if trained else None,
     )
 
 
-def _teacher_renderer(teacher_tok: Any) -> Any:
+def _teacher_renderer(teacher_tok: Any) -> Callable[[Prompt], list[int]] | None:
     """``prompt -> ids`` with the teacher's chat template (None without a teacher tokenizer)."""
     if teacher_tok is None:
         return None

@@ -182,7 +182,7 @@ def test_a_run_with_teacher_scores_loads_no_teacher_and_matches_the_live_run(tmp
     cached = _config(tmp_path, data, f"teacher.scores={scores}", "teacher.path=null")
     c = build_components(cached, Accelerator(cpu=True))
     assert isinstance(c.teacher, CachedTeacher) and c.teacher.live is None
-    assert c.teacher_backend is None  # no teacher model in memory
+    assert c.sources.teacher_backend is None  # no teacher model in memory
     live_losses = _losses(train(_config(tmp_path, data, "train.output_dir=" + str(tmp_path / "a"))))
     cached_losses = _losses(train(_config(tmp_path, data, f"teacher.scores={scores}",
                                           "train.output_dir=" + str(tmp_path / "b"))))  # fmt: skip

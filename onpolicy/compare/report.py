@@ -317,16 +317,22 @@ def curve_groups(jobs: Sequence[JobResult]) -> dict[str, dict[str, list[list[Any
 
 
 def start_titles(extras: Any) -> dict[str, str]:
-    """Section titles of the start points (the warm-up's branch steps per seed)."""
+    """Section titles of the start points (the warm-up's branch steps per seed); a plateau that
+    some seed's warm-up never reached (it branched at its last step) is named so."""
     steps: dict[str, list[str]] = {}
+    missed: set[str] = set()
     method = ""
     for record in getattr(extras, "warm", None) or []:
         method = record["method"]
         for b in record["branches"]:
             steps.setdefault(b["name"], []).append(str(b["step"]))
+            if not b.get("reached", True):
+                missed.add(b["name"])
     titles = {"cold": "Cold start (the untouched student)"}
     for name, at in steps.items():
-        kind = "at its plateau" if name == "plateau" else "branch"
+        kind = "branch"
+        if name == "plateau":
+            kind = "at its last step (plateau not reached)" if name in missed else "at its plateau"
         titles[name] = f"Warm start: {method} warm-up {kind}, step {' / '.join(at)} per seed"
     return titles
 

@@ -156,3 +156,18 @@ def test_verdict_sentences_and_report_sections(tmp_path):
     assert "- sft: `4`" in md and "- sft: `5`" in md
     assert "recorded FLOPs are lower than estimated" in md
     assert "{'name'" not in md  # no raw dict in the heading
+
+
+def test_start_titles_name_a_plateau_that_was_not_reached():
+    from types import SimpleNamespace
+
+    from onpolicy.compare.report import start_titles
+
+    def record(seed, reached):
+        branch = {"name": "plateau", "step": 1000, "reached": reached}
+        return {"seed": seed, "method": "sft", "branches": [branch]}
+
+    reached = start_titles(SimpleNamespace(warm=[record(0, True), record(1, True)]))
+    assert reached["plateau"] == "Warm start: sft warm-up at its plateau, step 1000 / 1000 per seed"
+    missed = start_titles(SimpleNamespace(warm=[record(0, True), record(1, False)]))
+    assert "plateau not reached" in missed["plateau"] and "at its plateau" not in missed["plateau"]

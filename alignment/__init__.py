@@ -14,6 +14,8 @@ Layout, by job:
 - ``alignment.view``: the teacher's view of a student sample (render, tokenize, align).
 - ``alignment.divergence``: sampled-token log-probs and the generalized JSD, shared with onpolicy.
 - ``alignment.doctor``: can this teacher distill into this student, and with which loss.
+- ``alignment.cpu``: the CPU speed paths, for both packages (one thread pool for the row kernels,
+  thread-local buffers, huge pages, glibc's freed-memory setting); values never depend on them.
 - ``alignment.types`` (the dataclasses at the boundary), ``alignment.errors``.
 
 The public names below are importable from ``alignment`` itself.

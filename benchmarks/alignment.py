@@ -5,7 +5,8 @@ completion cut into student and teacher tokens at different random byte boundari
 token's logit is raised so it has a realistic probability). TRL runs its extended ULD with the
 "bayesian" merge (the one with the correct logit shift), which is our ``anchor="last"``; the
 values are checked to agree (TRL's per-sequence normalization recomputed from our per-span
-losses). Each (implementation, case) runs in a fresh subprocess with one thread: ``--warmup``
+losses). Each (implementation, case) runs in a fresh subprocess with ``--threads`` torch
+threads (default 1; ``default``: torch's own count, the machine's cores): ``--warmup``
 untimed calls, then forward and backward wall time and process CPU time (median over
 ``--repeats``; CPU time is the steadier figure on a shared machine) and peak RSS (ru_maxrss)
 minus the RSS before the first call. Both sides are timed on the same work: one call from byte
@@ -13,7 +14,7 @@ offsets to the reduced loss, its backward to the student logits (ours aligns the
 the timed call, as TRL's ``ULDLoss`` does).
 
     .venv/bin/python benchmarks/alignment.py [--cases base,large] [--repeats 3] [--warmup 1]
-        [--rounds 1] [--impls trl-uld,ours-uld,...] [--out FILE]
+        [--rounds 1] [--impls trl-uld,ours-uld,...] [--threads 1|N|default] [--out FILE]
 
 The report (``--out``, default ``RESULTS-alignment.md``) keeps one section per case; a run
 rewrites only the sections of the cases it ran, with the command that made them.
@@ -50,6 +51,7 @@ CASES = {  # name: (B, T, V_student, V_teacher)
     "large": (4, 512, 49_152, 64_000),
     # real tokenizations: SmolLM2 student, GPT-2 teacher, stdlib source text (T: student side)
     "real": (4, 256, 49_152, 50_257),
+    "real1": (1, 256, 49_152, 50_257),  # the first passage of "real" (benchmarks/threads.py)
 }
 REAL_TEXTS = ("textwrap", "difflib", "argparse", "json.decoder")
 PROMPT, MATCHED, TOP_K = 8, 20_000, 256
@@ -71,7 +73,7 @@ def _side(ids_B_T: torch.Tensor, off_B_T2: torch.Tensor, V: int, g: torch.Genera
     return {"logits": logits, "ids": ids_B_T, "offsets": off_B_T2, "labels": labels}
 
 
-def _real_inputs(seed: int) -> dict:
+def _real_inputs(seed: int, case: str = "real") -> dict:
     """Stdlib source text tokenized by SmolLM2 (student) and GPT-2 (teacher), real offsets."""
     import importlib
 
@@ -80,7 +82,7 @@ def _real_inputs(seed: int) -> dict:
     from alignment import build_vocab_map, byte_offsets
     from onpolicy.offline import gpt2_tokenizer_dir, smollm2_dir
 
-    B, T, Vs, Vt = CASES["real"]
+    B, T, Vs, Vt = CASES[case]
     s_tok = AutoTokenizer.from_pretrained(smollm2_dir())
     t_tok = AutoTokenizer.from_pretrained(gpt2_tokenizer_dir())
     g = torch.Generator().manual_seed(seed)
@@ -113,8 +115,8 @@ def _real_inputs(seed: int) -> dict:
 
 
 def make_inputs(case: str, seed: int = 0) -> dict:
-    if case == "real":
-        return _real_inputs(seed)
+    if case.startswith("real"):
+        return _real_inputs(seed, case)
     B, T, Vs, Vt = CASES[case]
     g = torch.Generator().manual_seed(seed)
     n = T - PROMPT  # completion tokens per side
@@ -235,8 +237,9 @@ def _reset_peak_kb() -> int:
     return _status_kb("VmRSS")
 
 
-def worker(impl: str, case: str, repeats: int, warmup: int) -> dict:
-    torch.set_num_threads(1)
+def worker(impl: str, case: str, repeats: int, warmup: int, threads: str = "1") -> dict:
+    if threads != "default":
+        torch.set_num_threads(int(threads))
     inp = make_inputs(case)
     logits_s = inp["s"]["logits"].requires_grad_()
     spent = [float("nan")]  # CPU time in the ULD row kernels (ours only)
@@ -269,15 +272,18 @@ def worker(impl: str, case: str, repeats: int, warmup: int) -> dict:
         value = float(scalar.detach())
     peak = _status_kb("VmHWM")
     return {"fwd": fwd, "bwd": bwd, "cpu": cpu, "uld": uld, "value": value,
-            "matched": len(inp["ms"]),
+            "matched": len(inp["ms"]), "threads": torch.get_num_threads(),
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "loss_mb": (peak - rss_before) / 1024}  # fmt: skip
 
 
-def _spawn(impl: str, case: str, repeats: int, warmup: int) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", TRL_EXPERIMENTAL_SILENCE="1")
+def _spawn(impl: str, case: str, repeats: int, warmup: int, threads: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env["TRL_EXPERIMENTAL_SILENCE"] = "1"
+    if threads != "default":  # default: torch's own choice (the machine's cores)
+        env["OMP_NUM_THREADS"] = threads
     cmd = [sys.executable, __file__, "--worker", impl, "--cases", case]
-    cmd += ["--repeats", str(repeats), "--warmup", str(warmup)]
+    cmd += ["--repeats", str(repeats), "--warmup", str(warmup), "--threads", threads]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -296,9 +302,10 @@ def _table(case: str, res: dict[str, dict]) -> list[str]:
     keys = ("fwd", "bwd", "cpu", "uld")
     med = {k: {m: statistics.median(v[m]) for m in keys} for k, v in res.items()}
     low = {k: min(v["cpu"]) for k, v in res.items()}  # the least disturbed call
+    first = next(iter(res.values()))
     lines = [
         f"### {case}: B={B}, T={T}, V_student={Vs:,}, V_teacher={Vt:,}, "
-        f"matched={next(iter(res.values()))['matched']:,}",
+        f"matched={first['matched']:,}, torch threads {first.get('threads', 1)}",
         "| implementation | fwd s | bwd s | fwd+bwd s | speedup | CPU s | CPU speedup | "
         "CPU min s | min speedup | of which ULD rows CPU s | peak RSS MB | loss RSS MB | value | "
         "value - TRL |",
@@ -322,8 +329,10 @@ def _table(case: str, res: dict[str, dict]) -> list[str]:
 
 
 HEADER = (
-    "# Cross-tokenizer loss: alignment.spans.gold vs TRL GOLD ULDLoss (CPU, 1 thread)\n\n"
-    "Each case's section below holds its latest table and the command that made it; "
+    "# Cross-tokenizer loss: alignment.spans.gold vs TRL GOLD ULDLoss (CPU)\n\n"
+    "Each case's section below holds its latest table and the command that made it, at 1 torch "
+    "thread unless its title says otherwise (`--threads default`: torch's default, the "
+    "machine's cores; thread scaling and load: `RESULTS-threads.md`); "
     "`benchmarks/alignment.py` rewrites only the sections of the cases it runs. Per "
     "(implementation, case): the median over rounds x repeats timed calls, each round every "
     "implementation in a fresh subprocess with the warm-up calls first. 'loss RSS' = peak RSS "
@@ -368,6 +377,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1, help="untimed calls before the timed ones")
     ap.add_argument("--rounds", type=int, default=1, help="interleaved runs of every impl")
     ap.add_argument("--impls", default=",".join(IMPLS))
+    ap.add_argument("--threads", default="1", help="torch threads: a number or 'default'")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument(
         "--out",
@@ -376,24 +386,27 @@ def main() -> None:
     )
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.cases, args.repeats, args.warmup)))
+        out = worker(args.worker, args.cases, args.repeats, args.warmup, args.threads)
+        print(json.dumps(out))
         return
     sections = {}
     for case in args.cases.split(","):
         impls, res = args.impls.split(","), {}
         for _ in range(args.rounds):  # interleaved: a shared machine's load hits every side
             for impl in impls:
-                run = _spawn(impl, case, args.repeats, args.warmup)
+                run = _spawn(impl, case, args.repeats, args.warmup, args.threads)
                 res[impl] = _pooled(res.get(impl), run)
         table = _table(case, res)
         print("\n".join(table), flush=True)
         command = (
             f"Command: `nice -n 5 .venv/bin/python benchmarks/alignment.py --cases {case} "
             f"--impls {args.impls} --repeats {args.repeats} --warmup {args.warmup} "
-            f"--rounds {args.rounds}` ({time.strftime('%Y-%m-%d', time.gmtime())}): median of "
+            f"--rounds {args.rounds} --threads {args.threads}` "
+            f"({time.strftime('%Y-%m-%d', time.gmtime())}): median of "
             f"{args.rounds} x {args.repeats} timed calls per implementation."
         )
-        sections[case] = "\n".join([table[0], "", command, "", *table[1:]])
+        name = case if args.threads == "1" else f"{case}-threads-{args.threads}"
+        sections[name] = "\n".join([table[0], "", command, "", *table[1:]])
     out = Path(args.out)
     text = out.read_text() if out.exists() else HEADER
     out.write_text(merge_sections(text, sections))

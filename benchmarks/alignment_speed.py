@@ -1,4 +1,5 @@
-"""Aligning one million tokens of real text between two real tokenizers, on one core.
+"""Aligning one million tokens of real text between two real tokenizers, at 1 torch thread and at
+torch's default thread count (``--threads``, a list; ``default``: the machine's cores).
 
 Ours: ``alignment.tokens.offsets.offsets_from_encoding`` (token-byte table, vectorised cumsum) +
 ``alignment.spans.align_spans`` (intersection of end positions + searchsorted).
@@ -12,11 +13,12 @@ Both sides get the same ``tokenizers`` encodings (``encode_batch``), timed separ
 as "encode". Text: the Python standard library's sources (code, comments, docstrings), one document
 per file, until the student side has >= 1,000,000 tokens.
 
-    OMP_NUM_THREADS=1 RAYON_NUM_THREADS=1 .venv/bin/python benchmarks/alignment_speed.py
+    RAYON_NUM_THREADS=1 .venv/bin/python benchmarks/alignment_speed.py [--threads 1,default]
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -25,7 +27,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("RAYON_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import statistics
 import sysconfig
@@ -93,7 +94,7 @@ def timed(fn, *args) -> tuple[float, object]:
     return statistics.median(times), out
 
 
-def run_pair(a_name: str, b_name: str, with_peer: bool) -> list[str]:
+def run_pair(a_name: str, b_name: str, with_peer: bool, threads: int) -> list[str]:
     a_tok = AutoTokenizer.from_pretrained(offline.ALL[a_name]())
     b_tok = AutoTokenizer.from_pretrained(offline.ALL[b_name]())
     docs = corpus(a_tok, TARGET_TOKENS)
@@ -109,7 +110,7 @@ def run_pair(a_name: str, b_name: str, with_peer: bool) -> list[str]:
     ours(a_tok, b_tok, docs[:2], a_encs[:2], b_encs[:2])  # builds the cached token-byte tables
     t_ours, s_ours = timed(ours, a_tok, b_tok, docs, a_encs, b_encs)
     pair = f"{a_name} vs {b_name}"
-    head = f"| {pair} | {n_a:,} / {n_b:,} | {len(docs)} | {t_enc:.2f} |"
+    head = f"| {threads} | {pair} | {n_a:,} / {n_b:,} | {len(docs)} | {t_enc:.2f} |"
     if not with_peer:
         return [f"{head} {t_ours:.2f} | - | - | {s_ours:,} spans |"]
     t_trl, s_trl = timed(trl_gold, docs, a_encs, b_encs)
@@ -118,27 +119,32 @@ def run_pair(a_name: str, b_name: str, with_peer: bool) -> list[str]:
 
 
 def main() -> None:
-    torch.set_num_threads(1)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", default="1,default", help="torch thread counts, or 'default'")
+    args = ap.parse_args()
+    default = torch.get_num_threads()
     lines = [
-        f"Aligning >= {TARGET_TOKENS:,} tokens of real text on one core "
-        f"(median of {REPEATS}, CPU seconds; Python {sys.version.split()[0]}, "
-        f"torch {torch.__version__})",
+        f"Aligning >= {TARGET_TOKENS:,} tokens of real text "
+        f"(median of {REPEATS}, CPU seconds of the process; Python {sys.version.split()[0]}, "
+        f"torch {torch.__version__}, {os.cpu_count()} cores, default torch threads {default})",
         "",
-        "| pair (student vs teacher) | tokens | docs | encode (both) | ours: offsets + spans "
-        "| TRL GOLD: offsets + spans | speed-up | check |",
-        "|---|---|---|---|---|---|---|---|",
+        "| torch threads | pair (student vs teacher) | tokens | docs | encode (both) "
+        "| ours: offsets + spans | TRL GOLD: offsets + spans | speed-up | check |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    lines += run_pair("gpt2", "qwen", with_peer=True)
-    lines += run_pair("smollm2", "gemma3", with_peer=False)
+    for th in args.threads.split(","):
+        n = default if th == "default" else int(th)
+        torch.set_num_threads(n)
+        lines += run_pair("gpt2", "qwen", with_peer=True, threads=n)
+        lines += run_pair("smollm2", "gemma3", with_peer=False, threads=n)
     lines += ["", "Target: ours < 10 s per million tokens, excluding the tokenizers' own encode."]
     table = "\n".join(lines)
     print(table)
     out = Path(__file__).with_name("RESULTS-alignment-speed.md")
     out.write_text(
         "# Alignment speed\n\n"
-        "`OMP_NUM_THREADS=1 RAYON_NUM_THREADS=1 .venv/bin/python benchmarks/alignment_speed.py`\n\n"
-        + table
-        + "\n"
+        f"`RAYON_NUM_THREADS=1 .venv/bin/python benchmarks/alignment_speed.py "
+        f"--threads {args.threads}`\n\n" + table + "\n"
     )
 
 

@@ -3,8 +3,9 @@
 One row per loss: the forward and backward of the loss alone on one completion of ``--tokens``
 SmolLM2 tokens (English prose, real tokenizations by both tokenizers, spans aligned inside the
 timed call), from the student logits to their gradient; random logits with the sampled token's
-logit raised (the values do not change the work). Each row runs in a fresh subprocess with one
-thread: ``--warmup`` untimed calls, then the median wall time of ``--repeats`` calls and the peak
+logit raised (the values do not change the work). Each row runs in a fresh subprocess with
+``--threads`` torch threads (default 1; ``default``: torch's own count): ``--warmup`` untimed
+calls, then the median wall time of ``--repeats`` calls and the peak
 RSS above the RSS before the first call (Linux: the peak is reset there, ``clear_refs``).
 The peer is TRL's GOLD ``ULDLoss`` (extended ULD, "bayesian" merge: the ``uld`` row runs ours
 with ``anchor="last"``, the same semantics; the ``uld`` objective's default anchor is
@@ -14,6 +15,7 @@ first), ``gold_prefix`` the ``gold`` objective's default (``matched=prefix``).
 
     .venv/bin/python benchmarks/cross_objectives.py [--tokens 104] [--repeats 3] [--warmup 1]
         [--impls next_byte,gold_prefix,gold_token,uld,trl_uld] [--objectives]
+        [--threads 1|N|default]
 
 ``--objectives`` instead times each registered objective's ``loss`` + backward end to end with
 the real models (the SmolLM2 student's forward and backward included; the Gemma-3 teacher scores
@@ -136,8 +138,15 @@ def _trl(inp: dict):
     return _alignment_bench()._trl_loss(inp, hybrid=False)
 
 
-def worker(impl: str, tokens: int, repeats: int, warmup: int) -> dict:
-    torch.set_num_threads(1)
+def _set_threads(threads: str) -> int:
+    """``--threads``: a number, or ``default`` (torch's own count); returns the count used."""
+    if threads != "default":
+        torch.set_num_threads(int(threads))
+    return torch.get_num_threads()
+
+
+def worker(impl: str, tokens: int, repeats: int, warmup: int, threads: str = "1") -> dict:
+    _set_threads(threads)
     inp = make_inputs(tokens)
     run = _trl(inp) if impl == "trl_uld" else _ours(inp, impl)
     base = inp["s"]["logits"]
@@ -167,7 +176,7 @@ OBJECTIVE_ROWS = (
 )
 
 
-def objective_rows(tokens: int, repeats: int, warmup: int) -> None:
+def objective_rows(tokens: int, repeats: int, warmup: int, threads: str = "1") -> None:
     """Print each objective's loss + backward wall time (median) with the real models."""
     from onpolicy.api import completion_rollout, make_objective
     from onpolicy.models import load_model, load_tokenizer
@@ -175,7 +184,7 @@ def objective_rows(tokens: int, repeats: int, warmup: int) -> None:
     from onpolicy.teacher.local import LocalTeacher
     from onpolicy.types import Prompt
 
-    torch.set_num_threads(1)
+    n = _set_threads(threads)
     stok, ttok = load_tokenizer(smollm2_dir()), load_tokenizer(gemma3_dir())
     student, teacher = load_model(smollm2_dir()), load_model(gemma3_dir(), trainable=False)
     text = stok.decode(stok(TEXT, add_special_tokens=False)["input_ids"][:tokens])
@@ -183,7 +192,7 @@ def objective_rows(tokens: int, repeats: int, warmup: int) -> None:
     ro = completion_rollout(prompts, [text], stok)
     scores = LocalTeacher(teacher, ttok, stok, mode="cross").score(ro)
     print(f"objective loss + backward, SmolLM2 student ({len(ro.completion_ids_B[0])} tokens) "
-          f"-> Gemma-3 teacher, 1 thread, median of {repeats}")  # fmt: skip
+          f"-> Gemma-3 teacher, {n} torch thread(s), median of {repeats}")  # fmt: skip
     print(f"{'objective':<10} {'params':<42} {'fwd+bwd s':>10}")
     for name, params in OBJECTIVE_ROWS:
         objective, times = make_objective(name, **params), []
@@ -203,27 +212,27 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--impls", default=",".join(IMPLS))
     p.add_argument("--objectives", action="store_true", help="end-to-end objective timings")
+    p.add_argument("--threads", default="1", help="torch threads: a number or 'default'")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.objectives:
-        objective_rows(a.tokens, a.repeats, a.warmup)
+        objective_rows(a.tokens, a.repeats, a.warmup, a.threads)
         return
     if a.worker:
-        print(json.dumps(worker(a.worker, a.tokens, a.repeats, a.warmup)))
+        print(json.dumps(worker(a.worker, a.tokens, a.repeats, a.warmup, a.threads)))
         return
     rows = []
     for impl in a.impls.split(","):
-        cmd = [sys.executable, __file__, "--worker", impl, "--tokens", str(a.tokens),
-               "--repeats", str(a.repeats), "--warmup", str(a.warmup)]  # fmt: skip
-        done = subprocess.run(cmd, capture_output=True, text=True, env={"OMP_NUM_THREADS": "1",
-                              **__import__("os").environ})  # fmt: skip
+        cmd = [sys.executable, __file__, "--worker", impl, "--tokens", str(a.tokens), "--repeats",
+               str(a.repeats), "--warmup", str(a.warmup), "--threads", a.threads]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode:
             print(f"{impl}: failed: {done.stderr.strip().splitlines()[-1:]}")
             continue
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
     trl = next((r["seconds"] for r in rows if r["impl"] == "trl_uld"), None)
-    print(f"student tokens {a.tokens}, SmolLM2 49,152 -> Gemma-3 262,144, 1 thread, median of "
-          f"{a.repeats}")  # fmt: skip
+    print(f"student tokens {a.tokens}, SmolLM2 49,152 -> Gemma-3 262,144, torch threads "
+          f"{a.threads} ({_set_threads(a.threads)}), median of {a.repeats}")  # fmt: skip
     print(f"{'loss':<12} {'s tok':>5} {'t tok':>5} {'fwd+bwd s':>10} {'peak MB':>8} "
           f"{'vs trl_uld':>10} {'value':>10}")  # fmt: skip
     for r in rows:

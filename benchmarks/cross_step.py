@@ -3,8 +3,9 @@
 The e2e benchmark's cross setting (SmolLM2-135M student, the 151k-vocabulary Qwen2 teacher of
 ``benchmarks/e2e_models.py``, batch 8, completions of 128 tokens): one ``hf`` rollout (cached in
 ``--rollout-cache`` so repeated runs train on the same tokens), then score -> loss -> backward ->
-AdamW step, each phase's CPU time and the process's peak RSS after it. ``--profile`` prints a
-cProfile of the score + loss + backward phases (1 thread).
+AdamW step, each phase's CPU time and the process's peak RSS after it, at ``--threads`` torch
+threads (default 1; ``default``: torch's own count). ``--profile`` prints a cProfile of the
+score + loss + backward phases.
 
     python benchmarks/cross_step.py --objective gold
     python benchmarks/cross_step.py --objective gold reference_kl=0 matched=token --profile
@@ -65,10 +66,13 @@ def main(argv: list[str] | None = None) -> int:
         "--student-layers", type=int, default=0,
         help="keep only this many student layers (the regime where the backbone is cheap)",
     )  # fmt: skip
+    p.add_argument("--threads", default="1", help="torch threads: a number or 'default'")
     args = p.parse_args(argv)
     import torch
 
-    torch.set_num_threads(1)
+    if args.threads != "default":
+        torch.set_num_threads(int(args.threads))
+    print(f"torch threads {torch.get_num_threads()} (--threads {args.threads})")
     torch.manual_seed(0)
     from benchmarks.e2e_models import model_pair
     from benchmarks.e2e_sides import _value, cut_layers

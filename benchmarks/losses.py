@@ -12,6 +12,7 @@ table and writes it, with the command, to ``benchmarks/RESULTS-losses.md``.
 
     python benchmarks/losses.py            # both shapes, betas 0, 0.5, 1
     python benchmarks/losses.py --quick    # the small shape only, 2 repeats
+    python benchmarks/losses.py --threads 1  # at 1 torch thread (default: torch's own count)
 """
 
 from __future__ import annotations
@@ -104,9 +105,15 @@ def run_timing(shape: str, beta: float, repeats: int) -> dict:
     return out
 
 
+THREADS = ["default"]  # --threads: torch threads of the child processes (a number or default)
+
+
 def _spawn(*args: object) -> dict:
     cmd = [sys.executable, __file__, "--child", *map(str, args)]
     env = dict(os.environ, TRL_EXPERIMENTAL_SILENCE="1", TOKENIZERS_PARALLELISM="false")
+    env.pop("OMP_NUM_THREADS", None)
+    if THREADS[0] != "default":
+        env["OMP_NUM_THREADS"] = THREADS[0]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"{args} failed:\n{out.stderr[-2000:]}")
@@ -142,8 +149,10 @@ HEADER = (
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small shape only, 2 repeats")
+    parser.add_argument("--threads", default="default", help="torch threads: a number or default")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    THREADS[0] = args.threads
     if args.child and args.child[0] == "memory":
         print(json.dumps(run_memory(args.child[1], args.child[2], float(args.child[3]))))
         return
@@ -162,7 +171,10 @@ def main() -> None:
             print(rows[-1], flush=True)
     import torch
 
+    if args.threads != "default":
+        torch.set_num_threads(int(args.threads))
     command = "python benchmarks/losses.py" + (" --quick" if args.quick else "")
+    command += f" --threads {args.threads}"
     text = (
         "# Divergence losses: forward + backward, chunked vs TRL vs dense\n\n"
         f"Command: `{command}` (run by `make bench`). Machine: {platform.processor() or 'cpu'}, "

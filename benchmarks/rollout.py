@@ -5,6 +5,7 @@ temperature 1, ``max_new_tokens`` new tokens), median over repeats, side by side
 then the time of one full weight sync into the engine. Runs in the vLLM venv:
 
     .venv-vllm/bin/python benchmarks/rollout.py [--repeats 3] [--max-new-tokens 64] [--out FILE]
+        [--threads 1|N|default]
 """
 
 from __future__ import annotations
@@ -52,9 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--out", default=None, help="also write the table (markdown) here")
+    ap.add_argument("--threads", default="default", help="torch threads: a number or default")
     args = ap.parse_args(argv)
 
     import torch
+
+    if args.threads != "default":
+        torch.set_num_threads(int(args.threads))
 
     from onpolicy.chat import render_prompts
     from onpolicy.models import load_model, load_tokenizer
@@ -105,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.out, "w") as f:
             command = " ".join(["benchmarks/rollout.py", *(argv or sys.argv[1:])])
             f.write(
-                "# Rollout throughput: hf vs vllm\n\nCommand: `OMP_NUM_THREADS=2 "
-                f".venv-vllm/bin/python {command}`\n\n{table}\n"
+                "# Rollout throughput: hf vs vllm\n\nCommand: "
+                f"`.venv-vllm/bin/python {command}`\n\n{table}\n"
             )
     return 0
 

@@ -42,6 +42,7 @@ import torch
 from onpolicy.api import distillation_reward, loss, rollout, score, step
 from onpolicy.models import load_model, load_tokenizer
 from onpolicy.objectives.policy_gradient import PolicyGradient
+from onpolicy.rewards import group_advantages  # the engine's own (config: `reward:`)
 from onpolicy.rollout.base import make_backend
 from onpolicy.teacher.local import LocalTeacher
 from onpolicy.tiny import tiny_model_dir
@@ -79,22 +80,6 @@ TASKS: dict[str, tuple[Callable[..., list[Prompt]], Callable[[Prompt, str], floa
     "sum": (sum_prompts, sum_reward),
     "count": (count_prompts, count_reward),
 }
-
-
-def group_advantages(
-    rewards: list[float], prompt_index_B: list[int], scale: bool, eps: float = 1e-6
-) -> list[float]:
-    """Each reward minus the mean reward of its prompt's samples; divided by their standard
-    deviation too when ``scale`` (a group whose samples all agree gets 0)."""
-    groups: dict[int, list[float]] = {}
-    for r, i in zip(rewards, prompt_index_B, strict=True):
-        groups.setdefault(i, []).append(r)
-    out = []
-    for r, i in zip(rewards, prompt_index_B, strict=True):
-        g = torch.tensor(groups[i])
-        centred = r - float(g.mean())
-        out.append(centred / (float(g.std(unbiased=False)) + eps) if scale else centred)
-    return out
 
 
 def accuracy(backend, prompts, tokenizer, reward) -> float:

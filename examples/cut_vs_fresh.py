@@ -16,9 +16,8 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM
 
-from onpolicy.config_checks import resolve_model_path
 from onpolicy.init_student import init_student
-from onpolicy.models import load_model, load_tokenizer
+from onpolicy.models import load_model, load_tokenizer, resolve_model_path
 from onpolicy.scaling.grid import GridConfig, gold_rollout, mean_nll, train_student
 from onpolicy.teacher.local import LocalTeacher
 

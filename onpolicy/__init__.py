@@ -8,6 +8,16 @@ first use (``import onpolicy`` stays cheap)::
     from onpolicy.api import rollout
 
 (``rollout`` is not re-exported here: ``onpolicy.rollout`` is the backends' subpackage.)
+
+Layout. The engine: ``types`` (the contract), ``config`` + ``config_checks`` (a run config,
+validated before any model loads), ``data`` (the one prompt loader), ``chat`` (prompt rendering,
+on ``alignment.tokens.chat``), ``models`` (loading, LoRA, and the one place model paths are
+checked and resolved: folders, ``.gguf``, ``tiny:``, ``offline:``), ``forward``, ``losses``
+(token-level divergences, sampled-token log-probs, token normalization: the one home of the
+per-token math, on ``alignment.divergence``), ``objectives`` (one factory,
+``objectives.base.make_objective``), ``teacher``, ``rollout``, ``trainer`` (setup, loop,
+evaluation, checkpoints), ``api`` and ``cli``. The harness it drives: ``tasks``, ``compare``,
+``evidence``, ``scaling``, ``init_student``, and the model builders ``tiny`` and ``offline``.
 """
 
 from __future__ import annotations
@@ -36,6 +46,9 @@ _LAZY = {
     "make_objective": "onpolicy.api",
     "make_backend": "onpolicy.rollout.base",
     "LocalTeacher": "onpolicy.teacher.local",
+    "VLLMTeacher": "onpolicy.teacher.vllm_teacher",
+    "TeacherSet": "onpolicy.teacher.routing",
+    "make_teacher": "onpolicy.api",
     # models
     "load_model": "onpolicy.models",
     "load_tokenizer": "onpolicy.models",

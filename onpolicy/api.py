@@ -33,6 +33,26 @@ def rollout(
     return backend.generate(render_prompts(tokenizer, prompts), sampling, prompts)
 
 
+def make_teacher(
+    student: Any, student_tokenizer: Any, objective: Objective | None = None, **block: Any
+) -> Any:
+    """A teacher from the keys of a config ``teacher:`` block, checked as the config is (one-line
+    ``ConfigError``s before anything loads), e.g. ``make_teacher(student, tok, path="T",
+    backend="vllm-server", server_url="http://127.0.0.1:8000", top_k=64)``. ``objective``: what
+    it will score for (a top-k teacher asks for what it needs; default ``reverse_kl``'s logits).
+    Several teachers: ``onpolicy.teacher.routing.TeacherSet`` and ``score_and_loss``."""
+    from onpolicy.config import from_dict
+    from onpolicy.objectives.base import make_objective, teacher_output
+    from onpolicy.teacher.backends import build_teacher, check_backend
+
+    t = from_dict({"teacher": block}).teacher
+    objective = objective or make_objective("reverse_kl")
+    output = teacher_output(objective)
+    check_backend("teacher", t, output, objective)
+    device = next(student.parameters()).device
+    return build_teacher(t, student, student_tokenizer, device, output).scorer
+
+
 def score(teacher: Any, ro: Rollout) -> TeacherScores:
     """The teacher's scores for a rollout (``LocalTeacher.score`` or any object with ``score``)."""
     return teacher.score(ro)

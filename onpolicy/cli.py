@@ -7,6 +7,8 @@
     onpolicy quickstart ...    (onpolicy.compare: a small end-to-end demo)
     onpolicy init-student ...  (onpolicy.init_student: a student cut from the teacher's layers)
     onpolicy scaling ...       (onpolicy.scaling: fit a distillation scaling law to your runs)
+    onpolicy generate ...      (onpolicy.generate: the teacher answers prompts -> a dataset)
+    onpolicy score ...         (onpolicy.scores: cached top-k teacher scores of a dataset)
 
 Works unchanged under ``accelerate launch -m onpolicy.cli train ...`` (or ``accelerate launch
 $(which onpolicy) train ...``). A bad input is one line on stderr (``onpolicy: error: ...``) and
@@ -25,13 +27,15 @@ from pathlib import Path
 from onpolicy.errors import ConfigError, OnpolicyError
 
 _DISPATCH = {
-    # subcommand: (module, candidate function names); the first found is called with the argv
-    # after the subcommand and returns the exit status
-    "doctor": ("alignment.doctor", ("main",)),
-    "compare": ("onpolicy.compare", ("compare_main", "main")),
-    "quickstart": ("onpolicy.compare", ("quickstart_main", "main")),
-    "init-student": ("onpolicy.init_student", ("main",)),
-    "scaling": ("onpolicy.scaling", ("main",)),
+    # subcommand: (module, function); the function is called with the argv after the subcommand
+    # and returns the exit status
+    "doctor": ("alignment.doctor", "main"),
+    "compare": ("onpolicy.compare", "main"),
+    "quickstart": ("onpolicy.compare", "quickstart_main"),
+    "init-student": ("onpolicy.init_student", "main"),
+    "scaling": ("onpolicy.scaling", "main"),
+    "generate": ("onpolicy.generate", "main"),
+    "score": ("onpolicy.scores.command", "main"),
 }
 
 
@@ -107,6 +111,8 @@ _SUMMARIES = {
     "quickstart": "a small end-to-end comparison on CPU",
     "init-student": "a smaller student cut from a subset of the teacher's layers",
     "scaling": "fit the distillation scaling law to a table of your runs",
+    "generate": "a teacher-made dataset: the teacher answers your prompts (resumable)",
+    "score": "cache a teacher's top-k scores of a dataset for training without the teacher",
 }
 
 
@@ -201,7 +207,7 @@ def _check_doctor_folders(argv: list[str]) -> str | None:
 
 
 def _dispatch(command: str, argv: list[str]) -> int:
-    module_name, functions = _DISPATCH[command]
+    module_name, function = _DISPATCH[command]
     problem = _check_doctor_folders(argv) if command == "doctor" else None
     if problem is not None:
         print(f"onpolicy: error: {problem}", file=sys.stderr)
@@ -213,11 +219,10 @@ def _dispatch(command: str, argv: list[str]) -> int:
             f"onpolicy: error: `{command}` is unavailable ({module_name}: {exc})", file=sys.stderr
         )
         return 2
-    for fn in functions:
-        if hasattr(module, fn):
-            return int(getattr(module, fn)(argv) or 0)
-    print(f"onpolicy: error: {module_name} has no {' or '.join(functions)}", file=sys.stderr)
-    return 2
+    if not hasattr(module, function):
+        print(f"onpolicy: error: {module_name} has no {function}", file=sys.stderr)
+        return 2
+    return int(getattr(module, function)(argv) or 0)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Layout: one block per swappable component, flat scalar keys inside each block::
 
     student:   {path: tiny:small, dtype: float32, max_length: 256, init_from: runs/warm}
-    teacher:   {path: ..., mode: auto}           # mode: same | cross | auto | self
+    teacher:   {path: ..., mode: auto, backend: local}   # backend: local | vllm | vllm-server
+    teachers:  {math: {path: ..., weight: 1.0}, chat: {...}}  # several (instead of teacher:)
     lora:      {enabled: true, r: 8, alpha: 16, target_modules: [q_proj, v_proj]}
     rollout:   {backend: hf, max_new_tokens: 32, temperature: 1.0, vllm: {...}}
     objective: {name: reverse_kl, params: {beta: 1.0}}
@@ -13,10 +14,13 @@ Layout: one block per swappable component, flat scalar keys inside each block::
     train:     {steps: 100, micro_batch_size: 4, grad_accum: 2, seed: 0, output_dir: runs/x}
     eval:      {every: 20, num_prompts: 32, greedy: true}
     logging:   {every: 1, jsonl: true, tensorboard: true}
+    reward:    {function: rewards.py:correct, coef: 1.0}   # policy_gradient + a task reward
 
-A model path is a local Hugging Face folder, a ``.gguf`` file, or ``tiny:<size>[,key=value...]``
+A model path is a local Hugging Face folder, a ``.gguf`` file, ``tiny:<size>[,key=value...]``
 (a tiny model built in-process by ``onpolicy.tiny.tiny_model_dir``; e.g.
-``tiny:small,pretrain_steps=300,seed=1,tokenizer=char``), so recipes run offline.
+``tiny:small,pretrain_steps=300,seed=1,tokenizer=char``) or ``offline:smollm2|gemma3`` (a real
+model from its package, ``onpolicy.offline``), so recipes run offline. Paths are checked and
+resolved in one place, ``onpolicy.models`` (``check_model_path``, ``resolve_model_path``).
 
 Every error is a ``ConfigError`` with one line that names the key, the bad value and the fix.
 """
@@ -58,7 +62,10 @@ class TeacherConfig:
     (the student's own base with LoRA adapters disabled; needs ``lora.enabled``).
     ``samples``: teacher-sampled batches (SFT, GKD's off-policy share) are ``fresh`` samples every
     step, or ``fixed``: one sample per prompt drawn once before training (sequence-level KD's
-    dataset)."""
+    dataset); ``sample_seed``: the seed of that draw (default ``train.seed``), so runs of several
+    seeds can train on one dataset.
+    ``scores``: cached top-k scores (``onpolicy score``) for the dataset batches, read with no
+    teacher model in memory; other batches (GKD's on-policy share) need ``path``."""
 
     path: str | None = None
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
@@ -66,6 +73,19 @@ class TeacherConfig:
     top_k: int = 0  # 0 = full distribution; > 0 = sparse top-k scores
     gguf_file: str | None = None
     samples: Literal["fresh", "fixed"] = "fresh"
+    scores: str | None = None  # a folder written by `onpolicy score` (onpolicy.scores.cached)
+    # where the teacher runs (``onpolicy.teacher.backends``): ``local`` (transformers, this
+    # process), ``vllm`` (a vLLM engine in this process, started on ``path``; ``vllm`` keys are
+    # ``VLLMEngineOptions``), ``vllm-server`` (a running ``vllm serve`` at ``server_url``; ``path``
+    # gives the tokenizer; ``vllm`` keys are ``RetryPolicy`` fields). vLLM teachers return top-k
+    # log-probabilities: ``top_k`` per position (0 = 64 same tokenizer, 256 across tokenizers,
+    # or only the sampled token's when the objective needs no more: ``policy_gradient``).
+    backend: Literal["local", "vllm", "vllm-server"] = "local"
+    server_url: str | None = None
+    served_model: str | None = None
+    vllm: dict[str, Any] = field(default_factory=dict)
+    weight: float = 1.0  # in ``teachers:``: share of the loss for prompts that name no teacher
+    sample_seed: int | None = None
 
 
 @dataclass
@@ -152,6 +172,7 @@ class DataConfig:
     chat: bool = False
     on_too_long: Literal["skip", "error"] = "skip"
     shuffle: bool = True
+    teacher_field: str = "teacher"  # with ``teachers:``, a row's field naming its teacher
 
 
 @dataclass
@@ -214,11 +235,33 @@ class LoggingConfig:
 
 
 @dataclass
+class RewardConfig:
+    """A task reward added to the sampled-token objective's advantage (``policy_gradient``):
+    ``kl_coef * teacher log-ratio + coef * group-normalized reward`` (``onpolicy.rewards``).
+
+    ``function``: ``path/to/file.py:function`` (``(completion_text, prompt) -> float``, a local
+    file, relative to the config's folder) or a built-in metric (``exact_match``, ``contains``);
+    None = no task reward. ``normalize``: ``std`` (minus the prompt's mean over its ``rollout.n``
+    samples, over their std) or ``center`` (minus the mean only). The stable start measured in
+    docs/results/custom-loop.md: objective ``kl_coef: 0.1``, ``advantage_norm: batch``, lr 3e-4,
+    ``rollout.n: 4`` (``configs/pg_task_reward.yaml``)."""
+
+    function: str | None = None
+    coef: float = 1.0
+    normalize: Literal["std", "center"] = "std"
+
+
+@dataclass
 class Config:
     """The whole run. See the module docstring for the YAML layout."""
 
     student: ModelConfig = field(default_factory=ModelConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    # several teachers, by name (``onpolicy.teacher.routing``): a prompt whose row names one in
+    # ``data.teacher_field`` is scored by it alone; the others by every teacher, the losses
+    # mixed by ``weight`` (teacher samples: ``onpolicy.trainer.routed_samples``). Leave ``teacher``
+    # unset when this is set.
+    teachers: dict[str, TeacherConfig] = field(default_factory=dict)
     lora: LoraConfig = field(default_factory=LoraConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -228,6 +271,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -259,6 +303,8 @@ def load_config(
             raise ConfigError(f"config file {str(p)!r} must hold a mapping of blocks at the top")
     raw = apply_overrides(raw, overrides)
     config = from_dict(raw)
+    # imported here, not at the top, so that ``onpolicy.config`` stays free of torch (the checks
+    # import ``onpolicy.models``); ``config_checks`` imports this module for annotations only
     from onpolicy.config_checks import resolve_path, validate
 
     base_dir = Path(path).parent if path is not None else None
@@ -267,6 +313,11 @@ def load_config(
         value = getattr(config.data, key)
         if value is not None:
             setattr(config.data, key, str(resolve_path(value, base_dir).resolve()))
+    if config.teacher.scores is not None:
+        config.teacher.scores = str(resolve_path(config.teacher.scores, base_dir).resolve())
+    file, sep, fn = (config.reward.function or "").rpartition(":")
+    if sep and file.endswith(".py"):  # a local reward file, relative to the YAML's folder
+        config.reward.function = f"{resolve_path(file, base_dir).resolve()}:{fn}"
     return config
 
 
@@ -332,6 +383,10 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key} must be a list, got {value!r}")
         return [_coerce(args[0], v, key) for v in value]
+    if origin is dict and dataclasses.is_dataclass(args[1]):  # a named map of blocks
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping of name -> block, got {value!r}")
+        return {str(k): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
     if origin is dict or hint is Any:
         if origin is dict and not isinstance(value, dict):
             raise ConfigError(f"{key} must be a mapping, got {value!r}")

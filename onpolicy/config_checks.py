@@ -8,29 +8,40 @@ from __future__ import annotations
 import contextlib
 import difflib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from onpolicy.config import Config, ObjectiveConfig
 from onpolicy.errors import ConfigError
 from onpolicy.metrics import check_metric
+from onpolicy.models import (
+    check_model_path,
+    parse_tiny_spec,
+    resolve_model_path,
+    saved_weights_file,
+)
+from onpolicy.objectives.base import make_objective
+
+if TYPE_CHECKING:  # annotations only: config imports this module, never the other way
+    from onpolicy.config import Config, ObjectiveConfig, TeacherConfig
+    from onpolicy.objectives.base import Objective
+
+__all__ = ["parse_tiny_spec", "resolve_model_path", "resolve_path", "validate"]
 
 
 def validate(config: Config, base_dir: Path | None = None) -> None:
     """Raise ``ConfigError`` on the first problem; ``base_dir`` resolves relative data paths."""
     c = config
     _check_ranges(c)
-    _check_model_path("student.path", c.student.path)
+    check_model_path("student.path", c.student.path)
     if c.student.init_from is not None:
-        from onpolicy.models import saved_weights_file
-
         saved_weights_file(c.student.init_from)  # a one-line error before any model loads
-    if c.teacher.mode == "self":
-        if not c.lora.enabled:
-            raise ConfigError(
-                "teacher.mode=self needs lora.enabled=true (teacher = base, adapters off)"
-            )
-    elif c.teacher.path is not None:
-        _check_model_path("teacher.path", c.teacher.path)
+    for key, t in _teacher_blocks(c):
+        if t.mode == "self":
+            if not c.lora.enabled:
+                raise ConfigError(
+                    f"{key}.mode=self needs lora.enabled=true (teacher = base, adapters off)"
+                )
+        elif t.path is not None:
+            check_model_path(f"{key}.path", t.path)
     for key, value in (("data.path", c.data.path), ("data.eval_path", c.data.eval_path)):
         if value is not None and not resolve_path(value, base_dir).exists():
             raise ConfigError(
@@ -38,13 +49,26 @@ def validate(config: Config, base_dir: Path | None = None) -> None:
                 "or a save_to_disk folder"
             )
     check_metric(c.eval.metric, base_dir)
+    if c.reward.function is not None:
+        from onpolicy.rewards import check_reward_config
+
+        check_reward_config(c, base_dir)
     _check_registered("rollout.backend", c.rollout.backend, _backend_names())
     _check_registered("objective.name", c.objective.name, _objective_names())
     _check_objective_params(c.objective)
     from onpolicy.hidden.build import check_hidden_config
 
     check_hidden_config(c)
-    if c.teacher.path is None and c.teacher.mode != "self" and _needs_teacher_model(c):
+    # built once by the one factory: bad option values fail here, before any model loads
+    objective = make_objective(c.objective.name, c.objective.params, c.train.seed)
+    _check_teachers(c, objective)
+    if c.teachers:
+        return
+    if c.teacher.scores is not None:
+        from onpolicy.scores.cached import check_cached_scores
+
+        check_cached_scores(c, base_dir)
+    elif c.teacher.path is None and c.teacher.mode != "self" and _needs_teacher(objective, c):
         raise ConfigError(
             f"teacher.path is missing and objective {c.objective.name!r} needs a teacher; set it "
             "to a model folder or tiny:<size> (gold-data SFT without a teacher: objective sft "
@@ -52,17 +76,47 @@ def validate(config: Config, base_dir: Path | None = None) -> None:
         )
 
 
-def _needs_teacher_model(c: Config) -> bool:
-    """Whether the objective scores with the teacher or samples it in some step."""
-    from onpolicy.objectives.base import OBJECTIVES
+def _teacher_blocks(c: Config) -> list[tuple[str, TeacherConfig]]:
+    """``(config key, block)`` of each teacher: ``teachers.<name>``, else ``teacher``."""
+    if c.teachers:
+        return [(f"teachers.{name}", t) for name, t in c.teachers.items()]
+    return [("teacher", c.teacher)]
 
-    factory = OBJECTIVES.get(c.objective.name)
-    if factory is None:
-        return True
-    try:
-        objective = factory(**c.objective.params)
-    except Exception:  # bad params are reported when the run builds the objective
-        return True
+
+def _check_teachers(c: Config, objective: Objective) -> None:
+    """Each teacher's backend against the objective; the ``teachers:`` map's own rules."""
+    from onpolicy.config import TeacherConfig
+    from onpolicy.objectives.base import teacher_output
+    from onpolicy.teacher.backends import check_backend
+
+    output = teacher_output(objective)
+    if c.teachers:
+        if c.teacher != TeacherConfig():
+            raise ConfigError(
+                "both teacher: and teachers: are set; put every teacher under teachers: "
+                "(name: {path: ..., weight: ...}) and drop the teacher: block"
+            )
+        if len({t.samples for t in c.teachers.values()}) > 1:
+            raise ConfigError(
+                "teachers: disagree on samples (fresh / fixed); set the same value in each"
+            )
+        samples = any(objective.batch_source(s) == "teacher" for s in range(c.train.steps))
+        if samples and any(t.mode == "self" for t in c.teachers.values()):
+            raise ConfigError(
+                f"objective {c.objective.name!r} samples the teachers, and a mode: self teacher "
+                "cannot sample; give it a path or drop it"
+            )
+    for key, t in _teacher_blocks(c):
+        if c.teachers and t.path is None and t.mode != "self":
+            raise ConfigError(f"{key}.path is missing; set it to a model folder or tiny:<size>")
+        if t.weight <= 0:
+            raise ConfigError(f"{key}.weight={t.weight} must be > 0")
+        if t.path is not None or t.backend != "local":
+            check_backend(key, t, output, objective)
+
+
+def _needs_teacher(objective: Objective, c: Config) -> bool:
+    """Whether the objective scores with the teacher or samples it in some step."""
     if objective.needs_teacher:
         return True
     return any(objective.batch_source(s) == "teacher" for s in range(c.train.steps))
@@ -152,53 +206,6 @@ def resolve_path(value: str, base_dir: Path | None) -> Path:
     if p.is_absolute() or p.exists() or base_dir is None:
         return p
     return base_dir / p
-
-
-def _check_model_path(key: str, value: str) -> None:
-    if value.startswith("tiny:"):
-        parse_tiny_spec(value)
-        return
-    if not Path(value).expanduser().exists():
-        raise ConfigError(
-            f"{key}={value!r} does not exist; give a local Hugging Face folder, a .gguf file, or "
-            "tiny:<size> (no model hub is used)"
-        )
-
-
-def parse_tiny_spec(spec: str) -> dict[str, Any]:
-    """``tiny:small,seed=1,pretrain_steps=300`` -> kwargs of ``onpolicy.tiny.tiny_model_dir``."""
-    from onpolicy import tiny
-
-    body = spec.removeprefix("tiny:")
-    name, *opts = [s.strip() for s in body.split(",")]
-    if name not in tiny.SIZES:
-        raise ConfigError(
-            f"tiny model {name!r} in {spec!r} is unknown; use one of {sorted(tiny.SIZES)}"
-        )
-    kwargs: dict[str, Any] = {"name": name}
-    allowed = {"tokenizer": str, "seed": int, "pretrain_steps": int, "pad_vocab_to": int}
-    for opt in opts:
-        k, sep, v = opt.partition("=")
-        if not sep or k not in allowed:
-            raise ConfigError(
-                f"bad option {opt!r} in {spec!r}; use key=value with keys {sorted(allowed)}"
-            )
-        try:
-            kwargs[k] = allowed[k](v)
-        except ValueError as exc:
-            raise ConfigError(f"option {opt!r} in {spec!r} must be {allowed[k].__name__}") from exc
-    if kwargs.get("tokenizer", "bpe") not in ("bpe", "char"):
-        raise ConfigError(f"tokenizer in {spec!r} must be bpe or char")
-    return kwargs
-
-
-def resolve_model_path(spec: str) -> str:
-    """A local folder for ``spec`` (builds and caches ``tiny:`` models on first use)."""
-    if spec.startswith("tiny:"):
-        from onpolicy.tiny import tiny_model_dir
-
-        return str(tiny_model_dir(**parse_tiny_spec(spec)))
-    return str(Path(spec).expanduser())
 
 
 def _check_registered(key: str, value: str, known: list[str]) -> None:

@@ -131,6 +131,9 @@ def row_to_prompt(where: str, row: dict[str, Any], cfg: DataConfig) -> Prompt:
     """One ``Prompt`` from a row (see the module docstring); a ``DataError`` names ``where`` and
     the field for a missing prompt, a malformed ``messages`` list or an empty completion."""
     reference = _reference(where, row, cfg)
+    teacher = row.get(cfg.teacher_field)
+    if teacher is not None and (not isinstance(teacher, str) or not teacher):
+        raise DataError(f"{where}: `{cfg.teacher_field}` must name a teacher, got {teacher!r}")
     messages = row.get(cfg.messages_field)
     if messages is not None:
         msgs = _messages(where, messages, cfg.messages_field)
@@ -140,7 +143,7 @@ def row_to_prompt(where: str, row: dict[str, Any], cfg: DataConfig) -> Prompt:
             msgs = msgs[:-1]
         if not msgs:
             raise DataError(f"{where}: `{cfg.messages_field}` has no turn before the assistant's")
-        return Prompt(messages=msgs, reference=reference)
+        return Prompt(messages=msgs, reference=reference, teacher=teacher)
     if cfg.prompt_field not in row:
         raise DataError(
             f"{where}: no `{cfg.prompt_field}` or `{cfg.messages_field}` field (fields: "
@@ -150,8 +153,10 @@ def row_to_prompt(where: str, row: dict[str, Any], cfg: DataConfig) -> Prompt:
     if not isinstance(text, str) or not text.strip():
         raise DataError(f"{where}: `{cfg.prompt_field}` must be non-empty text, got {text!r}")
     if cfg.chat:
-        return Prompt(messages=({"role": "user", "content": text},), reference=reference)
-    return Prompt(text=text, reference=reference)
+        return Prompt(
+            messages=({"role": "user", "content": text},), reference=reference, teacher=teacher
+        )
+    return Prompt(text=text, reference=reference, teacher=teacher)
 
 
 def _reference(where: str, row: dict[str, Any], cfg: DataConfig) -> str | None:

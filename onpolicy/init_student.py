@@ -175,21 +175,18 @@ def init_student(
     every: int | None = None,
 ) -> StudentInit:
     """Cut a student from the teacher at ``teacher_path`` and save it (with the teacher's
-    tokenizer) to ``out_dir``. ``teacher_path``: a Hugging Face folder or a ``tiny:<size>,...``
+    tokenizer) to ``out_dir``. ``teacher_path``: a Hugging Face folder or a ``tiny:``/``offline:``
     spec as in configs. Exactly one of ``layers`` / ``every`` is given. Everything is
     validated from the teacher's config before its weights load; ``out_dir`` must be new or empty.
     """
     from transformers import AutoConfig
 
-    from onpolicy.config_checks import resolve_model_path
-    from onpolicy.models import load_model, load_tokenizer
+    from onpolicy.models import load_model, load_tokenizer, resolve_model_path
 
     if (layers is None) == (every is None):
         raise ConfigError("give exactly one of --layers 0,2,... and --every K")
     out = Path(out_dir)
-    if str(teacher_path).startswith("tiny:"):  # a tiny model spec, as in configs (built, cached)
-        teacher_path = resolve_model_path(str(teacher_path))
-    teacher_path = Path(teacher_path)
+    teacher_path = Path(resolve_model_path(str(teacher_path)))  # tiny:/offline: specs as in configs
     if not (teacher_path / "config.json").is_file():
         raise ConfigError(f"--teacher {teacher_path} is not a Hugging Face model folder")
     if out.exists() and any(out.iterdir()):

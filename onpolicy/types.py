@@ -25,11 +25,14 @@ class Prompt:
 
     Each model renders it with its own chat template (the teacher never sees the student's).
     ``reference`` is an optional reference answer (task metric, supervised baselines).
+    ``teacher`` names the teacher that scores it when a run has several (``teachers:``); None =
+    all of them, mixed by weight.
     """
 
     messages: tuple[dict[str, str], ...] | None = None
     text: str | None = None
     reference: str | None = None
+    teacher: str | None = None
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.text is None):

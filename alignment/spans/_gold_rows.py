@@ -26,20 +26,12 @@ tensor left is the gradient itself.
 from __future__ import annotations
 
 import math
-import mmap
-import threading
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
+from alignment.cpu import buffer, fresh_empty, run_chunks
 from alignment.spans.uld import sorted_l1_rows, topk_l1_rows
-
-BUFFER_MAX_BYTES = 1 << 24  # per-thread buffers up to this size (a chunk at <= 8 threads) are kept
-HUGE_MIN_BYTES = 1 << 23  # fresh CPU tensors from this size on go on huge pages (fresh_empty)
-_LOCAL = threading.local()
-_HUGE = 1 << 21
-_MADV_HUGEPAGE = getattr(mmap, "MADV_HUGEPAGE", None)  # Linux only
 
 
 @dataclass(frozen=True)
@@ -74,45 +66,8 @@ class RowPlan:
 
 
 def _buffer(slot: str, shape: tuple[int, int], like: torch.Tensor, dtype) -> torch.Tensor:
-    """[c, V] uninitialized; on CPU one per (thread, slot, dtype), reused between calls up to
-    ``BUFFER_MAX_BYTES`` (fresh pages would be faulted in and zeroed on every call)."""
-    n = shape[0] * shape[1]
-    if like.device.type != "cpu":  # the CUDA caching allocator already reuses blocks
-        return torch.empty(shape, dtype=dtype, device=like.device)
-    bufs = _LOCAL.__dict__.setdefault("bufs", {})
-    key = (slot, dtype)
-    buf = bufs.get(key)
-    if buf is None or buf.numel() < n:
-        buf = torch.empty(n, dtype=dtype)
-        if n * buf.element_size() <= BUFFER_MAX_BYTES:
-            bufs[key] = buf
-    return buf[:n].view(shape)
-
-
-def fresh_empty(shape: tuple[int, ...], dtype, device) -> torch.Tensor:
-    """``torch.empty(shape)``; a large CPU tensor is laid on transparent huge pages.
-
-    A fresh tensor's memory is faulted in by the kernel one page at a time as it is first
-    written: 32,000 faults (each zeroing 4 KiB) for the 131 MB gradient of [1024 x 32,000]
-    float32 logits, ~50 ms of CPU on the benchmark VM. Mapped with ``madvise(MADV_HUGEPAGE)``
-    (honoured when the kernel's THP mode is ``always`` or ``madvise``), the same memory takes
-    64 faults of 2 MiB: ~12 ms per call there once the process has huge pages (its first
-    such mapping cost ~0.3-1 s per 400 MB on that VM; a training loop pays it once). The tensor
-    is an ordinary contiguous tensor (``torch.frombuffer`` over a private anonymous mapping,
-    unmapped when the tensor is freed); on other devices, below ``HUGE_MIN_BYTES``, or if
-    mapping fails, plain ``torch.empty``. Set ``HUGE_MIN_BYTES`` very high to turn this off.
-    """
-    n = math.prod(shape)
-    nbytes = n * torch.empty((), dtype=dtype).element_size()
-    if torch.device(device).type != "cpu" or nbytes < HUGE_MIN_BYTES or _MADV_HUGEPAGE is None:
-        return torch.empty(shape, dtype=dtype, device=device)
-    try:
-        region = mmap.mmap(-1, nbytes + _HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        region.madvise(_MADV_HUGEPAGE)
-        offset = -np.frombuffer(region, np.uint8, count=1).ctypes.data % _HUGE  # 2 MiB aligned
-        return torch.frombuffer(region, dtype=dtype, count=n, offset=offset).view(shape)
-    except (OSError, ValueError):
-        return torch.empty(shape, dtype=dtype, device=device)
+    """[c, V] uninitialized, reused by this thread between calls (``alignment.cpu.buffer``)."""
+    return buffer(slot, shape, dtype, like.device)
 
 
 def _gather(logits: torch.Tensor, rows: torch.Tensor, tau: float, dtype, slot: str):
@@ -137,12 +92,17 @@ def _chunks(n: int, size: int):
 
 def rest_log_scale(logits, plan: RowPlan, R: int, tau: float, dtype, chunk: int, slot: str):
     """[R] chain-rule log-probability of each span's non-anchor tokens (no autograd)."""
-    scale = torch.zeros(R, dtype=dtype, device=logits.device)
-    for sl in _chunks(plan.rest_rows_N.shape[0], chunk):  # log p[id] of each rest row
+    N = plan.rest_rows_N.shape[0]
+    logp_N = torch.empty(N, dtype=dtype, device=logits.device)
+
+    def one(sl: slice) -> None:  # log p[id] of each rest row
         z = _gather(logits, plan.rest_rows_N[sl], tau, dtype, slot + ".z")
         ls = torch.log_softmax(z, -1, out=_buffer(slot + ".p", tuple(z.shape), logits, dtype))
-        scale.index_add_(0, plan.rest_span_N[sl], ls.gather(1, plan.rest_ids_N[sl, None])[:, 0])
-    return scale
+        logp_N[sl] = ls.gather(1, plan.rest_ids_N[sl, None])[:, 0]
+
+    run_chunks(one, N, chunk, logits.device)
+    scale = torch.zeros(R, dtype=dtype, device=logits.device)
+    return scale.index_add_(0, plan.rest_span_N, logp_N)
 
 
 def _span_rows(logits, plan: RowPlan, scale_R, sl: slice, tau, dtype, need_log: bool, slot):
@@ -255,7 +215,8 @@ class SpanDivergence(torch.autograd.Function):
                 _keep_masks(mt, Vt, dt),
                 _keep_masks(ms, Vs, torch.int8),
             )
-        for sl in _chunks(R, ch):
+
+        def chunk(sl: slice) -> None:  # writes only the rows ``sl`` of the outputs
             log_a, a = _span_rows(s_logits, s_plan, s_scale, sl, tau_s, dt, ms is not None, "s")
             log_b, b = _span_rows(t_logits, t_plan, t_scale, sl, tau_t, dt, ms is not None, "t")
             if h_M is not None:
@@ -270,6 +231,8 @@ class SpanDivergence(torch.autograd.Function):
                 assert spec.same_anchor_R is not None and keep is not None
                 _zero_compared(sg, spec.same_anchor_R[sl], keep[2], s_plan.anchor_ids_R[sl])
             sign[sl] = sg
+
+        run_chunks(chunk, R, ch, s_logits.device)
         ctx.save_for_backward(s_logits, s_scale, sign, h_M, h_pair)
         ctx.plan, ctx.spec = s_plan, spec
         return out_m, out_u
@@ -287,12 +250,15 @@ class SpanDivergence(torch.autograd.Function):
         grad.index_fill_(0, unused.nonzero().squeeze(1), 0.0)
         grad_scale = _anchor_grads(grad, s_logits, s_scale, sign, h_M, h_pair, g_m_R, g_u_R, ctx)
         tau, dt = spec.student_temperature, s_scale.dtype
-        for sl in _chunks(plan.rest_rows_N.shape[0], spec.chunk_rows):
+
+        def rest(sl: slice) -> None:  # writes only the gradient rows of the rest rows ``sl``
             # scale = sum of the rest tokens' log-probs: dz = g (onehot(id) - p) / tau
             g_N = (grad_scale[plan.rest_span_N[sl]] / tau)[:, None]
             p = _softmax(s_logits, plan.rest_rows_N[sl], tau, dt, "s")
             dz = p.mul_(-g_N).scatter_add_(1, plan.rest_ids_N[sl, None], g_N)
             grad.index_copy_(0, plan.rest_rows_N[sl], dz.to(grad.dtype))
+
+        run_chunks(rest, plan.rest_rows_N.shape[0], spec.chunk_rows, grad.device)
         return grad, None, None, None, None
 
 
@@ -306,7 +272,8 @@ def _anchor_grads(grad, s_logits, s_scale, sign, h_M, h_pair, g_m_R, g_u_R, ctx)
     plan, spec = ctx.plan, ctx.spec
     dt, tau = s_scale.dtype, spec.student_temperature
     grad_scale = torch.zeros_like(s_scale)
-    for sl in _chunks(plan.anchor_rows_R.shape[0], spec.chunk_rows):
+
+    def chunk(sl: slice) -> None:  # writes only the anchor rows ``sl`` and grad_scale[sl]
         p = _softmax(s_logits, plan.anchor_rows_R[sl], tau, dt, "s")
         h = torch.mul(p, sign[sl], out=_buffer("s.z", tuple(p.shape), s_logits, dt))
         coef = s_scale[sl].exp() * g_u_R[sl].to(dt)  # h = coef * p * sign so far
@@ -323,4 +290,6 @@ def _anchor_grads(grad, s_logits, s_scale, sign, h_M, h_pair, g_m_R, g_u_R, ctx)
             dz = dz.div_(tau) if tau != 1.0 else dz
             grad_scale[sl] = h_sum[:, 0]
         grad.index_copy_(0, plan.anchor_rows_R[sl], dz.to(grad.dtype))
+
+    run_chunks(chunk, plan.anchor_rows_R.shape[0], spec.chunk_rows, grad.device)
     return grad_scale

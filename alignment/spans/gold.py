@@ -34,12 +34,13 @@ in ``alignment.spans.chain_rule`` (anchor token's next-token distribution at tem
 
 Memory and speed: no [spans x V] tensor is kept. A custom autograd function
 (``_gold_rows.SpanDivergence``) walks the span rows a chunk at a time (``CHUNK_ELEMS``,
-sized for a core's L2 cache), gathers only the rows it needs (anchor rows, and the rows
-predicting a span's other tokens for the chain-rule scale; a 1:1 span needs none) into buffers
-reused between calls, sorts with numpy's SIMD sort on CPU (``alignment.spans.uld``), and keeps for
-backward one int8 sign per student vocabulary entry per span (+ one float per matched pair). The
-backward recomputes the softmax of those rows and writes each gradient row once, into a fresh
-gradient laid on huge pages on CPU (``_gold_rows.fresh_empty``). The teacher gets no gradient.
+sized for a core's L2 cache; on CPU the chunks run on torch's thread count, ``alignment.cpu``),
+gathers only the rows it needs (anchor rows, and the rows predicting a span's other tokens for
+the chain-rule scale; a 1:1 span needs none) into buffers reused between calls, sorts with
+numpy's SIMD sort on CPU (``alignment.spans.uld``), and keeps for backward one int8 sign per
+student vocabulary entry per span (+ one float per matched pair). The backward recomputes the
+softmax of those rows and writes each gradient row once, into a fresh gradient laid on huge
+pages on CPU (``alignment.cpu.fresh_empty``). The teacher gets no gradient.
 """
 
 from __future__ import annotations
@@ -56,9 +57,10 @@ from alignment.spans.uld import Reduction, reduce_rows
 from alignment.tokens.byte_trie import ByteTrie
 from alignment.types import SideLogits, SpanLossTerms
 
-# rows per chunk = CHUNK_ELEMS * torch threads // vocabulary: 2 MiB of float32 per thread, so a
-# chunk's rows stay in a core's L2 cache between the passes over them (gather, softmax, scale,
-# sort keys); measured against larger chunks in benchmarks/RESULTS-alignment.md
+# rows per chunk = CHUNK_ELEMS // vocabulary: 2 MiB of float32, one thread's work at a time
+# (alignment.cpu.run_chunks), so a chunk's rows stay in a core's L2 cache between the passes over
+# them (gather, softmax, scale, sort keys); measured against larger chunks in
+# benchmarks/RESULTS-alignment.md; the same chunks at any thread count: the same values
 CHUNK_ELEMS = 1 << 19
 
 
@@ -188,7 +190,7 @@ def gold_terms(
     )  # spans with tokens on both sides
     spec = KernelSpec(
         student.temperature, teacher.temperature, beta, ms, mt, top_k,
-        max(1, CHUNK_ELEMS * torch.get_num_threads() // max(Vs, Vt)),
+        max(1, CHUNK_ELEMS // max(Vs, Vt)),
     )  # fmt: skip
     s_plan, t_plan = _side_plan(student, S, anchor, mask), _side_plan(teacher, S, anchor, mask)
     if ms is not None and mt is not None:

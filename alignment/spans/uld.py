@@ -18,22 +18,21 @@ by numpy (the argsort the gradient needs is one
 smallest ``|V_s - V_t|`` values meet the zero padding: they add their sum whatever their order,
 so where they are a large share of the row (``PARTIAL_TAIL``) the top ``min(V_s, V_t)`` are
 selected first (``ndarray.partition``, linear) and only those sorted (a 152k-token teacher
-against a 49k student sorts ~40% less). Rows are split over ``torch.get_num_threads()``
-threads (numpy sorts outside the GIL). The loss has a custom backward that keeps one int8 sign
-per element instead of int64 sort indices. Ties: any order.
+against a 49k student sorts ~40% less). Rows are sorted a chunk at a time on
+``torch.get_num_threads()`` threads (``alignment.cpu.run_chunks``: one pool, numpy sorts outside
+the GIL). The loss has a custom backward that keeps one int8 sign per element instead of int64
+sort indices. Ties: any order.
 """
 
 from __future__ import annotations
 
-import os
 import sys
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import numpy as np
 import torch
 
+from alignment.cpu import buffer, run_chunks
 from alignment.errors import AlignmentError
 
 Reduction = Literal["mean", "sum", "none"]
@@ -41,9 +40,7 @@ Reduction = Literal["mean", "sum", "none"]
 
 PARTIAL_TAIL = 0.3  # partition before sorting when the zero-compared tail is >= this share of V
 SCRATCH_MAX_BYTES = 1 << 26  # scratch buffers up to this size are kept between calls
-_SCRATCH = threading.local()
-_POOLS: dict[int, ThreadPoolExecutor] = {}  # by number of workers, made on first use
-os.register_at_fork(after_in_child=_POOLS.clear)  # a forked child has none of the threads
+SORT_CHUNK_ROWS = 8  # rows per chunk at least, when the rows are sorted on several threads
 
 
 def argsort_rows(x_R_V: torch.Tensor) -> torch.Tensor:
@@ -63,36 +60,18 @@ def sort_rows(x_R_V: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.sort(x_R_V.detach().contiguous().numpy(), axis=-1))
 
 
-def _row_blocks(R: int) -> list[slice]:
-    """Row slices, one per torch intra-op thread (numpy's sort itself is single-threaded)."""
-    n = max(1, min(torch.get_num_threads(), R // 8))
-    step = -(-R // n)
-    return [slice(i, min(i + step, R)) for i in range(0, R, step)]
-
-
-def _in_blocks(fn, R: int) -> None:
-    """``fn(rows)`` for each row block, in threads when torch may use several (numpy frees the
-    GIL while it sorts)."""
-    blocks = _row_blocks(R)
-    if len(blocks) == 1:
-        fn(blocks[0])
-        return
-    n = len(blocks)
-    if n not in _POOLS:
-        _POOLS[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="uld-sort")
-    list(_POOLS[n].map(fn, blocks))
+def _sort_chunk_rows(R: int) -> int:
+    """Rows per chunk: two chunks per torch thread (a slow thread holds up less), at least
+    ``SORT_CHUNK_ROWS``."""
+    return max(SORT_CHUNK_ROWS, -(-R // (2 * torch.get_num_threads())))
 
 
 def _scratch(slot: str, shape: tuple[int, int], dtype) -> np.ndarray:
     """An uninitialized array that this thread reuses between calls (up to
-    ``SCRATCH_MAX_BYTES``): fresh pages would be faulted in and zeroed by the kernel each call."""
+    ``SCRATCH_MAX_BYTES``; ``alignment.cpu.buffer``)."""
     nbytes = shape[0] * shape[1] * np.dtype(dtype).itemsize
-    if nbytes > SCRATCH_MAX_BYTES:
-        return np.empty(shape, dtype)
-    bufs = _SCRATCH.__dict__.setdefault("bufs", {})
-    if slot not in bufs or bufs[slot].nbytes < nbytes:
-        bufs[slot] = np.empty(nbytes, np.uint8)
-    return bufs[slot][:nbytes].view(dtype).reshape(shape)
+    raw = buffer("uld." + slot, (nbytes,), torch.uint8, "cpu", max_bytes=SCRATCH_MAX_BYTES)
+    return raw.numpy().view(dtype).reshape(shape)
 
 
 def _check_non_negative(bad_R, name: str) -> None:
@@ -151,7 +130,7 @@ def _top_ascending_f32(
         else:
             block.sort(axis=-1)
 
-    _in_blocks(work, R)
+    run_chunks(work, R, _sort_chunk_rows(R), "cpu")
     # a set sign bit (negative or -0.0) sorts last as an integer: one look per row finds it
     _check_non_negative(arr[:, -1] >> (63 if need_index else 31), slot)
     if not need_index:

@@ -153,42 +153,66 @@ def plan_table(cfg: CompareConfig) -> str:
 def quickstart_main(argv: Sequence[str] | None = None) -> int:
     """``onpolicy quickstart``: the arithmetic task's teacher (trained and cached on first use),
     the untouched student, SFT on teacher samples and on-policy reverse KL, same budget; prints a
-    before/after table and where the report and plots are."""
+    before/after table (per start point, with a verdict sentence, when the config warms the
+    student first) and where the report and plots are."""
+    from onpolicy.compare.report_text import verdict
     from onpolicy.quiet import quiet_libraries
 
     quiet_libraries()  # `make demo` calls this directly, not through the CLI that quiets
     default = Path(__file__).resolve().parents[2] / "configs" / "compare" / "quickstart.yaml"
     args = _parser("onpolicy quickstart", str(default)).parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    rows, paths = compare(cfg, progress=not args.no_progress)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        rows, paths = compare(cfg, progress=not args.no_progress)
+    except OnpolicyError as exc:  # a bad config or budget: one line, no traceback
+        print(f"onpolicy quickstart: error: {exc}", file=sys.stderr)
+        return 2
     print()
-    print(quickstart_table(rows))
+    warm = cfg.warm_start is not None  # the cold quickstart's table stays as the README quotes it
+    print(quickstart_table(rows, cfg.budget.teacher_data if warm else None))
+    for start in dict.fromkeys(r.start for r in rows if r.method != "teacher"):
+        part = [r for r in rows if r.start == start and r.method != "teacher"]
+        head = f"From the {start} start: " if len({r.start for r in rows}) > 1 else ""
+        print(head + verdict(part, cfg.budget.teacher_data).replace("**", ""))
     for kind, path in paths.items():
         print(f"{kind}: {path}")
-    return 0
+    return 0 if all(r.status == "ok" for r in rows) else 1
 
 
-def quickstart_table(rows: Sequence[Row]) -> str:
-    """Student vs teacher vs SFT baseline vs on-policy: held-out score, KL and compute."""
-    names = {
-        "teacher": "teacher",
-        "untouched": "student before distillation",
-        "sft": "student + SFT on teacher samples (off-policy)",
-        "reverse_kl": "student + on-policy reverse KL",
-    }
+_NAMES = {
+    "teacher": "teacher",
+    "untouched": "student before distillation",
+    "sft": "student + SFT on teacher samples (off-policy)",
+    "reverse_kl": "student + on-policy reverse KL",
+    "gkd": "student + GKD (lambda 0.5: half on-policy)",
+}
+
+
+def quickstart_table(rows: Sequence[Row], teacher_data: str | None = None) -> str:
+    """Student vs teacher vs SFT baseline vs on-policy: held-out score, KL and compute. A
+    ``start`` column (cold, or the warm-up branch) appears when the rows have several starts or a
+    warm one. FLOPs: the trainer's recorded training FLOPs, or with ``teacher_data`` (free |
+    paid) that accounting's."""
+    starts = {r.start for r in rows if r.method != "teacher"}
+    show_start = starts != {"cold"}
     out = [
-        "| model | exact match (± sd) | KL to teacher (nats/char) | train FLOPs | steps "
-        "| train s |",
-        "|---|---|---|---|---|---|",
+        ("| start " if show_start else "")
+        + "| model | exact match (± sd) | KL to teacher (nats/char) | "
+        + (f"train FLOPs (teacher data {teacher_data}) " if teacher_data else "train FLOPs ")
+        + "| steps | train s |",
+        ("|---" if show_start else "") + "|---|---|---|---|---|---|",
     ]
     for r in rows:
+        lead = f"| {'–' if r.method == 'teacher' else r.start} " if show_start else ""
+        name = _NAMES.get(r.method, r.method)
         if r.status != "ok":
-            out.append(f"| {names.get(r.method, r.method)} | FAILED: {r.error} | | | | |")
+            out.append(f"{lead}| {name} | FAILED: {r.error} | | | | |")
             continue
         kl = "–" if r.kl_per_char is None else f"{r.kl_per_char:.4f}"
+        flops = getattr(r, f"flops_{teacher_data}") if teacher_data else r.flops
         out.append(
-            f"| {names.get(r.method, r.method)} | {r.score:.3f} ± {r.score_std:.3f} | {kl} | "
-            f"{'–' if r.flops is None else f'{r.flops:.2e}'} | "
+            f"{lead}| {name} | {r.score:.3f} ± {r.score_std:.3f} | {kl} | "
+            f"{'–' if not flops else f'{flops:.2e}'} | "
             f"{'–' if not r.steps else f'{r.steps:.0f}'} | "
             f"{'–' if r.seconds is None else f'{r.seconds:.0f}'} |"
         )

@@ -26,6 +26,9 @@ training budget, the seeds and where to write the report.
     lr_search: {grid: [1.0e-4, 3.0e-4, 1.0e-3], steps: 100, methods: [reverse_kl]}
         # per method (and start point), the learning rate with the best validation score
         # (compare/lr_search.py); default: train.lr for every method
+    reuse_runs: true
+        # keep every finished run and LR trial under <output_dir>/reuse/ and read an identical one
+        # back instead of training it again: run in stages (seed 0, then more seeds) (reuse.py)
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ _KEYS = {
     "validation",
     "warm_start",
     "lr_search",
+    "reuse_runs",
 }
 _EVAL_KEYS = {"every", "num_prompts", "max_new_tokens"}
 
@@ -75,21 +79,29 @@ class CompareConfig:
     validation_size: int | None = None
     warm_start: WarmSpec | None = None
     lr_search: LRSearchSpec | None = None
+    reuse_runs: bool = False
 
 
 def _check_long_models(models: dict[str, Any], task: dict[str, Any]) -> None:
-    """``models: {kind: long_arithmetic, student: small | medium, teacher_steps: N}``: the cached
-    models of the ``long_arithmetic`` task (``onpolicy.tasks.long_models``), built for the task
-    block's digits, min_digits and variants (the teacher trained ``teacher_steps``, default 1000);
-    the student is saved untrained (warm it with ``warm_start``)."""
+    """``models: {kind: long_arithmetic, student: small | medium, teacher: base | large,
+    teacher_steps: N}``: the cached models of the ``long_arithmetic`` task
+    (``onpolicy.tasks.long_models``), built for the task block's digits, min_digits and variants
+    (the teacher of shape ``teacher``, default base (445k; large: 1.77M), trained ``teacher_steps``,
+    default 1000); the student is saved untrained (warm it with ``warm_start``)."""
+    from onpolicy.tasks.long_models import teacher_spec
+
     if task.get("name") != "long_arithmetic":
         raise ConfigError("models.kind=long_arithmetic needs task.name: long_arithmetic")
-    unknown = set(models) - {"kind", "student", "teacher_steps"}
+    unknown = set(models) - {"kind", "student", "teacher", "teacher_steps"}
     if unknown:
         raise ConfigError(
             f"models: unknown keys {sorted(unknown)} for kind long_arithmetic; "
-            "use student, teacher_steps"
+            "use student, teacher, teacher_steps"
         )
+    try:
+        teacher_spec(str(models.get("teacher", "base")))
+    except ConfigError as exc:
+        raise ConfigError(f"models.{exc}") from None
     if models.get("student", "medium") not in ("small", "medium"):
         raise ConfigError(
             f"models.student={models['student']!r}; use 'small' (21x) or 'medium' (5.3x)"
@@ -175,6 +187,7 @@ def parse_config(raw: dict[str, Any]) -> CompareConfig:
         validation_size=None if val is None else int(val),
         warm_start=parse_warm(raw.get("warm_start")),
         lr_search=parse_lr_search(raw.get("lr_search"), names),
+        reuse_runs=bool(raw.get("reuse_runs", False)),
     )
 
 

@@ -46,6 +46,7 @@ def text_logprobs(
     (plus its stop token where the completion ``stopped``), float32."""
     from onpolicy.api import completion_rollout
     from onpolicy.forward import forward_completions
+    from onpolicy.losses import token_logprobs_chunked
     from onpolicy.models import output_vocab_size
 
     out: list[float] = []
@@ -60,7 +61,7 @@ def text_logprobs(
         batch = PaddedBatch.from_ragged(ro.prompt_ids_B, rows, tok.pad_token_id)
         with torch.no_grad():
             fwd = forward_completions(model, batch, min(len(tok), output_vocab_size(model)))
-        lp_N = torch.log_softmax(fwd.logits_N_V.float(), -1).gather(1, fwd.targets_N[:, None])[:, 0]
+        lp_N = token_logprobs_chunked(fwd.logits_N_V, fwd.targets_N)
         out.extend(float(x.sum()) for x in lp_N.split(fwd.num_tokens_B))
     return out
 

@@ -114,12 +114,14 @@ class RunOptions:
         eval_prompts: how many of those prompts an evaluation uses (0 = no evaluation at all).
         init_from: saved weights the student starts from (a warm-up branch), else None.
         checkpoint_every: keep a checkpoint every this many steps (the warm-up's branch points).
+        sample_seed: the seed of the fixed teacher samples (None: the run's seed).
     """
 
     eval_every: int = 0
     eval_prompts: int = 0
     init_from: str | None = None
     checkpoint_every: int = 0
+    sample_seed: int | None = None
 
 
 def trainer_config(
@@ -142,7 +144,12 @@ def trainer_config(
             "max_length": _context(student_dir),
             "init_from": o.init_from,
         },
-        "teacher": {"path": teacher_dir, "mode": "auto", "samples": "fixed"},
+        "teacher": {
+            "path": teacher_dir,
+            "mode": "auto",
+            "samples": "fixed",
+            "sample_seed": o.sample_seed,
+        },
         "rollout": {"max_new_tokens": settings.max_new_tokens, "temperature": settings.temperature},
         "objective": {"name": spec.objective, "params": dict(spec.params)},
         "hidden": dict(spec.hidden),

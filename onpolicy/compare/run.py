@@ -121,11 +121,12 @@ def resolve_models(cfg: CompareConfig, log: Callable[[str], None] = print) -> Mo
             student_dir = cut_student_dir(models.teacher_dir, cut[0], fresh=cut[1], log=log)
         return ModelDirs(str(models.teacher_dir), str(student_dir), str(models.cross_student_dir))
     if kind == "long_arithmetic":
-        from onpolicy.tasks.long_models import LongModelsConfig, long_models
+        from onpolicy.tasks.long_models import LongModelsConfig, long_models, teacher_spec
 
         task = {k: cfg.task[k] for k in ("digits", "min_digits", "variants") if k in cfg.task}
         if "teacher_steps" in spec:
             task["teacher_steps"] = int(spec["teacher_steps"])
+        task["teacher"] = teacher_spec(str(spec.get("teacher", "base")))
         built = long_models(LongModelsConfig(**task), log=log)
         student = spec.get("student", "medium")
         log(
@@ -182,13 +183,37 @@ def run_job(
 ) -> JobResult:
     """Train ``spec`` from ``start`` (the initial student, or a warm-up branch) with ``seed`` for
     ``steps`` optimizer steps (None: ``cfg.train.steps``) at ``lr`` (None: ``cfg.train.lr``) and
-    evaluate it on the held-out prompts; never raises."""
+    evaluate it on the held-out prompts; never raises. With ``reuse_runs``, a finished identical
+    run is read back instead (``compare.reuse``)."""
+    from onpolicy.compare import reuse
+
     torch.set_num_threads(threads)
     train = dataclasses.replace(
         cfg.train,
         steps=cfg.train.steps if steps is None else steps,
         lr=cfg.train.lr if lr is None else lr,
     )
+    texts = {"teacher_texts": reuse.warm_key({"t": teacher_texts})}
+    key = reuse.run_key(cfg, dirs, spec, seed, train, start.init_from, texts)
+    stored = reuse.load(cfg, "job", key)
+    if stored is not None:
+        return JobResult(**{**stored, "start": start.name, "start_step": start.step})
+    result = _run_job(cfg, dirs, spec, seed, teacher_texts, train, start)
+    if result.status == "ok":
+        reuse.save(cfg, "job", key, asdict(result))
+    return result
+
+
+def _run_job(
+    cfg: CompareConfig,
+    dirs: ModelDirs,
+    spec: MethodSpec,
+    seed: int,
+    teacher_texts: list[str],
+    train: Any,
+    start: Start,
+) -> JobResult:
+    """``run_job`` without reuse: train and evaluate (``train``: the run's settings)."""
     head = {"method": spec.name, "seed": seed, "start": start.name, "start_step": start.step}
     try:
         task = make_task(**cfg.task)
@@ -277,13 +302,20 @@ def _train(
     run_dir = Path(cfg.output_dir) / "runs" / f"{sub}{spec.name}-seed{seed}"
     held_out = task.eval_prompts if cfg.eval_every else ()
     n_eval = min(cfg.eval_prompts or len(held_out), len(held_out))
-    options = RunOptions(cfg.eval_every, n_eval, start.init_from)
+    options = RunOptions(cfg.eval_every, n_eval, start.init_from, sample_seed=_sample_seed(cfg))
     out = train_run(
         cfg, dirs, spec, seed, cfg.train, run_dir, options, split.train, held_out, task.score
     )
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the final student is kept
     student, stok = _load(out.final_dir, trainable=False)
     return student, stok, _Trained(ComputeBudget(**out.budget), out.losses, out.account)
+
+
+def _sample_seed(cfg: CompareConfig) -> int | None:
+    """With a shared warm-up every seed trains on its teacher samples (its dataset: the first
+    seed's draw); else each seed draws its own (None)."""
+    w = cfg.warm_start
+    return cfg.seeds[0] if w is not None and w.shared else None
 
 
 @dataclass
@@ -320,11 +352,15 @@ def run_compare(
         log(f"[compare] equal FLOPs: steps per (method, seed) {_steps_line(plan)}")
     extras, starts = Extras(), {seed: [COLD] for seed in cfg.seeds}
     if cfg.warm_start is not None:
-        calls = [(warm_up, (cfg, dirs, seed, threads)) for seed in cfg.seeds]
+        shared = cfg.warm_start.shared  # one warm-up (the first seed's) for every seed
+        calls = [
+            (warm_up, (cfg, dirs, seed, threads)) for seed in cfg.seeds[: 1 if shared else None]
+        ]
         extras.warm = run_calls(calls, cfg.workers, progress, "warm-up")
         for record in extras.warm:
-            branches = starts_from(record)
-            starts[record["seed"]] = ([COLD] if cfg.warm_start.cold else []) + branches
+            branches = ([COLD] if cfg.warm_start.cold else []) + starts_from(record)
+            for seed in cfg.seeds if shared else [record["seed"]]:
+                starts[seed] = branches
             log(f"[compare] warm-up seed {record['seed']}: {_branch_line(record)}")
     if cfg.lr_search is not None:
         extras.lr_trials, extras.lr_chosen = _search_lrs(cfg, dirs, starts, threads, progress)

@@ -51,6 +51,19 @@ def split_prompts(cfg: Any, task: Any) -> Split:
     return Split(prompts[:-size], prompts[-size:])
 
 
+def consumed(prompts: Sequence[Prompt], steps: int, batch_size: int, seed: int) -> list[Prompt]:
+    """The prompts a run of ``steps`` x ``batch_size`` rows reads from the trainer's stream
+    (``PromptStream(prompts, seed)``): all of them when it reads an epoch or more. A run given only
+    these trains on the same prompts (in another order) and draws fixed teacher samples for them
+    alone, not for every training prompt."""
+    from onpolicy.data import PromptStream
+
+    rows = steps * batch_size
+    if rows >= len(prompts):
+        return list(prompts)
+    return PromptStream(prompts, seed).take(rows)
+
+
 def student_of(dirs: Any, spec: MethodSpec) -> str | None:
     return dirs.student if spec.student == "same" else dirs.cross_student
 
@@ -90,8 +103,9 @@ def train_run(
 
     student = student_of(dirs, spec)
     config = trainer_config(spec, settings, seed, student, dirs.teacher, run_dir, options)
+    prompts = consumed(prompts, settings.steps, settings.batch_size, seed)
     result = train(
-        config, train_prompts=list(prompts), eval_prompts=list(eval_prompts), score_fn=score_fn
+        config, train_prompts=prompts, eval_prompts=list(eval_prompts), score_fn=score_fn
     )
     objective = build_objective(config)
     sources = [objective.batch_source(k) for k in range(settings.steps)]
@@ -131,8 +145,8 @@ def warm_up(cfg: Any, dirs: Any, seed: int, threads: int = 1) -> dict[str, Any]:
     options = RunOptions(spec.every, len(val), None, spec.every)
     settings = warm.with_lr(cfg.train, spec)
     out = train_run(
-        cfg, dirs, spec.method, seed, settings, folder / "run", options, split.train, val,
-        task.score,
+        cfg, dirs, spec.method, warm.warm_seed(seed), settings, folder / "run", options,
+        split.train, val, task.score,
     )  # fmt: skip
     curve = out.account.curve
     branches = warm.branch_steps(spec, curve)
@@ -158,6 +172,7 @@ def lr_trial(
 
     import torch
 
+    from onpolicy.compare import reuse
     from onpolicy.tasks.base import make_task
 
     torch.set_num_threads(threads)
@@ -166,6 +181,10 @@ def lr_trial(
     seed = cfg.seeds[0]
     steps = cfg.lr_search.steps or cfg.train.steps
     settings = dataclasses.replace(cfg.train, lr=lr, steps=steps)
+    key = reuse.run_key(cfg, dirs, spec, seed, settings, start.init_from)
+    stored = reuse.load(cfg, "lr", key)
+    if stored is not None:
+        return {**stored, "start": start.name}
     run_dir = Path(cfg.output_dir) / "lr_search" / start.name / f"{spec.name}-lr{lr:g}"
     options = RunOptions(0, len(split.validation), start.init_from)
     out = train_run(
@@ -174,10 +193,12 @@ def lr_trial(
     )  # fmt: skip
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     shutil.rmtree(run_dir / "final", ignore_errors=True)
-    return {
+    record = {
         "method": spec.name,
         "start": start.name,
         "lr": lr,
         "metrics": out.eval_after,
         "validation_prompts": [p.text for p in split.validation],
     }
+    reuse.save(cfg, "lr", key, record)
+    return record

@@ -9,14 +9,26 @@ config; the cold start stays as the negative control unless ``cold: false``).
       branch_at: [200, plateau]   # warm-up steps (multiples of every) and/or plateau
       plateau: {window: 3, min_gain: 0.01}
       cold: true                  # also run every method from the untouched student
+      shared: false               # true: one warm-up (the first seed's) for every seed
       lr: 2.0e-4                  # the warm-up's learning rate (default: train.lr)
       cache_dir: outputs/warm     # default: <output_dir>/warm
+
+``shared: true`` trains the first seed's warm-up only and branches every seed from it, and every
+run trains on one set of fixed teacher samples, the first seed's draw (one dataset, as a
+practitioner's; without ``shared`` each seed draws its own; the warm-up's own samples come from
+its warm seed, below, and are distinct): the seeds then differ in the arms' sampling and batch
+order only. A cheaper, stated design for a budget that cannot pay one warm-up per seed.
 
 The plateau (``curves.plateau_step``): the first evaluation at which the best validation score so
 far exceeds the best of ``window`` evaluations earlier by less than ``min_gain``, once the best
 score has risen at least ``min_gain`` above the first evaluation; the warm-up's last step (flagged
 "not reached") when that never happens. The warm-up is evaluated on the
 validation split carved from the training prompts (``validation.size``), never the held-out split.
+
+The warm-up of seed ``s`` trains with the seed ``warm_seed(s)``: its teacher samples (one fixed
+sample per training prompt, drawn from the run's seed) are distinct from the ones the branches of
+seed ``s`` draw, so continued SFT (and GKD's off-policy half) trains on fresh teacher samples, the
+data that ``teacher_data: paid`` charges it for, not on the warm-up's data again.
 
 Cache: ``<cache_dir>/<key>/seed<s>/`` holds ``warm.json`` (curve, branch points) and one
 ``branch-<step>/model.safetensors`` per branch point; ``key`` hashes everything the warm-up's
@@ -42,7 +54,8 @@ from onpolicy.errors import ConfigError
 from onpolicy.types import Prompt
 
 PLATEAU = "plateau"
-_KEYS = {"method", "steps", "every", "branch_at", "plateau", "cold", "lr", "cache_dir"}
+WARM_SEED_OFFSET = 10_000  # the warm-up's seed: its teacher samples are not the branches'
+_KEYS = {"method", "steps", "every", "branch_at", "plateau", "cold", "lr", "cache_dir", "shared"}
 
 
 @dataclass(frozen=True)
@@ -58,6 +71,7 @@ class WarmSpec:
     cold: bool = True
     lr: float | None = None
     cache_dir: str | None = None
+    shared: bool = False
 
 
 @dataclass(frozen=True)
@@ -111,6 +125,7 @@ def parse_warm(raw: dict[str, Any] | None) -> WarmSpec | None:
         cold=bool(raw.get("cold", True)),
         lr=None if raw.get("lr") is None else float(raw["lr"]),
         cache_dir=raw.get("cache_dir"),
+        shared=bool(raw.get("shared", False)),
     )
     _check(spec)
     return spec
@@ -133,6 +148,11 @@ def _check(spec: WarmSpec) -> None:
             )
 
 
+def warm_seed(seed: int) -> int:
+    """The training seed of the warm-up of ``seed`` (prompt order and teacher samples)."""
+    return seed + WARM_SEED_OFFSET
+
+
 def method_trains_nothing(spec: MethodSpec) -> bool:
     return spec.objective == "none"
 
@@ -150,14 +170,16 @@ def prompts_digest(prompts: Sequence[Prompt]) -> str:
 def cache_folder(cfg: Any, dirs: Any, seed: int, train_prompts: Sequence[Prompt]) -> Path:
     """``<cache_dir>/<key>/seed<seed>`` for the warm-up of ``cfg`` (``CompareConfig``)."""
     w: WarmSpec = cfg.warm_start
+    warm = {k: v for k, v in asdict(w).items() if k != "shared"}  # keys as before it existed
     parts = {
-        "warm": {**asdict(w), "cold": None, "cache_dir": None},
+        "warm": {**warm, "cold": None, "cache_dir": None},
         "train": asdict(cfg.train),
         "task": cfg.task,
         "teacher": dirs.teacher,
         "student": dirs.student if w.method.student == "same" else dirs.cross_student,
         "prompts": prompts_digest(train_prompts),
         "validation_size": cfg.validation_size,
+        "run_seed": warm_seed(seed),
     }
     root = Path(w.cache_dir) if w.cache_dir else Path(cfg.output_dir) / "warm"
     return root / warm_key(parts) / f"seed{seed}"

@@ -5,7 +5,8 @@
   ``k`` steps (where errors start and compound).
 - ``completion_logits`` + ``reverse_kl_by_position``: the exact KL(student || teacher) over the
   vocabulary at each completion position of the student's own samples (where on-policy
-  distillation spends its signal).
+  distillation spends its signal); ``entropy_by_position``: a model's entropy there (how many
+  continuations the teacher leaves open, position by position).
 - ``early_drop``, ``flops_to_reach``, ``plateau_index``, ``curve_area``: read a learning curve
   (score against cumulative FLOPs).
 """
@@ -15,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+
+from onpolicy.losses import reverse_kl
 
 
 def score_by_bucket(keys: Sequence[int], scores: Sequence[float]) -> dict[int, tuple[float, int]]:
@@ -65,16 +68,32 @@ def reverse_kl_by_position(
 ) -> tuple[list[float], list[int]]:
     """Per completion position ``j``: the mean over rows (where ``mask_B_J``) of
     ``KL(s || t) = sum_v s_v (log s_v - log t_v)`` with ``s = softmax(student)``,
-    ``t = softmax(teacher)`` (float32), and the number of rows counted.
+    ``t = softmax(teacher)`` (float32; ``onpolicy.losses.reverse_kl``, the loss's one
+    definition), and the number of rows counted.
 
     Returns ``(mean_kl_J, count_J)``; a position no row reaches has mean NaN and count 0.
     """
-    log_s = torch.log_softmax(student_logits_B_J_V.float(), dim=-1)
-    log_t = torch.log_softmax(teacher_logits_B_J_V.float(), dim=-1)
-    kl_B_J = (log_s.exp() * (log_s - log_t)).sum(-1)
+    kl_B_J = reverse_kl(student_logits_B_J_V, teacher_logits_B_J_V, mask=mask_B_J, reduction="none")
     m = mask_B_J.float()
     count_J = m.sum(0)
     mean_J = (kl_B_J * m).sum(0) / count_J.clamp(min=1)
+    mean_J = torch.where(count_J > 0, mean_J, torch.full_like(mean_J, float("nan")))
+    return [float(x) for x in mean_J], [int(x) for x in count_J]
+
+
+def entropy_by_position(
+    logits_B_J_V: torch.Tensor, mask_B_J: torch.Tensor
+) -> tuple[list[float], list[int]]:
+    """Per completion position ``j``: the mean over rows (where ``mask_B_J``) of the entropy
+    ``-sum_v p_v log p_v`` of ``p = softmax(logits)`` (float32, nats), and the rows counted.
+
+    Returns ``(mean_entropy_J, count_J)``; a position no row reaches has mean NaN and count 0.
+    """
+    log_p = torch.log_softmax(logits_B_J_V.float(), dim=-1)
+    h_B_J = -(log_p.exp() * log_p).sum(-1)
+    m = mask_B_J.float()
+    count_J = m.sum(0)
+    mean_J = (h_B_J * m).sum(0) / count_J.clamp(min=1)
     mean_J = torch.where(count_J > 0, mean_J, torch.full_like(mean_J, float("nan")))
     return [float(x) for x in mean_J], [int(x) for x in count_J]
 

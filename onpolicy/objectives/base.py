@@ -56,10 +56,11 @@ class Objective(Protocol):
         ...
 
 
-TeacherOutput = Literal["logits", "hidden"]
+TeacherOutput = Literal["logits", "hidden", "token"]
 """What an objective needs from a same-tokenizer teacher: its logits at the completion positions,
 or its final hidden states + LM head (a chunked divergence projects them a block at a time, and
-the teacher then skips its own full LM-head pass)."""
+the teacher then skips its own full LM-head pass), or only the log-probability of each completion
+token (``token``: the sampled-token objective; a served teacher then asks for no top-k)."""
 
 
 @runtime_checkable

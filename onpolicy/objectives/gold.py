@@ -13,8 +13,9 @@ spans with tokens on both sides (``LossOutput.num_tokens``).
   student went off-track do not dominate, and with ``0 < beta < 1`` each span's term is bounded.
 * ``token``: TRL's GOLD semantics (``alignment.gold_terms``): the pair's token probabilities in
   the span distributions (anchor distribution times the chain-rule probability of the span's other
-  tokens). It collapsed the student on the arithmetic cross pair
-  (``docs/results/compare-arithmetic-cross.md``); kept as TRL's reference semantics.
+  tokens). Not a training choice: it collapsed the student on the arithmetic cross pair (exact
+  match 0.000, ``docs/results/compare-arithmetic-cross.md``); it stays for parity runs against
+  TRL (``benchmarks/e2e.py --gold matched=token``) and says so in a warning when chosen.
 
 ``reference_kl`` (default 1.0) adds KL(student || the initial student) on the student's
 tokens: span targets cannot tell two tokenizations of a text apart, and without an anchor a BPE
@@ -23,6 +24,7 @@ student drifts to splits it never trained on (``onpolicy.objectives.cross.Frozen
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -33,6 +35,12 @@ from onpolicy.objectives.cross import AnchoredCrossObjective, cross_sides, side_
 from onpolicy.teacher.types import TeacherScores
 from onpolicy.types import Rollout
 
+TOKEN_SEMANTICS_WARNING = (
+    "gold matched=token is TRL's GOLD semantics, kept for parity runs: it collapsed the student "
+    "on the arithmetic cross pair (docs/results/compare-arithmetic-cross.md); train with the "
+    "default matched=prefix"
+)
+
 
 @register_objective("gold")
 @dataclass
@@ -42,7 +50,8 @@ class GOLD(AnchoredCrossObjective):
     Attributes:
         beta: generalized JSD coefficient on matched pairs (1 = reverse KL, 0 = forward KL; 0.5
             by default: bounded per span).
-        matched: ``prefix`` (same events on both sides, default) or ``token`` (TRL's semantics).
+        matched: ``prefix`` (same events on both sides, default) or ``token`` (TRL's semantics,
+            for parity runs only: ``TOKEN_SEMANTICS_WARNING``).
         matched_weight, unmatched_weight: weights of the matched (JSD) and unmatched (ULD) terms.
         temperature: softmax temperature of both sides (``teacher_temperature`` overrides the
             teacher's).
@@ -67,6 +76,8 @@ class GOLD(AnchoredCrossObjective):
         check_temperature(self.temperature)
         if self.matched not in ("prefix", "token"):
             raise ConfigError(f"gold option matched={self.matched!r}; use 'prefix' or 'token'")
+        if self.matched == "token":
+            warnings.warn(TOKEN_SEMANTICS_WARNING, UserWarning, stacklevel=1)  # once per process
 
     def loss(self, student, rollout: Rollout, teacher_scores: TeacherScores | None) -> LossOutput:
         s_side, t_side, cross = cross_sides(

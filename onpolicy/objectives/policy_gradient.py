@@ -19,7 +19,7 @@ from typing import ClassVar, Literal
 import torch
 
 from onpolicy.losses import policy_gradient_loss, token_logprobs
-from onpolicy.objectives.base import BatchSource, LossOutput, register_objective
+from onpolicy.objectives.base import BatchSource, LossOutput, TeacherOutput, register_objective
 from onpolicy.objectives.common import require_same, student_forward
 from onpolicy.teacher.types import TeacherScores
 from onpolicy.types import Rollout
@@ -37,7 +37,8 @@ class PolicyGradient:
         clip_mode: ``ppo`` (clipped surrogate) or ``tis`` (truncated importance sampling).
         clip_eps: PPO clip range. tis_cap: TIS weight cap.
         reward_fn: optional ``rollout -> [B]`` per-sequence rewards, added to each token's
-            advantage.
+            advantage (``onpolicy.rewards.TaskReward``: a task reward, group-normalized, from
+            config's ``reward:`` block).
         advantage_norm: ``none``, or ``batch``: the micro-batch's per-token advantages whitened
             (``(a - mean) / (std + 1e-6)`` over its completion tokens) so the step size does not
             depend on the scale of the log-ratios and rewards.
@@ -56,24 +57,15 @@ class PolicyGradient:
     def batch_source(self, step: int) -> BatchSource:
         return "student"
 
-    def loss(self, student, rollout: Rollout, teacher_scores: TeacherScores | None) -> LossOutput:
-        if teacher_scores is not None and teacher_scores.mode == "cross":
-            from onpolicy.objectives.cross import span_advantages_and_logprobs
+    def teacher_output(self) -> TeacherOutput:
+        """Only each completion token's teacher log-probability (same or cross tokenizer)."""
+        return "token"
 
-            student_lp_N, advantage_N, targets = span_advantages_and_logprobs(
-                student, rollout, teacher_scores
-            )
-        else:
-            scores = require_same(teacher_scores, self.name)
-            fwd = student_forward(student, rollout, getattr(scores, "vocab_size", None))
-            student_lp_N = token_logprobs(fwd.logits_N_V, fwd.targets_N)
-            teacher_lp_N = scores.token_logprobs_N.to(student_lp_N.device)
-            advantage_N = (teacher_lp_N - student_lp_N).detach()
-            targets = fwd.targets_N
+    def loss(self, student, rollout: Rollout, teacher_scores: TeacherScores | None) -> LossOutput:
+        student_lp_N, advantage_N, targets, reward_metrics = self.advantages(
+            student, rollout, teacher_scores
+        )
         behaviour_N = _behaviour(rollout, student_lp_N)
-        advantage_N = self.kl_coef * advantage_N + self._rewards(rollout, student_lp_N)
-        if self.advantage_norm == "batch":
-            advantage_N = whiten(advantage_N)
         loss_sum = policy_gradient_loss(
             student_lp_N, behaviour_N, advantage_N, clip_mode=self.clip_mode,
             clip_eps=self.clip_eps, tis_cap=self.tis_cap, reduction="sum",
@@ -87,19 +79,56 @@ class PolicyGradient:
             "advantage_sum": float(advantage_N.sum()),
             "pg_loss_sum": float(loss_sum.detach()),
             "pg/nonfinite_inputs_sum": float(bad.sum()),
+            **reward_metrics,
         }
         return LossOutput(loss_sum=loss_sum, num_tokens=n, metrics=metrics)
 
-    def _rewards(self, rollout: Rollout, like_N: torch.Tensor) -> torch.Tensor:
-        """Each sequence's user reward repeated over its completion tokens ([N])."""
+    def advantages(
+        self, student, rollout: Rollout, teacher_scores: TeacherScores | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, float]]:
+        """``(student_lp_N, advantage_N, targets, metrics)``: the student's log-prob of each
+        completion token (with grad) and its advantage (no grad): ``kl_coef * (teacher lp -
+        student lp)`` plus its row's reward, whitened when ``advantage_norm == "batch"``. A
+        ``TaskReward`` also logs its raw rewards (``task_reward_sum`` over ``task_rows_sum``)."""
+        if teacher_scores is not None and teacher_scores.mode == "cross":
+            from onpolicy.objectives.cross import span_advantages_and_logprobs
+
+            student_lp_N, advantage_N, targets = span_advantages_and_logprobs(
+                student, rollout, teacher_scores
+            )
+        else:
+            scores = require_same(teacher_scores, self.name)
+            fwd = student_forward(student, rollout, getattr(scores, "vocab_size", None))
+            student_lp_N = token_logprobs(fwd.logits_N_V, fwd.targets_N)
+            teacher_lp_N = scores.token_logprobs_N.to(student_lp_N.device)
+            advantage_N = (teacher_lp_N - student_lp_N).detach()
+            targets = fwd.targets_N
+        rewards_N, metrics = self._rewards(rollout, student_lp_N)
+        advantage_N = self.kl_coef * advantage_N + rewards_N
+        if self.advantage_norm == "batch":
+            advantage_N = whiten(advantage_N)
+        return student_lp_N, advantage_N, targets, metrics
+
+    def _rewards(
+        self, rollout: Rollout, like_N: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Each sequence's user reward repeated over its completion tokens ([N]), and metrics."""
+        from onpolicy.rewards import TaskReward
+
         if self.reward_fn is None:
-            return torch.zeros_like(like_N)
-        rewards = [float(r) for r in self.reward_fn(rollout)]
+            return torch.zeros_like(like_N), {}
+        metrics: dict[str, float] = {}
+        if isinstance(self.reward_fn, TaskReward):  # raw rewards computed once, logged
+            raw = self.reward_fn.scores(rollout)
+            rewards = self.reward_fn.advantages(raw, rollout)
+            metrics = {"task_reward_sum": float(sum(raw)), "task_rows_sum": float(len(raw))}
+        else:
+            rewards = [float(r) for r in self.reward_fn(rollout)]
         if len(rewards) != len(rollout):
             raise ValueError(f"reward_fn returned {len(rewards)} rewards for {len(rollout)} rows")
         counts = torch.tensor([len(c) for c in rollout.completion_ids_B])
         per_row = torch.tensor(rewards, dtype=like_N.dtype)
-        return per_row.repeat_interleave(counts).to(like_N.device)
+        return per_row.repeat_interleave(counts).to(like_N.device), metrics
 
 
 def _behaviour(rollout: Rollout, student_lp_N: torch.Tensor) -> torch.Tensor:

@@ -36,6 +36,25 @@ class RolloutBackend(Protocol):
         ...
 
 
+def check_prompt_count(
+    prompt_ids_B: Sequence[Sequence[int]], prompts: Sequence[Prompt] | None
+) -> None:
+    """``ValueError`` unless ``prompts`` (when given) pairs one-to-one with ``prompt_ids_B``."""
+    if prompts is not None and len(prompts) != len(prompt_ids_B):
+        raise ValueError(f"{len(prompts)} prompts for {len(prompt_ids_B)} rendered prompts")
+
+
+def timing_metrics(completion_ids_B: Sequence[Sequence[int]], seconds: float) -> dict[str, float]:
+    """The metrics every backend reports for one ``generate``: ``rollout/seconds``,
+    ``rollout/tokens`` (completion tokens) and ``rollout/tokens_per_second``."""
+    n_tokens = sum(len(c) for c in completion_ids_B)
+    return {
+        "rollout/seconds": seconds,
+        "rollout/tokens": float(n_tokens),
+        "rollout/tokens_per_second": n_tokens / max(seconds, 1e-9),
+    }
+
+
 BackendFactory = Callable[..., RolloutBackend]
 ROLLOUT_BACKENDS: dict[str, BackendFactory] = {}
 

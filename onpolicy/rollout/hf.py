@@ -20,7 +20,7 @@ import torch
 
 from onpolicy.chat import stop_token_ids
 from onpolicy.errors import ConfigError
-from onpolicy.rollout.base import register_backend
+from onpolicy.rollout.base import check_prompt_count, register_backend, timing_metrics
 from onpolicy.types import FinishReason, Prompt, Rollout, SamplingParams
 
 
@@ -60,8 +60,7 @@ class HFRolloutBackend:
     ) -> Rollout:
         """Sample ``sampling.n`` completions per prompt (see ``Rollout`` for each row's fields)."""
         _check_sampling(sampling)
-        if prompts is not None and len(prompts) != len(prompt_ids_B):
-            raise ValueError(f"{len(prompts)} prompts for {len(prompt_ids_B)} rendered prompts")
+        check_prompt_count(prompt_ids_B, prompts)
         rows = [list(p) for p in prompt_ids_B for _ in range(sampling.n)]
         if any(len(r) == 0 for r in rows):
             raise ConfigError("a rendered prompt is empty; every prompt needs at least one token")
@@ -93,7 +92,6 @@ class HFRolloutBackend:
             for c, lp in zip(completions, logprobs, strict=True)
         ]
         seconds = time.perf_counter() - start
-        n_tokens = sum(len(c[0]) for c in cut)
         return Rollout(
             prompts=list(prompts) if prompts is not None else [],
             prompt_index_B=[i for i in range(len(prompt_ids_B)) for _ in range(sampling.n)],
@@ -103,11 +101,7 @@ class HFRolloutBackend:
             finish_reason_B=[c[2] for c in cut],
             texts_B=[self.tokenizer.decode(c[0], skip_special_tokens=True) for c in cut],
             policy_version=self.policy_version,
-            metrics={
-                "rollout/seconds": seconds,
-                "rollout/tokens": float(n_tokens),
-                "rollout/tokens_per_second": n_tokens / max(seconds, 1e-9),
-            },
+            metrics=timing_metrics([c[0] for c in cut], seconds),
         )
 
     @torch.no_grad()

@@ -34,7 +34,7 @@ from typing import Any, Literal
 import torch
 
 from onpolicy.errors import BackendError, ConfigError
-from onpolicy.rollout.base import register_backend
+from onpolicy.rollout.base import check_prompt_count, register_backend, timing_metrics
 from onpolicy.rollout.weights import full_weights, is_peft_model, merged_lora_weights
 from onpolicy.types import FinishReason, Prompt, Rollout, SamplingParams
 
@@ -224,8 +224,7 @@ class VLLMEngineBackend:
         """Sample ``sampling.n`` completions per prompt, all prompts in one batched engine call."""
         from vllm.inputs import TokensPrompt
 
-        if prompts is not None and len(prompts) != len(prompt_ids_B):
-            raise ValueError(f"{len(prompts)} prompts for {len(prompt_ids_B)} prompt id lists")
+        check_prompt_count(prompt_ids_B, prompts)
         params = [
             to_vllm_sampling(sampling, self.stop_token_ids, _seed(sampling.seed, i, sampling.n))
             for i in range(len(prompt_ids_B))
@@ -237,14 +236,7 @@ class VLLMEngineBackend:
         )
         seconds = time.perf_counter() - start
         rollout = rollout_from_outputs(outputs, prompt_ids_B, prompts, self.policy_version)
-        n_tokens = sum(len(c) for c in rollout.completion_ids_B)
-        rollout.metrics.update(
-            {  # the hf backend's metric names
-                "rollout/seconds": seconds,
-                "rollout/tokens": float(n_tokens),
-                "rollout/tokens_per_second": n_tokens / max(seconds, 1e-9),
-            }
-        )
+        rollout.metrics.update(timing_metrics(rollout.completion_ids_B, seconds))
         return rollout
 
     def sync_weights(self, model: torch.nn.Module, step: int) -> dict[str, float]:

@@ -36,7 +36,7 @@ from typing import Any, Literal
 import torch
 
 from onpolicy.errors import BackendError, ConfigError
-from onpolicy.rollout.base import register_backend
+from onpolicy.rollout.base import check_prompt_count, register_backend, timing_metrics
 from onpolicy.rollout.http import HTTPStatusError, RetryPolicy, request_json
 from onpolicy.rollout.weights import full_weights, is_peft_model, merged_lora_weights
 from onpolicy.types import FinishReason, Prompt, Rollout, SamplingParams
@@ -180,7 +180,7 @@ def serve_command(
     # not; the API server module takes the same arguments (the model as --model) on both.
     argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_path)]
     argv += ["--host", "127.0.0.1", "--port", str(port), "--served-model-name", served_name]
-    argv += ["--logprobs-mode", "raw_logprobs", "--max-logprobs", "64", "--enforce-eager"]
+    argv += ["--logprobs-mode", "raw_logprobs", "--max-logprobs", "256", "--enforce-eager"]
     argv += ["--max-model-len", str(max_model_len), "--dtype", dtype]
     argv += ["--gpu-memory-utilization", str(gpu_memory_utilization)]
     if max_lora_rank is not None:
@@ -234,8 +234,7 @@ class VLLMServerBackend:
         prompts: Sequence[Prompt] | None = None,
     ) -> Rollout:
         """Sample ``sampling.n`` completions per prompt in one HTTP request."""
-        if prompts is not None and len(prompts) != len(prompt_ids_B):
-            raise ValueError(f"{len(prompts)} prompts for {len(prompt_ids_B)} prompt id lists")
+        check_prompt_count(prompt_ids_B, prompts)
         payload = completion_payload(self.model, prompt_ids_B, sampling, self.stop_token_ids)
         start = time.perf_counter()
         url = self._url("/v1/completions")
@@ -244,14 +243,7 @@ class VLLMServerBackend:
         rollout = rollout_from_response(
             answer, prompt_ids_B, sampling.n, prompts, self.policy_version
         )
-        n_tokens = sum(len(c) for c in rollout.completion_ids_B)
-        rollout.metrics.update(
-            {  # the hf backend's metric names
-                "rollout/seconds": seconds,
-                "rollout/tokens": float(n_tokens),
-                "rollout/tokens_per_second": n_tokens / max(seconds, 1e-9),
-            }
-        )
+        rollout.metrics.update(timing_metrics(rollout.completion_ids_B, seconds))
         return rollout
 
     def sync_weights(self, model: torch.nn.Module, step: int) -> dict[str, float]:

@@ -131,9 +131,8 @@ def train_student(
 
 def run_grid(cfg: GridConfig, log=print) -> list[dict[str, Any]]:
     """Every run of the grid as a row (see the module docstring)."""
-    from onpolicy.config_checks import resolve_model_path
     from onpolicy.data import read_rows
-    from onpolicy.models import load_model, load_tokenizer
+    from onpolicy.models import load_model, load_tokenizer, resolve_model_path
     from onpolicy.teacher.local import LocalTeacher
 
     rows = [row for _, row in read_rows(cfg.data)]  # checked rows, in file order

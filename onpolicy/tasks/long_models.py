@@ -20,6 +20,18 @@ from onpolicy.tasks.arith_models import ModelSpec, cache_root, char_tokenizer
 from onpolicy.tasks.long_arithmetic import completion_tokens, long_arithmetic_task
 from onpolicy.tasks.supervised import evaluate_exact_match, train_supervised
 
+TEACHERS = {  # named teacher shapes (``teacher_spec``); the students are 21k and 83k
+    "base": ModelSpec(layers=3, heads=3, ffn=384),  # 445k: 5.3x the medium student
+    "large": ModelSpec(layers=3, heads=6, ffn=768),  # 1.77M: 21x medium, 84x small
+}
+
+
+def teacher_spec(name: str) -> ModelSpec:
+    """The teacher shape called ``name`` in ``TEACHERS`` (one-line error otherwise)."""
+    if name not in TEACHERS:
+        raise ConfigError(f"teacher={name!r}; use one of {sorted(TEACHERS)}")
+    return TEACHERS[name]
+
 
 @dataclass(frozen=True)
 class LongModelsConfig:
@@ -28,7 +40,8 @@ class LongModelsConfig:
     Attributes:
         digits, min_digits, variants, num_train, data_seed: the task (``long_arithmetic_task``'s
             options).
-        teacher: the teacher's shape, trained ``teacher_steps`` steps of ``batch_size`` at ``lr``.
+        teacher: the teacher's shape (one of ``TEACHERS``), trained ``teacher_steps`` steps of
+            ``batch_size`` at ``lr``.
         students: named student shapes, saved untrained (``{"small": ModelSpec(...)}``).
     """
 
@@ -37,7 +50,7 @@ class LongModelsConfig:
     variants: int = 4
     num_train: int = 8000
     data_seed: int = 0
-    teacher: ModelSpec = ModelSpec(layers=3, heads=3, ffn=384)  # noqa: RUF009 (frozen)
+    teacher: ModelSpec = TEACHERS["base"]  # the cache key hashes the shape, not its name
     teacher_steps: int = 1000
     batch_size: int = 32
     lr: float = 3e-3

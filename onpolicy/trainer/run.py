@@ -4,10 +4,11 @@ and the comparison harness call. No globals: everything a run needs comes from i
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from onpolicy.config import Config
 from onpolicy.trainer import checkpoint as ckpt
@@ -16,6 +17,13 @@ from onpolicy.trainer.loop import StepResult, final_dir, run_steps, warn_collaps
 from onpolicy.trainer.run_folder import ResumePolicy, claim_output_dir, config_record
 from onpolicy.trainer.step_metrics import ComputeBudget
 from onpolicy.types import Prompt
+
+if TYPE_CHECKING:  # annotations only
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    from onpolicy.trainer.metrics_log import MetricsLog
+    from onpolicy.trainer.setup import Components
 
 ScoreFn = Callable[[str, Prompt], float]
 
@@ -51,7 +59,7 @@ class TrainResult:
     budget: ComputeBudget = field(default_factory=ComputeBudget)
 
 
-def make_accelerator(config: Config) -> Any:
+def make_accelerator(config: Config) -> Accelerator:
     from accelerate import Accelerator
 
     from onpolicy.trainer.metrics_log import tracker_names
@@ -120,6 +128,11 @@ def train(
 
         train_prompts, loaded_eval = load_prompts(config.data, config.train.seed, base_dir)
         eval_prompts = loaded_eval if eval_prompts is None else eval_prompts
+    if config.teachers:  # a row naming an unknown teacher: an error before any model loads
+        from onpolicy.teacher.routing import route_rows
+
+        weights = {name: t.weight for name, t in config.teachers.items()}
+        route_rows([p.teacher for p in train_prompts], weights)
     check_run_models(config)
     if config.hidden.weight > 0:  # layer map and tokenizers checked before any weights load
         from onpolicy.hidden.build import hidden_plan
@@ -135,7 +148,7 @@ def train(
 
 def _train_claimed(
     config: Config,
-    accelerator: Any,
+    accelerator: Accelerator,
     latest: Path | None,
     train_prompts: Sequence[Prompt] | None,
     eval_prompts: Sequence[Prompt] | None,
@@ -145,8 +158,8 @@ def _train_claimed(
     """``train`` once the output folder is held: the run itself."""
     from accelerate.utils import set_seed
 
+    from alignment.cpu import retain_freed_memory
     from onpolicy.data import PromptStream
-    from onpolicy.trainer.host_memory import retain_freed_memory
     from onpolicy.trainer.metrics_log import MetricsLog
     from onpolicy.trainer.setup import build_components
 
@@ -201,8 +214,8 @@ def _train_claimed(
 
 
 def _with_fixed_teacher_samples(
-    c: Any, config: Config, accelerator: Any, prompts: list[Prompt]
-) -> tuple[Any, ComputeBudget]:
+    c: Components, config: Config, accelerator: Accelerator, prompts: list[Prompt]
+) -> tuple[Components, ComputeBudget]:
     """``c`` with its fixed teacher samples drawn (``teacher.samples=fixed`` and an objective
     that samples the teacher in some step), and the compute spent; else ``c`` unchanged."""
     import dataclasses
@@ -210,27 +223,36 @@ def _with_fixed_teacher_samples(
     from onpolicy.trainer.sources import draw_teacher_samples
 
     steps = range(config.train.steps)
-    if config.teacher.samples != "fixed" or all(
-        c.objective.batch_source(s) != "teacher" for s in steps
-    ):
+    blocks = list(config.teachers.values()) or [config.teacher]  # they agree (validated)
+    if blocks[0].samples != "fixed" or all(c.objective.batch_source(s) != "teacher" for s in steps):
         return c, ComputeBudget()
     gather = None
     if accelerator.num_processes > 1:
         from accelerate.utils import gather_object as gather
-    fixed, spent = draw_teacher_samples(
-        prompts,
-        c.sampling,
-        c.sources,
-        config.train.seed,
-        accelerator.process_index,
-        accelerator.num_processes,
-        gather,
-    )
+    import torch
+
+    from onpolicy.trainer.sample_cache import ENV, cached_draw, draw_key
+    from onpolicy.trainer.sources import DRAW_CHUNK, prompt_key
+
+    rank, world = accelerator.process_index, accelerator.num_processes
+    seed = config.train.seed if config.teacher.sample_seed is None else config.teacher.sample_seed
+    args = (prompts, c.sampling, c.sources, seed, rank, world, gather)
+    teacher = getattr(c.sources.teacher_backend, "model", None)  # a local model's weights
+    if os.environ.get(ENV) and isinstance(teacher, torch.nn.Module):  # opt-in: one shared draw
+        sampling = dataclasses.replace(c.sampling, seed=None)  # each chunk sets its own
+        key = draw_key(
+            teacher, [prompt_key(p) for p in prompts], sampling=repr(sampling),
+            seed=seed, rank=rank, world=world, chunk=DRAW_CHUNK,
+            same_tokenizer=c.sources.same_tokenizer,
+        )  # fmt: skip
+        fixed, spent = cached_draw(key, lambda: draw_teacher_samples(*args))
+    else:
+        fixed, spent = draw_teacher_samples(*args)
     sources = dataclasses.replace(c.sources, fixed_teacher=fixed)
     return dataclasses.replace(c, sources=sources), spent
 
 
-def _resume(accelerator: Any, latest: Path | None) -> tuple[ckpt.TrainerState, int | None]:
+def _resume(accelerator: Accelerator, latest: Path | None) -> tuple[ckpt.TrainerState, int | None]:
     """Restore ``latest`` (chosen by ``claim_output_dir``), else a fresh state."""
     if latest is None:
         return ckpt.TrainerState(), None
@@ -243,12 +265,12 @@ class _Session:
     """What the per-step callback needs: evaluation, logging, progress bar, checkpoints."""
 
     config: Config
-    accelerator: Any
-    c: Any
+    accelerator: Accelerator
+    c: Components
     held_out: list[Prompt]
     score_fn: ScoreFn | None
-    log: Any
-    bar: Any = None
+    log: MetricsLog
+    bar: tqdm | None = None
     warned: set[str] = field(default_factory=set)
 
     def open_bar(self, initial: int) -> None:
@@ -267,10 +289,12 @@ class _Session:
         """Main process only (the others wait): the unwrapped student, no collectives."""
         c, metrics = self.c, {}
         if self.accelerator.is_main_process and self.held_out:
+            from onpolicy.scores.cached import live_teacher
+
             metrics = evaluate(
                 c.raw_model,
                 c.tokenizer,
-                c.teacher,
+                live_teacher(c.teacher),  # a cached teacher has no scores of new samples
                 c.backend,
                 self.held_out,
                 c.sampling,
@@ -311,7 +335,9 @@ class _Session:
             ckpt.save_checkpoint(self.accelerator, out, st, cfg.train.keep_checkpoints)
 
 
-def _save_final(config: Config, c: Any, accelerator: Any) -> tuple[Path | None, Path | None]:
+def _save_final(
+    config: Config, c: Components, accelerator: Accelerator
+) -> tuple[Path | None, Path | None]:
     """The student in Hugging Face format (adapters for LoRA); merged export on request."""
     from onpolicy.models import export_merged, save_student
     from onpolicy.trainer.disk import disk_errors
@@ -348,9 +374,9 @@ def evaluate_config(
     from accelerate import Accelerator
 
     from onpolicy.chat import render_prompt
-    from onpolicy.config_checks import resolve_model_path, validate
+    from onpolicy.config_checks import validate
     from onpolicy.data import filter_by_length, load_prompts
-    from onpolicy.models import load_lora_student, load_model, load_tokenizer
+    from onpolicy.models import load_lora_student, load_model, load_tokenizer, resolve_model_path
     from onpolicy.rollout.hf import HFRolloutBackend
     from onpolicy.trainer.setup import load_teacher, sampling_params
 
@@ -362,7 +388,8 @@ def evaluate_config(
         model, tok = load_lora_student(base, path, device=device), load_tokenizer(path)
     else:
         model, tok = load_model(path, device=device, trainable=False), load_tokenizer(path)
-    teacher = load_teacher(config, model, tok, device)[0] if config.teacher.path else None
+    has_teacher = config.teacher.path or config.teachers
+    teacher = load_teacher(config, model, tok, device)[0] if has_teacher else None
     if eval_prompts is None:
         eval_prompts = load_prompts(config.data, config.train.seed, base_dir)[1]
     budget = config.student.max_length - config.rollout.max_new_tokens

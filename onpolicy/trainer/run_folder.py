@@ -49,6 +49,8 @@ SAFE_KEYS = (
     "train.output_dir",
     "logging.",
     "eval.",
+    "teacher.server_url",  # the served teacher moved (same model): a resume may follow it
+    "teacher.vllm.",  # its timeouts and retries
 )
 
 

@@ -5,16 +5,24 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from onpolicy.config import Config, OptimConfig
-from onpolicy.config_checks import resolve_model_path
 from onpolicy.errors import ConfigError
+from onpolicy.models import resolve_model_path
 from onpolicy.trainer.sources import SampleSources
-from onpolicy.types import SamplingParams
+from onpolicy.types import Prompt, SamplingParams
+
+if TYPE_CHECKING:  # annotations only (heavy or optional imports stay lazy)
+    from transformers import PreTrainedTokenizerBase
+
+    from onpolicy.objectives.base import Objective
+    from onpolicy.rollout.base import RolloutBackend
+    from onpolicy.teacher.local import LocalTeacher
 
 
 @dataclass
@@ -27,32 +35,28 @@ class Components:
         raw_model: the unwrapped student (generation, saving); under FSDP an unsharded copy
             refreshed after every optimizer step (``onpolicy.trainer.sharding.FullCopy``).
         tokenizer: the student's tokenizer.
-        teacher: a ``LocalTeacher`` (None when the objective needs none).
+        teacher: a ``LocalTeacher`` or ``VLLMTeacher`` (``onpolicy.teacher.backends``), a
+            ``TeacherSet`` with ``teachers:``, None when the objective needs none.
         backend: the student's rollout backend.
-        teacher_backend: samples from the teacher (objectives whose batch source is ``teacher``).
-        teacher_tokenizer: the teacher's tokenizer (None without a teacher model).
         objective: the registered objective built from ``config.objective``.
         optimizer, scheduler: from ``config.optim``; the scheduler steps once per optimizer step.
         sampling: the rollout's ``SamplingParams``.
-        end_id: the student's end-of-turn (or EOS) token id, appended to finished text completions.
-        sources: where batches come from (``trainer.sources``); its fixed teacher samples are
-            drawn by ``train`` once the prompts are known.
+        sources: where batches come from (``trainer.sources``: the teacher's rollout backend, the
+            student's end-of-turn id); its fixed teacher samples are drawn by ``train`` once the
+            prompts are known.
         projection: the hidden-state projection as ``prepare`` returned it (trained with the
             student, saved in checkpoints, never exported), None without trainable maps.
     """
 
-    model: Any
-    raw_model: Any
-    tokenizer: Any
-    teacher: Any
-    backend: Any
-    teacher_backend: Any
-    teacher_tokenizer: Any
-    objective: Any
-    optimizer: Any
-    scheduler: Any
+    model: torch.nn.Module
+    raw_model: torch.nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    teacher: LocalTeacher | None
+    backend: RolloutBackend
+    objective: Objective
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
     sampling: SamplingParams
-    end_id: int | None
     sources: SampleSources
     projection: Any = None
 
@@ -109,34 +113,72 @@ def load_teacher(
     chunked: bool = False,
     hidden_layers: tuple[int, ...] = (),
 ) -> tuple:
-    """``(LocalTeacher, teacher_model, teacher_tokenizer)``; ``mode=self`` reuses the student.
+    """``(scorer, teacher_model, teacher_tokenizer)`` of ``config.teacher`` (the first of
+    ``config.teachers`` when that is set); ``mode=self`` reuses the student; the model is None
+    for a vLLM teacher.
 
     ``chunked``: the objective projects hidden states through the LM heads a block at a time, so
     the teacher returns hidden states + head and skips its own full LM-head pass.
     ``hidden_layers``: the teacher's intermediate hidden states it returns (hidden-state
-    distillation)."""
-    from onpolicy.models import load_model, load_tokenizer
-    from onpolicy.teacher.local import LocalTeacher
+    distillation; local teachers only)."""
+    from onpolicy.teacher.backends import build_teacher
 
-    t = config.teacher
-    kw = {"hidden": chunked, "token_logprobs": not chunked, "hidden_layers": hidden_layers}
-    if t.mode == "self":
-        teacher = LocalTeacher(student, student_tok, student_tok, mode="self", **kw)
-        return teacher, student, student_tok
-    path = resolve_model_path(t.path or "")
-    dtype = "float32" if t.dtype == "auto" else t.dtype
-    tokenizer = load_tokenizer(path, t.gguf_file)
-    model = load_model(path, dtype=dtype, device=device, gguf_file=t.gguf_file, trainable=False)
-    teacher = LocalTeacher(model, tokenizer, student_tok, mode=t.mode, **kw)
-    return teacher, model, tokenizer
+    block = next(iter(config.teachers.values())) if config.teachers else config.teacher
+    output = "hidden" if chunked else "logits"
+    built = build_teacher(block, student, student_tok, device, output, hidden_layers)
+    return built.scorer, built.model, built.tokenizer
+
+
+def load_teachers(
+    config: Config,
+    student: Any,
+    student_tok: Any,
+    device: Any,
+    output: str,
+    hidden_layers: tuple[int, ...] = (),
+):
+    """``(teacher, BuiltTeacher)``: the one teacher of ``config.teacher``, or for
+    ``config.teachers`` a ``TeacherSet`` and a ``RoutedSampler`` of their samplers (whose samples
+    are in the student's tokens; the built teacher's tokenizer is then None)."""
+    from alignment.tokens.chat import turn_end_id
+    from onpolicy.teacher.backends import BuiltTeacher, build_teacher
+    from onpolicy.teacher.routing import TeacherSet
+    from onpolicy.trainer.routed_samples import RoutedSampler, SamplingTeacher
+
+    if not config.teachers:
+        built = build_teacher(config.teacher, student, student_tok, device, output, hidden_layers)
+        return built.scorer, built
+    if hidden_layers:
+        raise ConfigError("hidden-state distillation takes one teacher; drop teachers: or hidden")
+    each = {
+        name: build_teacher(t, student, student_tok, device, output)
+        for name, t in config.teachers.items()
+    }
+    weights = {name: t.weight for name, t in config.teachers.items()}
+    samplers = {
+        name: SamplingTeacher(b.sampler, b.tokenizer, b.scorer.mode == "same")
+        for name, b in each.items()
+    }
+    sampler = RoutedSampler(
+        samplers, weights, student_tok, turn_end_id(student_tok), config.train.seed
+    )
+    teachers = TeacherSet({name: b.scorer for name, b in each.items()}, weights)
+    return teachers, BuiltTeacher(teachers, sampler, None)
 
 
 def build_objective(config: Config) -> Any:
     """The registered objective with ``objective.params``; a ``seed`` argument, when the factory
-    takes one and the params do not set it, gets ``train.seed`` (GKD's per-step coin)."""
+    takes one and the params do not set it, gets ``train.seed`` (GKD's per-step coin); with
+    ``reward.function``, its ``TaskReward`` as ``reward_fn`` (``onpolicy.rewards``)."""
     from onpolicy.objectives.base import make_objective
 
-    return make_objective(config.objective.name, config.objective.params, config.train.seed)
+    params = dict(config.objective.params)
+    if config.reward.function is not None:  # the task reward joins the sampled-token advantage
+        from onpolicy.rewards import build_task_reward
+
+        r = config.reward
+        params["reward_fn"] = build_task_reward(r.function, r.coef, r.normalize)
+    return make_objective(config.objective.name, params, config.train.seed)
 
 
 def build_optimizer(
@@ -195,8 +237,8 @@ def mixed_precision(requested: str) -> str:
 
 
 def _load_models(config: Config, accelerator: Any) -> tuple:
-    """``(student, tokenizer, full copy, objective, LocalTeacher, teacher model, teacher tok,
-    hidden plan)``; the hidden plan (``onpolicy.hidden.build``) is None without a hidden term.
+    """``(student, tokenizer, full copy, objective, teacher, BuiltTeacher or None, hidden
+    plan)``; the hidden plan (``onpolicy.hidden.build``) is None without a hidden term.
 
     FSDP / DeepSpeed ZeRO-3 shard the student in place in ``prepare``: then ``full`` is an
     unsharded ``FullCopy`` for rollouts, evaluation and saving (else None), a self-distillation
@@ -219,17 +261,23 @@ def _load_models(config: Config, accelerator: Any) -> tuple:
     objective = build_objective(config)
     _hand_over_reference(objective, model, full)
     plan = _hidden_plan(config, accelerator)
-    teacher = teacher_model = teacher_tok = None
-    if objective.needs_teacher or config.teacher.path is not None or config.teacher.mode == "self":
+    teacher = built = None
+    t = config.teacher
+    from onpolicy.scores.cached import needs_live_teacher, open_cached_teacher
+
+    wanted = objective.needs_teacher or t.path is not None or t.mode == "self" or config.teachers
+    if wanted and needs_live_teacher(config, objective):
         student = model if full is None else full.model
         from onpolicy.objectives.base import teacher_output
 
-        chunked = teacher_output(objective) == "hidden"  # what the objective declares
-        layers = () if plan is None else tuple(t for _, t in plan.pairs)
-        teacher, teacher_model, teacher_tok = load_teacher(
-            config, student, tokenizer, accelerator.device, chunked, layers
+        output = teacher_output(objective)  # what the objective declares
+        layers = () if plan is None else tuple(x for _, x in plan.pairs)
+        teacher, built = load_teachers(
+            config, student, tokenizer, accelerator.device, output, layers
         )
-    return model, tokenizer, full, objective, teacher, teacher_model, teacher_tok, plan
+    if t.scores is not None:  # dataset batches from the cache; the rest live
+        teacher = open_cached_teacher(t.scores, tokenizer, t.path, t.gguf_file, live=teacher)
+    return model, tokenizer, full, objective, teacher, built, plan
 
 
 def _hidden_plan(config: Config, accelerator: Any) -> Any:
@@ -264,9 +312,8 @@ def build_components(config: Config, accelerator: Any) -> Components:
     from onpolicy.rollout.base import make_backend
     from onpolicy.trainer.sharding import FullCopyBackend
 
-    model, tokenizer, full, objective, teacher, teacher_model, teacher_tok, plan = _load_models(
-        config, accelerator
-    )
+    model, tokenizer, full, objective, teacher, built, plan = _load_models(config, accelerator)
+    teacher_tok = None if built is None else built.tokenizer
     projection = None
     if plan is not None:
         from onpolicy.hidden.build import make_projection
@@ -291,11 +338,7 @@ def build_components(config: Config, accelerator: Any) -> Components:
         full.refresh()
         accelerator.register_for_checkpointing(full)  # refreshed when a checkpoint loads
         backend = FullCopyBackend(backend, full)
-    teacher_backend = None
-    if teacher_model is not None and config.teacher.mode != "self":
-        from onpolicy.rollout.hf import HFRolloutBackend
-
-        teacher_backend = HFRolloutBackend(teacher_model, teacher_tok)
+    teacher_backend = None if built is None else built.sampler  # None for mode: self
     end_id = turn_end_id(tokenizer)  # its end of turn, else its EOS
     sources = SampleSources(
         student_backend=backend,
@@ -303,7 +346,7 @@ def build_components(config: Config, accelerator: Any) -> Components:
         end_id=end_id,
         teacher_backend=teacher_backend,
         render_teacher=_teacher_renderer(teacher_tok),
-        same_tokenizer=teacher is None or teacher.mode == "same",
+        same_tokenizer=teacher is None or getattr(teacher, "mode", "same") == "same",
     )
     return Components(
         model=prepared,
@@ -311,19 +354,16 @@ def build_components(config: Config, accelerator: Any) -> Components:
         tokenizer=tokenizer,
         teacher=teacher,
         backend=backend,
-        teacher_backend=teacher_backend,
-        teacher_tokenizer=teacher_tok,
         objective=objective,
         optimizer=optimizer,
         scheduler=scheduler,
         sampling=sampling_params(config),
-        end_id=end_id,
         sources=sources,
         projection=prepared_extra[0] if trained else None,
     )
 
 
-def _teacher_renderer(teacher_tok: Any) -> Any:
+def _teacher_renderer(teacher_tok: Any) -> Callable[[Prompt], list[int]] | None:
     """``prompt -> ids`` with the teacher's chat template (None without a teacher tokenizer)."""
     if teacher_tok is None:
         return None

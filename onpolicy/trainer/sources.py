@@ -17,13 +17,16 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from onpolicy.errors import DataError
 from onpolicy.objectives.base import BatchSource
 from onpolicy.rollout.base import RolloutBackend
 from onpolicy.trainer.step_metrics import ComputeBudget, positions
 from onpolicy.types import Prompt, Rollout, SamplingParams
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 DRAW_CHUNK = 64  # prompts per ``generate`` call when drawing fixed teacher samples
 
@@ -67,7 +70,7 @@ class SampleSources:
     """
 
     student_backend: RolloutBackend | None
-    tokenizer: Any
+    tokenizer: PreTrainedTokenizerBase
     end_id: int | None
     teacher_backend: RolloutBackend | None = None
     render_teacher: Callable[[Prompt], list[int]] | None = None

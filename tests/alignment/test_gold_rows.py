@@ -7,7 +7,7 @@ import pytest
 import torch
 from gold_reference import reference_terms
 
-import alignment.spans._gold_rows as gold_rows
+import alignment.cpu as cpu
 from alignment.spans.gold import gold_terms, span_uld_loss
 from alignment.types import SideLogits
 
@@ -171,7 +171,7 @@ def test_huge_page_gradient_is_an_ordinary_tensor(monkeypatch) -> None:
     terms = gold_terms(student, teacher, ms, mt, beta=0.5)
     (want,) = torch.autograd.grad(_weighted((terms.matched_B_S, terms.unmatched_B_S)),
                                   student.logits_B_T_V)  # fmt: skip
-    monkeypatch.setattr(gold_rows, "HUGE_MIN_BYTES", 0)
+    monkeypatch.setattr(cpu, "HUGE_MIN_BYTES", 0)
     x = student.logits_B_T_V
     for _ in range(2):  # the second backward adds into x.grad
         terms = gold_terms(student, teacher, ms, mt, beta=0.5)
@@ -184,12 +184,12 @@ def test_huge_page_gradient_is_an_ordinary_tensor(monkeypatch) -> None:
     x.grad.zero_()
     torch.testing.assert_close(x.detach(), before - 0.2 * want)
     assert bool((x.grad == 0).all())
-    a = gold_rows.fresh_empty((64, 1000), torch.float32, "cpu")  # HUGE_MIN_BYTES is 0 here
-    b = gold_rows.fresh_empty((64, 1000), torch.float32, "cpu")
+    a = cpu.fresh_empty((64, 1000), torch.float32, "cpu")  # HUGE_MIN_BYTES is 0 here
+    b = cpu.fresh_empty((64, 1000), torch.float32, "cpu")
     a.fill_(1.0)
     b.fill_(2.0)
     assert a.is_contiguous() and a.shape == (64, 1000) and bool((a == 1).all())
-    assert a.data_ptr() % (1 << 21) == 0 or gold_rows._MADV_HUGEPAGE is None
+    assert a.data_ptr() % (1 << 21) == 0 or cpu._MADV_HUGEPAGE is None
 
 
 def test_reused_buffers_leave_earlier_results_intact() -> None:

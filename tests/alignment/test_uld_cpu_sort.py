@@ -1,6 +1,6 @@
-"""ULD's float32 CPU path: partial sort (top ``m`` selected, then sorted) == full sort, row
-blocks in threads == one thread, and values/subgradients against float64 references, with ties,
-zero rows and either side longer."""
+"""ULD's float32 CPU path: partial sort (top ``m`` selected, then sorted) == full sort, and
+values/subgradients against float64 references, with ties, zero rows and either side longer
+(thread counts: test_cpu_threads.py)."""
 
 from __future__ import annotations
 
@@ -94,21 +94,6 @@ def test_top_ascending_partial_equals_full(need_index: bool) -> None:
             np.testing.assert_array_equal(np.take_along_axis(x, cols_f, -1), top_f)
         else:
             assert idx_p is None and idx_f is None
-
-
-def test_row_blocks_in_threads_equal_one_thread() -> None:
-    p, q = _rows(40, 600, seed=6, levels=9), _rows(40, 1500, seed=7)
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = sorted_l1_rows(p, q, grad_p=True, grad_q=True)
-        torch.set_num_threads(3)
-        assert len(uld._row_blocks(40)) == 3
-        many = sorted_l1_rows(p, q, grad_p=True, grad_q=True)
-    finally:
-        torch.set_num_threads(before)
-    assert torch.equal(one[0], many[0])
-    assert torch.equal(one[1], many[1]) and torch.equal(one[2], many[2])
 
 
 def test_float32_partial_path_vs_pot_and_float64_autograd() -> None:

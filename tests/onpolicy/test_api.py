@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+from tiny_same_pair import same_tokenizer_pair
 
 import onpolicy
 from onpolicy.api import (
@@ -18,10 +19,8 @@ from onpolicy.api import (
     score,
     step,
 )
-from onpolicy.models import load_model, load_tokenizer
 from onpolicy.rollout.base import make_backend
 from onpolicy.teacher.local import LocalTeacher
-from onpolicy.tiny import tiny_model_dir
 from onpolicy.types import Prompt, Rollout, SamplingParams
 
 QUESTIONS = ["What is 1 plus 2?", "Count to 3.", "What color is the snow?", "Hi"]
@@ -29,11 +28,8 @@ QUESTIONS = ["What is 1 plus 2?", "Count to 3.", "What color is the snow?", "Hi"
 
 @pytest.fixture(scope="module")
 def parts():
-    spath = tiny_model_dir("tiny", "bpe", seed=0)
-    tpath = tiny_model_dir("small", "bpe", seed=1, pretrain_steps=300)
-    tok = load_tokenizer(spath)
-    teacher = LocalTeacher(load_model(tpath, trainable=False), load_tokenizer(tpath), tok)
-    return load_model(spath), tok, teacher
+    p = same_tokenizer_pair()
+    return p.student, p.tokenizer, LocalTeacher(p.teacher, p.teacher_tokenizer, p.tokenizer)
 
 
 def _prompts():

@@ -69,9 +69,9 @@ def test_dispatchers_pass_argv(tmp_path, monkeypatch, capsys):
         "def quickstart_main(argv):\n    print('quick', argv)\n    return 0\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setitem(cli._DISPATCH, "doctor", ("fake_tool", ("main",)))
-    monkeypatch.setitem(cli._DISPATCH, "quickstart", ("fake_tool", ("quickstart_main", "main")))
-    monkeypatch.setitem(cli._DISPATCH, "compare", ("fake_tool", ("compare_main", "main")))
+    monkeypatch.setitem(cli._DISPATCH, "doctor", ("fake_tool", "main"))
+    monkeypatch.setitem(cli._DISPATCH, "quickstart", ("fake_tool", "quickstart_main"))
+    monkeypatch.setitem(cli._DISPATCH, "compare", ("fake_tool", "main"))
     assert cli.main(["doctor", "a", "--b"]) == 3
     assert cli.main(["quickstart", "--fast"]) == 0
     assert cli.main(["compare", "x"]) == 3
@@ -80,7 +80,10 @@ def test_dispatchers_pass_argv(tmp_path, monkeypatch, capsys):
         "quick ['--fast']",
         "got ['x']",
     ]
-    monkeypatch.setitem(cli._DISPATCH, "doctor", ("no_such_module_xyz", ("main",)))
+    monkeypatch.setitem(cli._DISPATCH, "scaling", ("fake_tool", "scaling_main"))
+    assert cli.main(["scaling"]) == 2
+    assert "fake_tool has no scaling_main" in capsys.readouterr().err
+    monkeypatch.setitem(cli._DISPATCH, "doctor", ("no_such_module_xyz", "main"))
     assert cli.main(["doctor"]) == 2
     assert "`doctor` is unavailable" in capsys.readouterr().err
     del sys.modules["fake_tool"]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from onpolicy.config import Config, apply_overrides, from_dict, load_config
-from onpolicy.config_checks import parse_tiny_spec, validate
+from onpolicy.config_checks import validate
 from onpolicy.errors import ConfigError
+from onpolicy.models import check_model_path, parse_tiny_spec
 
 BASE = {"student": {"path": "tiny:tiny"}, "teacher": {"path": "tiny:small,seed=1"}}
 
@@ -109,6 +110,23 @@ def test_tiny_spec():
         parse_tiny_spec("tiny:huge")
     with pytest.raises(ConfigError, match="bad option 'colour=red'"):
         parse_tiny_spec("tiny:tiny,colour=red")
+
+
+def test_model_paths_checked_in_models_without_an_import_circle():
+    """``offline:`` names are checked (not built) where ``tiny:`` specs are; the checks import
+    ``onpolicy.models``, and neither it nor ``config_checks`` imports ``onpolicy.config``."""
+    import subprocess
+    import sys
+
+    check_model_path("teacher.path", "offline:smollm2")  # known: nothing is built
+    with pytest.raises(ConfigError, match=r"teacher.path='offline:llama' is not an offline model"):
+        check_model_path("teacher.path", "offline:llama")
+    assert "offline:<name>" in _error({**BASE, "student": {"path": "/nope/model"}})
+    code = (
+        "import sys, onpolicy.config_checks, onpolicy.models; "
+        "assert 'onpolicy.config' not in sys.modules, 'config imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_defaults_validate_and_round_trip():

@@ -24,7 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-SERVER_START_TIMEOUT_S = 300.0
+SERVER_START_TIMEOUT_S = float(os.environ.get("ONPOLICY_VLLM_START_S", "300"))  # loaded: raise
 
 
 def teacher_path() -> Path:

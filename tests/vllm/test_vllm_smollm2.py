@@ -62,7 +62,7 @@ def test_smollm2_engine_teacher_top_k(smollm2):
     _, backend, model, tok = smollm2
     _, ids = _ids(tok)
     ro = backend.generate(ids, SamplingParams(max_new_tokens=10, temperature=1.0, seed=1))
-    scores = VLLMTeacher(backend.llm, top_k=8).score(ro)
+    scores = VLLMTeacher(backend.llm, top_k=8, tokenizer=tok).score(ro)
     lp_N_V = _forward_logprobs_N_V(model, ro.prompt_ids_B, ro.completion_ids_B)
     top_lp, _ = lp_N_V.topk(8, dim=-1)
     torch.testing.assert_close(scores.topk_logprobs_N_K, top_lp, atol=2e-3, rtol=0)

@@ -9,7 +9,7 @@ import torch
 
 vllm = pytest.importorskip("vllm")
 
-from onpolicy.chat import render_prompt, render_prompts  # noqa: E402
+from onpolicy.chat import render_prompts  # noqa: E402
 from onpolicy.errors import ConfigError  # noqa: E402
 from onpolicy.losses.sparse import sparse_divergence  # noqa: E402
 from onpolicy.models import load_model, load_tokenizer  # noqa: E402
@@ -64,7 +64,8 @@ def test_server_teacher_same_tokenizer_top_k(served):
     ro = make_backend("vllm-server", server_url=url, sync="none").generate(
         ids, SamplingParams(max_new_tokens=6, seed=2)
     )
-    scores = VLLMTeacher(url, top_k=8).score(ro)
+    scores = VLLMTeacher(url, top_k=8, tokenizer=tok).score(ro)
+    assert scores.mode == "same" and scores.vocab_size == len(tok)
     _check_scores(scores, model, ro.prompt_ids_B, ro.completion_ids_B, 8)
     # the sparse losses consume it as is: same loss as from the teacher's own top-k
     student_N_V = torch.randn(len(scores.token_logprobs_N), len(tok), generator=torch.Generator())
@@ -83,11 +84,15 @@ def test_server_teacher_same_tokenizer_top_k(served):
 
 
 def test_server_teacher_cross_tokenizer_scores_its_own_tokens(served, tiny_teacher_path):
+    """Cross mode is the local teacher's path (same teacher tokens and spans) with dense
+    log-probs rebuilt from the served top-k: equal to the rebuild of the local teacher's top-k,
+    and every cross objective takes them."""
+    from onpolicy.objectives.base import make_objective
+    from onpolicy.teacher.local import LocalTeacher
+    from onpolicy.teacher.topk_dense import dense_from_topk
+
     url, _, teacher_model, teacher_tok = served
-    student, student_tok = (
-        load_model(tiny_teacher_path, trainable=False),
-        load_tokenizer(tiny_teacher_path),
-    )
+    student, student_tok = load_model(tiny_teacher_path), load_tokenizer(tiny_teacher_path)
     prompts, ids = _ids(student_tok)
     ro = make_backend("hf", model=student, tokenizer=student_tok).generate(
         ids, SamplingParams(max_new_tokens=16, temperature=0), prompts
@@ -96,11 +101,23 @@ def test_server_teacher_cross_tokenizer_scores_its_own_tokens(served, tiny_teach
         url, top_k=5, mode="cross", tokenizer=teacher_tok, student_tokenizer=student_tok
     )
     scores = teacher.score(ro)
-    assert scores.mode == "cross"
-    for b, text in enumerate(ro.texts_B):
-        assert scores.prompt_ids_B[b] == render_prompt(teacher_tok, prompts[b])
-        assert teacher_tok.decode(scores.completion_ids_B[b], skip_special_tokens=True) == text
-    _check_scores(scores, teacher_model, scores.prompt_ids_B, scores.completion_ids_B, 5)
+    local = LocalTeacher(teacher_model, teacher_tok, student_tok, mode="cross").score(ro)
+    got, want = scores.cross, local.cross
+    assert scores.mode == "cross" and got.prompt_ids_B == want.prompt_ids_B
+    assert got.completion_ids_B == want.completion_ids_B
+    for a, b in zip(got.student_span_B + got.teacher_span_B,
+                    want.student_span_B + want.teacher_span_B, strict=True):  # fmt: skip
+        assert torch.equal(a, b)
+    torch.testing.assert_close(got.token_logprobs_Nt, want.token_logprobs_Nt, atol=1e-4, rtol=0)
+    logp = torch.log_softmax(want.logits_Nt_V.float(), dim=-1)
+    top_lp, top_ids = logp.topk(5, dim=-1)
+    targets = torch.tensor([t for c in want.completion_ids_B for t in c])
+    rebuilt = dense_from_topk(top_ids, top_lp, len(teacher_tok), targets,
+                              logp.gather(1, targets[:, None])[:, 0])  # fmt: skip
+    torch.testing.assert_close(got.logits_Nt_V, rebuilt, atol=1e-4, rtol=0)
+    for name in ("next_byte", "gold", "uld", "policy_gradient"):
+        out = make_objective(name, {}).loss(student, ro, scores)
+        assert torch.isfinite(out.loss_sum), name
 
 
 def test_sparse_rows_by_hand():

@@ -11,6 +11,7 @@ from onpolicy.evidence.diagnostics import (
     completion_logits,
     curve_area,
     early_drop,
+    entropy_by_position,
     flops_to_reach,
     plateau_index,
     reverse_kl_by_position,
@@ -89,3 +90,20 @@ def test_plateau_index():
 def test_survival_by_step_hand_computed():
     assert survival_by_step([0, 1, 3, 3], 3) == [0.75, 0.5, 0.5]
     assert survival_by_step([], 2) == [0.0, 0.0]
+
+
+def test_entropy_by_position_hand_computed_and_masked():
+    # row 0: uniform over 4 tokens (ln 4), then one-hot-ish; row 1: uniform, masked at position 1
+    big = 50.0
+    logits = torch.tensor(
+        [[[0.0, 0.0, 0.0, 0.0], [big, 0.0, 0.0, 0.0]], [[0.0, 0.0, 0.0, 0.0], [0.0] * 4]]
+    )
+    mask = torch.tensor([[True, True], [True, False]])
+    mean, count = entropy_by_position(logits, mask)
+    assert count == [2, 1]
+    assert mean[0] == pytest.approx(math.log(4), abs=1e-6)
+    assert mean[1] == pytest.approx(0.0, abs=1e-6)  # the masked uniform row is not counted
+    two = torch.tensor([[[math.log(3.0), 0.0]]])  # p = (3/4, 1/4)
+    h = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    assert entropy_by_position(two, torch.tensor([[True]]))[0][0] == pytest.approx(h, abs=1e-6)
+    assert math.isnan(entropy_by_position(two, torch.tensor([[False]]))[0][0])

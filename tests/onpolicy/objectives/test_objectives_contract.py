@@ -7,16 +7,15 @@ import copy
 
 import pytest
 import torch
+from tiny_same_pair import same_tokenizer_pair
 
 from onpolicy.api import completion_rollout, make_objective
 from onpolicy.chat import render_prompts
 from onpolicy.errors import ConfigError
-from onpolicy.models import load_model, load_tokenizer
 from onpolicy.objectives.base import OBJECTIVES
 from onpolicy.objectives.common import on_policy_share
 from onpolicy.rollout.hf import HFRolloutBackend
 from onpolicy.teacher.local import LocalTeacher
-from onpolicy.tiny import tiny_model_dir
 from onpolicy.types import Prompt, SamplingParams
 
 CASES = {  # name -> (params, is a divergence: student == teacher gives 0)
@@ -43,11 +42,8 @@ def _base(case):
 
 @pytest.fixture(scope="module")
 def models():
-    spath = tiny_model_dir("tiny", "bpe", seed=0)
-    tpath = tiny_model_dir("small", "bpe", seed=1, pretrain_steps=300)
-    tok = load_tokenizer(spath)
-    teacher = load_model(tpath, trainable=False)
-    return load_model(spath), tok, teacher
+    p = same_tokenizer_pair()
+    return p.student, p.tokenizer, p.teacher
 
 
 @pytest.fixture(scope="module")

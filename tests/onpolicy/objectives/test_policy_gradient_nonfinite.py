@@ -8,22 +8,18 @@ import copy
 import math
 
 import pytest
+from tiny_same_pair import same_tokenizer_pair
 
 from onpolicy.api import make_objective
 from onpolicy.chat import render_prompts
-from onpolicy.models import load_model, load_tokenizer
 from onpolicy.rollout.hf import HFRolloutBackend
 from onpolicy.teacher.local import LocalTeacher
-from onpolicy.tiny import tiny_model_dir
 from onpolicy.types import Prompt, SamplingParams
 
 
 @pytest.fixture(scope="module")
 def setup():
-    spath = tiny_model_dir("tiny", "bpe", seed=0)
-    tpath = tiny_model_dir("small", "bpe", seed=1, pretrain_steps=300)
-    tok = load_tokenizer(spath)
-    student, teacher = load_model(spath), load_model(tpath, trainable=False)
+    student, tok, teacher, _ = same_tokenizer_pair()
     prompts = [
         Prompt(messages=({"role": "user", "content": q},)) for q in ("What is 2 plus 2?", "Hi")
     ]

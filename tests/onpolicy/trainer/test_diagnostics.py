@@ -37,13 +37,11 @@ def test_topk_overlap():
     assert d.topk_overlap(s, s, k=3).tolist() == [1.0, 1.0]
 
 
-def test_repetition_truncation_and_empty():
+def test_repetition_and_empty():
     assert d.repetition_rate([[1, 2, 3, 4, 5]]) == 0.0
     # 1 2 1 2 1 2 -> 3-grams (1,2,1) (2,1,2) (1,2,1) (2,1,2): 2 of 4 repeat
     assert d.repetition_rate([[1, 2, 1, 2, 1, 2]]) == 0.5
     assert d.repetition_rate([[1], []]) == 0.0
-    assert d.truncated_share(["stop", "length", "length", "stop"]) == 0.5
-    assert d.truncated_share([]) == 0.0
     assert d.distribution_diagnostics(torch.zeros(0, 4), torch.zeros(0, 4)) == {}
 
 

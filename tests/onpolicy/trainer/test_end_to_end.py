@@ -67,7 +67,7 @@ def test_lora_student_saves_adapters_and_merged_export(tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from onpolicy.config_checks import resolve_model_path
+    from onpolicy.models import resolve_model_path
 
     cfg = make_config(
         tmp_path,

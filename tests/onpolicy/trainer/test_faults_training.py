@@ -10,9 +10,8 @@ import math
 import pytest
 from trainer_configs import TEACHER, make_config
 
-from onpolicy.config_checks import resolve_model_path
 from onpolicy.errors import TrainingError
-from onpolicy.models import load_model, load_tokenizer, save_student
+from onpolicy.models import load_model, load_tokenizer, resolve_model_path, save_student
 from onpolicy.trainer import train
 from onpolicy.trainer.diagnostics import divergence, teacher_nonfinite
 from onpolicy.trainer.loop import train_step

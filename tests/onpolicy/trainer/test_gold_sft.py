@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from onpolicy.config import from_dict
-from onpolicy.config_checks import resolve_model_path, validate
+from onpolicy.config_checks import validate
 from onpolicy.data import read_prompts
 from onpolicy.errors import ConfigError, DataError
-from onpolicy.models import load_model, load_tokenizer
+from onpolicy.models import load_model, load_tokenizer, resolve_model_path
 from onpolicy.objectives.sft import SFT
 from onpolicy.trainer import train
 from onpolicy.trainer.setup import build_components
@@ -85,11 +85,12 @@ def test_gold_sft_builds_no_teacher_and_appends_the_end_token(tmp_path):
     from accelerate import Accelerator
 
     c = build_components(config, Accelerator(cpu=True))
-    assert c.teacher is None and c.teacher_backend is None
+    assert c.teacher is None and c.sources.teacher_backend is None
     prompts = read_prompts(_data(tmp_path), config.data)[:2]
     ids = [[1, 2]] * 2
     ro, _ = completions_for("dataset", prompts, ids, None, c.sources)
-    assert all(row[-1] == c.end_id for row in ro.completion_ids_B)  # the student learns to stop
+    # the student learns to stop
+    assert all(row[-1] == c.sources.end_id for row in ro.completion_ids_B)
     assert ro.texts_B == [" tac", " god"]
 
 

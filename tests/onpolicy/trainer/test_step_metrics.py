@@ -1,5 +1,5 @@
 """Step metrics are global values: tallies split over processes (any split) combine to the metrics
-of the whole batch, checked against ``diagnostics.rollout_diagnostics`` on the concatenated rows
+of the whole batch, checked against ``_reference`` on the concatenated rows
 (an independent computation); the compute budget adds up and survives a checkpoint."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from onpolicy.trainer.checkpoint import TrainerState
-from onpolicy.trainer.diagnostics import rollout_diagnostics
+from onpolicy.trainer.diagnostics import repetition_rate
 from onpolicy.trainer.step_metrics import (
     ComputeBudget,
     StepTally,
@@ -32,6 +32,18 @@ ROWS = [
     ([4], [8, 8, 8, 8, 2], "stop"),
     ([4, 4], [3, 4, 5, 6], "length"),
 ]
+
+
+def _reference(completion_ids_B, finish_reason_B) -> dict[str, float]:
+    """The step's rollout diagnostics from their definitions, on all rows at once."""
+    lengths = [len(c) for c in completion_ids_B]
+    rows = max(len(lengths), 1)
+    return {
+        "diag/truncated_share": sum(r == "length" for r in finish_reason_B) / rows,
+        "diag/repetition_rate": repetition_rate(completion_ids_B),
+        "diag/empty_share": sum(x == 0 for x in lengths) / rows,
+        "diag/completion_length": sum(lengths) / rows,
+    }
 
 
 def _rollout(rows) -> Rollout:
@@ -56,7 +68,7 @@ def _tally(rows, seconds, components) -> StepTally:
 
 @pytest.mark.parametrize("cut", [1, 2, 4])
 def test_any_process_split_gives_the_global_diagnostics(cut):
-    whole = rollout_diagnostics(
+    whole = _reference(
         [c for _, c, _ in ROWS], [r for _, _, r in ROWS]
     )  # the reference, on every row at once
     parts = [ROWS[:cut], ROWS[cut:]]
@@ -65,7 +77,7 @@ def test_any_process_split_gives_the_global_diagnostics(cut):
     for key, want in whole.items():
         assert got[key] == pytest.approx(want, abs=1e-12), key
     # not the mean of the per-process values (which is what rank-0-only or mean-of-means gave)
-    per_process = [rollout_diagnostics([c for _, c, _ in p], [r for _, _, r in p]) for p in parts]
+    per_process = [_reference([c for _, c, _ in p], [r for _, _, r in p]) for p in parts]
     mean_of_means = sum(d["diag/truncated_share"] for d in per_process) / 2
     assert mean_of_means != pytest.approx(whole["diag/truncated_share"])
     n_tokens = sum(len(c) for _, c, _ in ROWS)

@@ -11,10 +11,9 @@ from trainer_configs import DATA, TEACHER, make_config
 
 from onpolicy.chat import render_prompt
 from onpolicy.config import DataConfig
-from onpolicy.config_checks import resolve_model_path
 from onpolicy.data import load_prompts
 from onpolicy.errors import DataError
-from onpolicy.models import load_model, load_tokenizer
+from onpolicy.models import load_model, load_tokenizer, resolve_model_path
 from onpolicy.rollout.hf import HFRolloutBackend
 from onpolicy.trainer import sources, train
 from onpolicy.trainer.sources import (

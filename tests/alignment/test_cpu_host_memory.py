@@ -13,7 +13,7 @@ import pytest
 # either way; the least of three, since a round now and then maps its buffer afresh).
 SCRIPT = """
 import resource, sys, torch
-from onpolicy.trainer.host_memory import retain_freed_memory
+from alignment.cpu import retain_freed_memory
 applied = retain_freed_memory() if sys.argv[1] == "1" else False
 faults = []
 for i in range(5):

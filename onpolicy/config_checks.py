@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # annotations only: config imports this module, never the oth
     from onpolicy.objectives.base import Objective
 
 __all__ = ["parse_tiny_spec", "resolve_model_path", "resolve_path", "validate"]
+_check_model_path = check_model_path  # the old private name (branches written before the move)
 
 
 def validate(config: Config, base_dir: Path | None = None) -> None:
@@ -62,6 +63,11 @@ def validate(config: Config, base_dir: Path | None = None) -> None:
     # built once by the one factory: bad option values fail here, before any model loads
     objective = make_objective(c.objective.name, c.objective.params, c.train.seed)
     _check_teachers(c, objective)
+    if c.teachers and any(t.scores for t in (c.teacher, *c.teachers.values())):
+        raise ConfigError(
+            "teacher scores (onpolicy score) serve a single teacher: block, not a teachers: map; "
+            "drop the scores key or train with one teacher"
+        )
     if c.teachers:
         return
     if c.teacher.scores is not None:

@@ -103,7 +103,8 @@ def train_run(
 
     student = student_of(dirs, spec)
     config = trainer_config(spec, settings, seed, student, dirs.teacher, run_dir, options)
-    prompts = consumed(prompts, settings.steps, settings.batch_size, seed)
+    if options.sample_seed is None:  # a shared dataset (warm_start.shared) covers every prompt
+        prompts = consumed(prompts, settings.steps, settings.batch_size, seed)
     result = train(
         config, train_prompts=prompts, eval_prompts=list(eval_prompts), score_fn=score_fn
     )
@@ -142,11 +143,12 @@ def warm_up(cfg: Any, dirs: Any, seed: int, threads: int = 1) -> dict[str, Any]:
         return {**json.loads(done.read_text()), "cached": True}
     shutil.rmtree(folder, ignore_errors=True)
     val = split.validation
-    options = RunOptions(spec.every, len(val), None, spec.every)
+    shared = cfg.warm_start.shared  # the warm-up's samples are then every run's dataset
+    options = RunOptions(spec.every, len(val), None, spec.every, seed if shared else None)
     settings = warm.with_lr(cfg.train, spec)
     out = train_run(
-        cfg, dirs, spec.method, warm.warm_seed(seed), settings, folder / "run", options,
-        split.train, val, task.score,
+        cfg, dirs, spec.method, warm.warm_seed(seed, shared), settings,
+        folder / "run", options, split.train, val, task.score,
     )  # fmt: skip
     curve = out.account.curve
     branches = warm.branch_steps(spec, curve)

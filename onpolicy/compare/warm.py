@@ -14,10 +14,10 @@ config; the cold start stays as the negative control unless ``cold: false``).
       cache_dir: outputs/warm     # default: <output_dir>/warm
 
 ``shared: true`` trains the first seed's warm-up only and branches every seed from it, and every
-run trains on one set of fixed teacher samples, the first seed's draw (one dataset, as a
-practitioner's; without ``shared`` each seed draws its own; the warm-up's own samples come from
-its warm seed, below, and are distinct): the seeds then differ in the arms' sampling and batch
-order only. A cheaper, stated design for a budget that cannot pay one warm-up per seed.
+run trains on the warm-up's fixed teacher samples (one dataset, as a practitioner's; without
+``shared`` each seed draws its own, and the warm-up draws with its warm seed, below): the seeds
+then differ in the arms' sampling and batch order only. A cheaper, stated design for a budget
+that cannot pay one warm-up per seed.
 
 The plateau (``curves.plateau_step``): the first evaluation at which the best validation score so
 far exceeds the best of ``window`` evaluations earlier by less than ``min_gain``, once the best
@@ -25,10 +25,11 @@ score has risen at least ``min_gain`` above the first evaluation; the warm-up's 
 "not reached") when that never happens. The warm-up is evaluated on the
 validation split carved from the training prompts (``validation.size``), never the held-out split.
 
-The warm-up of seed ``s`` trains with the seed ``warm_seed(s)``: its teacher samples (one fixed
-sample per training prompt, drawn from the run's seed) are distinct from the ones the branches of
-seed ``s`` draw, so continued SFT (and GKD's off-policy half) trains on fresh teacher samples, the
-data that ``teacher_data: paid`` charges it for, not on the warm-up's data again.
+Without ``shared``, the warm-up of seed ``s`` trains with the seed ``warm_seed(s)``: its teacher
+samples (one fixed sample per training prompt, drawn from the run's seed) are distinct from the
+ones the branches of seed ``s`` draw, so continued SFT (and GKD's off-policy half) trains on
+fresh teacher samples, the data that ``teacher_data: paid`` charges it for, not on the warm-up's
+data again.
 
 Cache: ``<cache_dir>/<key>/seed<s>/`` holds ``warm.json`` (curve, branch points) and one
 ``branch-<step>/model.safetensors`` per branch point; ``key`` hashes everything the warm-up's
@@ -148,9 +149,10 @@ def _check(spec: WarmSpec) -> None:
             )
 
 
-def warm_seed(seed: int) -> int:
-    """The training seed of the warm-up of ``seed`` (prompt order and teacher samples)."""
-    return seed + WARM_SEED_OFFSET
+def warm_seed(seed: int, shared: bool = False) -> int:
+    """The training seed of the warm-up of ``seed`` (prompt order and teacher samples); with
+    ``shared`` the seed itself: the warm-up and every run train on one dataset (see above)."""
+    return seed if shared else seed + WARM_SEED_OFFSET
 
 
 def method_trains_nothing(spec: MethodSpec) -> bool:
@@ -179,7 +181,7 @@ def cache_folder(cfg: Any, dirs: Any, seed: int, train_prompts: Sequence[Prompt]
         "student": dirs.student if w.method.student == "same" else dirs.cross_student,
         "prompts": prompts_digest(train_prompts),
         "validation_size": cfg.validation_size,
-        "run_seed": warm_seed(seed),
+        "run_seed": warm_seed(seed, w.shared),
     }
     root = Path(w.cache_dir) if w.cache_dir else Path(cfg.output_dir) / "warm"
     return root / warm_key(parts) / f"seed{seed}"

@@ -102,8 +102,12 @@ def check_backend(key: str, t: TeacherConfig, output: str, objective: Any) -> No
         unknown = sorted(set(t.vllm) - set(SERVER_KEYS))
         if unknown:
             raise ConfigError(f"unknown {key}.vllm option(s) {unknown}; known: {list(SERVER_KEYS)}")
-    elif t.server_url:
-        raise ConfigError(f"{key}.server_url is set but {key}.backend=vllm; use vllm-server")
+    else:
+        if t.server_url:
+            raise ConfigError(f"{key}.server_url is set but {key}.backend=vllm; use vllm-server")
+        from onpolicy.rollout.vllm_engine import engine_options
+
+        engine_options(**t.vllm)  # unknown or bad engine options: one line now
     _check_objective(key, t, output, objective)
 
 

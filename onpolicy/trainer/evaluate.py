@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # annotations only
     from transformers import PreTrainedTokenizerBase
 
     from onpolicy.rollout.base import RolloutBackend
-    from onpolicy.teacher.local import LocalTeacher
+    from onpolicy.trainer.setup import Teacher
 
 ScoreFn = Callable[[str, Prompt], float]
 
@@ -62,7 +62,7 @@ def task_metric(metric: str, held_out: Sequence[Prompt], base_dir: Any = None) -
 def evaluate(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
-    teacher: LocalTeacher | None,
+    teacher: Teacher | None,
     backend: RolloutBackend,
     prompts: Sequence[Prompt],
     sampling: SamplingParams,
@@ -115,7 +115,7 @@ _STUDENT_SUMS = ("n_rows", "bytes", "completion_tokens", "truncated", "repetitio
 def _batch_sums(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
-    teacher: LocalTeacher | None,
+    teacher: Teacher | None,
     rollout: Rollout,
     score_fn: ScoreFn | None,
 ) -> dict[str, float]:

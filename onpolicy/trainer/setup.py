@@ -7,7 +7,7 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -22,7 +22,14 @@ if TYPE_CHECKING:  # annotations only (heavy or optional imports stay lazy)
 
     from onpolicy.objectives.base import Objective
     from onpolicy.rollout.base import RolloutBackend
-    from onpolicy.teacher.local import LocalTeacher
+    from onpolicy.types import Rollout
+
+
+class Teacher(Protocol):
+    """What the trainer asks of a teacher: ``LocalTeacher``, ``VLLMTeacher`` or a ``TeacherSet``
+    (``onpolicy.teacher``) scores a rollout."""
+
+    def score(self, rollout: Rollout) -> Any: ...
 
 
 @dataclass
@@ -51,14 +58,24 @@ class Components:
     model: torch.nn.Module
     raw_model: torch.nn.Module
     tokenizer: PreTrainedTokenizerBase
-    teacher: LocalTeacher | None
+    teacher: Teacher | None
     backend: RolloutBackend
     objective: Objective
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     sampling: SamplingParams
     sources: SampleSources
-    projection: Any = None
+    projection: torch.nn.Module | None = None
+
+    @property
+    def teacher_backend(self) -> RolloutBackend | None:
+        """The teacher's rollout backend (``sources.teacher_backend``; None without one)."""
+        return self.sources.teacher_backend
+
+    @property
+    def end_id(self) -> int | None:
+        """The student's end-of-turn (or EOS) id (``sources.end_id``)."""
+        return self.sources.end_id
 
     def trainable_parameters(self) -> list[torch.Tensor]:
         """What the optimizer updates and the gradient clip sees: the student's trainable
@@ -276,7 +293,8 @@ def _load_models(config: Config, accelerator: Any) -> tuple:
             config, student, tokenizer, accelerator.device, output, layers
         )
     if t.scores is not None:  # dataset batches from the cache; the rest live
-        teacher = open_cached_teacher(t.scores, tokenizer, t.path, t.gguf_file, live=teacher)
+        weights = None if t.backend == "vllm-server" else t.path  # a server's are not on disk
+        teacher = open_cached_teacher(t.scores, tokenizer, weights, t.gguf_file, live=teacher)
     return model, tokenizer, full, objective, teacher, built, plan
 
 

@@ -130,6 +130,14 @@ def test_bad_teacher_settings_are_one_line_errors(tmp_path, overrides, teachers,
     assert re.search(match, message), message
 
 
+def test_engine_options_are_checked_up_front(tmp_path, monkeypatch):
+    import onpolicy.teacher.backends as backends
+
+    monkeypatch.setattr(backends, "vllm_installed", lambda: True)  # the check after the package's
+    message = _error(lambda: _config(tmp_path, "teacher.backend=vllm", "teacher.vllm={gpu: 1}"))
+    assert "unknown vllm rollout option(s) ['gpu']" in message
+
+
 @pytest.mark.skipif(vllm_installed(), reason="vllm is installed")
 def test_vllm_backend_without_vllm_says_what_to_install(tmp_path):
     message = _error(lambda: _config(tmp_path, "teacher.backend=vllm"))

@@ -170,3 +170,27 @@ def test_drop_truncated_keeps_only_finished_answers(tmp_path):
     rows = _rows(out) if out.exists() else []
     assert len(rows) == summary.rows_written
     assert all(r["finish_reason"] == "stop" for r in rows)
+
+
+def test_the_teacher_sees_its_own_chat_template(tmp_path):
+    """A teacher with a Gemma-like template (char tokenizer): greedy ``generate`` answers equal
+    the teacher's greedy answers to prompts rendered with its own template."""
+    from onpolicy.chat import render_prompt
+    from onpolicy.rollout.hf import HFRolloutBackend
+    from onpolicy.teacher.identity import load_teacher_model
+    from onpolicy.types import SamplingParams
+
+    teacher = "tiny:small,tokenizer=char,seed=4"
+    prompts = _prompts(tmp_path, 3)
+    out = tmp_path / "answers.jsonl"
+    greedy = SamplingParams(max_new_tokens=8, temperature=0.0)
+    spec = GenerateSpec(teacher=teacher, prompts=str(prompts), out=str(out), temperature=0.0,
+                        max_new_tokens=8)  # fmt: skip
+    generate_dataset(spec)
+    model, tok, _ = load_teacher_model(teacher)
+    loaded = read_prompts(prompts, DataConfig())
+    ids = [render_prompt(tok, p) for p in loaded]
+    assert tok.decode(ids[0]).startswith("<bos><start_of_turn>user")  # its template, not ChatML
+    want = HFRolloutBackend(model, tok).generate(ids, greedy, loaded)
+    got = [r["completion"] for r in _rows(out)]
+    assert got == [t for t in want.texts_B if t.strip()]

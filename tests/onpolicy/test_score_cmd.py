@@ -235,6 +235,9 @@ def test_bad_cached_setups_are_one_line_errors_before_models_load(tmp_path):
     with pytest.raises(ConfigError, match="need a live teacher"):
         validate(_config(tmp_path, data, f"teacher.scores={scores}", "teacher.path=null", *gkd))
     validate(_config(tmp_path, data, f"teacher.scores={scores}", *gkd))  # live for on-policy
+    with pytest.raises(ConfigError, match="not a teachers: map"):
+        entry = f"{{path: '{TEACHER}', mode: same, scores: {scores}}}"
+        validate(_config(tmp_path, data, "teacher=null", f"teachers={{a: {entry}}}"))
     _, _, _, tok = _models()
     with pytest.raises(ConfigError, match="another teacher"):
         open_cached_teacher(str(scores), tok, OTHER_TEACHER)

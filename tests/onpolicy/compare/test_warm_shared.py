@@ -58,12 +58,14 @@ def test_shared_warm_up_is_trained_once_and_branches_every_seed(tmp_path, monkey
     assert (tmp_path / "warm").is_dir() and not list((tmp_path / "warm").glob("*/seed1"))
 
 
-def test_shared_flag_is_not_in_the_cache_key_and_is_checked(tmp_path):
+def test_shared_flag_keys_the_cache_by_the_warm_up_seed_and_is_checked(tmp_path):
     from onpolicy.compare.run import ModelDirs
 
     dirs = ModelDirs("t", "s", None)
     a, b = _config(tmp_path, shared=True), _config(tmp_path, shared=False)
-    assert cache_folder(a, dirs, 0, ()) == cache_folder(b, dirs, 0, ())
+    # a shared warm-up trains with the seed itself, an unshared one with its warm seed
+    # (warm.warm_seed): different weights, so different cache folders
+    assert cache_folder(a, dirs, 0, ()) != cache_folder(b, dirs, 0, ())
     assert parse_warm({**WARM, "shared": True}).shared is True
     with pytest.raises(ConfigError, match="unknown warm_start keys"):
         parse_warm({**WARM, "share": True})

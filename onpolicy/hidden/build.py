@@ -60,6 +60,17 @@ def check_hidden_config(config: Config) -> None:
             "hidden-state distillation needs the same tokenizer, but teacher.mode=cross; set "
             "teacher.mode=same (or auto with a same-tokenizer teacher) or hidden.weight=0"
         )
+    if config.teachers:
+        raise ConfigError(
+            "hidden-state distillation takes one teacher; use teacher: (not teachers:) or "
+            "hidden.weight=0"
+        )
+    if config.teacher.backend != "local":
+        raise ConfigError(
+            f"hidden-state distillation needs the teacher's hidden states; teacher.backend="
+            f"{config.teacher.backend!r} returns log-probabilities only: use backend local or "
+            "hidden.weight=0"
+        )
     if config.teacher.mode != "self" and config.teacher.path is None:
         raise ConfigError("hidden.weight > 0 needs a teacher: set teacher.path")
     for pair in h.layer_map:

@@ -108,6 +108,7 @@ def _cfg(tmp_path, *overrides):
         (("hidden.weight=1", "teacher.mode=cross"), r"teacher.mode=cross"),
         (("hidden.weight=1", "hidden.layer_map=[[1, 2, 3]]"), r"not a \[student, teacher\] pair"),
         (("hidden.loss=l1",), r"hidden.loss='l1' is not allowed"),
+        (("hidden.weight=1", "teacher.backend=vllm"), r"teacher.backend='vllm' returns log-prob"),
     ],
 )
 def test_bad_hidden_configs_fail_in_validation(tmp_path, overrides, message):

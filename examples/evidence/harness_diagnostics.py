@@ -107,7 +107,10 @@ def runs_report(cfg, start: str) -> dict:
         model = load_model(dirs.student, trainable=False)
         load_saved_weights(model, path)
         out["start"][seed] = _measure(model, world, seed)
-    for final in sorted((out_dir / "runs" / start).glob("*-seed*/final")):
+    if not warm:  # no warm-up: the configured student is every seed's start
+        out["start"][cfg.seeds[0]] = _measure(load_model(dirs.student, trainable=False), world, 0)
+    runs_dir = out_dir / "runs" / ("" if start == "cold" else start)
+    for final in sorted(runs_dir.glob("*-seed*/final")):
         method, seed = final.parent.name.rsplit("-seed", 1)
         model = load_model(str(final), trainable=False)
         out["runs"][f"{method}/{seed}"] = _measure(model, world, int(seed))

@@ -155,15 +155,52 @@ def plot_diagnostics(diag: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def plot_warm(metrics: list[Path], branch: int, path: Path) -> list[str]:
+    """The warm-up's validation exact match by step, one line per ``metrics.jsonl`` (a trainer
+    run folder's log), the branch step marked; returns the curve as Markdown table rows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    rows = {}
+    for i, m in enumerate(metrics):
+        recs = [json.loads(x) for x in m.read_text().splitlines()]
+        pts = [(r["step"], r["eval/score"]) for r in recs if "eval/score" in r]
+        ax.plot(*zip(*pts, strict=True), "-o", ms=3, c=f"C{i}", label=f"warm-up seed {i}")
+        rows[i] = dict(pts)
+    ax.axvline(branch, ls="--", c="gray", lw=1, label=f"plateau rule met (step {branch})")
+    ax.set(xlabel="SFT warm-up step (batch 32, lr 2e-3)", ylabel="validation exact match")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    steps = sorted({k for r in rows.values() for k in r})
+    out = ["| step | " + " | ".join(str(k) for k in steps) + " |"]
+    out.append("|---" * (len(steps) + 1) + "|")
+    for i, r in rows.items():
+        out.append(
+            f"| seed {i} | " + " | ".join(f"{r.get(k, float('nan')):.3f}" for k in steps) + " |"
+        )
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--start", default="plateau")
     ap.add_argument("--diagnostics", type=Path)
     ap.add_argument("--figure", type=Path)
+    ap.add_argument("--warm", type=Path, nargs="*", help="warm-up metrics.jsonl files")
+    ap.add_argument("--branch", type=int, default=0, help="the warm-up step branched from")
+    ap.add_argument("--warm-figure", type=Path)
     args = ap.parse_args()
     runs = load(args.out, args.start)
-    doc = ["### Arm - continued SFT at equal FLOPs", "", *regime_table(runs), ""]
+    doc = []
+    if args.warm:
+        doc += ["### Warm-up curve", "", *plot_warm(args.warm, args.branch, args.warm_figure), ""]
+    doc += ["### Arm - continued SFT at equal FLOPs", "", *regime_table(runs), ""]
     doc += ["### FLOPs to reach continued SFT's best score", "", *reach_table(runs), ""]
     doc += ["### Start, early drop, best and end (test exact match)", "", *drop_table(runs), ""]
     if args.diagnostics:

@@ -37,13 +37,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--out", type=Path, default=Path("outputs/ratio-teacher"))
+    p.add_argument("--start", type=Path, default=None, help="continue this folder instead")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     cfg = LongModelsConfig(
         digits=a.digits, teacher=teacher_spec(a.teacher), teacher_steps=a.teacher_steps
     )
     built = long_models(cfg)
-    model = load_model(built.teacher_dir, trainable=True)
+    start_dir = a.start or built.teacher_dir
+    model = load_model(start_dir, trainable=True)
     task = long_arithmetic_task(
         digits=cfg.digits, variants=cfg.variants, num_train=cfg.num_train, seed=cfg.data_seed,
         eval_split="valid", min_digits=cfg.min_digits,
@@ -56,8 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"continued {a.steps} steps at {a.lr} in {seconds:.0f}s: valid exact match {score:.3f}")
     _save(model, a.out, {
         "valid_exact_match": score, "seconds": seconds, "losses": losses[::50],
-        "from": str(built.teacher_dir), "from_valid_exact_match": built.teacher_score,
-        "recipe": f"{a.teacher_steps} steps at {cfg.lr} (cached build) + {a.steps} at {a.lr}",
+        "from": str(start_dir), "recipe": f"{start_dir} + {a.steps} steps at {a.lr}",
     })  # fmt: skip
 
 

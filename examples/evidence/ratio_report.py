@@ -129,9 +129,11 @@ def thirds(xs: list[float]) -> str:
     return " / ".join(f"{statistics.mean(p):.3f}" if p else "–" for p in parts)
 
 
-def teacher_facts(teacher: str, steps: int, n: int) -> None:
+def teacher_facts(teacher: str, steps: int, n: int, folder: Path | None = None) -> None:
+    """``folder``: a teacher saved elsewhere (``continue_teacher.py``) instead of the cached one."""
     built = _models(teacher, steps)
-    model, tok = load_model(built.teacher_dir, trainable=False), load_tokenizer(built.teacher_dir)
+    where = folder or built.teacher_dir
+    model, tok = load_model(where, trainable=False), load_tokenizer(where)
     prompts = list(long_arithmetic_task(digits=DIGITS, num_eval=n, eval_split="valid").eval_prompts)
     backend = make_backend("hf", model=model, tokenizer=tok, max_batch_size=256)
     greedy = rollout(
@@ -141,7 +143,7 @@ def teacher_facts(teacher: str, steps: int, n: int) -> None:
     g = statistics.mean(task.score(t, p) for t, p in zip(greedy.texts_B, prompts, strict=True))
     facts = profile(model, model, tok, prompts, seed=0)
     print(
-        f"teacher {teacher} ({built.params['teacher']:,} params, {steps} steps; "
+        f"teacher {where} ({built.params['teacher']:,} params; "
         f"{built.params['teacher'] / built.params['medium']:.1f}x medium): valid greedy {g:.3f}, "
         f"temperature-1 samples {facts['sample_exact_match']:.3f} (n={n}); entropy per token on "
         f"its own samples, first / middle / last third: {thirds(facts['teacher_entropy'])}, "
@@ -182,12 +184,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--docs", type=Path, default=Path("docs/results"))
     p.add_argument("--teacher", default="large")
     p.add_argument("--teacher-steps", type=int, default=1000)
+    p.add_argument("--teacher-dir", type=Path, default=None, help="a teacher saved elsewhere")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prompts", type=int, default=200)
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     if a.what == "teacher":
-        teacher_facts(a.teacher, a.teacher_steps, a.prompts)
+        teacher_facts(a.teacher, a.teacher_steps, a.prompts, a.teacher_dir)
     elif a.what == "tables":
         tables(a.run, a.name, a.docs, a.free_sft)
     else:

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         student.zero_grad()
         ref = reference(student, teacher, ro)
         ref.backward()
-        value = float(out.loss_sum) / out.num_tokens
+        value = float(out.loss_sum.detach()) / out.num_tokens
         grad = max(float((engine[n] - q.grad).abs().max()) for n, q in student.named_parameters())
         scale = max(float(q.grad.abs().max()) for q in student.parameters())
         print(

@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OnpolicyError as exc:  # a bad config or budget: one line, no traceback
         print(f"onpolicy compare: error: {exc}", file=sys.stderr)
         return 2
-    print(markdown(rows))
+    print(markdown(rows, teacher_data=cfg.budget.teacher_data))
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0 if all(r.status == "ok" for r in rows) else 1

@@ -3,6 +3,7 @@ training budget, the seeds and where to write the report.
 
     task: {name: arithmetic, digits: 3, num_eval: 200}
     models: {kind: arithmetic}  # or {kind: paths, teacher: DIR, student: DIR, cross_student: DIR}
+        # or {kind: long_arithmetic, student: small|medium, teacher: base|large, teacher_steps: N}
     methods: [untouched, sft, reverse_kl] # built-in names or {name, objective, params, student}
     train: {steps: 50, batch_size: 32, lr: 1.0e-3, max_new_tokens: 40}
     seeds: [0, 1, 2]
@@ -20,9 +21,11 @@ training budget, the seeds and where to write the report.
         # training prompts held out for choices (LR grid, warm-up curve and plateau), trained on by
         # no run; default: a tenth of them, at most 200, when lr_search or warm_start is set
     warm_start: {method: sft, steps: 800, every: 50, branch_at: [200, plateau],
-                 plateau: {window: 3, min_gain: 0.01}, cold: true, lr: 2.0e-4, cache_dir: DIR}
+                 plateau: {window: 3, min_gain: 0.01}, cold: true, lr: 2.0e-4, cache_dir: DIR,
+                 shared: false}
         # a warm-up trained once per seed and cached; every method branches from each branch point
-        # (compare/warm.py); cold: also from the untouched student (the negative control)
+        # (compare/warm.py); cold: also from the untouched student (the negative control);
+        # shared: one warm-up (the first seed's) and its teacher samples for every seed
     lr_search: {grid: [1.0e-4, 3.0e-4, 1.0e-3], steps: 100, methods: [reverse_kl]}
         # per method (and start point), the learning rate with the best validation score
         # (compare/lr_search.py); default: train.lr for every method

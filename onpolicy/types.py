@@ -6,6 +6,7 @@ per-sequence data is a ``list`` with the ``_B`` suffix; padded data is a tensor.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -105,6 +106,20 @@ class Rollout:
 
     def __len__(self) -> int:
         return len(self.prompt_index_B)
+
+    def select(self, rows: Sequence[int]) -> Rollout:
+        """The rollout restricted to ``rows`` (in that order); its ``prompts`` list is kept whole,
+        so ``prompt_index_B`` stays valid; ``metrics`` are the whole rollout's and not kept."""
+        return Rollout(
+            prompts=self.prompts,
+            prompt_index_B=[self.prompt_index_B[b] for b in rows],
+            prompt_ids_B=[self.prompt_ids_B[b] for b in rows],
+            completion_ids_B=[self.completion_ids_B[b] for b in rows],
+            sampling_logprobs_B=[self.sampling_logprobs_B[b] for b in rows],
+            finish_reason_B=[self.finish_reason_B[b] for b in rows],
+            texts_B=[self.texts_B[b] for b in rows],
+            policy_version=self.policy_version,
+        )
 
     def to_padded(self, pad_token_id: int) -> PaddedBatch:
         """Prompt + completion per row, right-padded into tensors (see ``PaddedBatch``)."""

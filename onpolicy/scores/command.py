@@ -21,6 +21,7 @@ import argparse
 import json
 import shutil
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -206,17 +207,9 @@ def _score_batch(teacher: Any, rollout: Rollout) -> list[RowScores]:
     return [RowScores(*row) for row in zip(*split, strict=True)]
 
 
-def select_rows(rollout: Rollout, rows: list[int]) -> Rollout:
-    """The sub-rollout of ``rows`` (its prompts kept whole, indices unchanged)."""
-    return Rollout(
-        prompts=rollout.prompts,
-        prompt_index_B=[rollout.prompt_index_B[b] for b in rows],
-        prompt_ids_B=[rollout.prompt_ids_B[b] for b in rows],
-        completion_ids_B=[rollout.completion_ids_B[b] for b in rows],
-        sampling_logprobs_B=[rollout.sampling_logprobs_B[b] for b in rows],
-        finish_reason_B=[rollout.finish_reason_B[b] for b in rows],
-        texts_B=[rollout.texts_B[b] for b in rows],
-    )
+def select_rows(rollout: Rollout, rows: Sequence[int]) -> Rollout:
+    """``rollout.select(rows)`` (``onpolicy.types.Rollout.select``)."""
+    return rollout.select(rows)
 
 
 def _stored(out: Path) -> tuple[int, int]:

@@ -59,17 +59,8 @@ def route_rows(teacher_B: Sequence[str | None], weights: dict[str, float]) -> li
 
 
 def select_rows(rollout: Rollout, rows: Sequence[int]) -> Rollout:
-    """The rollout restricted to ``rows`` (its prompts list kept whole: indices stay valid)."""
-    return Rollout(
-        prompts=rollout.prompts,
-        prompt_index_B=[rollout.prompt_index_B[b] for b in rows],
-        prompt_ids_B=[rollout.prompt_ids_B[b] for b in rows],
-        completion_ids_B=[rollout.completion_ids_B[b] for b in rows],
-        sampling_logprobs_B=[rollout.sampling_logprobs_B[b] for b in rows],
-        finish_reason_B=[rollout.finish_reason_B[b] for b in rows],
-        texts_B=[rollout.texts_B[b] for b in rows],
-        policy_version=rollout.policy_version,
-    )
+    """``rollout.select(rows)`` (``onpolicy.types.Rollout.select``)."""
+    return rollout.select(rows)
 
 
 @dataclass

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from tiny_compare import TINY_MODELS, TINY_TASK
 
 from onpolicy.compare import compare, parse_config
 from onpolicy.compare.training import split_prompts
@@ -16,16 +17,7 @@ from onpolicy.data import PromptStream
 from onpolicy.tasks.base import make_task
 from onpolicy.trainer.sources import prompt_key
 
-TASK = {"name": "arithmetic", "digits": 2, "num_train": 60, "num_eval": 6}
-MODELS = {
-    "kind": "arithmetic",
-    "num_train": 200,
-    "teacher_steps": 20,
-    "student_steps": 5,
-    "batch_size": 16,
-    "teacher": {"layers": 1, "heads": 1, "ffn": 64},
-    "student": {"layers": 1, "heads": 1, "ffn": 32},
-}
+TASK, MODELS = TINY_TASK, TINY_MODELS
 WARM = {"method": "sft", "steps": 13, "every": 13, "branch_at": ["plateau"], "lr": 3e-2}
 
 

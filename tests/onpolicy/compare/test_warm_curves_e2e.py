@@ -10,6 +10,7 @@ import os
 
 import pytest
 import torch
+from tiny_compare import TINY_MODELS, TINY_TASK
 
 from onpolicy.compare import compare, parse_config
 from onpolicy.compare.accounting import step_budgets
@@ -17,16 +18,7 @@ from onpolicy.compare.training import split_prompts
 from onpolicy.errors import ConfigError
 from onpolicy.tasks.base import make_task
 
-TASK = {"name": "arithmetic", "digits": 2, "num_train": 60, "num_eval": 6}
-MODELS = {
-    "kind": "arithmetic",
-    "num_train": 200,
-    "teacher_steps": 20,
-    "student_steps": 5,
-    "batch_size": 16,
-    "teacher": {"layers": 1, "heads": 1, "ffn": 64},
-    "student": {"layers": 1, "heads": 1, "ffn": 32},
-}
+TASK, MODELS = TINY_TASK, TINY_MODELS
 
 
 @pytest.fixture(scope="module")

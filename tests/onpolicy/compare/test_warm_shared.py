@@ -1,28 +1,20 @@
 """``warm_start.shared: true``: one warm-up (the first seed's) branches every seed, every run
-trains on the warm-up's teacher samples (one draw in all), and the flag does not enter the
-warm-up's cache key (caches built before it existed stay valid)."""
+trains on the warm-up's teacher samples (one draw in all), and the warm-up's cache key follows
+the seed it trains with (``warm.warm_seed``: the seed itself when shared)."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+from tiny_compare import TINY_MODELS, TINY_TASK
 
 from onpolicy.compare import compare, parse_config
 from onpolicy.compare.warm import cache_folder, parse_warm
 from onpolicy.errors import ConfigError
 from onpolicy.trainer.sample_cache import ENV
 
-TASK = {"name": "arithmetic", "digits": 2, "num_train": 60, "num_eval": 6}
-MODELS = {
-    "kind": "arithmetic",
-    "num_train": 200,
-    "teacher_steps": 20,
-    "student_steps": 5,
-    "batch_size": 16,
-    "teacher": {"layers": 1, "heads": 1, "ffn": 64},
-    "student": {"layers": 1, "heads": 1, "ffn": 32},
-}
+TASK, MODELS = TINY_TASK, TINY_MODELS
 WARM = {"method": "sft", "steps": 2, "every": 1, "branch_at": [2], "lr": 3e-2, "cold": False}
 
 

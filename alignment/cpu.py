@@ -68,7 +68,7 @@ def _find_openmp():
     return None
 
 
-_OMP = _find_openmp() if torch.__config__.parallel_info().find("OpenMP") >= 0 else None
+_OMP = _find_openmp() if "parallel backend: OpenMP" in torch.__config__.parallel_info() else None
 
 
 def _team_of_one():

@@ -15,11 +15,6 @@ threads' torch ops keep their team, and torch's workers sleep while the pool run
 Where the OpenMP runtime is not found (a torch built without OpenMP) the chunks run in the calling
 thread, one after another, with torch's team as usual.
 
-**One thread** (``one_thread``, ``checkpoint_one_thread``): a kernel of many small torch ops
-(the next-byte marginals) runs its chunks, forward and checkpointed backward, on the calling
-thread alone: at torch's default thread count every small op woke the team and left it spinning
-(4.5x the 1-thread CPU time at 2 threads under load, ``benchmarks/RESULTS-threads.md``).
-
 **Thread-local buffers** (``buffer``): a fresh ``[chunk x V]`` temporary costs its page faults
 each time the allocator has handed the memory back to the system; a buffer per (thread, slot,
 dtype) up to ``BUFFER_MAX_BYTES`` is reused between calls.
@@ -34,7 +29,6 @@ the next step faults it in again. Measured gains: ``benchmarks/RESULTS-e2e.md``.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import itertools
 import math
@@ -147,60 +141,6 @@ def run_chunks(fn: Callable[[slice], None], n_rows: int, chunk_rows: int, device
             _OMP[1](before)
         for f in futures:
             f.result()
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Inside the block, torch's ops in this thread run on it alone (its OpenMP setting only;
-    restored after). For kernels of many small torch ops, whose every op would otherwise wake
-    torch's team and leave it spinning (``benchmarks/RESULTS-threads.md``: next-byte)."""
-    before = _team_of_one() if torch.get_num_threads() > 1 else None
-    try:
-        yield
-    finally:
-        if before is not None and _OMP is not None:
-            _OMP[1](before)
-
-
-class _OneThreadCheckpoint(torch.autograd.Function):
-    """``fn(x, *args)`` with activation checkpointing, forward and backward in ``one_thread``."""
-
-    @staticmethod
-    def forward(ctx, fn, x, *args):  # type: ignore[override]
-        ctx.fn, ctx.args = fn, args
-        ctx.save_for_backward(x)
-        with one_thread():
-            out = fn(x, *args)
-        outs = (out,) if isinstance(out, torch.Tensor) else tuple(out)
-        ctx.single = isinstance(out, torch.Tensor)
-        ctx.mark_non_differentiable(*[o for o in outs if not o.is_floating_point()])
-        return out
-
-    @staticmethod
-    def backward(ctx, *grads):  # type: ignore[override]
-        (x,) = ctx.saved_tensors
-        with one_thread(), torch.enable_grad():
-            xd = x.detach().requires_grad_()
-            out = ctx.fn(xd, *ctx.args)
-            outs = (out,) if ctx.single else tuple(out)
-            pairs = [
-                (o, g)
-                for o, g in zip(outs, grads, strict=True)
-                if g is not None and o.is_floating_point() and o.requires_grad
-            ]
-            (gx,) = torch.autograd.grad(
-                [o for o, _ in pairs], xd, [g for _, g in pairs], allow_unused=True
-            )
-        return (None, gx, *[None] * len(ctx.args))
-
-
-def checkpoint_one_thread(fn, x: torch.Tensor, *args):
-    """``fn(x, *args)`` (tensors out; only ``x`` differentiable), run in ``one_thread``; with a
-    gradient, checkpointed: nothing kept but ``x``, recomputed in ``one_thread`` in backward."""
-    if not (x.requires_grad and torch.is_grad_enabled()):
-        with one_thread():
-            return fn(x, *args)
-    return _OneThreadCheckpoint.apply(fn, x, *args)
 
 
 def buffer(

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
-from alignment.cpu import checkpoint_one_thread, one_thread
 from alignment.divergence import gjsd_measure
 from alignment.errors import AlignmentError
 from alignment.tokens.byte_trie import STOP, ByteTrie
@@ -140,7 +140,10 @@ def class_logprobs(
             logits_N_V, rows_U[s : s + chunk], inv_E[idx] - s, d_E[idx], lo_E[idx], hi_E[idx],
             tables, temperature,
         )  # fmt: skip
-        lp, here = checkpoint_one_thread(_chunk_logprobs, *args)
+        fn = _chunk_logprobs
+        lp, here = (
+            checkpoint(fn, *args, use_reentrant=False) if logits_N_V.requires_grad else fn(*args)
+        )
         out.append(lp)
         sup.append(here)
         order.append(idx)
@@ -305,7 +308,10 @@ def prefix_logmass(
     out = []
     for s in range(0, max(rows_R.shape[0], 1), chunk):
         args = (logits_N_V, rows_R[s : s + chunk], *index, temperature)
-        out.append(checkpoint_one_thread(_chunk_prefix, *args))
+        fn = _chunk_prefix
+        out.append(
+            checkpoint(fn, *args, use_reentrant=False) if logits_N_V.requires_grad else fn(*args)
+        )
     return torch.cat(out)
 
 
@@ -331,15 +337,17 @@ def matched_prefix_gjsd(
     t_index = _prefix_index(teacher_trie, teacher_ids_M, teacher_logits_N_V.device)
     V = max(student_trie.vocab_size, teacher_trie.vocab_size, 1)
     chunk = max(1, CHUNK_ELEMS // V)
+    grad = student_logits_N_V.requires_grad
     out = []
     for s in range(0, student_rows_R.shape[0], chunk):
-        with torch.no_grad(), one_thread():
+        with torch.no_grad():
             lt = _chunk_prefix(
                 teacher_logits_N_V, teacher_rows_R[s : s + chunk], *t_index, teacher_temperature
             ).to(dev)
         args = (student_logits_N_V, student_rows_R[s : s + chunk], *s_index,
                 student_temperature, lt, beta)  # fmt: skip
-        out.append(checkpoint_one_thread(_chunk_matched, *args))
+        fn = _chunk_matched
+        out.append(checkpoint(fn, *args, use_reentrant=False) if grad else fn(*args))
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64, device=dev)
 
 

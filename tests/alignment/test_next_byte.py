@@ -360,27 +360,3 @@ def test_class_logprobs_on_a_real_vocabulary_match_a_dense_reference(real_tokeni
     (g_got,) = torch.autograd.grad((got[keep] * weights[keep]).sum(), logits)
     (g_want,) = torch.autograd.grad((want[keep] * weights[keep]).sum(), logits)
     torch.testing.assert_close(g_got, g_want, rtol=1e-7, atol=1e-10)
-
-
-def test_identical_at_any_thread_count(monkeypatch):
-    """Values and gradients bit-identical at 1, 2 and 4 torch threads (the chunks run on the
-    calling thread alone, ``alignment.cpu.checkpoint_one_thread``), equal to the reference."""
-    s_logits, t_logits, s_ids, t_ids, s_sp, t_sp, s_vocab, t_vocab = _case(5)
-    tries = trie_from_bytes(s_vocab), trie_from_bytes(t_vocab)
-    monkeypatch.setattr(bm, "CHUNK_ELEMS", len(s_vocab))  # one row per chunk
-    before, out = torch.get_num_threads(), []
-    try:
-        for n in (1, 2, 4):
-            torch.set_num_threads(n)
-            x = s_logits.clone().requires_grad_(True)
-            s, t = _sides(x, t_logits, s_ids, t_ids, s_sp, t_sp)
-            loss = next_byte_terms(s, t, *tries, 0.5).divergence_E.sum()
-            out.append((loss.detach(), torch.autograd.grad(loss, x)[0]))
-            assert torch.get_num_threads() == n  # the caller's setting is back
-    finally:
-        torch.set_num_threads(before)
-    assert all(torch.equal(a, b) for o in out[1:] for a, b in zip(out[0], o, strict=True))
-    x = s_logits.clone().requires_grad_(True)
-    ref, _ = _ref_loss(x, t_logits, s_ids, t_ids, s_sp, t_sp, s_vocab, t_vocab, 0.5, True)
-    assert float(out[0][0]) == pytest.approx(float(ref), rel=1e-9, abs=1e-12)
-    torch.testing.assert_close(out[0][1], torch.autograd.grad(ref, x)[0], rtol=1e-7, atol=1e-10)

@@ -4,11 +4,11 @@ pages. Every choice here only changes speed: values are the same with or without
 **One pool.** PyTorch runs each CPU op on its OpenMP team (``torch.get_num_threads()`` threads);
 after an op its worker threads spin for a while (libgomp's default wait policy) before they sleep.
 A kernel that alternates short torch ops with numpy sorts run in a second pool of Python threads
-made three threads fight for two cores: the sorting threads and the spinning OpenMP workers (CPU
-time per call doubled at 2 threads; ``benchmarks/RESULTS-threads.md``). ``run_chunks`` instead
-runs a row kernel's chunks on ``torch.get_num_threads()`` threads (the caller and ``n - 1``
-helpers), each taking the next chunk when done with one (a descheduled thread holds up one
-chunk, not a share fixed in advance), with torch's own team off in each of them:
+made three threads fight for two cores: the sorting threads and the spinning OpenMP workers (the
+mechanism alone: the ``spin`` row of ``benchmarks/RESULTS-threads.md``, 2x the CPU time).
+``run_chunks`` instead runs a row kernel's chunks on ``torch.get_num_threads()`` threads (the
+caller and ``n - 1`` helpers), each taking the next chunk when done with one (a descheduled
+thread holds up one chunk, not a share fixed in advance), with torch's own team off in each:
 ``omp_set_num_threads(1)`` of that thread only (an OpenMP setting is per thread), restored in the
 caller when the call returns. No process-wide setting or environment variable changes; other
 threads' torch ops keep their team, and torch's workers sleep while the pool runs.
@@ -68,7 +68,7 @@ def _find_openmp():
     return None
 
 
-_OMP = _find_openmp() if torch.__config__.parallel_info().find("OpenMP") >= 0 else None
+_OMP = _find_openmp() if "parallel backend: OpenMP" in torch.__config__.parallel_info() else None
 
 
 def _team_of_one():

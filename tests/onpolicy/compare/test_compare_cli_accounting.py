@@ -4,20 +4,13 @@ written report does: ``teacher_data: free`` stars the free column, not the paid 
 from __future__ import annotations
 
 import yaml
+from tiny_compare import TINY_MODELS
 
 from onpolicy.compare import main
 
 CONFIG = {
     "task": {"name": "arithmetic", "digits": 2, "num_train": 40, "num_eval": 4},
-    "models": {
-        "kind": "arithmetic",
-        "num_train": 200,
-        "teacher_steps": 20,
-        "student_steps": 5,
-        "batch_size": 16,
-        "teacher": {"layers": 1, "heads": 1, "ffn": 64},
-        "student": {"layers": 1, "heads": 1, "ffn": 32},
-    },
+    "models": TINY_MODELS,
     "methods": ["sft"],
     "train": {"steps": 1, "batch_size": 4, "max_new_tokens": 16, "lr": 1e-3},
     "budget": {"match": "flops", "reference": "sft", "teacher_data": "free"},

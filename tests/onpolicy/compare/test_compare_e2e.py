@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from tiny_compare import TINY_MODELS
 
 from onpolicy.compare import compare, parse_config
 
@@ -21,15 +22,7 @@ def test_tiny_compare_end_to_end(tiny_cache, tmp_path, monkeypatch):
     cfg = parse_config(
         {
             "task": {"name": "arithmetic", "digits": 2, "num_train": 200, "num_eval": 8},
-            "models": {
-                "kind": "arithmetic",
-                "num_train": 200,
-                "teacher_steps": 20,
-                "student_steps": 5,
-                "batch_size": 16,
-                "teacher": {"layers": 1, "heads": 1, "ffn": 64},
-                "student": {"layers": 1, "heads": 1, "ffn": 32},
-            },
+            "models": TINY_MODELS,
             "methods": [
                 "untouched",
                 "sft",

@@ -209,9 +209,8 @@ def generate_dataset(spec: GenerateSpec) -> GenerateSummary:
     docstring); resumes a file this function began. Returns what this call did."""
     from onpolicy.chat import render_prompt
     from onpolicy.config import DataConfig
-    from onpolicy.config_checks import resolve_model_path
     from onpolicy.data import read_prompts
-    from onpolicy.models import load_tokenizer
+    from onpolicy.models import load_tokenizer, resolve_model_path
     from onpolicy.teacher.identity import load_teacher_model, weights_fingerprint
 
     check_spec(spec)

@@ -85,7 +85,7 @@ def hidden_plan(config: Config) -> HiddenPlan:
     """The layer pairs and projection shape, from the models' ``config.json`` (checked against
     the depths); the tokenizers are compared too (a different one is a one-line error here,
     before any weights load). Call when ``enabled(config)``."""
-    from onpolicy.config_checks import resolve_model_path
+    from onpolicy.models import resolve_model_path
 
     student_dir = resolve_model_path(config.student.path)
     teacher_dir = student_dir if config.teacher.mode == "self" else None

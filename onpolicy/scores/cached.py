@@ -85,7 +85,7 @@ def open_cached_teacher(
             "data for this student (onpolicy score --student ...)"
         )
     if teacher_path is not None:
-        from onpolicy.config_checks import resolve_model_path
+        from onpolicy.models import resolve_model_path
         from onpolicy.teacher.identity import weights_fingerprint
 
         found = weights_fingerprint(resolve_model_path(teacher_path), gguf_file)

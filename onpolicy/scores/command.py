@@ -107,8 +107,7 @@ def dataset_rollout(data: str, tokenizer: Any, chat: bool) -> Rollout:
 def _tokenizers(spec: ScoreSpec, folder: str) -> tuple[Any, Any]:
     """``(teacher tokenizer, the tokenizer that renders rows)``; they must match by content."""
     from alignment.tokens.vocab_map import same_tokenizer
-    from onpolicy.config_checks import resolve_model_path
-    from onpolicy.models import load_tokenizer
+    from onpolicy.models import load_tokenizer, resolve_model_path
 
     teacher_tok = load_tokenizer(folder, spec.gguf_file)
     if spec.student is None:
@@ -140,7 +139,7 @@ def _prepare_folder(out: Path, manifest: Manifest, teacher_tok: Any) -> bool:
 
 def score_dataset(spec: ScoreSpec) -> ScoreSummary:
     """Score ``spec.data`` into ``spec.out`` (see the module docstring); returns what it did."""
-    from onpolicy.config_checks import resolve_model_path
+    from onpolicy.models import resolve_model_path
     from onpolicy.teacher.identity import tokenizer_fingerprint, weights_fingerprint
 
     check_spec(spec)

@@ -149,8 +149,7 @@ def build_teacher(
             f"hidden-state distillation needs the teacher's hidden states; teacher.backend="
             f"{t.backend!r} returns log-probabilities only: use backend local or hidden.weight=0"
         )
-    from onpolicy.config_checks import resolve_model_path
-    from onpolicy.models import load_tokenizer
+    from onpolicy.models import load_tokenizer, resolve_model_path
     from onpolicy.teacher.vllm_teacher import VLLMTeacher
 
     path = resolve_model_path(t.path or "")
@@ -187,8 +186,7 @@ def _local(
     chunked: bool,
     hidden_layers: tuple[int, ...] = (),
 ):
-    from onpolicy.config_checks import resolve_model_path
-    from onpolicy.models import load_model, load_tokenizer
+    from onpolicy.models import load_model, load_tokenizer, resolve_model_path
     from onpolicy.rollout.hf import HFRolloutBackend
     from onpolicy.teacher.local import LocalTeacher
 

@@ -55,8 +55,7 @@ def load_teacher_model(
 ) -> tuple[Any, Any, str]:
     """``(model, tokenizer, folder)`` of the teacher ``spec`` (a folder, ``.gguf`` folder or
     ``tiny:...``), frozen, in eval mode, on ``device`` (default: CUDA when present)."""
-    from onpolicy.config_checks import resolve_model_path
-    from onpolicy.models import load_model, load_tokenizer
+    from onpolicy.models import load_model, load_tokenizer, resolve_model_path
 
     folder = resolve_model_path(spec)
     tokenizer = load_tokenizer(folder, gguf_file)

@@ -269,7 +269,10 @@ def _cost(cfg: Any, dirs: Any, method: Any, seed: int, sizes: dict[str, Sizes]) 
     config = trainer_config(method, cfg.train, seed, student_dir, dirs.teacher, cfg.output_dir)
     horizon = 4 * cfg.train.steps
     objective = build_objective(config)
-    return step_cost(objective, sizes[method.student], horizon, cfg.budget.teacher_data)
+    cost = step_cost(objective, sizes[method.student], horizon, cfg.budget.teacher_data)
+    from onpolicy.compare.hidden_cost import with_hidden_cost
+
+    return with_hidden_cost(cost, config, objective, sizes[method.student])
 
 
 def _sizes_by_student(cfg: Any, dirs: Any, task: Any, teacher_params: int) -> dict[str, Sizes]:

@@ -21,7 +21,7 @@ from onpolicy.losses import LMHead, token_logprobs
 from onpolicy.models import adapters_disabled
 from onpolicy.teacher.cross import matched_vocab_pairs, score_cross
 from onpolicy.teacher.types import TeacherScores
-from onpolicy.types import Rollout
+from onpolicy.types import PaddedBatch, Rollout
 
 TeacherModeArg = Literal["same", "cross", "auto", "self"]
 # same_tokenizer: tokenizer identity by content (alignment.tokens.vocab_map)
@@ -48,7 +48,8 @@ class LocalTeacher:
             does again: set False when the objective only needs the distribution (``reverse_kl``
             / ``gkd`` with ``chunked=True``); ``token_logprobs_N`` is then None.
         hidden_layers: indices of transformers' ``hidden_states`` (0 = embeddings) returned as
-            ``TeacherScores.layer_hidden_L_N_D`` (hidden-state distillation; same tokenizer).
+            ``TeacherScores.layer_hidden_L_N_D`` (same tokenizer), or at the teacher's own
+            completion tokens as ``CrossTeacherScores.layer_hidden_L_Nt_D`` (cross tokenizer).
     """
 
     def __init__(
@@ -82,11 +83,6 @@ class LocalTeacher:
         self.top_k = top_k
         self.token_logprobs = token_logprobs
         self.hidden_layers = tuple(hidden_layers)
-        if self.hidden_layers and self.mode != "same":
-            raise ConfigError(
-                "hidden-state distillation needs the same tokenizer, but the teacher's differs "
-                "from the student's; set hidden.weight=0 (or use a same-tokenizer teacher)"
-            )
         self.vocab_size = len(tokenizer)
         if mode != "self":
             model.requires_grad_(False)
@@ -101,7 +97,7 @@ class LocalTeacher:
     def score(self, rollout: Rollout) -> TeacherScores:
         """The teacher's ``TeacherScores`` for ``rollout`` (no gradients)."""
         start = time.perf_counter()
-        scores = score_cross(self, rollout) if self.mode == "cross" else self._score_same(rollout)
+        scores = self._score_cross(rollout) if self.mode == "cross" else self._score_same(rollout)
         scores.metrics["teacher/seconds"] = time.perf_counter() - start
         return scores
 
@@ -134,6 +130,22 @@ class LocalTeacher:
                 fwd.logits_N_V, min(self.top_k, self.vocab_size)
             )
             scores.logits_N_V = None
+        return scores
+
+    def _score_cross(self, rollout: Rollout) -> TeacherScores:
+        """``score_cross``; with ``hidden_layers``, the teacher's states at its completion tokens
+        (``CrossTeacherScores.layer_hidden_L_Nt_D``) from the same forward."""
+        if not self.hidden_layers:
+            return score_cross(self, rollout)
+        with capture_hidden_states(self.model) as captured:
+            scores = score_cross(self, rollout)
+        cross = scores.cross
+        batch = PaddedBatch.from_ragged(
+            cross.prompt_ids_B, cross.completion_ids_B, self.tokenizer.pad_token_id
+        )  # the batch score_cross ran (the same rows, the same padding)
+        cross.layer_hidden_L_Nt_D = pack_layers(
+            captured.only(), self.hidden_layers, batch.completion_mask_B_T
+        )
         return scores
 
     def _eval_mode(self):

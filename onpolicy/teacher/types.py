@@ -55,6 +55,10 @@ class CrossTeacherScores:
             (for the GOLD-style loss).
         student_tokenizer, teacher_tokenizer: the two tokenizers (byte tables of the next-byte
             and prefix-marginal losses); None when the scorer did not attach them.
+        layer_hidden_L_Nt_D: the teacher's intermediate hidden states *at* each of its
+            completion tokens (the state that has read the token), packed row-major, one row
+            per layer asked for (``LocalTeacher(hidden_layers=...)``; cross-tokenizer hidden-state
+            distillation, ``onpolicy.hidden.cross``), else None.
     """
 
     prompt_ids_B: list[list[int]]
@@ -70,6 +74,7 @@ class CrossTeacherScores:
     matched_teacher_ids_M: torch.Tensor
     student_tokenizer: Any = None
     teacher_tokenizer: Any = None
+    layer_hidden_L_Nt_D: torch.Tensor | None = None
 
 
 @dataclass

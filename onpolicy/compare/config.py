@@ -129,6 +129,26 @@ def _check_cut(models: dict[str, Any]) -> None:
         raise ConfigError(f"models.cut_fresh={models['cut_fresh']!r} must be true or false")
 
 
+def _check_teacher_tokenizer(models: dict[str, Any], methods: list) -> None:
+    """``teacher_tokenizer: bpe`` (kind arithmetic): the teacher is rebuilt with the BPE student's
+    tokenizer and the BPE student is the same-tokenizer student (``onpolicy.tasks.bpe_teacher``)."""
+    value = models.get("teacher_tokenizer", "char")
+    if value == "char":
+        return
+    if value != "bpe":
+        raise ConfigError(f"models.teacher_tokenizer={value!r}; use 'char' (default) or 'bpe'")
+    if models["kind"] != "arithmetic" or "cut_layers" in models:
+        raise ConfigError(
+            "models.teacher_tokenizer: bpe needs models.kind: arithmetic, no cut_layers"
+        )
+    cross = [m.name for m in methods if m.student == "cross"]
+    if cross:
+        raise ConfigError(
+            f"models.teacher_tokenizer: bpe makes teacher and student share a tokenizer; drop the "
+            f"cross-tokenizer methods {cross}"
+        )
+
+
 def parse_config(raw: dict[str, Any]) -> CompareConfig:
     """Validate a loaded YAML mapping into a ``CompareConfig`` (one-line errors naming the key)."""
     unknown = set(raw) - _KEYS
@@ -148,6 +168,7 @@ def parse_config(raw: dict[str, Any]) -> CompareConfig:
         _check_long_models(models, task)
     _check_cut(models)
     methods = [method_spec(m) for m in raw["methods"]]
+    _check_teacher_tokenizer(models, methods)
     names = [m.name for m in methods]
     if len(set(names)) != len(names) or not names:
         raise ConfigError(f"methods must be a non-empty list of distinct names; got {names}")

@@ -10,6 +10,8 @@ A hidden term costs, per optimizer step and row, on top of its objective (``budg
   (``sft`` + hidden: the wrapper scores every batch for the teacher's states).
 
 The student's and the teacher's own forwards are the objective's: the term reads their states.
+What a run spent is recorded by the trainer the same way, with the exact count of compared
+positions (``ComputeBudget.projection_flops``, from the objective's ``PROJECTION_FLOPS`` metric).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ import torch
 
 from onpolicy.errors import ConfigError
 from onpolicy.hidden.layers import LayerPairs, capture_hidden_states, pack_layers
-from onpolicy.hidden.objective import hidden_term
+from onpolicy.hidden.objective import hidden_term, projection_flops
 from onpolicy.losses.hidden import HiddenLoss
 from onpolicy.objectives.base import BatchSource, LossOutput, TeacherOutput, teacher_output
 from onpolicy.objectives.common import PAD_ID
@@ -142,7 +142,8 @@ class WithCrossHidden:
         distance_sum = span_end_term(student_L_Ns_D, cross.layer_hidden_L_Nt_D, s_rows, t_rows,
                                      self.projection, self.kind)  # fmt: skip
         metrics = {**out.metrics, "hidden/distance_sum": float(distance_sum.detach()),
-                   "hidden/span_ends": float(s_rows.numel())}  # fmt: skip
+                   "hidden/span_ends_sum": float(s_rows.numel()),
+                   **projection_flops(self.projection, s_rows.numel())}  # fmt: skip
         return LossOutput(out.loss_sum + self.weight * distance_sum, out.num_tokens, metrics)
 
 

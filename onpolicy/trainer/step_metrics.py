@@ -22,6 +22,7 @@ from onpolicy.trainer.diagnostics import repetition_rate
 from onpolicy.types import Rollout
 
 _NGRAM = 3  # repetition rate over trigrams (as ``diagnostics.repetition_rate``)
+PROJECTION_FLOPS = "hidden/projection_flops_sum"  # an objective metric, counted in the budget
 
 
 @dataclass
@@ -36,12 +37,15 @@ class ComputeBudget:
         teacher_tokens: positions through the teacher: scoring (its own tokenization when the
             tokenizers differ) and sampling (teacher samples, fixed ones included).
         seconds: wall time of the training steps (and of drawing fixed teacher samples).
+        projection_flops: FLOPs of the hidden-state projection (``onpolicy.hidden``): ``6 P`` per
+            compared position, ``P`` its parameters (the objective's ``PROJECTION_FLOPS`` metric).
     """
 
     student_gen_tokens: int = 0
     student_train_tokens: int = 0
     teacher_tokens: int = 0
     seconds: float = 0.0
+    projection_flops: float = 0.0
 
     def add(self, other: ComputeBudget) -> ComputeBudget:
         """The sum of two budgets (a new object)."""
@@ -50,11 +54,13 @@ class ComputeBudget:
         )
 
     def flops(self, student_params: int, teacher_params: int) -> float:
-        """Estimated FLOPs: ``6 N`` per trained position, ``2 N`` per inference position."""
+        """Estimated FLOPs: ``6 N`` per trained position, ``2 N`` per inference position, plus
+        the hidden-state projection's."""
         return (
             6.0 * student_params * self.student_train_tokens
             + 2.0 * student_params * self.student_gen_tokens
             + 2.0 * teacher_params * self.teacher_tokens
+            + self.projection_flops
         )
 
 
@@ -120,6 +126,8 @@ def tally_components(tally: StepTally, *metrics: dict[str, float]) -> None:
                 continue
             into = tally.sums if k.endswith(("_sum", "/tokens")) else tally.times
             into[k] = into.get(k, 0.0) + float(v)
+            if k == PROJECTION_FLOPS:
+                tally.budget.projection_flops += float(v)
 
 
 def tally_alignment(tally: StepTally, scores: Any) -> None:

@@ -16,6 +16,7 @@ from onpolicy.api import make_objective
 from onpolicy.hidden.cross import WithCrossHidden, span_end_rows, span_end_term
 from onpolicy.hidden.projection import HiddenProjection
 from onpolicy.teacher.local import LocalTeacher
+from onpolicy.trainer.step_metrics import PROJECTION_FLOPS
 
 MAP = ((1, 2), (2, 3))
 
@@ -160,7 +161,8 @@ def test_with_cross_hidden_matches_row_by_row_reference(pair, inner):
     b = t_states[:, t_rows]
     ref = (1 - torch.nn.functional.cosine_similarity(a, b, dim=-1)).mean(0).sum()
     (r_w,) = torch.autograd.grad(ref, w[1])
-    assert out.metrics["hidden/span_ends"] == len(s_rows) == sum(c.num_spans_B)
+    assert out.metrics["hidden/span_ends_sum"] == len(s_rows) == sum(c.num_spans_B)
+    assert out.metrics[PROJECTION_FLOPS] == 6 * (2 * 128 * 128) * len(s_rows)
     ref_value = float(ref.detach())
     assert out.metrics["hidden/distance_sum"] == pytest.approx(ref_value, rel=1e-4, abs=1e-4)
     want = float(inner_out.loss_sum) + 0.5 * ref_value
@@ -176,5 +178,5 @@ def test_a_student_scored_by_itself_across_the_cross_path_gives_zero(pair):
     obj = WithCrossHidden(make_objective("next_byte"), ((1, 1), (2, 2)), 1.0, "mse",
                           HiddenProjection(128, 128, 0))  # fmt: skip
     out = obj.loss(copy.deepcopy(model).requires_grad_(True), ro, scores)
-    assert out.metrics["hidden/span_ends"] > 0
+    assert out.metrics["hidden/span_ends_sum"] > 0
     assert abs(out.metrics["hidden/distance_sum"]) < 1e-8

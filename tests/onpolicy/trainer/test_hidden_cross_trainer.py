@@ -5,6 +5,9 @@ when the objective alone needs no teacher)."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -18,6 +21,7 @@ from onpolicy.hidden.build import hidden_plan
 from onpolicy.objectives.base import OBJECTIVES
 from onpolicy.trainer import checkpoint as ckpt
 from onpolicy.trainer import train
+from onpolicy.trainer.step_metrics import PROJECTION_FLOPS, ComputeBudget
 
 CHAR_TEACHER = "teacher.path='tiny:small,tokenizer=char,seed=1,pretrain_steps=300'"
 CROSS = ("hidden.weight=0.5", "hidden.loss=cosine", CHAR_TEACHER, "teacher.mode=auto")
@@ -42,6 +46,13 @@ def test_a_short_run_trains_the_projection(tmp_path, objective):
     first, last = (load_file(str(d / "model_1.safetensors")) for d in (saved[0], saved[-1]))
     assert not torch.equal(first["maps.0.weight"], last["maps.0.weight"])
     assert result.final_dir is not None
+    # the projection's FLOPs (6 P per compared span end) are in the run's budget and its FLOPs
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    per_step = [r[PROJECTION_FLOPS] for r in records if PROJECTION_FLOPS in r]
+    assert len(per_step) == 2 and all(v > 0 and v % (6 * 2 * 64 * 128) == 0 for v in per_step)
+    assert result.budget.projection_flops == pytest.approx(sum(per_step))
+    plain = ComputeBudget(**{**asdict(result.budget), "projection_flops": 0.0})
+    assert result.budget.flops(1, 1) == pytest.approx(plain.flops(1, 1) + sum(per_step))
 
 
 def test_planner_charges_the_projection_and_the_scoring_forward(tmp_path):

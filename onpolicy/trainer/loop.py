@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -45,6 +45,7 @@ from onpolicy.config import Config
 from onpolicy.errors import TrainingError
 from onpolicy.losses import token_normalized
 from onpolicy.teacher.routing import score_and_loss
+from onpolicy.teacher.types import CrossScores, TeacherScores
 from onpolicy.trainer import checkpoint as ckpt
 from onpolicy.trainer.diagnostics import (
     DIVERGENCE_STEPS,
@@ -208,10 +209,9 @@ def _backward_all(
     return local, tally
 
 
-def _teacher_positions(rollout: Rollout, scores: Any) -> int:
+def _teacher_positions(rollout: Rollout, scores: TeacherScores) -> int:
     """Positions the teacher's scoring forward processed (its own tokens when they differ)."""
-    cross = getattr(scores, "cross", None)
-    return positions(cross) if cross is not None else positions(rollout)
+    return positions(scores.cross) if isinstance(scores, CrossScores) else positions(rollout)
 
 
 def make_rollout(

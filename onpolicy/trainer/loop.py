@@ -204,7 +204,8 @@ def _backward_all(
         for part in scored:
             tally.teacher_nonfinite += teacher_nonfinite(part.scores)
             tally.budget.teacher_tokens += _teacher_positions(part.rollout, part.scores)
-            tally_alignment(tally, part.scores)
+            if isinstance(part.scores, CrossScores):
+                tally_alignment(tally, part.scores.cross.student_span_B)
         tally_components(tally, rollout.metrics, out.metrics, *(p.scores.metrics for p in scored))
     return local, tally
 

@@ -44,7 +44,7 @@ from onpolicy.compare.budget import BudgetSpec, parse_budget
 from onpolicy.compare.lr_search import LRSearchSpec, parse_lr_search
 from onpolicy.compare.methods import MethodSpec, TrainSettings, method_spec
 from onpolicy.compare.warm import WarmSpec, parse_warm
-from onpolicy.errors import ConfigError
+from onpolicy.errors import ConfigError, check_known_keys
 
 _KEYS = {
     "task",
@@ -151,9 +151,7 @@ def _check_teacher_tokenizer(models: dict[str, Any], methods: list) -> None:
 
 def parse_config(raw: dict[str, Any]) -> CompareConfig:
     """Validate a loaded YAML mapping into a ``CompareConfig`` (one-line errors naming the key)."""
-    unknown = set(raw) - _KEYS
-    if unknown:
-        raise ConfigError(f"unknown compare config keys {sorted(unknown)}; known: {sorted(_KEYS)}")
+    check_known_keys("compare config", raw, _KEYS)
     for key in ("task", "models", "methods"):
         if key not in raw:
             raise ConfigError(f"compare config needs a {key!r} block")
@@ -173,11 +171,7 @@ def parse_config(raw: dict[str, Any]) -> CompareConfig:
     if len(set(names)) != len(names) or not names:
         raise ConfigError(f"methods must be a non-empty list of distinct names; got {names}")
     train_raw = dict(raw.get("train") or {})
-    known = {f.name for f in fields(TrainSettings)}
-    if set(train_raw) - known:
-        raise ConfigError(
-            f"unknown train keys {sorted(set(train_raw) - known)}; known {sorted(known)}"
-        )
+    check_known_keys("train", train_raw, (f.name for f in fields(TrainSettings)))
     train = TrainSettings(**train_raw)
     if train.steps < 1 or train.batch_size < 1 or train.lr <= 0:
         raise ConfigError(f"train needs steps >= 1, batch_size >= 1, lr > 0; got {train}")
@@ -186,10 +180,7 @@ def parse_config(raw: dict[str, Any]) -> CompareConfig:
     if not seeds or workers < 1:
         raise ConfigError(f"need at least one seed and workers >= 1; got {seeds}, {workers}")
     ev = dict(raw.get("eval") or {})
-    if set(ev) - _EVAL_KEYS:
-        raise ConfigError(
-            f"unknown eval keys {sorted(set(ev) - _EVAL_KEYS)}; known {sorted(_EVAL_KEYS)}"
-        )
+    check_known_keys("eval", ev, _EVAL_KEYS)
     every, n_eval = int(ev.get("every", 0)), ev.get("num_prompts")
     if every < 0 or (n_eval is not None and int(n_eval) < 1):
         raise ConfigError(f"eval.every={every} must be >= 0 and eval.num_prompts >= 1")

@@ -15,12 +15,12 @@ import torch
 
 from alignment import same_tokenizer
 from onpolicy.errors import ConfigError, TokenizerMismatchError
-from onpolicy.forward import completion_positions, forward_completions, head_logits
+from onpolicy.forward import completion_positions, forward_completions
 from onpolicy.hidden.layers import capture_hidden_states, pack_layers
-from onpolicy.losses import LMHead, token_logprobs
+from onpolicy.losses import token_logprobs
 from onpolicy.models import adapters_disabled
 from onpolicy.teacher.cross import matched_vocab_pairs, score_cross
-from onpolicy.teacher.types import TeacherScores
+from onpolicy.teacher.types import DenseScores, HiddenScores, TeacherScores, TopKScores
 from onpolicy.types import PaddedBatch, Rollout
 
 TeacherModeArg = Literal["same", "cross", "auto", "self"]
@@ -108,29 +108,25 @@ class LocalTeacher:
         adapters = adapters_disabled(self.model) if self.adapters_off else _null()
         with self._eval_mode(), adapters, capture as captured:
             fwd = forward_completions(self.model, batch, self.vocab_size, hidden=self.hidden)
-        logprobs_N = None
-        if fwd.logits_N_V is not None:
-            logprobs_N = token_logprobs(fwd.logits_N_V, fwd.targets_N)
-        elif self.token_logprobs:  # a slice of positions at a time: [N, V] never exists at once
-            logprobs_N = _chunked_token_logprobs(fwd.hidden_N_D, fwd.lm_head, fwd.targets_N)
-        scores = TeacherScores(
-            mode="same",
-            vocab_size=self.vocab_size,
-            num_tokens_B=fwd.num_tokens_B,
-            token_logprobs_N=logprobs_N,
-            logits_N_V=fwd.logits_N_V,
-            hidden_N_D=fwd.hidden_N_D,
-            lm_head=fwd.lm_head,
-        )
+        layers = None
         if self.hidden_layers:  # the same positions as the logits (the completion mask)
             mask_B_T, _ = completion_positions(batch)
-            scores.layer_hidden_L_N_D = pack_layers(captured.only(), self.hidden_layers, mask_B_T)
+            layers = pack_layers(captured.only(), self.hidden_layers, mask_B_T)
+        common = {"vocab_size": self.vocab_size, "num_tokens_B": fwd.num_tokens_B,
+                  "layer_hidden_L_N_D": layers}  # fmt: skip
+        if fwd.logits_N_V is None:  # hidden states + head (the chunked divergence)
+            scores = HiddenScores(hidden_N_D=fwd.hidden_N_D, lm_head=fwd.lm_head, **common)
+            if self.token_logprobs:  # a slice of positions at a time: [N, V] never exists at once
+                scores.token_logprobs_N = scores.token_logprobs(fwd.targets_N)
+            return scores
+        logprobs_N = token_logprobs(fwd.logits_N_V, fwd.targets_N)
         if self.top_k:
-            scores.topk_logprobs_N_K, scores.topk_ids_N_K, scores.tail_logprob_N = _sparse(
-                fwd.logits_N_V, min(self.top_k, self.vocab_size)
-            )
-            scores.logits_N_V = None
-        return scores
+            top_lp, top_ids, tail = _sparse(fwd.logits_N_V, min(self.top_k, self.vocab_size))
+            return TopKScores(
+                topk_ids_N_K=top_ids, topk_logprobs_N_K=top_lp, tail_logprob_N=tail,
+                token_logprobs_N=logprobs_N, **common,
+            )  # fmt: skip
+        return DenseScores(logits_N_V=fwd.logits_N_V, token_logprobs_N=logprobs_N, **common)
 
     def _score_cross(self, rollout: Rollout) -> TeacherScores:
         """``score_cross``; with ``hidden_layers``, the teacher's states at its completion tokens
@@ -186,17 +182,6 @@ def _sparse(logits_N_V: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
     logprobs = torch.log_softmax(logits_N_V.float(), dim=-1)
     top_lp, top_ids = logprobs.topk(k, dim=-1)
     return top_lp, top_ids, teacher_tail_logprob(top_lp)
-
-
-def _chunked_token_logprobs(
-    hidden_N_D: torch.Tensor, head: LMHead, targets_N: torch.Tensor, block: int = 512
-) -> torch.Tensor:
-    """``token_logprobs`` of ``head_logits(hidden, head)``, ``block`` positions at a time."""
-    out = [
-        token_logprobs(head_logits(h, head), t)
-        for h, t in zip(hidden_N_D.split(block), targets_N.split(block), strict=True)
-    ]
-    return torch.cat(out) if out else torch.zeros(0, device=targets_N.device)
 
 
 def _name(tokenizer: Any) -> str:

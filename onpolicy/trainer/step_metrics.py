@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+import torch
+
 from onpolicy.trainer.diagnostics import repetition_rate
 from onpolicy.types import Rollout
 
@@ -130,12 +132,10 @@ def tally_components(tally: StepTally, *metrics: dict[str, float]) -> None:
                 tally.budget.projection_flops += float(v)
 
 
-def tally_alignment(tally: StepTally, scores: Any) -> None:
-    """Cross-tokenizer scores: count student tokens inside an aligned span (span id >= 0)."""
-    cross = getattr(scores, "cross", None) if scores is not None else None
-    if cross is None:
-        return
-    for span_Ts in cross.student_span_B:
+def tally_alignment(tally: StepTally, student_span_B: Sequence[torch.Tensor]) -> None:
+    """Cross-tokenizer scores (``CrossScores.cross.student_span_B``: the span of each student
+    completion token, ``-1`` outside every span): count student tokens inside an aligned span."""
+    for span_Ts in student_span_B:
         tally.aligned_tokens += int((span_Ts >= 0).sum())
         tally.alignable_tokens += len(span_Ts)
 

@@ -30,7 +30,7 @@ import torch
 from examples.evidence.loop import greedy_eval, kl_profile, load_world
 from onpolicy.api import rollout
 from onpolicy.compare.config import load_config
-from onpolicy.compare.run import resolve_models
+from onpolicy.compare.model_dirs import resolve_models
 from onpolicy.evidence.diagnostics import survival_by_step
 from onpolicy.models import load_model, load_saved_weights
 from onpolicy.rollout.base import make_backend

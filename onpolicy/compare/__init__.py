@@ -124,7 +124,7 @@ def plan_table(cfg: CompareConfig) -> str:
     """The budget plan of ``cfg`` (steps and estimated FLOPs per method and seed), as Markdown."""
     from onpolicy.compare.budget import plan_runs
     from onpolicy.compare.evaluate import num_params
-    from onpolicy.compare.run import resolve_models
+    from onpolicy.compare.model_dirs import resolve_models
     from onpolicy.models import load_model
     from onpolicy.tasks.base import make_task
 

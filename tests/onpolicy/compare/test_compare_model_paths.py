@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from onpolicy.compare.config import parse_config
-from onpolicy.compare.run import resolve_models
+from onpolicy.compare.model_dirs import resolve_models
 from onpolicy.errors import ConfigError
 from onpolicy.tiny import tiny_model_dir
 

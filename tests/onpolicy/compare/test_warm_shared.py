@@ -51,7 +51,7 @@ def test_shared_warm_up_is_trained_once_and_branches_every_seed(tmp_path, monkey
 
 
 def test_shared_flag_keys_the_cache_by_the_warm_up_seed_and_is_checked(tmp_path):
-    from onpolicy.compare.run import ModelDirs
+    from onpolicy.compare.model_dirs import ModelDirs
 
     dirs = ModelDirs("t", "s", None)
     a, b = _config(tmp_path, shared=True), _config(tmp_path, shared=False)

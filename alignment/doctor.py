@@ -1,21 +1,19 @@
 """Compatibility doctor: can this teacher distill into this student, and with which loss?
 
-``onpolicy doctor --teacher PATH --student PATH [--data FILE]`` (dispatched to ``main``) renders
-the same conversations through both chat templates and tokenizers and prints a short table: same
-tokenizer or not (by content), tokenizer and padded embedding sizes, BOS/EOS/end-of-turn per side,
-how digits and whitespace split, vocabulary overlap after byte normalization, alignment coverage of
-the assistant replies (share of 1:1 spans, mean tokens per span), the recommended loss, and warnings
-for known traps.
+``run_doctor`` renders the same conversations through both chat templates and tokenizers and
+returns a short table: same tokenizer or not (by content), tokenizer and padded embedding sizes,
+BOS/EOS/end-of-turn per side, how digits and whitespace split, vocabulary overlap after byte
+normalization, alignment coverage of the assistant replies (share of 1:1 spans, mean tokens per
+span), the recommended loss, and warnings for known traps. Its command, ``onpolicy doctor``, is
+``onpolicy.doctor`` (which reads ``--data`` with the one prompt loader, ``onpolicy.data``).
 
-``--data``: JSON lines, each ``{"messages": [...]}`` (a final assistant message is the reply that
-gets aligned) or ``{"prompt": str, "completion": str}``; built-in conversations otherwise.
+A conversation is a list of ``{"role", "content"}`` messages; a final assistant message is the
+reply that gets aligned. Built-in conversations (``DEFAULT_CONVERSATIONS``) when none are given.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,30 +40,6 @@ PROBES = {"digits": "31415926", "spaces": "a    b", "tabs+newlines": "\t\t\n\n"}
 # Recommendation thresholds (shares in [0, 1]); see ``recommend``.
 MIN_VOCAB_OVERLAP = 0.5
 MIN_ONE_TO_ONE = 0.5
-
-
-def load_conversations(path: str | Path | None) -> list[list[dict[str, str]]]:
-    if path is None:
-        return DEFAULT_CONVERSATIONS
-    out = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        row = json.loads(line)
-        if "messages" in row:
-            out.append(list(row["messages"]))
-        elif "prompt" in row:
-            reply = (
-                [{"role": "assistant", "content": row["completion"]}] if "completion" in row else []
-            )
-            out.append([{"role": "user", "content": row["prompt"]}, *reply])
-        else:
-            raise ValueError(
-                f"{path}:{n}: expected a `messages` or `prompt` key; got {sorted(row)}"
-            )
-    if not out:
-        raise ValueError(f"{path} has no conversations; write one JSON object per line")
-    return out
 
 
 def _padded_vocab(path: Any) -> str:
@@ -171,11 +145,14 @@ def _load(model: Any) -> Any:
     return model
 
 
-def run_doctor(teacher: Any, student: Any, data: str | Path | None = None) -> str:
+def run_doctor(
+    teacher: Any, student: Any, conversations: Sequence[Sequence[dict[str, str]]] | None = None
+) -> str:
     """The doctor's report, as text, for two model/tokenizer folders (or loaded tokenizers; the
-    padded embedding size is then shown as ``-``)."""
+    padded embedding size is then shown as ``-``) over ``conversations`` (message lists; the
+    built-in ones when None)."""
     t_tok, s_tok = _load(teacher), _load(student)
-    conversations = load_conversations(data)
+    conversations = DEFAULT_CONVERSATIONS if conversations is None else conversations
     same = same_tokenizer(s_tok, t_tok)
     vmap = build_vocab_map(s_tok, t_tok)
     matched = len(vmap.student_ids_M)
@@ -210,21 +187,3 @@ def run_doctor(teacher: Any, student: Any, data: str | Path | None = None) -> st
     ]
     lines += [f"warning: {m}" for m in _warnings(s_tok, t_tok, s_eot, t_eot)]
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="onpolicy doctor", description=__doc__.splitlines()[0])
-    parser.add_argument("--teacher", required=True, help="teacher model or tokenizer folder")
-    parser.add_argument("--student", required=True, help="student model or tokenizer folder")
-    parser.add_argument("--data", default=None, help="JSONL conversations (messages or prompt)")
-    args = parser.parse_args(argv)
-    for flag in ("teacher", "student"):
-        if not Path(getattr(args, flag)).is_dir():
-            print(f"error: --{flag} {getattr(args, flag)} is not a folder", file=sys.stderr)
-            return 2
-    print(run_doctor(args.teacher, args.student, args.data))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

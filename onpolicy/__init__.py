@@ -16,7 +16,8 @@ checked and resolved: folders, ``.gguf``, ``tiny:``, ``offline:``), ``forward``,
 (token-level divergences, sampled-token log-probs, token normalization: the one home of the
 per-token math, on ``alignment.divergence``), ``objectives`` (one factory,
 ``objectives.base.make_objective``), ``teacher``, ``rollout``, ``trainer`` (setup, loop,
-evaluation, checkpoints), ``api`` and ``cli``. The harness it drives: ``tasks``, ``compare``,
+evaluation, checkpoints), ``api``, ``cli`` and ``doctor`` (``alignment.doctor``'s report over
+prompts read by ``data``). The harness it drives: ``tasks``, ``compare``,
 ``evidence``, ``scaling``, ``init_student``, and the model builders ``tiny`` and ``offline``.
 """
 

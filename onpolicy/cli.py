@@ -2,7 +2,7 @@
 
     onpolicy train --config configs/onpolicy_reverse_kl.yaml [--fresh] [key.sub=value ...]
     onpolicy eval  --config configs/gkd.yaml [--student runs/gkd/final] [key=value ...]
-    onpolicy doctor ...        (alignment.doctor: can these two tokenizers be aligned?)
+    onpolicy doctor ...        (onpolicy.doctor: can these two tokenizers be aligned?)
     onpolicy compare ...       (onpolicy.compare: on-policy vs off-policy baselines)
     onpolicy quickstart ...    (onpolicy.compare: a small end-to-end demo)
     onpolicy init-student ...  (onpolicy.init_student: a student cut from the teacher's layers)
@@ -29,7 +29,7 @@ from onpolicy.errors import ConfigError, OnpolicyError
 _DISPATCH = {
     # subcommand: (module, function); the function is called with the argv after the subcommand
     # and returns the exit status
-    "doctor": ("alignment.doctor", "main"),
+    "doctor": ("onpolicy.doctor", "main"),
     "compare": ("onpolicy.compare", "main"),
     "quickstart": ("onpolicy.compare", "quickstart_main"),
     "init-student": ("onpolicy.init_student", "main"),
@@ -192,26 +192,8 @@ def _print_main(text: str) -> None:
         print(text)
 
 
-def _check_doctor_folders(argv: list[str]) -> str | None:
-    """``onpolicy doctor``: the error line for a ``--teacher``/``--student`` folder without a
-    readable tokenizer (checked before transformers loads it), else None."""
-    from onpolicy.models import check_tokenizer_folder
-
-    for i, arg in enumerate(argv[:-1]):
-        if arg in ("--teacher", "--student") and Path(argv[i + 1]).is_dir():
-            try:
-                check_tokenizer_folder(argv[i + 1])
-            except ConfigError as exc:
-                return f"{arg}: {exc}"
-    return None
-
-
 def _dispatch(command: str, argv: list[str]) -> int:
     module_name, function = _DISPATCH[command]
-    problem = _check_doctor_folders(argv) if command == "doctor" else None
-    if problem is not None:
-        print(f"onpolicy: error: {problem}", file=sys.stderr)
-        return 2
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

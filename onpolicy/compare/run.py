@@ -66,20 +66,16 @@ class JobResult:
     curve: list[dict[str, Any]] = field(default_factory=list)  # curves.CurvePoint records
 
 
-def _resolve_path(value: str | None) -> str | None:
+def _resolve_path(spec: dict[str, Any], key: str) -> str | None:
+    """``models.<key>`` as a folder (``onpolicy.models``: checked, then ``tiny:``, ``offline:``
+    and ``~`` resolved); None when not set."""
+    from onpolicy.models import check_model_path, resolve_model_path
+
+    value = spec.get(key)
     if value is None:
         return None
-    if value.startswith("offline:"):
-        from onpolicy import offline
-
-        name = value.split(":", 1)[1]
-        fn = getattr(offline, f"{name}_dir", None)
-        if fn is None:
-            raise ConfigError(
-                f"unknown offline model {value!r}; use offline:smollm2 or offline:gemma3"
-            )
-        return str(fn())
-    return value
+    check_model_path(f"models.{key}", str(value))
+    return resolve_model_path(str(value))
 
 
 def resolve_models(cfg: CompareConfig, log: Callable[[str], None] = print) -> ModelDirs:
@@ -137,9 +133,9 @@ def resolve_models(cfg: CompareConfig, log: Callable[[str], None] = print) -> Mo
     if "teacher" not in spec:
         raise ConfigError("models.kind=paths needs a 'teacher' folder")
     return ModelDirs(
-        _resolve_path(spec["teacher"]),
-        _resolve_path(spec.get("student")),
-        _resolve_path(spec.get("cross_student")),
+        _resolve_path(spec, "teacher"),
+        _resolve_path(spec, "student"),
+        _resolve_path(spec, "cross_student"),
     )
 
 

@@ -19,7 +19,7 @@ spans with tokens on both sides (``LossOutput.num_tokens``).
 
 ``reference_kl`` (default 1.0) adds KL(student || the initial student) on the student's
 tokens: span targets cannot tell two tokenizations of a text apart, and without an anchor a BPE
-student drifts to splits it never trained on (``onpolicy.objectives.cross.FrozenReference``).
+student drifts to splits it never trained on (``onpolicy.objectives.reference.FrozenReference``).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class GOLD(AnchoredCrossObjective):
             teacher's).
         top_k: compare only the top ``k`` unmatched probabilities exactly (memory), None = all.
         reference_kl: weight of KL(student || its initial weights) summed over the
-            completion tokens (``onpolicy.objectives.cross.FrozenReference``); 0 turns it off.
+            completion tokens (``onpolicy.objectives.reference.FrozenReference``); 0 turns it off.
     """
 
     beta: float = 0.5

@@ -36,7 +36,7 @@ class NextByte(AnchoredCrossObjective):
         temperature: softmax temperature of both sides (``teacher_temperature`` overrides the
             teacher's).
         reference_kl: weight of KL(student || its initial weights) summed over the
-            completion tokens (``onpolicy.objectives.cross.FrozenReference``): anchors the
+            completion tokens (``onpolicy.objectives.reference.FrozenReference``): anchors the
             student's tokenization, which a byte-level target cannot see; 0 turns it off.
     """
 

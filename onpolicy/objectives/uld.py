@@ -20,7 +20,7 @@ class ULD(AnchoredCrossObjective):
     """ULD between the student's and the teacher's span distributions on the student's samples
     (``temperature`` both sides unless ``teacher_temperature``; ``top_k`` bounds memory;
     ``reference_kl``: weight of KL(student || the initial student) on its tokens,
-    ``onpolicy.objectives.cross.FrozenReference``, 0 turns it off)."""
+    ``onpolicy.objectives.reference.FrozenReference``, 0 turns it off)."""
 
     temperature: float = 1.0
     teacher_temperature: float | None = None

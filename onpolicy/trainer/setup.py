@@ -327,7 +327,7 @@ def _hidden_plan(config: Config, accelerator: Any) -> Any:
 def _hand_over_reference(objective: Any, model: Any, full: Any) -> None:
     """Objectives with a ``reference_kl`` term get the student's initial policy, taken here:
     after loading, before ``prepare`` shards it and before a checkpoint is restored."""
-    from onpolicy.objectives.cross import UsesReference, initial_reference
+    from onpolicy.objectives.reference import UsesReference, initial_reference
 
     if isinstance(objective, UsesReference) and objective.reference_kl:
         objective.set_reference(initial_reference(model, None if full is None else full.model))

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import json
-
-import pytest
-
-from alignment.doctor import load_conversations, main, recommend, run_doctor
+from alignment.doctor import recommend, run_doctor
 from onpolicy import offline
 
 
@@ -21,14 +17,13 @@ def test_cross_family_pair_report(real_tokenizers):
     assert "renders <bos> and the tokenizer adds another" in report
 
 
-def test_same_tokenizer_report(tmp_path, real_tokenizers):
-    data = tmp_path / "conv.jsonl"
-    rows = [{"prompt": "2+2?", "completion": "4, of course."},
-            {"messages": [{"role": "user", "content": "hi"},
-                          {"role": "assistant", "content": "Hello  there!"}]}]  # fmt: skip
-    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+def test_same_tokenizer_report(real_tokenizers):
+    conversations = [[{"role": "user", "content": "2+2?"},
+                      {"role": "assistant", "content": "4, of course."}],
+                     [{"role": "user", "content": "hi"},
+                      {"role": "assistant", "content": "Hello  there!"}]]  # fmt: skip
     qwen = real_tokenizers["qwen"]
-    report = run_doctor(qwen, qwen, data)
+    report = run_doctor(qwen, qwen, conversations)
     assert "same tokenizer (by content): yes" in report
     assert "alignment coverage: 100% of" in report and "(2 conversations)" in report
     assert "recommended loss: same-vocab divergence" in report
@@ -47,12 +42,3 @@ def test_recommend_thresholds():
     assert recommend(False, 0.9, 0.1).startswith("GOLD")
     assert recommend(False, 0.1, 0.9).startswith("ULD")
     assert recommend(False, 0.1, 0.1).startswith("sampled-token span reward")
-
-
-def test_bad_inputs(tmp_path, capsys):
-    assert main(["--teacher", str(tmp_path / "nope"), "--student", str(tmp_path)]) == 2
-    assert "is not a folder" in capsys.readouterr().err
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"text": "x"}\n')
-    with pytest.raises(ValueError, match="expected a `messages` or `prompt` key"):
-        load_conversations(bad)

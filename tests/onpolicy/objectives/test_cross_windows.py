@@ -10,14 +10,15 @@ import torch
 from tiny_cross_pair import scored_cross_pair
 
 import alignment.spans._byte_mass as byte_mass
-import onpolicy.objectives.cross as cross_mod
+import onpolicy.objectives.reference as reference_mod
 from alignment import SideLogits, byte_trie, gjsd_measure, gold_prefix_terms, gold_terms
 from alignment.spans._byte_mass import matched_prefix_gjsd, prefix_logmass
 from alignment.spans.next_byte import next_byte_terms
 from onpolicy.forward import spare_row_empty
 from onpolicy.forward import with_spare_row as spare
 from onpolicy.losses import token_logprobs_chunked
-from onpolicy.objectives.cross import flat_window, reference_kl_sum
+from onpolicy.objectives.cross import flat_window
+from onpolicy.objectives.reference import reference_kl_sum
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +99,7 @@ def test_one_sequence_layout_equals_per_row_windows(kind, scored):
 
 
 def test_reference_kl_chunks_equal_dense_float64(monkeypatch):
-    monkeypatch.setattr(cross_mod, "CHUNK_ELEMS", 3 * 50)  # 3 rows per chunk: several chunks
+    monkeypatch.setattr(reference_mod, "CHUNK_ELEMS", 3 * 50)  # 3 rows per chunk: several chunks
     g = torch.Generator().manual_seed(1)
     s_W_V = torch.randn(11, 50, generator=g).requires_grad_(True)
     rows = torch.tensor([0, 2, 3, 4, 7, 8, 10])

@@ -1,6 +1,6 @@
 """Broken model folders are found before anything loads, with a line saying what is missing, in
 ``onpolicy train`` and ``onpolicy doctor``; ``student.max_length`` above the model's positions is
-refused (models.py)."""
+refused (onpolicy.models)."""
 
 from __future__ import annotations
 

@@ -34,12 +34,7 @@ from onpolicy.api import step  # noqa: E402
 from onpolicy.models import load_model, load_tokenizer  # noqa: E402
 from onpolicy.objectives.supervised_kd import SupervisedKD  # noqa: E402
 from onpolicy.scores.cached import CachedTeacher  # noqa: E402
-from onpolicy.scores.command import (  # noqa: E402
-    ScoreSpec,
-    dataset_rollout,
-    score_dataset,
-    select_rows,
-)
+from onpolicy.scores.command import ScoreSpec, dataset_rollout, score_dataset  # noqa: E402
 from onpolicy.scores.store import ScoreReader  # noqa: E402
 from onpolicy.teacher.local import LocalTeacher  # noqa: E402
 from onpolicy.tiny import tiny_model_dir  # noqa: E402
@@ -75,7 +70,7 @@ def run(student_dir, rollout, teacher, steps: int) -> tuple[list[float], torch.T
     objective = SupervisedKD(source="dataset")
     losses = []
     for s in range(steps):
-        ro = select_rows(rollout, list(range(4 * s, 4 * s + 4)))
+        ro = rollout.select(list(range(4 * s, 4 * s + 4)))
         out = objective.loss(student, ro, teacher.score(ro))
         losses.append(step(optimizer, out, model=student, max_grad_norm=1.0)["loss"])
     end = torch.cat([p.detach().flatten() for p in student.parameters()])

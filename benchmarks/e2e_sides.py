@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import resource
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from benchmarks import device as bench
@@ -27,16 +28,31 @@ def _result(wall: list[float], cpu: list[float], tokens: list[float], **extra: A
     return {"wall_s": wall, "cpu_s": cpu, "tokens": tokens, "peak_mb": peak_mb(), **extra}
 
 
-def run_engine(args, cross: bool, rollout: str) -> dict:
-    """The engine's explicit loop (``onpolicy.api``): rollout -> score -> loss -> step -> sync.
+@dataclass
+class EngineSide:
+    """The engine's pieces for one side (``build_engine``): models, scorer, objective, backend,
+    optimizer, sampling settings and the prompts of every step (warm-up first)."""
+
+    student: Any
+    stok: Any
+    teacher: Any
+    scorer: Any
+    objective: Any
+    backend: Any
+    opt: Any
+    sampling: Any
+    data: list
+
+
+def build_engine(args, cross: bool, rollout: str) -> EngineSide:
+    """Load and set up the engine's side as ``run_engine`` runs it.
 
     Same tokenizer: ``reverse_kl`` with the chunked LM-head loss (the teacher returns hidden
     states; neither model's [tokens x V] logits exist). Cross tokenizer: ``gold``.
     """
     import torch
 
-    from onpolicy.api import loss, make_objective, score
-    from onpolicy.api import rollout as do_rollout
+    from onpolicy.api import make_objective
     from onpolicy.models import load_model, load_tokenizer
     from onpolicy.rollout.base import make_backend
     from onpolicy.teacher.local import LocalTeacher
@@ -71,20 +87,31 @@ def run_engine(args, cross: bool, rollout: str) -> dict:
         max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens, temperature=1.0
     )
     data = prompts(args.pair, args.batch * (args.steps + 1))
+    return EngineSide(student, stok, teacher, scorer, objective, backend, opt, sampling, data)
+
+
+def run_engine(args, cross: bool, rollout: str) -> dict:
+    """The engine's explicit loop (``onpolicy.api``): rollout -> score -> loss -> step -> sync."""
+    import torch
+
+    from onpolicy.api import loss, score
+    from onpolicy.api import rollout as do_rollout
+
+    e = build_engine(args, cross, rollout)
     wall, cpu, tokens, rollout_s, skipped = [], [], [], [], 0
     for i in range(args.steps + 1):
-        batch = data[i * args.batch : (i + 1) * args.batch]
+        batch = e.data[i * args.batch : (i + 1) * args.batch]
         bench.sync()
         t0, c0 = time.perf_counter(), time.process_time()
         with torch.no_grad():
-            ro = do_rollout(backend, batch, stok, sampling)
+            ro = do_rollout(e.backend, batch, e.stok, e.sampling)
         t1 = time.perf_counter()
         step_fn = _train_step_cross if cross else _train_step
         skipped += step_fn(
-            opt, student, ro, args.micro_batches,
-            lambda r: loss(objective, student, r, score(scorer, r)),
+            e.opt, e.student, ro, args.micro_batches,
+            lambda r: loss(e.objective, e.student, r, score(e.scorer, r)),
         )  # fmt: skip
-        backend.sync_weights(student, i + 1)
+        e.backend.sync_weights(e.student, i + 1)
         bench.sync()
         if i:  # step 0 is the warm-up
             wall.append(time.perf_counter() - t0)

@@ -73,12 +73,12 @@ def _full_scores(teacher, rollout):
 
     from onpolicy.forward import forward_completions
     from onpolicy.losses import token_logprobs
-    from onpolicy.teacher.types import TeacherScores
+    from onpolicy.teacher.types import DenseScores
 
     with torch.no_grad():
         fwd = forward_completions(teacher.eval(), rollout.to_padded(0), V)
-        return TeacherScores(
-            mode="same", vocab_size=V, num_tokens_B=fwd.num_tokens_B, logits_N_V=fwd.logits_N_V,
+        return DenseScores(
+            vocab_size=V, num_tokens_B=fwd.num_tokens_B, logits_N_V=fwd.logits_N_V,
             token_logprobs_N=token_logprobs(fwd.logits_N_V, fwd.targets_N),
         )  # fmt: skip
 
@@ -88,11 +88,11 @@ def _top_k(scores):
     import torch
 
     from onpolicy.losses import teacher_tail_logprob
-    from onpolicy.teacher.types import TeacherScores
+    from onpolicy.teacher.types import TopKScores
 
     top_lp, top_ids = torch.log_softmax(scores.logits_N_V, dim=-1).topk(K, dim=-1)
-    return TeacherScores(
-        mode="same", vocab_size=V, num_tokens_B=scores.num_tokens_B,
+    return TopKScores(
+        vocab_size=V, num_tokens_B=scores.num_tokens_B,
         token_logprobs_N=scores.token_logprobs_N, topk_ids_N_K=top_ids,
         topk_logprobs_N_K=top_lp, tail_logprob_N=teacher_tail_logprob(top_lp),
     )  # fmt: skip
@@ -113,7 +113,9 @@ def _score_bytes(scores) -> int:
     fields = ("logits_N_V", "token_logprobs_N", "topk_ids_N_K", "topk_logprobs_N_K",
               "tail_logprob_N")  # fmt: skip
     return sum(
-        t.nelement() * t.element_size() for f in fields if (t := getattr(scores, f)) is not None
+        t.nelement() * t.element_size()
+        for f in fields
+        if (t := getattr(scores, f, None)) is not None
     )
 
 

@@ -8,6 +8,11 @@ Metrics are per UTF-8 byte (tokenizer-independent): ``eval/teacher_nll_per_byte`
 aligned spans.
 
     python examples/cross_tokenizer.py [objective.name=uld ...]
+
+With hidden-state distillation across tokenizers (``onpolicy.hidden.cross``): the student's and
+the teacher's intermediate states compared at the ends of aligned spans, through a trained map:
+
+    python examples/cross_tokenizer.py hidden.weight=0.5 hidden.loss=cosine
 """
 
 from _common import run_recipe

@@ -15,10 +15,12 @@ on ``alignment.tokens.chat``), ``models`` (loading, LoRA, and the one place mode
 checked and resolved: folders, ``.gguf``, ``tiny:``, ``offline:``), ``forward``, ``losses``
 (token-level divergences, sampled-token log-probs, token normalization: the one home of the
 per-token math, on ``alignment.divergence``), ``objectives`` (one factory,
-``objectives.base.make_objective``), ``teacher``, ``rollout``, ``trainer`` (setup, loop,
-evaluation, checkpoints), ``api``, ``cli`` and ``doctor`` (``alignment.doctor``'s report over
-prompts read by ``data``). The harness it drives: ``tasks``, ``compare``,
-``evidence``, ``scaling``, ``init_student``, and the model builders ``tiny`` and ``offline``.
+``objectives.base.make_objective``), ``teacher`` (its scores as typed variants,
+``teacher.types``), ``rollout``, ``trainer`` (setup, loop, evaluation, checkpoints), ``api``,
+``cli`` and ``doctor`` (``alignment.doctor``'s report over prompts read by ``data``); the offline
+teacher commands ``generate`` and ``scores`` (their shared shape in ``jobs``). The harness it
+drives: ``tasks``, ``compare``, ``evidence``, ``scaling``, ``init_student``, and the model
+builders ``tiny`` and ``offline``.
 """
 
 from __future__ import annotations

@@ -131,8 +131,9 @@ class ObjectiveConfig:
 
 @dataclass
 class HiddenConfig:
-    """Hidden-state distillation added to the objective's loss (same tokenizer only):
-    ``weight * sum_n d_n`` over the completion positions the objective counts, ``d_n`` the
+    """Hidden-state distillation added to the objective's loss: ``weight * sum_n d_n`` over the
+    completion positions the objective counts (across tokenizers: over the ends of aligned
+    spans, ``onpolicy.hidden.cross``), ``d_n`` the
     ``loss`` (``mse`` or ``cosine``, ``onpolicy.losses.hidden``) between the projected student
     states and the teacher's, averaged over the layer pairs; normalized with the objective's loss
     by the global token count. ``weight: 0`` (the default) turns it off.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class OnpolicyError(Exception):
     """Base of every error this package raises on purpose."""
@@ -25,3 +27,12 @@ class BackendError(OnpolicyError, RuntimeError):
 
 class TrainingError(OnpolicyError, RuntimeError):
     """Training cannot go on (too many non-finite losses, checkpoint unreadable, ...)."""
+
+
+def check_known_keys(block: str, raw: Iterable[str], known: Iterable[str]) -> None:
+    """A one-line ``ConfigError`` naming the keys of the ``block`` mapping ``raw`` that are not
+    ``known``, and the known ones."""
+    known = sorted(known)
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown {block} keys {unknown}; known {known}")

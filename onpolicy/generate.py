@@ -32,12 +32,12 @@ import argparse
 import hashlib
 import json
 import os
-import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from onpolicy.errors import ConfigError, DataError, OnpolicyError
+from onpolicy.errors import ConfigError, DataError
+from onpolicy.jobs import check_job, run_job, teacher_parser
 from onpolicy.types import Prompt, SamplingParams
 
 FORMAT_VERSION = 1
@@ -84,18 +84,9 @@ def prompt_hash(prompt: Prompt) -> str:
 
 def check_spec(spec: GenerateSpec) -> None:
     """One-line ``ConfigError`` for a bad flag or file, before any model loads."""
-    from onpolicy.models import check_model_path
-
-    check_model_path("--teacher", spec.teacher)
-    if not Path(spec.prompts).exists():
-        raise ConfigError(f"--prompts {spec.prompts!r} does not exist; give a JSONL/parquet file")
-    out = Path(spec.out)
-    if not out.parent.is_dir():
-        raise ConfigError(f"--out {spec.out!r}: folder {str(out.parent)!r} does not exist")
-    for key, value in (("--n", spec.n), ("--max-new-tokens", spec.max_new_tokens),
-                       ("--batch-size", spec.batch_size)):  # fmt: skip
-        if value < 1:
-            raise ConfigError(f"{key}={value} must be >= 1")
+    counts = {"--n": spec.n, "--max-new-tokens": spec.max_new_tokens,
+              "--batch-size": spec.batch_size}  # fmt: skip
+    check_job(spec.teacher, ("--prompts", spec.prompts), spec.out, counts)
     if spec.temperature < 0 or not 0 < spec.top_p <= 1:
         raise ConfigError(
             f"--temperature={spec.temperature} must be >= 0 and --top-p={spec.top_p} in (0, 1]"
@@ -275,13 +266,11 @@ def _write_batch(out: Path, batch: list[tuple[str, Prompt]], ro: Any, spec: Gene
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="onpolicy generate", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="example: onpolicy generate --teacher tiny:small,seed=1,pretrain_steps=300 "
+    p = teacher_parser(
+        "onpolicy generate", __doc__,
+        "example: onpolicy generate --teacher tiny:small,seed=1,pretrain_steps=300 "
         "--prompts configs/data/tiny_chat.jsonl --out runs/answers.jsonl --n 4",
     )  # fmt: skip
-    p.add_argument("--teacher", required=True, help="model folder, .gguf folder or tiny:<size>")
     p.add_argument("--prompts", required=True, help="JSONL/parquet prompts (onpolicy.data format)")
     p.add_argument("--out", required=True, help="output JSONL (resumed when it exists)")
     p.add_argument("--n", type=int, default=1, help="samples per prompt")
@@ -291,9 +280,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="hf", choices=["hf", "vllm"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16, help="prompts per sampling call")
-    p.add_argument("--chat", action="store_true", help="plain `prompt` rows are user messages")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--gguf-file", default=None, help="the .gguf file inside --teacher's folder")
     p.add_argument("--drop-truncated", action="store_true",
                    help="drop samples cut at --max-new-tokens (kept by default, marked)")
     p.add_argument("--vllm", action="append", default=[], metavar="KEY=VALUE",
@@ -305,10 +292,4 @@ def main(argv: list[str] | None = None) -> int:
     """``onpolicy generate``: prints a JSON summary; a bad input is one line and exit status 2."""
     args = _parser().parse_args(argv)
     spec = GenerateSpec(**{**vars(args), "vllm": tuple(args.vllm)})
-    try:
-        summary = generate_dataset(spec)
-    except OnpolicyError as exc:
-        print(f"onpolicy: error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps({**asdict(summary), "out": spec.out}, indent=2))
-    return 0
+    return run_job(generate_dataset, spec)

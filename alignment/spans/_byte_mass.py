@@ -23,23 +23,25 @@ Computation: every class is a contiguous range of the byte-sorted vocabulary
 reduced to its two-byte groups (``torch.segment_reduce``, log-sum-exp with a per-group max: no
 underflow); a depth-0 event sums those by first byte, a depth-1 event reads the groups inside its
 range, deeper events (short ranges) read their sorted range as one ragged batch. Rows are processed
-a chunk at a time under activation checkpointing: no more than one chunk of ``[rows, V]`` at once
+a chunk at a time, forward and backward on one pool (``alignment.spans._row_chunks``: recomputed
+per chunk in backward): no more than one chunk of ``[rows, V]`` per thread at once
 (measured speed: ``benchmarks/RESULTS-alignment-speed.md``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import weakref
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from alignment.divergence import gjsd_measure
 from alignment.errors import AlignmentError
+from alignment.spans._row_chunks import RowJob, row_chunks
 from alignment.tokens.byte_trie import STOP, ByteTrie
 from alignment.types import SideLogits
 
@@ -113,7 +115,7 @@ def class_logprobs(
     ``log sum P(w)`` over the tokens extending ``u + c`` (at depth 0: starting with byte ``c``),
     column ``STOP`` (256) the tokens without bytes (depth 0 only), column ``END`` (257) the tokens
     whose bytes are exactly ``u`` (depth >= 1 only). ``support`` is True where at least one token
-    falls in the column. Differentiable in ``logits_N_V`` (checkpointed per chunk).
+    falls in the column. Differentiable in ``logits_N_V`` (recomputed per chunk in backward).
 
     Work: one log-softmax per distinct row; a depth-0 event scatters its whole row with the fixed
     first-byte classes, a deeper event only its sorted range ``[lo, hi)`` (the tokens extending
@@ -132,25 +134,24 @@ def class_logprobs(
     r_E, d_E = rank[events.token_E], events.depth_E
     lo_E = tables[3][d_E, r_E].long()
     hi_E = tables[4][d_E, r_E].long()
-    out, sup, order = [], [], []
-    for s in range(0, max(int(rows_U.shape[0]), 1), chunk):  # no events: one empty chunk
-        in_chunk = (inv_E >= s) & (inv_E < s + chunk)
-        idx = in_chunk.nonzero().squeeze(1)
-        args = (
-            logits_N_V, rows_U[s : s + chunk], inv_E[idx] - s, d_E[idx], lo_E[idx], hi_E[idx],
-            tables, temperature,
-        )  # fmt: skip
-        fn = _chunk_logprobs
-        lp, here = (
-            checkpoint(fn, *args, use_reentrant=False) if logits_N_V.requires_grad else fn(*args)
+    # the events of each chunk of distinct rows: a stable sort by row, cut where chunks start
+    order = torch.sort(inv_E, stable=True).indices
+    cuts = torch.searchsorted(inv_E[order], torch.arange(0, int(rows_U.shape[0]) + chunk, chunk))
+    cuts = cuts.tolist()
+    places = [order[a:b] for a, b in itertools.pairwise(cuts)] or [order]
+    starts = range(0, len(places) * chunk, chunk)
+    rows = [rows_U[s : s + chunk] for s in starts]
+
+    def fn(z: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = places[i]
+        return _chunk_logprobs(
+            z, inv_E[idx] - starts[i], d_E[idx], lo_E[idx], hi_E[idx], tables, temperature
         )
-        out.append(lp)
-        sup.append(here)
-        order.append(idx)
-    back = torch.empty_like(events.row_E)
-    cat_order = torch.cat(order)
-    back[cat_order] = torch.arange(cat_order.shape[0], device=dev)
-    return torch.cat(out)[back], torch.cat(sup)[back]
+
+    E = int(events.row_E.shape[0])
+    out = torch.empty(E, _DUMP, dtype=_dtype(logits_N_V), device=dev)
+    sup = torch.empty(E, _DUMP, dtype=torch.bool, device=dev)
+    return row_chunks(logits_N_V, RowJob(rows, places, fn, out, (sup,)))
 
 
 _TABLES: Any = weakref.WeakKeyDictionary()
@@ -215,17 +216,18 @@ def _contiguous_logsumexp(x_n_V: torch.Tensor, lengths_K: torch.Tensor) -> torch
 
 
 def _chunk_logprobs(
-    logits_N_V, rows_n, row_e, depth_e, lo_e, hi_e, tables, temperature: float
+    z_n_V, row_e, depth_e, lo_e, hi_e, tables, temperature: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(logp, support)`` [e, 258] of the events of rows ``rows_n`` (``row_e``: index into
-    them): log column masses, and True where at least one token falls in the column.
+    """``(logp, support)`` [e, 258] of the events of the gathered logits rows ``z_n_V``
+    (``row_e``: index into them): log column masses, and True where at least one token falls in
+    the column.
 
     Per row: the log-masses of the two-byte groups (``_tables``), one pass over the sorted row;
     depth 0 sums them by first byte, depth 1 reads the groups inside its range, deeper events
     read their (short) sorted range."""
     perm, _, byte_L_V, _, _, len_G, first_len, second_G, group_V = tables
     e, K, V = row_e.shape[0], _DUMP, byte_L_V.shape[1]
-    z = logits_N_V.index_select(0, rows_n).to(_dtype(logits_N_V))
+    z = z_n_V.to(_dtype(z_n_V))
     if temperature != 1.0:
         z = z / temperature
     logp = z - torch.logsumexp(z, dim=-1, keepdim=True)
@@ -302,17 +304,17 @@ def prefix_logmass(
 
     Sums over the sorted range of tokens extending the pair's bytes (a float64 cumulative sum,
     differences clamped at 0); byte-less ids give their own probability. Differentiable,
-    checkpointed a chunk of rows at a time."""
+    recomputed a chunk of rows at a time in backward."""
     index = _prefix_index(trie, ids_M, logits_N_V.device)
     chunk = max(1, CHUNK_ELEMS // max(trie.vocab_size, 1))
-    out = []
-    for s in range(0, max(rows_R.shape[0], 1), chunk):
-        args = (logits_N_V, rows_R[s : s + chunk], *index, temperature)
-        fn = _chunk_prefix
-        out.append(
-            checkpoint(fn, *args, use_reentrant=False) if logits_N_V.requires_grad else fn(*args)
-        )
-    return torch.cat(out)
+    R = int(rows_R.shape[0])
+    places = [slice(s, s + chunk) for s in range(0, R, chunk)]
+    out = torch.empty(R, ids_M.shape[0], dtype=torch.float64, device=logits_N_V.device)
+    job = RowJob(
+        [rows_R[p] for p in places], places,
+        lambda z, _i: (_chunk_prefix(z, *index, temperature),), out,
+    )  # fmt: skip
+    return row_chunks(logits_N_V, job)[0]
 
 
 def matched_prefix_gjsd(
@@ -330,35 +332,33 @@ def matched_prefix_gjsd(
 ) -> torch.Tensor:
     """float64 [R] ``gjsd_measure(prefix_logmass(student), prefix_logmass(teacher), beta)``, a
     chunk of rows at a time: no [R, M] tensor is kept but the teacher's float64 log masses
-    (computed once, no gradient); the student's masses and the divergence are recomputed per
-    chunk in backward (activation checkpointing). Gradient to the student logits only."""
+    (computed once per chunk in forward, no gradient); the student's masses and the divergence
+    are recomputed per chunk in backward (``_row_chunks``). Gradient to the student logits only."""
     dev = student_logits_N_V.device
     s_index = _prefix_index(student_trie, student_ids_M, dev)
     t_index = _prefix_index(teacher_trie, teacher_ids_M, teacher_logits_N_V.device)
     V = max(student_trie.vocab_size, teacher_trie.vocab_size, 1)
     chunk = max(1, CHUNK_ELEMS // V)
-    grad = student_logits_N_V.requires_grad
-    out = []
-    for s in range(0, student_rows_R.shape[0], chunk):
-        with torch.no_grad():
-            lt = _chunk_prefix(
-                teacher_logits_N_V, teacher_rows_R[s : s + chunk], *t_index, teacher_temperature
-            ).to(dev)
-        args = (student_logits_N_V, student_rows_R[s : s + chunk], *s_index,
-                student_temperature, lt, beta)  # fmt: skip
-        fn = _chunk_matched
-        out.append(checkpoint(fn, *args, use_reentrant=False) if grad else fn(*args))
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64, device=dev)
+    R = int(student_rows_R.shape[0])
+    places = [slice(s, s + chunk) for s in range(0, R, chunk)]
+    teacher: list[torch.Tensor | None] = [None] * len(places)  # each chunk's, from forward
+
+    def fn(z: torch.Tensor, i: int) -> tuple[torch.Tensor]:
+        lt = teacher[i]
+        if lt is None:
+            with torch.no_grad():
+                rows = teacher_rows_R[places[i]]
+                zt = teacher_logits_N_V.index_select(0, rows)
+                lt = teacher[i] = _chunk_prefix(zt, *t_index, teacher_temperature).to(dev)
+        return (gjsd_measure(_chunk_prefix(z, *s_index, student_temperature), lt, beta),)
+
+    out = torch.empty(R, dtype=torch.float64, device=dev)
+    job = RowJob([student_rows_R[p] for p in places], places, fn, out)
+    return row_chunks(student_logits_N_V, job)[0]
 
 
-def _chunk_matched(logits_N_V, rows, perm, ids_M, length, lo, hi, temperature, lt, beta):
-    return gjsd_measure(
-        _chunk_prefix(logits_N_V, rows, perm, ids_M, length, lo, hi, temperature), lt, beta
-    )
-
-
-def _chunk_prefix(logits_N_V, rows, perm, ids_M, length, lo, hi, temperature):
-    z = logits_N_V.index_select(0, rows)
+def _chunk_prefix(z, perm, ids_M, length, lo, hi, temperature):
+    """float64 [r, M] log prefix masses of the gathered logits rows ``z`` [r, V]."""
     z = z.to(torch.promote_types(z.dtype, torch.float32))  # the logits' precision, >= float32
     if temperature != 1.0:
         z = z / temperature

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from onpolicy.trainer.step_metrics import ComputeBudget
+from onpolicy.trainer.step_metrics import PROJECTION_FLOPS, ComputeBudget
 
 TeacherData = Literal["paid", "free"]
 TEACHER_DATA: tuple[str, ...] = ("paid", "free")
@@ -68,6 +68,7 @@ def step_budgets(records: Sequence[dict[str, Any]]) -> dict[int, ComputeBudget]:
             student_train_tokens=r.get("train/student_train_tokens", 0.0),
             teacher_tokens=r.get("train/teacher_tokens", 0.0),
             seconds=r.get("train/step_seconds", 0.0),
+            projection_flops=r.get(PROJECTION_FLOPS, 0.0),
         )
     return out
 
@@ -82,4 +83,5 @@ def up_front(total: ComputeBudget, steps: dict[int, ComputeBudget]) -> ComputeBu
         student_train_tokens=total.student_train_tokens - logged.student_train_tokens,
         teacher_tokens=total.teacher_tokens - logged.teacher_tokens,
         seconds=total.seconds - logged.seconds,
+        projection_flops=total.projection_flops - logged.projection_flops,
     )

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from onpolicy.compare.accounting import TEACHER_DATA, TeacherData, teacher_rows
-from onpolicy.errors import ConfigError
+from onpolicy.errors import ConfigError, check_known_keys
 from onpolicy.trainer.step_metrics import ComputeBudget
 
 MAX_STEPS = 1_000_000  # a budget that buys more steps than this is a config mistake
@@ -63,8 +63,7 @@ _KEYS = {"match", "reference", "flops", "completion_tokens", "teacher_data"}
 def parse_budget(raw: dict[str, Any] | None, methods: Sequence[Any]) -> BudgetSpec:
     """Validate the ``budget`` block against the config's ``methods`` (one-line errors)."""
     raw = dict(raw or {})
-    if set(raw) - _KEYS:
-        raise ConfigError(f"unknown budget keys {sorted(set(raw) - _KEYS)}; known {sorted(_KEYS)}")
+    check_known_keys("budget", raw, _KEYS)
     match = raw.get("match", "steps")
     if match not in ("steps", "flops"):
         raise ConfigError(f"budget.match={match!r}; use 'steps' or 'flops'")
@@ -269,7 +268,10 @@ def _cost(cfg: Any, dirs: Any, method: Any, seed: int, sizes: dict[str, Sizes]) 
     config = trainer_config(method, cfg.train, seed, student_dir, dirs.teacher, cfg.output_dir)
     horizon = 4 * cfg.train.steps
     objective = build_objective(config)
-    return step_cost(objective, sizes[method.student], horizon, cfg.budget.teacher_data)
+    cost = step_cost(objective, sizes[method.student], horizon, cfg.budget.teacher_data)
+    from onpolicy.compare.hidden_cost import with_hidden_cost
+
+    return with_hidden_cost(cost, config, objective, sizes[method.student])
 
 
 def _sizes_by_student(cfg: Any, dirs: Any, task: Any, teacher_params: int) -> dict[str, Sizes]:

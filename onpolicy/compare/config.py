@@ -44,7 +44,7 @@ from onpolicy.compare.budget import BudgetSpec, parse_budget
 from onpolicy.compare.lr_search import LRSearchSpec, parse_lr_search
 from onpolicy.compare.methods import MethodSpec, TrainSettings, method_spec
 from onpolicy.compare.warm import WarmSpec, parse_warm
-from onpolicy.errors import ConfigError
+from onpolicy.errors import ConfigError, check_known_keys
 
 _KEYS = {
     "task",
@@ -129,11 +129,29 @@ def _check_cut(models: dict[str, Any]) -> None:
         raise ConfigError(f"models.cut_fresh={models['cut_fresh']!r} must be true or false")
 
 
+def _check_teacher_tokenizer(models: dict[str, Any], methods: list) -> None:
+    """``teacher_tokenizer: bpe`` (kind arithmetic): the teacher is rebuilt with the BPE student's
+    tokenizer and the BPE student is the same-tokenizer student (``onpolicy.tasks.bpe_teacher``)."""
+    value = models.get("teacher_tokenizer", "char")
+    if value == "char":
+        return
+    if value != "bpe":
+        raise ConfigError(f"models.teacher_tokenizer={value!r}; use 'char' (default) or 'bpe'")
+    if models["kind"] != "arithmetic" or "cut_layers" in models:
+        raise ConfigError(
+            "models.teacher_tokenizer: bpe needs models.kind: arithmetic, no cut_layers"
+        )
+    cross = [m.name for m in methods if m.student == "cross"]
+    if cross:
+        raise ConfigError(
+            f"models.teacher_tokenizer: bpe makes teacher and student share a tokenizer; drop the "
+            f"cross-tokenizer methods {cross}"
+        )
+
+
 def parse_config(raw: dict[str, Any]) -> CompareConfig:
     """Validate a loaded YAML mapping into a ``CompareConfig`` (one-line errors naming the key)."""
-    unknown = set(raw) - _KEYS
-    if unknown:
-        raise ConfigError(f"unknown compare config keys {sorted(unknown)}; known: {sorted(_KEYS)}")
+    check_known_keys("compare config", raw, _KEYS)
     for key in ("task", "models", "methods"):
         if key not in raw:
             raise ConfigError(f"compare config needs a {key!r} block")
@@ -148,15 +166,12 @@ def parse_config(raw: dict[str, Any]) -> CompareConfig:
         _check_long_models(models, task)
     _check_cut(models)
     methods = [method_spec(m) for m in raw["methods"]]
+    _check_teacher_tokenizer(models, methods)
     names = [m.name for m in methods]
     if len(set(names)) != len(names) or not names:
         raise ConfigError(f"methods must be a non-empty list of distinct names; got {names}")
     train_raw = dict(raw.get("train") or {})
-    known = {f.name for f in fields(TrainSettings)}
-    if set(train_raw) - known:
-        raise ConfigError(
-            f"unknown train keys {sorted(set(train_raw) - known)}; known {sorted(known)}"
-        )
+    check_known_keys("train", train_raw, (f.name for f in fields(TrainSettings)))
     train = TrainSettings(**train_raw)
     if train.steps < 1 or train.batch_size < 1 or train.lr <= 0:
         raise ConfigError(f"train needs steps >= 1, batch_size >= 1, lr > 0; got {train}")
@@ -165,10 +180,7 @@ def parse_config(raw: dict[str, Any]) -> CompareConfig:
     if not seeds or workers < 1:
         raise ConfigError(f"need at least one seed and workers >= 1; got {seeds}, {workers}")
     ev = dict(raw.get("eval") or {})
-    if set(ev) - _EVAL_KEYS:
-        raise ConfigError(
-            f"unknown eval keys {sorted(set(ev) - _EVAL_KEYS)}; known {sorted(_EVAL_KEYS)}"
-        )
+    check_known_keys("eval", ev, _EVAL_KEYS)
     every, n_eval = int(ev.get("every", 0)), ev.get("num_prompts")
     if every < 0 or (n_eval is not None and int(n_eval) < 1):
         raise ConfigError(f"eval.every={every} must be >= 0 and eval.num_prompts >= 1")

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from onpolicy.errors import ConfigError
+from onpolicy.errors import ConfigError, check_known_keys
 
 _KEYS = {"grid", "steps", "methods"}
 
@@ -38,10 +38,7 @@ def parse_lr_search(raw: dict[str, Any] | None, method_names: Sequence[str]) -> 
     if not raw:
         return None
     raw = dict(raw)
-    if set(raw) - _KEYS:
-        raise ConfigError(
-            f"unknown lr_search keys {sorted(set(raw) - _KEYS)}; known {sorted(_KEYS)}"
-        )
+    check_known_keys("lr_search", raw, _KEYS)
     try:
         grid = tuple(sorted({float(x) for x in raw.get("grid") or ()}))
     except (TypeError, ValueError) as exc:

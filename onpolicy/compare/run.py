@@ -91,10 +91,11 @@ def resolve_models(cfg: CompareConfig, log: Callable[[str], None] = print) -> Mo
 
         digits = cfg.task.get("digits", 3)
         cut = spec.pop("cut_layers", None), bool(spec.pop("cut_fresh", False))
+        bpe_teacher = spec.pop("teacher_tokenizer", "char") == "bpe"
         for key in ("teacher", "student"):  # YAML gives {layers, heads, ffn}
             if isinstance(spec.get(key), dict):
                 spec[key] = ModelSpec(**spec[key])
-        kinds = {m.student for m in cfg.methods}
+        kinds = {m.student for m in cfg.methods} | ({"cross"} if bpe_teacher else set())
         which = (
             "teacher",
             *(
@@ -115,6 +116,14 @@ def resolve_models(cfg: CompareConfig, log: Callable[[str], None] = print) -> Mo
             from onpolicy.tasks.cut_students import cut_student_dir
 
             student_dir = cut_student_dir(models.teacher_dir, cut[0], fresh=cut[1], log=log)
+        if bpe_teacher:  # the same-tokenizer reference of the cross pair (tasks/bpe_teacher.py)
+            from onpolicy.tasks.bpe_teacher import bpe_teacher_dir
+
+            teacher = bpe_teacher_dir(
+                ArithmeticModelsConfig(digits=digits, **spec), models.cross_student_dir, log=log
+            )
+            log(f"[compare] teacher: the BPE teacher at {teacher}; student: the BPE student")
+            return ModelDirs(str(teacher), str(models.cross_student_dir), None)
         return ModelDirs(str(models.teacher_dir), str(student_dir), str(models.cross_student_dir))
     if kind == "long_arithmetic":
         from onpolicy.tasks.long_models import LongModelsConfig, long_models, teacher_spec

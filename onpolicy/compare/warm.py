@@ -51,7 +51,7 @@ from typing import Any
 from onpolicy.compare.accounting import Flops
 from onpolicy.compare.curves import CurvePoint, plateau_step
 from onpolicy.compare.methods import MethodSpec, method_spec
-from onpolicy.errors import ConfigError
+from onpolicy.errors import ConfigError, check_known_keys
 from onpolicy.types import Prompt
 
 PLATEAU = "plateau"
@@ -102,10 +102,7 @@ def parse_warm(raw: dict[str, Any] | None) -> WarmSpec | None:
     if not raw:
         return None
     raw = dict(raw)
-    if set(raw) - _KEYS:
-        raise ConfigError(
-            f"unknown warm_start keys {sorted(set(raw) - _KEYS)}; known {sorted(_KEYS)}"
-        )
+    check_known_keys("warm_start", raw, _KEYS)
     if "method" not in raw or "steps" not in raw:
         raise ConfigError("warm_start needs a method (e.g. sft) and steps (e.g. 800)")
     method = method_spec(raw["method"])

@@ -26,16 +26,29 @@ class HiddenPlan:
         pairs: ``(student, teacher)`` hidden-state indices.
         student_dim, teacher_dim: the two hidden widths.
         num_maps: linear maps to train (one per pair), 0 for none (equal widths).
+        cross: the tokenizers differ: states are compared at aligned span ends
+            (``onpolicy.hidden.cross``), else at every completion position.
     """
 
     pairs: LayerPairs
     student_dim: int
     teacher_dim: int
     num_maps: int
+    cross: bool = False
 
 
 def enabled(config: Config) -> bool:
     return config.hidden.weight > 0
+
+
+def cross_objective(config: Config) -> bool:
+    """Whether the configured objective is a cross-tokenizer one (``gold``, ``uld``,
+    ``next_byte``: an ``AnchoredCrossObjective``)."""
+    from onpolicy.objectives.base import OBJECTIVES
+    from onpolicy.objectives.cross import AnchoredCrossObjective
+
+    factory = OBJECTIVES.get(config.objective.name)
+    return isinstance(factory, type) and issubclass(factory, AnchoredCrossObjective)
 
 
 def check_hidden_config(config: Config) -> None:
@@ -45,20 +58,12 @@ def check_hidden_config(config: Config) -> None:
         raise ConfigError(f"hidden.weight={h.weight} must be >= 0 (0 turns the term off)")
     if not enabled(config):
         return
-    from onpolicy.objectives.base import OBJECTIVES
-    from onpolicy.objectives.cross import AnchoredCrossObjective
-
-    factory = OBJECTIVES.get(config.objective.name)
-    if isinstance(factory, type) and issubclass(factory, AnchoredCrossObjective):
+    if cross_objective(config) and config.teacher.mode in ("same", "self"):
         raise ConfigError(
-            f"hidden-state distillation needs the same tokenizer, but objective "
-            f"{config.objective.name!r} is cross-tokenizer; use a same-tokenizer objective "
-            "(reverse_kl, gkd, supervised_kd, sft, policy_gradient) or set hidden.weight=0"
-        )
-    if config.teacher.mode == "cross":
-        raise ConfigError(
-            "hidden-state distillation needs the same tokenizer, but teacher.mode=cross; set "
-            "teacher.mode=same (or auto with a same-tokenizer teacher) or hidden.weight=0"
+            f"hidden-state distillation with the cross-tokenizer objective "
+            f"{config.objective.name!r} compares states at aligned span ends and needs a "
+            f"cross-tokenizer teacher, but teacher.mode={config.teacher.mode}; set teacher.mode="
+            "cross (or auto)"
         )
     if config.teachers:
         raise ConfigError(
@@ -83,15 +88,16 @@ def check_hidden_config(config: Config) -> None:
 
 def hidden_plan(config: Config) -> HiddenPlan:
     """The layer pairs and projection shape, from the models' ``config.json`` (checked against
-    the depths); the tokenizers are compared too (a different one is a one-line error here,
-    before any weights load). Call when ``enabled(config)``."""
+    the depths); the tokenizers are compared too (``_is_cross``: which variant runs, and a
+    one-line error for a mismatch, before any weights load). Call when ``enabled(config)``."""
     from onpolicy.models import resolve_model_path
 
     student_dir = resolve_model_path(config.student.path)
     teacher_dir = student_dir if config.teacher.mode == "self" else None
+    cross = False
     if teacher_dir is None:
         teacher_dir = resolve_model_path(config.teacher.path or "")
-        _check_same_tokenizer(config, student_dir, teacher_dir)
+        cross = _is_cross(config, student_dir, teacher_dir)
     s_layers, s_dim = model_shape(_config_json(student_dir, config.student.gguf_file))
     t_layers, t_dim = model_shape(_config_json(teacher_dir, config.teacher.gguf_file))
     pairs = layer_map(config.hidden.layer_map, s_layers, t_layers)
@@ -102,7 +108,7 @@ def hidden_plan(config: Config) -> HiddenPlan:
             f"teacher's {t_dim}; use projection: auto or linear"
         )
     linear = mode == "linear" or (mode == "auto" and s_dim != t_dim)
-    return HiddenPlan(pairs, s_dim, t_dim, len(pairs) if linear else 0)
+    return HiddenPlan(pairs, s_dim, t_dim, len(pairs) if linear else 0, cross)
 
 
 def make_projection(plan: HiddenPlan, config: Config) -> HiddenProjection:
@@ -114,11 +120,14 @@ def make_projection(plan: HiddenPlan, config: Config) -> HiddenProjection:
 
 
 def wrap_objective(objective: Any, plan: HiddenPlan, config: Config, projection: Any) -> Any:
-    """``objective`` with the hidden term (``WithHidden``)."""
+    """``objective`` with the hidden term (``WithHidden``; ``WithCrossHidden`` across
+    tokenizers)."""
+    from onpolicy.hidden.cross import WithCrossHidden
     from onpolicy.hidden.objective import WithHidden
 
     h = config.hidden
-    return WithHidden(objective, plan.pairs, h.weight, h.loss, projection)
+    wrapper = WithCrossHidden if plan.cross else WithHidden
+    return wrapper(objective, plan.pairs, h.weight, h.loss, projection)
 
 
 def _config_json(folder: str, gguf_file: str | None) -> dict[str, Any]:
@@ -131,16 +140,35 @@ def _config_json(folder: str, gguf_file: str | None) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def _check_same_tokenizer(config: Config, student_dir: str, teacher_dir: str) -> None:
+def _is_cross(config: Config, student_dir: str, teacher_dir: str) -> bool:
+    """Whether the hidden term runs across tokenizers (states at aligned span ends): the teacher
+    scores in cross mode (``teacher.mode: cross``, or ``auto`` with a tokenizer that differs).
+    A ``same`` teacher with another tokenizer, or a cross objective with the same tokenizer under
+    ``auto``, is a one-line error here, before any weights load."""
     from alignment import same_tokenizer
     from onpolicy.models import load_tokenizer
 
     student = load_tokenizer(student_dir, config.student.gguf_file)
     teacher = load_tokenizer(teacher_dir, config.teacher.gguf_file)
-    if not same_tokenizer(student, teacher):
+    same = same_tokenizer(student, teacher)
+    mode = config.teacher.mode
+    if mode == "same" and not same:
         raise ConfigError(
-            f"hidden-state distillation needs the same tokenizer, but the teacher "
-            f"{config.teacher.path!r} tokenizes differently from the student "
-            f"{config.student.path!r}; set hidden.weight=0 (cross-tokenizer hidden states are "
-            "not supported)"
+            f"hidden-state distillation with teacher.mode=same needs the same tokenizer, but the "
+            f"teacher {config.teacher.path!r} tokenizes differently from the student "
+            f"{config.student.path!r}; set teacher.mode=cross (states compared at aligned span "
+            "ends) or hidden.weight=0"
         )
+    cross = mode == "cross" or (mode == "auto" and not same)
+    if not cross and cross_objective(config):
+        raise ConfigError(
+            f"objective {config.objective.name!r} is cross-tokenizer but the teacher shares the "
+            "student's tokenizer; set teacher.mode=cross or use a same-tokenizer objective"
+        )
+    if cross and not cross_objective(config) and config.objective.name != "sft":
+        raise ConfigError(
+            f"cross-tokenizer hidden-state distillation runs with gold, uld, next_byte (on the "
+            f"student's samples) or sft (on the teacher's), not {config.objective.name!r}; "
+            "change the objective or set hidden.weight=0"
+        )
+    return cross

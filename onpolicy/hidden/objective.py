@@ -91,8 +91,18 @@ class WithHidden:
                 f"states {teacher_L_N_D.shape[1]}"
             )
         distance_sum = hidden_term(student_L_N_D, teacher_L_N_D, self.projection, self.kind)
-        metrics = {**out.metrics, "hidden/distance_sum": float(distance_sum.detach())}
+        metrics = {**out.metrics, "hidden/distance_sum": float(distance_sum.detach()),
+                   **projection_flops(self.projection, student_L_N_D.shape[1])}  # fmt: skip
         return LossOutput(out.loss_sum + self.weight * distance_sum, out.num_tokens, metrics)
+
+
+def projection_flops(projection: torch.nn.Module, positions: int) -> dict[str, float]:
+    """``{PROJECTION_FLOPS: 6 P * positions}`` (forward and backward of the ``P`` projection
+    parameters at each compared position; the trainer adds it to the run's FLOPs)."""
+    from onpolicy.trainer.step_metrics import PROJECTION_FLOPS
+
+    params = sum(p.numel() for p in projection.parameters())
+    return {PROJECTION_FLOPS: 6.0 * params * positions}
 
 
 def _teacher_layers(scores: TeacherScores | None, name: str) -> torch.Tensor:

@@ -60,7 +60,11 @@ TeacherOutput = Literal["logits", "hidden", "token"]
 """What an objective needs from a same-tokenizer teacher: its logits at the completion positions,
 or its final hidden states + LM head (a chunked divergence projects them a block at a time, and
 the teacher then skips its own full LM-head pass), or only the log-probability of each completion
-token (``token``: the sampled-token objective; a served teacher then asks for no top-k)."""
+token (``token``: the sampled-token objective; a served teacher then asks for no top-k).
+The ``TeacherScores`` variant each gets (``onpolicy.teacher.types``): ``logits`` -> ``DenseScores``
+(``TopKScores`` from a top-k teacher), ``hidden`` -> ``HiddenScores``, ``token`` -> any
+same-tokenizer variant (``TokenScores`` from a served teacher); ``CrossScores`` whenever the
+tokenizers differ."""
 
 
 @runtime_checkable

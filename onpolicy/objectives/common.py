@@ -8,7 +8,7 @@ import torch
 
 from onpolicy.errors import ConfigError
 from onpolicy.forward import CompletionForward, forward_completions
-from onpolicy.teacher.types import TeacherScores
+from onpolicy.teacher.types import CrossScores, TeacherScores
 from onpolicy.types import Rollout
 
 PAD_ID = 0  # any id works: padded positions are masked out of attention and never counted
@@ -47,9 +47,9 @@ def require_same(scores: TeacherScores | None, objective: str) -> TeacherScores:
     return scores
 
 
-def require_cross(scores: TeacherScores | None, objective: str) -> TeacherScores:
+def require_cross(scores: TeacherScores | None, objective: str) -> CrossScores:
     """The teacher scores of a cross-tokenizer objective (from a teacher in ``cross`` mode)."""
-    if scores is None or scores.mode != "cross" or scores.cross is None:
+    if not isinstance(scores, CrossScores):
         raise ConfigError(
             f"objective {objective!r} needs cross-tokenizer teacher scores; set teacher.mode=cross "
             "(or auto with a teacher whose tokenizer differs)"

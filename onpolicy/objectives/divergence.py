@@ -14,7 +14,7 @@ from onpolicy.errors import ConfigError
 from onpolicy.losses import LMHead, chunked_divergence, generalized_jsd, sparse_divergence
 from onpolicy.objectives.base import LossOutput
 from onpolicy.objectives.common import require_same, student_forward
-from onpolicy.teacher.types import TeacherScores
+from onpolicy.teacher.types import DenseScores, HiddenScores, TeacherScores, TopKScores
 from onpolicy.types import Rollout
 
 
@@ -29,18 +29,19 @@ def divergence_loss(
 ) -> LossOutput:
     """Generalized JSD summed over the rollout's completion tokens (a ``LossOutput``).
 
-    ``chunked``: the student's and teacher's hidden states go through their LM heads a block of
-    positions at a time (``onpolicy.losses.chunked``); needs a teacher that returned hidden states.
+    One path per teacher variant: ``TopKScores`` -> the sparse divergence (support + tail);
+    ``chunked``: ``HiddenScores``, the student's and teacher's hidden states through their LM heads
+    a block of positions at a time (``onpolicy.losses.chunked``); else ``DenseScores``.
     """
     scores = require_same(scores, name)
-    if getattr(scores, "topk_ids_N_K", None) is not None:
+    if isinstance(scores, TopKScores):
         return _sparse_loss(student, rollout, scores, beta, temperature, name)
+    if chunked and not isinstance(scores, HiddenScores):
+        raise ValueError(f"objective {name!r} with chunked=True needs LocalTeacher(hidden=True)")
+    if not chunked and not isinstance(scores, DenseScores):
+        raise ValueError(f"objective {name!r} needs teacher logits; use LocalTeacher(hidden=False)")
     fwd = student_forward(student, rollout, scores.vocab_size, hidden=chunked)
-    if chunked:
-        if scores.hidden_N_D is None or scores.lm_head is None:
-            raise ValueError(
-                f"objective {name!r} with chunked=True needs LocalTeacher(hidden=True)"
-            )
+    if isinstance(scores, HiddenScores):
         device = fwd.hidden_N_D.device
         teacher_head = LMHead(
             scores.lm_head.weight.to(device),
@@ -52,10 +53,6 @@ def divergence_loss(
             divergence="generalized_jsd", coef=beta, temperature=temperature, reduction="sum",
         )  # fmt: skip
     else:
-        if scores.logits_N_V is None:
-            raise ValueError(
-                f"objective {name!r} needs teacher logits; use LocalTeacher(hidden=False)"
-            )
         teacher = scores.logits_N_V.to(fwd.logits_N_V.device)
         loss_sum = generalized_jsd(
             fwd.logits_N_V, teacher, beta=beta, temperature=temperature, reduction="sum"
@@ -67,7 +64,12 @@ def divergence_loss(
 
 
 def _sparse_loss(
-    student: torch.nn.Module, rollout: Rollout, scores, beta: float, temperature: float, name: str
+    student: torch.nn.Module,
+    rollout: Rollout,
+    scores: TopKScores,
+    beta: float,
+    temperature: float,
+    name: str,
 ) -> LossOutput:
     """Generalized JSD against a top-k teacher (support + one tail bucket), summed."""
     if temperature != 1.0:
@@ -75,7 +77,7 @@ def _sparse_loss(
             f"objective {name!r}: temperature={temperature} needs the teacher's full logits; a "
             "top-k teacher's log-probs are at temperature 1 (set temperature: 1.0 or top_k: 0)"
         )
-    fwd = student_forward(student, rollout, getattr(scores, "vocab_size", None))
+    fwd = student_forward(student, rollout, scores.vocab_size)
     device = fwd.logits_N_V.device
     loss_sum = sparse_divergence(
         fwd.logits_N_V, scores.topk_ids_N_K.to(device), scores.topk_logprobs_N_K.to(device),

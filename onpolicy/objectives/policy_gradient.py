@@ -21,7 +21,7 @@ import torch
 from onpolicy.losses import policy_gradient_loss, token_logprobs
 from onpolicy.objectives.base import BatchSource, LossOutput, TeacherOutput, register_objective
 from onpolicy.objectives.common import require_same, student_forward
-from onpolicy.teacher.types import TeacherScores
+from onpolicy.teacher.types import CrossScores, TeacherScores
 from onpolicy.types import Rollout
 
 RewardFn = Callable[[Rollout], Sequence[float]]
@@ -90,7 +90,7 @@ class PolicyGradient:
         completion token (with grad) and its advantage (no grad): ``kl_coef * (teacher lp -
         student lp)`` plus its row's reward, whitened when ``advantage_norm == "batch"``. A
         ``TaskReward`` also logs its raw rewards (``task_reward_sum`` over ``task_rows_sum``)."""
-        if teacher_scores is not None and teacher_scores.mode == "cross":
+        if isinstance(teacher_scores, CrossScores):
             from onpolicy.objectives.cross import span_advantages_and_logprobs
 
             student_lp_N, advantage_N, targets = span_advantages_and_logprobs(
@@ -98,9 +98,9 @@ class PolicyGradient:
             )
         else:
             scores = require_same(teacher_scores, self.name)
-            fwd = student_forward(student, rollout, getattr(scores, "vocab_size", None))
+            fwd = student_forward(student, rollout, scores.vocab_size)
             student_lp_N = token_logprobs(fwd.logits_N_V, fwd.targets_N)
-            teacher_lp_N = scores.token_logprobs_N.to(student_lp_N.device)
+            teacher_lp_N = scores.token_logprobs(fwd.targets_N).to(student_lp_N.device)
             advantage_N = (teacher_lp_N - student_lp_N).detach()
             targets = fwd.targets_N
         rewards_N, metrics = self._rewards(rollout, student_lp_N)

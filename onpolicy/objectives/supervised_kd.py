@@ -27,10 +27,10 @@ import torch
 
 from onpolicy.errors import ConfigError
 from onpolicy.losses import generalized_jsd
-from onpolicy.objectives.base import BatchSource, LossOutput, register_objective
+from onpolicy.objectives.base import BatchSource, LossOutput, TeacherOutput, register_objective
 from onpolicy.objectives.common import check_temperature, check_unit, require_same, student_forward
 from onpolicy.objectives.divergence import divergence_loss
-from onpolicy.teacher.types import TeacherScores
+from onpolicy.teacher.types import DenseScores, TeacherScores
 from onpolicy.types import Rollout
 
 
@@ -99,6 +99,10 @@ class SupervisedKD:
     def batch_source(self, step: int) -> BatchSource:
         return self.source
 
+    def teacher_output(self) -> TeacherOutput:
+        """``hidden`` with ``chunked`` (the chunked divergence), else ``logits``."""
+        return "hidden" if self.chunked else "logits"
+
     def loss(self, student, rollout: Rollout, teacher_scores: TeacherScores | None) -> LossOutput:
         t2 = self.temperature**2
         if self.alpha == 0.0:  # pure KD: the shared divergence path (dense, chunked or top-k)
@@ -109,7 +113,7 @@ class SupervisedKD:
             soft = out.metrics["divergence_sum"]
             return LossOutput(out.loss_sum * t2, out.num_tokens, {"divergence_sum": soft})
         scores = require_same(teacher_scores, self.name)
-        if scores.logits_N_V is None:
+        if not isinstance(scores, DenseScores):
             raise ConfigError(
                 f"supervised_kd alpha={self.alpha} needs the teacher's full logits; use a teacher "
                 "with top_k: 0 and hidden: false (or alpha: 0)"

@@ -1,7 +1,7 @@
 """``CachedTeacher``: a teacher that answers from a score folder (``onpolicy score``), so supervised
 KD and GKD's off-policy share train with no teacher model in memory (``teacher.scores``).
 
-A rollout whose rows are all in the cache gets sparse ``TeacherScores`` (top-k ids, log-probs, tail
+A rollout whose rows are all in the cache gets sparse ``TopKScores`` (top-k ids, log-probs, tail
 mass, the completion tokens' log-probs), float32 on the CPU. Any other rollout (GKD's on-policy
 share, the student's own samples) goes to the live teacher when one is loaded (``live``), else it is
 a one-line ``DataError``: scores are never made up.
@@ -17,7 +17,7 @@ import torch
 
 from onpolicy.errors import ConfigError, DataError, TokenizerMismatchError
 from onpolicy.scores.store import ScoreReader, row_key
-from onpolicy.teacher.types import TeacherScores
+from onpolicy.teacher.types import TopKScores
 from onpolicy.types import Rollout
 
 
@@ -36,7 +36,7 @@ class CachedTeacher:
         pairs = zip(rollout.prompt_ids_B, rollout.completion_ids_B, strict=True)
         return [row_key(m, p, c) for p, c in pairs]
 
-    def score(self, rollout: Rollout) -> TeacherScores:
+    def score(self, rollout: Rollout) -> TopKScores:
         """The cached scores of ``rollout`` (all rows cached), else the live teacher's."""
         start = time.perf_counter()
         keys = self.keys(rollout)
@@ -51,8 +51,7 @@ class CachedTeacher:
                 "teacher.path for a live teacher"
             )
         rows = [self.reader.get(k) for k in keys]
-        scores = TeacherScores(
-            mode="same",
+        scores = TopKScores(
             vocab_size=self.vocab_size,
             num_tokens_B=[len(r.tail_T) for r in rows],
             token_logprobs_N=torch.cat([r.token_logprob_T for r in rows]),

@@ -21,15 +21,13 @@ invalidates the folder: its shards are deleted and everything is scored again.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
-import sys
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from onpolicy.errors import ConfigError, OnpolicyError, TokenizerMismatchError
+from onpolicy.errors import ConfigError, TokenizerMismatchError
+from onpolicy.jobs import check_job, run_job, teacher_parser
 from onpolicy.scores.store import (
     VALUE_DTYPES,
     Manifest,
@@ -82,17 +80,11 @@ def check_spec(spec: ScoreSpec) -> None:
     """One-line ``ConfigError`` for a bad flag or file, before any model loads."""
     from onpolicy.models import check_model_path
 
-    check_model_path("--teacher", spec.teacher)
+    counts = {"--top-k": spec.top_k, "--batch-size": spec.batch_size,
+              "--rows-per-shard": spec.rows_per_shard}  # fmt: skip
+    check_job(spec.teacher, ("--data", spec.data), spec.out, counts)
     if spec.student is not None:
         check_model_path("--student", spec.student)
-    if not Path(spec.data).exists():
-        raise ConfigError(f"--data {spec.data!r} does not exist; give a JSONL/parquet file")
-    if not Path(spec.out).parent.is_dir():
-        raise ConfigError(f"--out {spec.out!r}: its parent folder does not exist")
-    for key, value in (("--top-k", spec.top_k), ("--batch-size", spec.batch_size),
-                       ("--rows-per-shard", spec.rows_per_shard)):  # fmt: skip
-        if value < 1:
-            raise ConfigError(f"{key}={value} must be >= 1")
     if spec.dtype not in VALUE_DTYPES:
         raise ConfigError(f"--dtype={spec.dtype!r}; use one of {sorted(VALUE_DTYPES)}")
     from onpolicy.scores.scorers import check_backend
@@ -215,7 +207,7 @@ def _score_shards(
         rows: list[RowScores] = []
         for i in range(0, len(shard), spec.batch_size):
             batch = [b for _, b in shard[i : i + spec.batch_size]]
-            rows += _score_batch(teacher, select_rows(rollout, batch))
+            rows += _score_batch(teacher, rollout.select(batch))
         write_shard(Path(spec.out), index, [k for k, _ in shard], rows, manifest.dtype)
         index += 1
         summary.rows_scored += len(shard)
@@ -228,11 +220,6 @@ def _score_batch(teacher: Any, rollout: Rollout) -> list[RowScores]:
     parts = (sc.topk_ids_N_K, sc.topk_logprobs_N_K, sc.tail_logprob_N, sc.token_logprobs_N)
     split = [t.cpu().split(n) for t in parts]  # per row: [T, K], [T, K], [T], [T]
     return [RowScores(*row) for row in zip(*split, strict=True)]
-
-
-def select_rows(rollout: Rollout, rows: Sequence[int]) -> Rollout:
-    """``rollout.select(rows)`` (``onpolicy.types.Rollout.select``)."""
-    return rollout.select(rows)
 
 
 def _stored(out: Path) -> tuple[int, int]:
@@ -249,23 +236,19 @@ def _stored(out: Path) -> tuple[int, int]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="onpolicy score", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="then: onpolicy train --config configs/kd_cached_scores.yaml "
-        "(teacher.scores: the --out folder)",
+    p = teacher_parser(
+        "onpolicy score", __doc__,
+        "then: onpolicy train --config configs/kd_cached_scores.yaml (teacher.scores: the --out "
+        "folder)",
     )  # fmt: skip
-    p.add_argument("--teacher", required=True, help="model folder, .gguf folder or tiny:<size>")
     p.add_argument("--data", required=True, help="JSONL/parquet rows with a completion")
     p.add_argument("--out", required=True, help="score folder (created; reused as a cache)")
     p.add_argument("--top-k", type=int, default=64, help="teacher log-probs kept per token")
     p.add_argument("--student", default=None, help="the student (its tokenizer and template)")
-    p.add_argument("--chat", action="store_true", help="plain `prompt` rows are user messages")
     p.add_argument("--batch-size", type=int, default=16, help="rows per teacher forward")
     p.add_argument("--rows-per-shard", type=int, default=256)
     p.add_argument("--dtype", default="float16", choices=sorted(VALUE_DTYPES), help="log-probs")
     p.add_argument("--teacher-dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--gguf-file", default=None, help="the .gguf file inside --teacher's folder")
     p.add_argument(
         "--backend",
         default="local",
@@ -286,11 +269,4 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """``onpolicy score``: prints a JSON summary; a bad input is one line and exit status 2."""
     args = _parser().parse_args(argv)
-    spec = ScoreSpec(**{**vars(args), "vllm": tuple(args.vllm)})
-    try:
-        summary = score_dataset(spec)
-    except OnpolicyError as exc:
-        print(f"onpolicy: error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps({**asdict(summary), "out": spec.out}, indent=2))
-    return 0
+    return run_job(score_dataset, ScoreSpec(**{**vars(args), "vllm": tuple(args.vllm)}))

@@ -18,12 +18,12 @@ from onpolicy.chat import render_prompt, stop_token_ids
 from onpolicy.errors import DataError
 from onpolicy.forward import spare_row_empty
 from onpolicy.losses import token_logprobs_chunked
-from onpolicy.teacher.types import CrossScorer, CrossTeacherScores, TeacherScores
+from onpolicy.teacher.types import CrossScorer, CrossScores, CrossTeacherScores
 from onpolicy.types import PaddedBatch, Rollout
 
 
-def score_cross(teacher: CrossScorer, rollout: Rollout) -> TeacherScores:
-    """``TeacherScores(mode="cross")`` for ``rollout`` (see the module docstring)."""
+def score_cross(teacher: CrossScorer, rollout: Rollout) -> CrossScores:
+    """``CrossScores`` for ``rollout`` (see the module docstring)."""
     if not rollout.prompts:
         raise DataError(
             "cross-tokenizer scoring needs the rollout's prompts (to render them with the "
@@ -61,8 +61,7 @@ def score_cross(teacher: CrossScorer, rollout: Rollout) -> TeacherScores:
         student_tokenizer=s_tok,
         teacher_tokenizer=t_tok,
     )
-    return TeacherScores(
-        mode="cross",
+    return CrossScores(
         vocab_size=teacher.vocab_size,
         num_tokens_B=[len(c) for c in rollout.completion_ids_B],
         cross=cross,

@@ -15,13 +15,13 @@ import torch
 
 from alignment import same_tokenizer
 from onpolicy.errors import ConfigError, TokenizerMismatchError
-from onpolicy.forward import completion_positions, forward_completions, head_logits
+from onpolicy.forward import completion_positions, forward_completions
 from onpolicy.hidden.layers import capture_hidden_states, pack_layers
-from onpolicy.losses import LMHead, token_logprobs
+from onpolicy.losses import token_logprobs
 from onpolicy.models import adapters_disabled
 from onpolicy.teacher.cross import matched_vocab_pairs, score_cross
-from onpolicy.teacher.types import TeacherScores
-from onpolicy.types import Rollout
+from onpolicy.teacher.types import DenseScores, HiddenScores, TeacherScores, TopKScores
+from onpolicy.types import PaddedBatch, Rollout
 
 TeacherModeArg = Literal["same", "cross", "auto", "self"]
 # same_tokenizer: tokenizer identity by content (alignment.tokens.vocab_map)
@@ -48,7 +48,8 @@ class LocalTeacher:
             does again: set False when the objective only needs the distribution (``reverse_kl``
             / ``gkd`` with ``chunked=True``); ``token_logprobs_N`` is then None.
         hidden_layers: indices of transformers' ``hidden_states`` (0 = embeddings) returned as
-            ``TeacherScores.layer_hidden_L_N_D`` (hidden-state distillation; same tokenizer).
+            ``TeacherScores.layer_hidden_L_N_D`` (same tokenizer), or at the teacher's own
+            completion tokens as ``CrossTeacherScores.layer_hidden_L_Nt_D`` (cross tokenizer).
     """
 
     def __init__(
@@ -82,11 +83,6 @@ class LocalTeacher:
         self.top_k = top_k
         self.token_logprobs = token_logprobs
         self.hidden_layers = tuple(hidden_layers)
-        if self.hidden_layers and self.mode != "same":
-            raise ConfigError(
-                "hidden-state distillation needs the same tokenizer, but the teacher's differs "
-                "from the student's; set hidden.weight=0 (or use a same-tokenizer teacher)"
-            )
         self.vocab_size = len(tokenizer)
         if mode != "self":
             model.requires_grad_(False)
@@ -101,7 +97,7 @@ class LocalTeacher:
     def score(self, rollout: Rollout) -> TeacherScores:
         """The teacher's ``TeacherScores`` for ``rollout`` (no gradients)."""
         start = time.perf_counter()
-        scores = score_cross(self, rollout) if self.mode == "cross" else self._score_same(rollout)
+        scores = self._score_cross(rollout) if self.mode == "cross" else self._score_same(rollout)
         scores.metrics["teacher/seconds"] = time.perf_counter() - start
         return scores
 
@@ -112,28 +108,40 @@ class LocalTeacher:
         adapters = adapters_disabled(self.model) if self.adapters_off else _null()
         with self._eval_mode(), adapters, capture as captured:
             fwd = forward_completions(self.model, batch, self.vocab_size, hidden=self.hidden)
-        logprobs_N = None
-        if fwd.logits_N_V is not None:
-            logprobs_N = token_logprobs(fwd.logits_N_V, fwd.targets_N)
-        elif self.token_logprobs:  # a slice of positions at a time: [N, V] never exists at once
-            logprobs_N = _chunked_token_logprobs(fwd.hidden_N_D, fwd.lm_head, fwd.targets_N)
-        scores = TeacherScores(
-            mode="same",
-            vocab_size=self.vocab_size,
-            num_tokens_B=fwd.num_tokens_B,
-            token_logprobs_N=logprobs_N,
-            logits_N_V=fwd.logits_N_V,
-            hidden_N_D=fwd.hidden_N_D,
-            lm_head=fwd.lm_head,
-        )
+        layers = None
         if self.hidden_layers:  # the same positions as the logits (the completion mask)
             mask_B_T, _ = completion_positions(batch)
-            scores.layer_hidden_L_N_D = pack_layers(captured.only(), self.hidden_layers, mask_B_T)
+            layers = pack_layers(captured.only(), self.hidden_layers, mask_B_T)
+        common = {"vocab_size": self.vocab_size, "num_tokens_B": fwd.num_tokens_B,
+                  "layer_hidden_L_N_D": layers}  # fmt: skip
+        if fwd.logits_N_V is None:  # hidden states + head (the chunked divergence)
+            scores = HiddenScores(hidden_N_D=fwd.hidden_N_D, lm_head=fwd.lm_head, **common)
+            if self.token_logprobs:  # a slice of positions at a time: [N, V] never exists at once
+                scores.token_logprobs_N = scores.token_logprobs(fwd.targets_N)
+            return scores
+        logprobs_N = token_logprobs(fwd.logits_N_V, fwd.targets_N)
         if self.top_k:
-            scores.topk_logprobs_N_K, scores.topk_ids_N_K, scores.tail_logprob_N = _sparse(
-                fwd.logits_N_V, min(self.top_k, self.vocab_size)
-            )
-            scores.logits_N_V = None
+            top_lp, top_ids, tail = _sparse(fwd.logits_N_V, min(self.top_k, self.vocab_size))
+            return TopKScores(
+                topk_ids_N_K=top_ids, topk_logprobs_N_K=top_lp, tail_logprob_N=tail,
+                token_logprobs_N=logprobs_N, **common,
+            )  # fmt: skip
+        return DenseScores(logits_N_V=fwd.logits_N_V, token_logprobs_N=logprobs_N, **common)
+
+    def _score_cross(self, rollout: Rollout) -> TeacherScores:
+        """``score_cross``; with ``hidden_layers``, the teacher's states at its completion tokens
+        (``CrossTeacherScores.layer_hidden_L_Nt_D``) from the same forward."""
+        if not self.hidden_layers:
+            return score_cross(self, rollout)
+        with capture_hidden_states(self.model) as captured:
+            scores = score_cross(self, rollout)
+        cross = scores.cross
+        batch = PaddedBatch.from_ragged(
+            cross.prompt_ids_B, cross.completion_ids_B, self.tokenizer.pad_token_id
+        )  # the batch score_cross ran (the same rows, the same padding)
+        cross.layer_hidden_L_Nt_D = pack_layers(
+            captured.only(), self.hidden_layers, batch.completion_mask_B_T
+        )
         return scores
 
     def _eval_mode(self):
@@ -174,17 +182,6 @@ def _sparse(logits_N_V: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
     logprobs = torch.log_softmax(logits_N_V.float(), dim=-1)
     top_lp, top_ids = logprobs.topk(k, dim=-1)
     return top_lp, top_ids, teacher_tail_logprob(top_lp)
-
-
-def _chunked_token_logprobs(
-    hidden_N_D: torch.Tensor, head: LMHead, targets_N: torch.Tensor, block: int = 512
-) -> torch.Tensor:
-    """``token_logprobs`` of ``head_logits(hidden, head)``, ``block`` positions at a time."""
-    out = [
-        token_logprobs(head_logits(h, head), t)
-        for h, t in zip(hidden_N_D.split(block), targets_N.split(block), strict=True)
-    ]
-    return torch.cat(out) if out else torch.zeros(0, device=targets_N.device)
 
 
 def _name(tokenizer: Any) -> str:

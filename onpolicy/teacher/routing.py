@@ -58,11 +58,6 @@ def route_rows(teacher_B: Sequence[str | None], weights: dict[str, float]) -> li
     return parts
 
 
-def select_rows(rollout: Rollout, rows: Sequence[int]) -> Rollout:
-    """``rollout.select(rows)`` (``onpolicy.types.Rollout.select``)."""
-    return rollout.select(rows)
-
-
 @dataclass
 class Scored:
     """One part's rows and its teacher's scores (for the trainer's tallies)."""
@@ -115,7 +110,7 @@ def score_and_loss(
     if not parts:  # no rows: the first teacher's (empty) loss
         return score_and_loss(teacher.first, objective, student, rollout)
     for part in parts:
-        sub = select_rows(rollout, part.rows)
+        sub = rollout.select(part.rows)
         scores = teacher.teachers[part.name].score(sub)
         out = objective.loss(student, sub, scores)
         weighted = out.loss_sum * part.weight

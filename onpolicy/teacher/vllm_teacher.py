@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -28,7 +27,7 @@ from onpolicy.errors import BackendError, ConfigError
 from onpolicy.forward import CompletionForward
 from onpolicy.rollout.http import RetryPolicy, request_json
 from onpolicy.teacher.topk_dense import TailMode
-from onpolicy.teacher.types import TeacherScores
+from onpolicy.teacher.types import TeacherScores, TokenScores, TopKScores
 from onpolicy.types import PaddedBatch, Rollout
 
 DEFAULT_TOP_K = 64
@@ -42,32 +41,6 @@ DEFAULT_TAIL: TailMode = "uniform"
 
 PositionLogprobs = dict[int, tuple[float, int]]
 """One position's prompt logprobs: token id -> (logprob, rank); rank 1 is the most likely."""
-
-
-@dataclass
-class SparseTeacherScores:
-    """Top-k teacher scores at packed completion positions (row-major, ``N = sum(num_tokens_B)``).
-
-    Attributes:
-        prompt_ids_B / completion_ids_B: the token ids the teacher scored (the student's in
-            ``same`` mode; the teacher's own tokenization in ``cross`` mode).
-        topk_ids_N_K: int64 teacher's top-k token ids per completion position, most likely first.
-        topk_logprobs_N_K: float32 their log-probabilities (temperature 1).
-        token_logprobs_N: float32 teacher's log-probability of the completion token itself.
-        tail_logprob_N: float32 ``log(1 - sum_k exp(topk))``, floored at ``log(min_tail_mass)``.
-        num_tokens_B: completion tokens per row.
-        mode: ``same`` or ``cross``.
-    """
-
-    prompt_ids_B: list[list[int]]
-    completion_ids_B: list[list[int]]
-    topk_ids_N_K: torch.Tensor
-    topk_logprobs_N_K: torch.Tensor
-    token_logprobs_N: torch.Tensor
-    tail_logprob_N: torch.Tensor
-    num_tokens_B: list[int]
-    mode: Literal["same", "cross"] = "same"
-    metrics: dict[str, float] = field(default_factory=dict)
 
 
 def sparse_rows(
@@ -197,17 +170,13 @@ class VLLMTeacher:
                     "VLLMTeacher.score needs tokenizer= (the teacher's tokenizer: the vocabulary "
                     "the student's logits are compared on)"
                 )
-            sparse = self.score_ids(rollout.prompt_ids_B, rollout.completion_ids_B)
-            top = self.top_k > 0
-            scores = TeacherScores(
-                mode="same",
-                vocab_size=self.vocab_size,
-                num_tokens_B=sparse.num_tokens_B,
-                token_logprobs_N=sparse.token_logprobs_N,
-                topk_ids_N_K=sparse.topk_ids_N_K if top else None,
-                topk_logprobs_N_K=sparse.topk_logprobs_N_K if top else None,
-                tail_logprob_N=sparse.tail_logprob_N if top else None,
-            )
+            scores = self.score_ids(rollout.prompt_ids_B, rollout.completion_ids_B)
+            if self.top_k == 0:  # only the actual tokens' log-probabilities were asked for
+                scores = TokenScores(
+                    vocab_size=self.vocab_size,
+                    num_tokens_B=scores.num_tokens_B,
+                    token_logprobs_N=scores.token_logprobs_N,
+                )
         scores.metrics["teacher/seconds"] = time.perf_counter() - start
         return scores
 
@@ -243,8 +212,9 @@ class VLLMTeacher:
 
     def score_ids(
         self, prompt_ids_B: Sequence[Sequence[int]], completion_ids_B: Sequence[Sequence[int]]
-    ) -> SparseTeacherScores:
-        """Sparse teacher scores of fixed token ids (one request for the whole batch)."""
+    ) -> TopKScores:
+        """Sparse teacher scores of fixed token ids (one request for the whole batch; the ids are
+        the student's in ``same`` mode, the teacher's own tokenization in ``cross`` mode)."""
         start = time.perf_counter()
         full_B = [list(p) + list(c) for p, c in zip(prompt_ids_B, completion_ids_B, strict=True)]
         positions_B = self._prompt_logprobs(full_B)
@@ -255,15 +225,13 @@ class VLLMTeacher:
             self.top_k,
             self.min_tail_mass,
         )
-        return SparseTeacherScores(
-            [list(p) for p in prompt_ids_B],
-            [list(c) for c in completion_ids_B],
-            topk_ids,
-            topk_lps,
-            token_lps,
-            tail,
-            [len(c) for c in completion_ids_B],
-            mode=self.mode,
+        return TopKScores(
+            vocab_size=self.vocab_size,
+            num_tokens_B=[len(c) for c in completion_ids_B],
+            token_logprobs_N=token_lps,
+            topk_ids_N_K=topk_ids,
+            topk_logprobs_N_K=topk_lps,
+            tail_logprob_N=tail,
             metrics={"teacher/seconds": time.perf_counter() - start},
         )
 

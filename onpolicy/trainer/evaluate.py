@@ -24,6 +24,7 @@ import torch
 
 from onpolicy.forward import forward_completions
 from onpolicy.losses import token_logprobs
+from onpolicy.teacher.types import CrossScores, DenseScores, HiddenScores
 from onpolicy.trainer import diagnostics as diag
 from onpolicy.types import Prompt, Rollout, SamplingParams
 
@@ -142,33 +143,25 @@ def _batch_sums(
     fwd = forward_completions(model, batch, vocab)
     s_logits_N_V = fwd.logits_N_V.float()
     student_lp = token_logprobs(s_logits_N_V, fwd.targets_N).sum()
-    if scores.mode == "same" and scores.logits_N_V is None and scores.hidden_N_D is None:
-        teacher_lp = scores.token_logprobs_N.sum()  # a top-k (vLLM) teacher: no full KL
-    elif scores.mode == "same":
-        t_logits_N_V = _teacher_logits(scores).float()
-        if scores.token_logprobs_N is not None:
-            teacher_lp = scores.token_logprobs_N.sum()
-        else:  # a teacher set up for a chunked objective skips its token log-probs
-            teacher_lp = token_logprobs(t_logits_N_V, fwd.targets_N).sum()
+    if isinstance(scores, CrossScores):
+        teacher_lp = scores.cross.token_logprobs_Nt.sum()
+        if "teacher/coverage" in scores.metrics:  # share of student tokens inside aligned spans
+            out["coverage"] = scores.metrics["teacher/coverage"] * len(rollout)
+    elif isinstance(scores, DenseScores | HiddenScores):  # the full distribution: KL too
+        t_logits_N_V = scores.dense_logits()  # the teacher's one head path (bias, scale, softcap)
+        # a teacher set up for a chunked objective skips its token log-probs: from the logits
+        teacher_lp = scores.token_logprobs(fwd.targets_N).sum()
         out["kl"] = diag.reverse_kl_per_token(s_logits_N_V, t_logits_N_V).sum().item()
         d = diag.distribution_diagnostics(s_logits_N_V, t_logits_N_V)
         n = float(s_logits_N_V.shape[0])
         for key, value in d.items():  # means over positions -> sums, so batches combine exactly
             out[f"pos:{key}"] = value * n
         out["n_positions"] = n
-    else:
-        teacher_lp = scores.cross.token_logprobs_Nt.sum()
-        if "teacher/coverage" in scores.metrics:  # share of student tokens inside aligned spans
-            out["coverage"] = scores.metrics["teacher/coverage"] * len(rollout)
+    else:  # a top-k or token-only (vLLM, cached) teacher: no full KL
+        teacher_lp = scores.token_logprobs().sum()
     out["student_lp"] = student_lp.item()
     out["teacher_lp"] = float(teacher_lp)
     return out
-
-
-def _teacher_logits(scores: Any) -> torch.Tensor:
-    """float32 ``[N, V]`` teacher logits through the teacher's one head path (bias, logit scale,
-    softcap: ``TeacherScores.dense_logits``)."""
-    return scores.dense_logits()
 
 
 def _means(s: dict[str, float]) -> dict[str, float]:

@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -45,6 +45,7 @@ from onpolicy.config import Config
 from onpolicy.errors import TrainingError
 from onpolicy.losses import token_normalized
 from onpolicy.teacher.routing import score_and_loss
+from onpolicy.teacher.types import CrossScores, TeacherScores
 from onpolicy.trainer import checkpoint as ckpt
 from onpolicy.trainer.diagnostics import (
     DIVERGENCE_STEPS,
@@ -203,15 +204,15 @@ def _backward_all(
         for part in scored:
             tally.teacher_nonfinite += teacher_nonfinite(part.scores)
             tally.budget.teacher_tokens += _teacher_positions(part.rollout, part.scores)
-            tally_alignment(tally, part.scores)
+            if isinstance(part.scores, CrossScores):
+                tally_alignment(tally, part.scores.cross.student_span_B)
         tally_components(tally, rollout.metrics, out.metrics, *(p.scores.metrics for p in scored))
     return local, tally
 
 
-def _teacher_positions(rollout: Rollout, scores: Any) -> int:
+def _teacher_positions(rollout: Rollout, scores: TeacherScores) -> int:
     """Positions the teacher's scoring forward processed (its own tokens when they differ)."""
-    cross = getattr(scores, "cross", None)
-    return positions(cross) if cross is not None else positions(rollout)
+    return positions(scores.cross) if isinstance(scores, CrossScores) else positions(rollout)
 
 
 def make_rollout(

@@ -18,10 +18,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+import torch
+
 from onpolicy.trainer.diagnostics import repetition_rate
 from onpolicy.types import Rollout
 
 _NGRAM = 3  # repetition rate over trigrams (as ``diagnostics.repetition_rate``)
+PROJECTION_FLOPS = "hidden/projection_flops_sum"  # an objective metric, counted in the budget
 
 
 @dataclass
@@ -36,12 +39,15 @@ class ComputeBudget:
         teacher_tokens: positions through the teacher: scoring (its own tokenization when the
             tokenizers differ) and sampling (teacher samples, fixed ones included).
         seconds: wall time of the training steps (and of drawing fixed teacher samples).
+        projection_flops: FLOPs of the hidden-state projection (``onpolicy.hidden``): ``6 P`` per
+            compared position, ``P`` its parameters (the objective's ``PROJECTION_FLOPS`` metric).
     """
 
     student_gen_tokens: int = 0
     student_train_tokens: int = 0
     teacher_tokens: int = 0
     seconds: float = 0.0
+    projection_flops: float = 0.0
 
     def add(self, other: ComputeBudget) -> ComputeBudget:
         """The sum of two budgets (a new object)."""
@@ -50,11 +56,13 @@ class ComputeBudget:
         )
 
     def flops(self, student_params: int, teacher_params: int) -> float:
-        """Estimated FLOPs: ``6 N`` per trained position, ``2 N`` per inference position."""
+        """Estimated FLOPs: ``6 N`` per trained position, ``2 N`` per inference position, plus
+        the hidden-state projection's."""
         return (
             6.0 * student_params * self.student_train_tokens
             + 2.0 * student_params * self.student_gen_tokens
             + 2.0 * teacher_params * self.teacher_tokens
+            + self.projection_flops
         )
 
 
@@ -120,14 +128,14 @@ def tally_components(tally: StepTally, *metrics: dict[str, float]) -> None:
                 continue
             into = tally.sums if k.endswith(("_sum", "/tokens")) else tally.times
             into[k] = into.get(k, 0.0) + float(v)
+            if k == PROJECTION_FLOPS:
+                tally.budget.projection_flops += float(v)
 
 
-def tally_alignment(tally: StepTally, scores: Any) -> None:
-    """Cross-tokenizer scores: count student tokens inside an aligned span (span id >= 0)."""
-    cross = getattr(scores, "cross", None) if scores is not None else None
-    if cross is None:
-        return
-    for span_Ts in cross.student_span_B:
+def tally_alignment(tally: StepTally, student_span_B: Sequence[torch.Tensor]) -> None:
+    """Cross-tokenizer scores (``CrossScores.cross.student_span_B``: the span of each student
+    completion token, ``-1`` outside every span): count student tokens inside an aligned span."""
+    for span_Ts in student_span_B:
         tally.aligned_tokens += int((span_Ts >= 0).sum())
         tally.alignable_tokens += len(span_Ts)
 

@@ -177,11 +177,15 @@ def test_a_student_equal_to_the_teacher_gives_zero(models):
     assert abs(out.metrics["hidden/distance_sum"]) < 1e-4
 
 
-def test_cross_tokenizer_teacher_refuses_hidden_layers(models):
+def test_cross_tokenizer_teacher_returns_states_at_its_own_tokens(models):
+    """Across tokenizers the states come back in the cross view (``onpolicy.hidden.cross``),
+    one row per teacher completion token, not at the student's positions."""
     _, tok, teacher = models
     char_tok = load_tokenizer(tiny_model_dir("tiny", "char", seed=0))
-    with pytest.raises(ConfigError, match="hidden-state distillation needs the same tokenizer"):
-        LocalTeacher(teacher, tok, char_tok, mode="auto", hidden_layers=(1,))
+    ro = _rollout(char_tok)
+    scores = LocalTeacher(teacher, tok, char_tok, mode="auto", hidden_layers=(1,)).score(ro)
+    assert scores.mode == "cross" and scores.layer_hidden_L_N_D is None
+    assert scores.cross.layer_hidden_L_Nt_D.shape[:2] == (1, sum(scores.cross.num_tokens_B))
 
 
 def test_chunked_objective_and_a_lora_student_get_the_same_term(models):

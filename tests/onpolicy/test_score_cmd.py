@@ -20,7 +20,7 @@ from onpolicy.errors import ConfigError, DataError
 from onpolicy.models import load_model, load_tokenizer
 from onpolicy.objectives.supervised_kd import SupervisedKD
 from onpolicy.scores.cached import CachedTeacher, open_cached_teacher
-from onpolicy.scores.command import ScoreSpec, dataset_rollout, score_dataset, select_rows
+from onpolicy.scores.command import ScoreSpec, dataset_rollout, score_dataset
 from onpolicy.scores.store import ScoreReader, complete_shards
 from onpolicy.teacher.local import LocalTeacher
 from onpolicy.tiny import tiny_model_dir
@@ -101,7 +101,7 @@ def test_cached_values_are_the_live_teachers(tmp_path, dtype):
     teacher_model, teacher_tok, _, tok = _models()
     rollout = dataset_rollout(str(data), tok, chat=False)
     # the live teacher sees the batches the command scored (4 rows): padding changes float sums
-    ro = select_rows(rollout, [4, 5, 6, 7])
+    ro = rollout.select([4, 5, 6, 7])
     live = LocalTeacher(teacher_model, teacher_tok, tok, "same", top_k=64).score(ro)
     cached = CachedTeacher(ScoreReader(out)).score(ro)
     assert torch.equal(cached.topk_ids_N_K, live.topk_ids_N_K)
@@ -125,7 +125,7 @@ def _run(student_dir, rollout, teacher, steps: int = 4) -> tuple[list[float], to
     objective = SupervisedKD(source="dataset")
     losses = []
     for s in range(steps):
-        ro = select_rows(rollout, list(range(4 * s, 4 * s + 4)))
+        ro = rollout.select(list(range(4 * s, 4 * s + 4)))
         out = objective.loss(student, ro, teacher.score(ro))
         losses.append(step(optimizer, out, model=student, max_grad_norm=1.0)["loss"])
     end = torch.cat([p.detach().flatten() for p in student.parameters()])
@@ -244,7 +244,7 @@ def test_bad_cached_setups_are_one_line_errors_before_models_load(tmp_path):
     with pytest.raises(DataError, match="no cached teacher scores"):
         (tmp_path / "more").mkdir()
         other_rows = dataset_rollout(str(_data(tmp_path / "more", 20)), tok, chat=False)
-        CachedTeacher(ScoreReader(scores)).score(select_rows(other_rows, [17, 18]))
+        CachedTeacher(ScoreReader(scores)).score(other_rows.select([17, 18]))
 
 
 def test_the_recipe_loads_with_a_score_folder(tmp_path):

@@ -12,10 +12,11 @@ from tiny_same_pair import same_tokenizer_pair
 from onpolicy.api import completion_rollout, make_objective
 from onpolicy.chat import render_prompts
 from onpolicy.errors import ConfigError
-from onpolicy.objectives.base import OBJECTIVES
+from onpolicy.objectives.base import OBJECTIVES, teacher_output
 from onpolicy.objectives.common import on_policy_share
 from onpolicy.rollout.hf import HFRolloutBackend
 from onpolicy.teacher.local import LocalTeacher
+from onpolicy.teacher.types import TopKScores
 from onpolicy.types import Prompt, SamplingParams
 
 CASES = {  # name -> (params, is a divergence: student == teacher gives 0)
@@ -24,6 +25,7 @@ CASES = {  # name -> (params, is a divergence: student == teacher gives 0)
     "reverse_kl_topk": ({}, True),
     "gkd": ({"lmbda": 0.5, "beta": 0.3, "temperature": 0.8}, True),
     "supervised_kd": ({}, True),
+    "supervised_kd_chunked": ({"chunked": True}, True),
     "sft": ({}, False),
     "policy_gradient": ({}, True),
     "policy_gradient_tis": ({"clip_mode": "tis", "reward_fn": lambda ro: [1.0] * len(ro)}, False),
@@ -87,6 +89,14 @@ def test_contract(case, models, rollout):
     student.zero_grad(set_to_none=True)
 
 
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_the_objective_declares_the_teacher_variant_it_needs(case):
+    """The trainer builds the teacher from ``teacher_output`` alone (never objective options):
+    a chunked objective must ask for ``hidden`` (``HiddenScores``)."""
+    want = "hidden" if "chunked" in case else "token" if "policy_gradient" in case else "logits"
+    assert teacher_output(_objective(case)) == want
+
+
 @pytest.mark.parametrize("case", sorted(c for c, (_, div) in CASES.items() if div))
 def test_student_equal_to_teacher_gives_zero(case, models, rollout):
     _, tok, teacher = models
@@ -146,7 +156,7 @@ def test_sparse_teacher_with_the_whole_vocabulary_equals_dense(models, rollout):
     student, tok, teacher = models
     dense = _scores(teacher, tok, rollout)
     full = LocalTeacher(teacher, tok, tok, mode="same", top_k=len(tok)).score(rollout)
-    assert full.logits_N_V is None and full.topk_ids_N_K.shape[1] == len(tok)
+    assert isinstance(full, TopKScores) and full.topk_ids_N_K.shape[1] == len(tok)
     for beta in (0.0, 0.5, 1.0):
         obj = make_objective("reverse_kl", beta=beta)
         torch.testing.assert_close(

@@ -19,7 +19,7 @@ from onpolicy.objectives.policy_gradient import PolicyGradient, whiten
 from onpolicy.rewards import TaskReward, group_advantages
 from onpolicy.rollout.base import make_backend
 from onpolicy.teacher.local import LocalTeacher
-from onpolicy.teacher.types import TeacherScores
+from onpolicy.teacher.types import TokenScores
 from onpolicy.tiny import tiny_model_dir
 from onpolicy.types import Prompt, Rollout, SamplingParams
 
@@ -69,7 +69,7 @@ def test_the_advantage_is_the_formula_on_a_hand_case(student, norm):
     delta = torch.linspace(-1.5, 0.5, n, dtype=torch.float64)  # teacher lp - student lp, chosen
     counts = [len(c) for c in ro.completion_ids_B]
     teacher_lp = (s_lp + delta).float()
-    scores = TeacherScores("same", len(tok), counts, token_logprobs_N=teacher_lp)
+    scores = TokenScores(vocab_size=len(tok), num_tokens_B=counts, token_logprobs_N=teacher_lp)
     reward = TaskReward(function=lambda text, prompt: float(text in ("13", "blue")), coef=2.0)
     objective = PolicyGradient(kl_coef=0.5, reward_fn=reward, advantage_norm=norm)
     _, advantage_N, _, metrics = objective.advantages(model, ro, scores)

@@ -12,6 +12,7 @@ from onpolicy.forward import head_logits
 from onpolicy.models import LoraSpec, apply_lora, load_model, load_tokenizer
 from onpolicy.rollout.hf import HFRolloutBackend
 from onpolicy.teacher.local import LocalTeacher, same_tokenizer
+from onpolicy.teacher.types import DenseScores, HiddenScores
 from onpolicy.tiny import tiny_model_dir
 from onpolicy.types import Prompt, SamplingParams
 
@@ -54,7 +55,8 @@ def test_same_tokenizer_logits_and_token_logprobs(student, rollout):
     lp = torch.log_softmax(want.double(), -1).gather(1, targets[:, None]).squeeze(1)
     torch.testing.assert_close(scores.token_logprobs_N.double(), lp, atol=1e-4, rtol=1e-4)
     hidden = LocalTeacher(model, tok, tok, mode="same", hidden=True).score(rollout)
-    assert hidden.logits_N_V is None and hidden.hidden_N_D.shape[0] == want.shape[0]
+    assert isinstance(scores, DenseScores) and isinstance(hidden, HiddenScores)
+    assert hidden.hidden_N_D.shape[0] == want.shape[0]
     torch.testing.assert_close(
         head_logits(hidden.hidden_N_D, hidden.lm_head), want, atol=1e-4, rtol=1e-4
     )
@@ -65,6 +67,9 @@ def test_same_tokenizer_logits_and_token_logprobs(student, rollout):
     lean_scores = lean.score(rollout)  # the same hidden states, no token log-probs pass
     assert lean_scores.token_logprobs_N is None
     assert torch.equal(lean_scores.hidden_N_D, hidden.hidden_N_D)
+    torch.testing.assert_close(  # on demand: the same values, a block of positions at a time
+        lean_scores.token_logprobs(targets), hidden.token_logprobs_N, atol=1e-6, rtol=1e-6
+    )
 
 
 def test_tokenizer_mismatch_is_a_one_line_error_naming_cross(student):

@@ -18,7 +18,6 @@ from onpolicy.teacher.routing import (
     TeacherSet,
     route_rows,
     score_and_loss,
-    select_rows,
 )
 from onpolicy.tiny import tiny_model_dir
 
@@ -78,7 +77,7 @@ def test_mixture_and_routing_equal_the_single_teacher_losses(two_tokenizers):
     # routed: rows 0, 2 by "char", 1, 3 by "same"; the loss is the parts' sum
     routed = _with_teachers(pair.rollout, ["char", "same", "char", "same"])
     out, scored = score_and_loss(teachers, objective, student, routed)
-    subs = {"same": select_rows(routed, [1, 3]), "char": select_rows(routed, [0, 2])}
+    subs = {"same": routed.select([1, 3]), "char": routed.select([0, 2])}
     parts = {
         name: objective.loss(student, sub, teachers.teachers[name].score(sub))
         for name, sub in subs.items()

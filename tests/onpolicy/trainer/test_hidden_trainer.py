@@ -102,10 +102,9 @@ def _cfg(tmp_path, *overrides):
     [
         (("hidden.weight=-1",), r"hidden.weight=-1.0 must be >= 0"),
         (
-            ("hidden.weight=1", "objective.name=gold", "teacher.mode=cross"),
-            r"objective 'gold' is cross-tokenizer",
+            ("hidden.weight=1", "objective.name=gold", "teacher.mode=same"),
+            r"objective 'gold' compares states at aligned span ends .* teacher.mode=same",
         ),
-        (("hidden.weight=1", "teacher.mode=cross"), r"teacher.mode=cross"),
         (("hidden.weight=1", "hidden.layer_map=[[1, 2, 3]]"), r"not a \[student, teacher\] pair"),
         (("hidden.loss=l1",), r"hidden.loss='l1' is not allowed"),
         (("hidden.weight=1", "teacher.backend=vllm"), r"teacher.backend='vllm' returns log-prob"),
@@ -122,9 +121,14 @@ def test_bad_hidden_configs_fail_in_validation(tmp_path, overrides, message):
         (("hidden.layer_map=[[1, 4]]",), r"teacher index 4 is outside 0..3"),
         (("hidden.projection=none",), r"hidden width is 64 and the teacher's 128"),
         (
-            ("teacher.path='tiny:small,tokenizer=char'", "teacher.mode=auto"),
-            r"needs the same tokenizer, but the teacher .* tokenizes differently",
+            ("teacher.path='tiny:small,tokenizer=char'", "teacher.mode=same"),
+            r"teacher.mode=same needs the same tokenizer, but the teacher .* tokenizes differently",
         ),
+        (
+            ("teacher.path='tiny:small,tokenizer=char'", "teacher.mode=auto"),
+            r"runs with gold, uld, next_byte .* or sft .*, not 'reverse_kl'",
+        ),
+        (("objective.name=gold", "teacher.mode=auto"), r"objective 'gold' is cross-tokenizer but"),
     ],
 )
 def test_bad_hidden_plans_fail_before_weights_load(tmp_path, overrides, message):

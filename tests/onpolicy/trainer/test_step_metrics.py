@@ -102,18 +102,13 @@ def test_sums_add_times_average_rates_recomputed():
 
 
 def test_alignment_coverage_is_counted_over_tokens():
-    class Cross:  # only the spans are read
-        def __init__(self, spans):
-            self.student_span_B = [torch.tensor(s) for s in spans]
-
-    class Scores:
-        def __init__(self, spans):
-            self.cross = Cross(spans)
+    def spans(*rows):
+        return [torch.tensor(r) for r in rows]
 
     a, b = StepTally(), StepTally()
-    tally_alignment(a, Scores([[0, 1, -1, 2]]))  # 3 of 4
-    tally_alignment(b, Scores([[-1, -1], [0, 1, 2, 3, 4, 5]]))  # 6 of 8
-    tally_alignment(b, None)  # same-tokenizer scores: nothing to count
+    tally_alignment(a, spans([0, 1, -1, 2]))  # 3 of 4
+    tally_alignment(b, spans([-1, -1], [0, 1, 2, 3, 4, 5]))  # 6 of 8
+    tally_alignment(b, [])  # no rows: nothing to count
     assert combine([a, b])["teacher/coverage"] == pytest.approx(9 / 12)
     assert "teacher/coverage" not in combine([StepTally()])
 

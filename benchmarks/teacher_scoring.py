@@ -71,8 +71,11 @@ def make_side(side: str, path: str, tok, url: str | None):
 
         model = load_model(path, trainable=False)
         return LocalTeacher(model, tok, tok, mode="same", top_k=K), lambda: None
-    if side == "server":
-        return VLLMTeacher(url, top_k=K, tokenizer=tok), lambda: None
+    if side == "server":  # a loaded CPU can take longer than the client's default 30 s a call
+        from onpolicy.rollout.http import RetryPolicy
+
+        retry = RetryPolicy(timeout_s=600, max_retries=0)
+        return VLLMTeacher(url, top_k=K, tokenizer=tok, retry=retry), lambda: None
     from onpolicy.rollout.vllm_engine import VLLMEngineBackend, engine_options
 
     options = engine_options(dtype="float32", max_logprobs=K, max_model_len=1024)
@@ -179,7 +182,9 @@ def _spawn_memory(side: str, args, url: str | None) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
     lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
     if proc.returncode or not lines:
-        return {"error": proc.stderr.strip().splitlines()[-1:] or ["no output"]}
+        error = proc.stderr.strip().splitlines()[-1:] or ["no output"]
+        print(f"memory side {side} failed: {error[0]}", file=sys.stderr)
+        return {"error": error}
     return json.loads(lines[-1])
 
 

@@ -1,7 +1,7 @@
 """``onpolicy score --backend vllm``: scores made by a vLLM engine equal the transformers teacher's
 (tiny model, K = 16, float32 store) within the stated tolerance, under the same keys (a rerun with
 the other backend is all cache hits), and a run trained from them matches the run trained from the
-transformers-made scores.
+transformers-made scores; ``--backend vllm-server`` (the conftest's teacher server) likewise.
 
 Tolerance (measured on this model: top-K ids identical, log-probs within 7.6e-6, the tail mass
 ``exp(tail)`` within 2.3e-7): ids equal, log-probs and token log-probs within 1e-4, tail mass within
@@ -28,10 +28,11 @@ K = 16
 TOL = 1e-4
 
 
-def _score(data: Path, out: Path, backend: str):
-    engine = ("max_model_len=256",) if backend == "vllm" else ()
-    spec = ScoreSpec(teacher=TEACHER, data=str(data), out=str(out), top_k=K, dtype="float32",
-                     batch_size=4, rows_per_shard=4, backend=backend, vllm=engine)  # fmt: skip
+def _score(data: Path, out: Path, backend: str, teacher: str = TEACHER, url: str | None = None):
+    options = {"vllm": ("max_model_len=256",), "vllm-server": ("timeout_s=120",)}
+    spec = ScoreSpec(teacher=teacher, data=str(data), out=str(out), top_k=K, dtype="float32",
+                     batch_size=4, rows_per_shard=4, backend=backend,
+                     vllm=options.get(backend, ()), server_url=url)  # fmt: skip
     return score_dataset(spec)
 
 
@@ -78,3 +79,22 @@ def test_vllm_scores_match_transformers_and_train(tmp_path):
     assert len(from_vllm) == 3 and all(x == x for x in from_vllm)  # trained, finite
     rel = [abs(a - b) / abs(b) for a, b in zip(from_vllm, from_local, strict=True)]
     assert max(rel) < TOL, rel
+
+
+def test_served_teacher_scores_match_transformers(vllm_teacher_server, tmp_path):
+    """``--backend vllm-server``: the conftest's teacher server (the char-tokenizer tiny model,
+    float32) gives the transformers teacher's scores under the same keys."""
+    url, _ = vllm_teacher_server
+    served = "tiny:tiny,tokenizer=char"  # the model the server runs (its folder keys the scores)
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(DATA.read_text().splitlines(keepends=True)[:8]))
+    made = {b: _score(data, tmp_path / b, b, served, url if b != "local" else None)
+            for b in ("local", "vllm-server")}  # fmt: skip
+    assert made["vllm-server"].rows_scored == 8
+    local, server = ScoreReader(tmp_path / "local"), ScoreReader(tmp_path / "vllm-server")
+    assert set(local.where) == set(server.where)
+    for key in local.where:
+        a, b = local.get(key), server.get(key)
+        assert torch.equal(a.ids_T_K, b.ids_T_K), key
+        assert (a.logprobs_T_K - b.logprobs_T_K).abs().max() < TOL
+        assert (a.token_logprob_T - b.token_logprob_T).abs().max() < TOL

@@ -45,6 +45,7 @@ import torch
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
+from benchmarks import device as bench  # noqa: E402  (ONPOLICY_BENCH_DEVICE: cpu or cuda)
 
 CASES = {  # name: (B, T, V_student, V_teacher)
     "base": (4, 256, 32_000, 50_000),
@@ -240,7 +241,7 @@ def _reset_peak_kb() -> int:
 def worker(impl: str, case: str, repeats: int, warmup: int, threads: str = "1") -> dict:
     if threads != "default":
         torch.set_num_threads(int(threads))
-    inp = make_inputs(case)
+    inp = _on_device(make_inputs(case))
     logits_s = inp["s"]["logits"].requires_grad_()
     spent = [float("nan")]  # CPU time in the ULD row kernels (ours only)
     if impl.startswith("trl"):
@@ -249,6 +250,8 @@ def worker(impl: str, case: str, repeats: int, warmup: int, threads: str = "1") 
         run, span = _our_loss(inp, impl)
         spent = _time_uld_rows()
     rss_before = _reset_peak_kb()
+    bench.reset_peak()
+    gpu_before = torch.cuda.memory_allocated() / 2**20 if bench.on_gpu() else 0.0
     for _ in range(warmup):  # first-call costs (lazy imports, allocator, dispatch) not timed
         logits_s.grad = None
         loss = run(logits_s)
@@ -258,12 +261,15 @@ def worker(impl: str, case: str, repeats: int, warmup: int, threads: str = "1") 
         logits_s.grad = None
         if not math.isnan(spent[0]):
             spent[0] = 0.0
+        bench.sync()
         c0 = time.process_time()
         t0 = time.perf_counter()
         loss = run(logits_s)
         scalar = loss if span is None else _trl_normalized(loss, span)
+        bench.sync()
         t1 = time.perf_counter()
         scalar.backward()
+        bench.sync()
         t2 = time.perf_counter()
         cpu.append(time.process_time() - c0)
         uld.append(spent[0])
@@ -271,10 +277,22 @@ def worker(impl: str, case: str, repeats: int, warmup: int, threads: str = "1") 
         bwd.append(t2 - t1)
         value = float(scalar.detach())
     peak = _status_kb("VmHWM")
+    if bench.on_gpu():  # torch's peak CUDA allocation, and above the inputs
+        gpu_peak = bench.peak_mb()
+        return {"fwd": fwd, "bwd": bwd, "cpu": cpu, "uld": uld, "value": value,
+                "matched": len(inp["ms"]), "threads": torch.get_num_threads(),
+                "peak_mb": gpu_peak, "loss_mb": gpu_peak - gpu_before}  # fmt: skip
     return {"fwd": fwd, "bwd": bwd, "cpu": cpu, "uld": uld, "value": value,
             "matched": len(inp["ms"]), "threads": torch.get_num_threads(),
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "loss_mb": (peak - rss_before) / 1024}  # fmt: skip
+
+
+def _on_device(tree):
+    """``make_inputs``'s dict with every tensor on the benchmark's device."""
+    if isinstance(tree, dict):
+        return {k: _on_device(v) for k, v in tree.items()}
+    return tree.to(bench.device()) if isinstance(tree, torch.Tensor) else tree
 
 
 def _spawn(impl: str, case: str, repeats: int, warmup: int, threads: str) -> dict:
@@ -402,7 +420,7 @@ def main() -> None:
             f"Command: `nice -n 5 .venv/bin/python benchmarks/alignment.py --cases {case} "
             f"--impls {args.impls} --repeats {args.repeats} --warmup {args.warmup} "
             f"--rounds {args.rounds} --threads {args.threads}` "
-            f"({time.strftime('%Y-%m-%d', time.gmtime())}): median of "
+            f"({time.strftime('%Y-%m-%d', time.gmtime())}, {bench.label()}): median of "
             f"{args.rounds} x {args.repeats} timed calls per implementation."
         )
         name = case if args.threads == "1" else f"{case}-threads-{args.threads}"

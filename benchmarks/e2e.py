@@ -39,6 +39,8 @@ sys.path[:] = [p for p in sys.path if p not in ("", _HERE)]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from benchmarks import device as bench  # noqa: E402  (ONPOLICY_BENCH_DEVICE: cpu or cuda)
+
 SIDES = ("engine_same", "trl_distillation", "engine_cross", "trl_gold")
 ALL_CONFIGS = tuple(f"{s}:{r}" for r in ("hf", "vllm") for s in SIDES)
 # vLLM on CPU (DESIGN.md): the engine sets these itself; TRL's colocate mode needs them
@@ -82,7 +84,7 @@ def _shared_flags(args) -> list[str]:
         "--micro-batches", str(args.micro_batches), *([] if args.chunked else ["--dense"]),
         "--gold", *args.gold, "--student-layers", str(args.student_layers),
         "--retain-freed-memory", args.retain_freed_memory,
-        "--micro-batch-sides", args.micro_batch_sides,
+        "--micro-batch-sides", args.micro_batch_sides, "--precision", args.precision,
     ]  # fmt: skip
 
 
@@ -145,6 +147,7 @@ def _ratio(a: dict, b: dict, key: str, invert: bool = False) -> str:
 
 
 _RETAINED = {"engine": "engine sides", "both": "all sides", "none": "no side"}
+_PRECISION = {"fp32": "float32", "bf16": "bf16 autocast (accelerate mixed_precision)"}
 
 
 def settings_table(args) -> str:
@@ -168,7 +171,7 @@ def settings_table(args) -> str:
             "completion length",
             *(["forced to max (equal lengths)"] * 2 if args.min_new_tokens else ["up to max"] * 2),
         ),
-        ("optimizer, lr, precision", *([f"AdamW lr {args.lr}, float32"] * 2)),
+        ("optimizer, lr, precision", *([f"AdamW lr {args.lr}, {_PRECISION[args.precision]}"] * 2)),
         ("timed", *(["optimizer step incl. rollout, after 1 warm-up"] * 2)),
     ]
     out = [
@@ -186,7 +189,8 @@ def table(results: dict[str, dict], args) -> str:
         f"Models: {args.pair}. Batch {args.batch}, completion {args.max_new_tokens} tokens "
         + ("(equal lengths: stops suppressed on both sides)" if args.min_new_tokens else "(max)")
         + f", {args.steps} timed steps x {args.rounds} round(s) per side after 1 warm-up each "
-        f"(medians), {args.threads or 'default'} torch thread(s), CPU, float32"
+        f"(medians), {args.threads or 'default'} torch thread(s), {bench.label()}, "
+        f"{_PRECISION[args.precision]}"
         + (f", cross student cut to {args.student_layers} layers" if args.student_layers else "")
         + f", freed memory retained (retain_freed_memory): {_RETAINED[args.retain_freed_memory]}.",
         "",
@@ -273,6 +277,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="which sides keep freed memory mapped (alignment.cpu.retain_freed_memory; the "
         "engine's trainer does it on CPU): both (like for like, default), engine (as shipped), "
         "none",
+    )  # fmt: skip
+    p.add_argument(
+        "--precision", choices=("fp32", "bf16"), default="fp32",
+        help="every side: float32, or bf16 autocast of the student (the engine's "
+        "train.mixed_precision: bf16, TRL's bf16=True: both accelerate's mixed_precision)",
     )  # fmt: skip
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument(

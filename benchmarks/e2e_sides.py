@@ -12,11 +12,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from benchmarks import device as bench
 from benchmarks.e2e_models import model_pair, prompt_row, prompts
 
 
 def peak_mb() -> float:
-    """This process's peak resident memory (``ru_maxrss``) in MB."""
+    """This process's peak resident memory (``ru_maxrss``) in MB; on a GPU
+    (``ONPOLICY_BENCH_DEVICE=cuda``) torch's peak CUDA allocation instead."""
+    if bench.on_gpu():
+        return bench.peak_mb()
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -56,10 +60,11 @@ def build_engine(args, cross: bool, rollout: str) -> EngineSide:
 
     pair = model_pair(args.pair)
     sdir, tdir = (pair.cross_student, pair.cross_teacher) if cross else (pair.student, pair.teacher)
-    student, stok = load_model(sdir), load_tokenizer(sdir)
+    student, stok = load_model(sdir, device=bench.device()), load_tokenizer(sdir)
     if cross:
         cut_layers(student, args.student_layers)
-    teacher, ttok = load_model(tdir, trainable=False), load_tokenizer(tdir)
+    student = with_precision(student, getattr(args, "precision", "fp32"))
+    teacher, ttok = load_model(tdir, trainable=False, device=bench.device()), load_tokenizer(tdir)
     chunked = not cross and args.chunked
     if cross:  # --gold key=value ...: the engine's gold options (default: its defaults)
         gold = {k: _value(v) for k, v in (kv.split("=", 1) for kv in args.gold)}
@@ -96,6 +101,7 @@ def run_engine(args, cross: bool, rollout: str) -> dict:
     wall, cpu, tokens, rollout_s, skipped = [], [], [], [], 0
     for i in range(args.steps + 1):
         batch = e.data[i * args.batch : (i + 1) * args.batch]
+        bench.sync()
         t0, c0 = time.perf_counter(), time.process_time()
         with torch.no_grad():
             ro = do_rollout(e.backend, batch, e.stok, e.sampling)
@@ -106,12 +112,27 @@ def run_engine(args, cross: bool, rollout: str) -> dict:
             lambda r: loss(e.objective, e.student, r, score(e.scorer, r)),
         )  # fmt: skip
         e.backend.sync_weights(e.student, i + 1)
+        bench.sync()
         if i:  # step 0 is the warm-up
             wall.append(time.perf_counter() - t0)
             cpu.append(time.process_time() - c0)
             rollout_s.append(t1 - t0)
             tokens.append(float(sum(len(c) for c in ro.completion_ids_B)))
     return _result(wall, cpu, tokens, rollout_s=rollout_s, nonfinite_steps=skipped)
+
+
+def with_precision(student, precision: str):
+    """``student`` as ``onpolicy.trainer`` prepares it for ``train.mixed_precision``: bf16 wraps
+    its forward in accelerate's autocast (rollouts and losses; the head of a chunked loss, applied
+    outside the forward, stays float32), as TRL's ``bf16=True`` does through its accelerator."""
+    if precision == "fp32":
+        return student
+    from accelerate import Accelerator
+
+    from onpolicy.trainer.setup import mixed_precision
+
+    accelerator = Accelerator(cpu=not bench.on_gpu(), mixed_precision=mixed_precision(precision))
+    return accelerator.prepare_model(student)
 
 
 def cut_layers(model, layers: int) -> None:
@@ -241,8 +262,8 @@ def _trl_common(args, rollout: str) -> dict:
         "logging_steps": 1,
         "save_strategy": "no",
         "report_to": [],
-        "use_cpu": True,
-        "bf16": False,
+        "use_cpu": not bench.on_gpu(),
+        "bf16": getattr(args, "precision", "fp32") == "bf16",
         "fp16": False,
         "gradient_checkpointing": False,
         "temperature": 1.0,

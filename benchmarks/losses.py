@@ -28,6 +28,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks.device
+from benchmarks import device as bench  # ONPOLICY_BENCH_DEVICE: cpu or cuda
+
 METHODS = ("ours", "trl", "dense")
 SHAPES = {  # name: (tokens, vocab, student hidden, teacher hidden, repeats)
     "small": (256, 16_384, 896, 1536, 5),
@@ -44,12 +47,12 @@ def _rss_mb() -> float:
 def _inputs(n: int, v: int, hs: int, ht: int):
     import torch
 
-    g = torch.Generator().manual_seed(0)
-    h_s = torch.randn(1, n, hs, generator=g).requires_grad_()
-    h_t = torch.randn(1, n, ht, generator=g)
-    w_s = (torch.randn(v, hs, generator=g) * 0.1).requires_grad_()
-    w_t = torch.randn(v, ht, generator=g) * 0.1
-    mask = torch.ones(1, n, dtype=torch.bool)
+    g, dev = torch.Generator().manual_seed(0), bench.device()
+    h_s = torch.randn(1, n, hs, generator=g).to(dev).requires_grad_()
+    h_t = torch.randn(1, n, ht, generator=g).to(dev)
+    w_s = (torch.randn(v, hs, generator=g) * 0.1).to(dev).requires_grad_()
+    w_t = (torch.randn(v, ht, generator=g) * 0.1).to(dev)
+    mask = torch.ones(1, n, dtype=torch.bool, device=dev)
     return h_s, h_t, w_s, w_t, mask
 
 
@@ -81,6 +84,15 @@ def run_memory(method: str, shape: str, beta: float) -> dict:
     n, v, hs, ht, _ = SHAPES[shape]
     inputs = _inputs(n, v, hs, ht)
     fn = _loss_fn(method, beta, *inputs)  # imports done before the baseline
+    if bench.on_gpu():  # peak CUDA allocation, above what the inputs hold
+        import torch
+
+        bench.reset_peak()
+        base = torch.cuda.memory_allocated() / 2**20
+        loss = fn()
+        loss.backward()
+        peak = bench.peak_mb()
+        return {"peak_mb": peak, "extra_mb": peak - base, "loss": float(loss)}
     base = _rss_mb()
     loss = fn()
     loss.backward()
@@ -98,8 +110,10 @@ def run_timing(shape: str, beta: float, repeats: int) -> dict:
     for _ in range(repeats):
         for m, fn in fns.items():
             inputs[0].grad = inputs[2].grad = None
+            bench.sync()
             wall, cpu = time.perf_counter(), time.process_time()
             fn().backward()
+            bench.sync()
             out[m]["wall"].append(time.perf_counter() - wall)
             out[m]["cpu"].append(time.process_time() - cpu)
     return out
@@ -151,6 +165,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small shape only, 2 repeats")
     parser.add_argument("--threads", default="default", help="torch threads: a number or default")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=str(Path(__file__).with_name("RESULTS-losses.md")))
     args = parser.parse_args()
     THREADS[0] = args.threads
     if args.child and args.child[0] == "memory":
@@ -179,13 +194,15 @@ def main() -> None:
         "# Divergence losses: forward + backward, chunked vs TRL vs dense\n\n"
         f"Command: `{command}` (run by `make bench`). Machine: {platform.processor() or 'cpu'}, "
         f"{os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        "CPU float32, shared with other jobs (medians of round-robin repeats; CPU-time ratio in "
-        "parentheses). Generalized JSD, every position counted, gradients for student hidden "
-        "states and LM-head weight. Memory: peak RSS of a fresh process per case / peak minus the "
-        "RSS with inputs allocated and libraries imported.\n\n"
+        f"{bench.label()} float32, shared with other jobs (medians of round-robin repeats; "
+        "CPU-time ratio in parentheses). Generalized JSD, every position counted, gradients "
+        "for student hidden states and LM-head weight. Memory: peak RSS of a fresh process per "
+        "case / peak minus the RSS with inputs allocated and libraries imported.\n\n"
         f"{HEADER}\n" + "\n".join(rows) + "\n"
     )
-    Path(__file__).with_name("RESULTS-losses.md").write_text(text)
+    if bench.on_gpu():
+        text += "\nOn the GPU, memory is torch's peak CUDA allocation (peak / above the inputs).\n"
+    Path(args.out).write_text(text)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,9 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
 
+sys.path.insert(0, str(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from benchmarks import device as bench  # ONPOLICY_BENCH_DEVICE: cpu or cuda
+
 QUESTIONS = [
     "What is the capital of France?",
     "Name three colors.",
@@ -39,8 +42,10 @@ def _tokens_per_s(backend, ids, sampling, repeats: int) -> tuple[float, float]:
     backend.generate(ids, sampling)
     rates, secs = [], []
     for r in range(repeats):
+        bench.sync()
         start = time.perf_counter()
         ro = backend.generate(ids, type(sampling)(**{**sampling.__dict__, "seed": r}))
+        bench.sync()
         seconds = time.perf_counter() - start
         rates.append(sum(len(c) for c in ro.completion_ids_B) / seconds)
         secs.append(seconds)
@@ -69,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
     path = smollm2_dir()
     tok = load_tokenizer(path)
-    model = load_model(path, trainable=False)
+    model = load_model(path, trainable=False, device=bench.device())
     hf = make_backend("hf", model=model, tokenizer=tok)
     engine = make_backend("vllm", model_path=path, dtype="float32", max_model_len=1024)
     sampling = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=1.0)
@@ -83,13 +88,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"batch {batch}: hf {hf_rate:.1f} tok/s, vllm {vl_rate:.1f} tok/s", file=sys.stderr)
     syncs = []
     for step in range(1, args.repeats + 2):
+        bench.sync()
         start = time.perf_counter()
         engine.sync_weights(model, step)
+        bench.sync()
         syncs.append(time.perf_counter() - start)
     engine.close()
 
     lines = [
-        f"SmolLM2-135M-Instruct, float32, CPU ({platform.processor() or platform.machine()}, "
+        f"SmolLM2-135M-Instruct, float32, {bench.label()} "
+        f"({platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}), "
         f"max_new_tokens={args.max_new_tokens}, temperature 1, median of {args.repeats}",
         "",

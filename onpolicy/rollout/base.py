@@ -55,6 +55,24 @@ def timing_metrics(completion_ids_B: Sequence[Sequence[int]], seconds: float) ->
     }
 
 
+def close_all(things: list[Any]) -> None:
+    """``close()`` each distinct object that has one, every one even when an earlier one fails
+    (the first error is raised after)."""
+    seen: set[int] = set()
+    first: BaseException | None = None
+    for thing in things:
+        close = getattr(thing, "close", None)
+        if close is None or id(thing) in seen:
+            continue
+        seen.add(id(thing))
+        try:
+            close()
+        except Exception as exc:  # the others must still be closed
+            first = first or exc
+    if first is not None:
+        raise first
+
+
 BackendFactory = Callable[..., RolloutBackend]
 ROLLOUT_BACKENDS: dict[str, BackendFactory] = {}
 

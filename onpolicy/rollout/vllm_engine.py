@@ -313,8 +313,9 @@ def engine_kwargs(model_path: str, options: VLLMEngineOptions) -> dict[str, Any]
 def _start_engine(model_path: str, options: VLLMEngineOptions):
     """Start ``vllm.LLM``; an import or start-up failure is a ``BackendError`` saying what to do."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(options.kv_cache_space_gib))
+    # set either way: an earlier engine in this process may have set it for itself
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if options.in_process else "1"
     if options.in_process:
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", options.cpu_threads_bind)
     try:
         from vllm import LLM
@@ -324,12 +325,23 @@ def _start_engine(model_path: str, options: VLLMEngineOptions):
             "`bash scripts/setup_vllm_venv.sh` and use .venv-vllm/bin/python; on a GPU, "
             "pip install vllm"
         ) from err
+    _forget_cached_environment()
     try:
         return LLM(**engine_kwargs(model_path, options))
     except Exception as err:  # vLLM raises many types at start-up
         raise BackendError(
             f"vLLM could not start on {model_path!r}: {type(err).__name__}: {err}"
         ) from err
+
+
+def _forget_cached_environment() -> None:
+    """vLLM caches its environment variables once an engine has started (``vllm.envs``); a
+    second engine in this process must read them again (its own multiprocessing setting)."""
+    import vllm.envs as envs
+
+    disable = getattr(envs, "disable_envs_cache", None)
+    if disable is not None:
+        disable()
 
 
 def student_path(model: Any) -> str:

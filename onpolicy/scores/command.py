@@ -7,8 +7,11 @@ Each row (``prompt``/``messages`` + ``completion``, the ``onpolicy.data`` format
 the token ids a run's ``dataset`` batch holds (the student's chat template, the completion tokenized
 by the student + its end of turn), the teacher scores them in one forward pass (temperature 1), and
 its top-k ids, log-probs, tail mass and the completion token's log-prob are written in shards
-(format and keys: ``onpolicy.scores.store``). Same tokenizer only: the student's tokenizer
-(``--student``, default the teacher's) must match the teacher's by content.
+(format and keys: ``onpolicy.scores.store``). ``--backend`` says where the teacher runs:
+transformers here (``local``), a vLLM engine here (``vllm``, shut down at the end) or a running
+vLLM server (``vllm-server --server-url URL``); see ``onpolicy.scores.scorers``. Same tokenizer
+only: the student's tokenizer (``--student``, default the teacher's) must match the teacher's by
+content.
 
 A rerun scores only rows whose key is missing (a killed run resumes at its last whole shard; a
 finished one is all hits). A changed teacher (weights), tokenizer, ``--top-k`` or ``--dtype``
@@ -54,6 +57,9 @@ class ScoreSpec:
     dtype: str = "float16"
     teacher_dtype: str = "float32"
     gguf_file: str | None = None
+    backend: str = "local"  # local | vllm | vllm-server (``onpolicy.scores.scorers``)
+    server_url: str | None = None
+    vllm: tuple[str, ...] = ()  # ``key=value`` engine (vllm) or retry (vllm-server) options
 
 
 @dataclass
@@ -81,6 +87,11 @@ def check_spec(spec: ScoreSpec) -> None:
         check_model_path("--student", spec.student)
     if spec.dtype not in VALUE_DTYPES:
         raise ConfigError(f"--dtype={spec.dtype!r}; use one of {sorted(VALUE_DTYPES)}")
+    from onpolicy.scores.scorers import check_backend
+
+    check_backend(spec.backend, spec.server_url, spec.vllm)
+    if spec.gguf_file and spec.backend == "vllm":
+        raise ConfigError("--gguf-file with --backend vllm: the engine loads a Hugging Face folder")
 
 
 def dataset_rollout(data: str, tokenizer: Any, chat: bool) -> Rollout:
@@ -170,12 +181,25 @@ def _score_rows(
     todo: dict[str, int],
     summary: ScoreSummary,
 ) -> None:
-    """Score the ``todo`` rows (key -> row) in batches; one shard per ``rows_per_shard`` rows."""
-    from onpolicy.teacher.identity import load_teacher_model
-    from onpolicy.teacher.local import LocalTeacher
+    """Score the ``todo`` rows (key -> row) in batches; one shard per ``rows_per_shard`` rows
+    (the teacher: ``--backend``, closed at the end or on an error)."""
+    from onpolicy.scores.scorers import open_scorer
 
-    model, teacher_tok, _ = load_teacher_model(spec.teacher, spec.teacher_dtype, spec.gguf_file)
-    teacher = LocalTeacher(model, teacher_tok, render_tok, mode="same", top_k=manifest.top_k)
+    with open_scorer(
+        spec.backend, spec.teacher, render_tok, manifest.top_k, dtype=spec.teacher_dtype,
+        gguf_file=spec.gguf_file, server_url=spec.server_url, options=spec.vllm,
+    ) as teacher:  # fmt: skip
+        _score_shards(spec, teacher, manifest, rollout, todo, summary)
+
+
+def _score_shards(
+    spec: ScoreSpec,
+    teacher: Any,
+    manifest: Manifest,
+    rollout: Rollout,
+    todo: dict[str, int],
+    summary: ScoreSummary,
+) -> None:
     index = len(complete_shards(spec.out))
     items = list(todo.items())
     for s in range(0, len(items), spec.rows_per_shard):
@@ -225,9 +249,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rows-per-shard", type=int, default=256)
     p.add_argument("--dtype", default="float16", choices=sorted(VALUE_DTYPES), help="log-probs")
     p.add_argument("--teacher-dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument(
+        "--backend",
+        default="local",
+        choices=["local", "vllm", "vllm-server"],
+        help="where the teacher runs: transformers here, a vLLM engine here, a server",
+    )
+    p.add_argument("--server-url", default=None, help="vllm-server: http://host:port")
+    p.add_argument(
+        "--vllm",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="engine option (vllm) or retry option (vllm-server); repeatable",
+    )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """``onpolicy score``: prints a JSON summary; a bad input is one line and exit status 2."""
-    return run_job(score_dataset, ScoreSpec(**vars(_parser().parse_args(argv))))
+    args = _parser().parse_args(argv)
+    return run_job(score_dataset, ScoreSpec(**{**vars(args), "vllm": tuple(args.vllm)}))

@@ -159,14 +159,34 @@ def _train_claimed(
     from accelerate.utils import set_seed
 
     from alignment.cpu import retain_freed_memory
-    from onpolicy.data import PromptStream
-    from onpolicy.trainer.metrics_log import MetricsLog
     from onpolicy.trainer.setup import build_components
 
     if accelerator.device.type == "cpu":  # the same large buffers every step: keep them mapped
         retain_freed_memory()
     set_seed(config.train.seed)
     c = build_components(config, accelerator)
+    try:  # the engines the run started are shut down at the end and on an error
+        return _train_built(
+            config, accelerator, c, latest, train_prompts, eval_prompts, score_fn, base_dir
+        )
+    finally:
+        c.close()
+
+
+def _train_built(
+    config: Config,
+    accelerator: Accelerator,
+    c: Components,
+    latest: Path | None,
+    train_prompts: Sequence[Prompt] | None,
+    eval_prompts: Sequence[Prompt] | None,
+    score_fn: ScoreFn | None,
+    base_dir: Path | None,
+) -> TrainResult:
+    """``train`` once its components are built."""
+    from onpolicy.data import PromptStream
+    from onpolicy.trainer.metrics_log import MetricsLog
+
     prompts, held_out, skipped = prepare_prompts(
         config, c.tokenizer, train_prompts, eval_prompts, base_dir
     )
@@ -373,12 +393,9 @@ def evaluate_config(
     """
     from accelerate import Accelerator
 
-    from onpolicy.chat import render_prompt
     from onpolicy.config_checks import validate
-    from onpolicy.data import filter_by_length, load_prompts
     from onpolicy.models import load_lora_student, load_model, load_tokenizer, resolve_model_path
-    from onpolicy.rollout.hf import HFRolloutBackend
-    from onpolicy.trainer.setup import load_teacher, sampling_params
+    from onpolicy.teacher.backends import build_teacher
 
     validate(config, base_dir)
     device = Accelerator().device
@@ -388,8 +405,32 @@ def evaluate_config(
         model, tok = load_lora_student(base, path, device=device), load_tokenizer(path)
     else:
         model, tok = load_model(path, device=device, trainable=False), load_tokenizer(path)
-    has_teacher = config.teacher.path or config.teachers
-    teacher = load_teacher(config, model, tok, device)[0] if has_teacher else None
+    teacher = built = None
+    if config.teacher.path or config.teachers:  # the first of several (as ``load_teacher``)
+        block = next(iter(config.teachers.values())) if config.teachers else config.teacher
+        built = build_teacher(block, model, tok, device, "logits")
+        teacher = built.scorer
+    try:
+        return _evaluate_held_out(config, model, tok, teacher, eval_prompts, score_fn, base_dir)
+    finally:  # a vLLM teacher's engine is shut down
+        if built is not None:
+            built.close()
+
+
+def _evaluate_held_out(
+    config: Config,
+    model: Any,
+    tok: Any,
+    teacher: Any,
+    eval_prompts: Sequence[Prompt] | None,
+    score_fn: ScoreFn | None,
+    base_dir: Path | None,
+) -> dict[str, float]:
+    from onpolicy.chat import render_prompt
+    from onpolicy.data import filter_by_length, load_prompts
+    from onpolicy.rollout.hf import HFRolloutBackend
+    from onpolicy.trainer.setup import sampling_params
+
     if eval_prompts is None:
         eval_prompts = load_prompts(config.data, config.train.seed, base_dir)[1]
     budget = config.student.max_length - config.rollout.max_new_tokens

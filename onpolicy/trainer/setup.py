@@ -14,6 +14,7 @@ import torch
 from onpolicy.config import Config, OptimConfig
 from onpolicy.errors import ConfigError
 from onpolicy.models import resolve_model_path
+from onpolicy.rollout.base import close_all
 from onpolicy.trainer.sources import SampleSources
 from onpolicy.types import Prompt, SamplingParams
 
@@ -76,6 +77,12 @@ class Components:
     def end_id(self) -> int | None:
         """The student's end-of-turn (or EOS) id (``sources.end_id``)."""
         return self.sources.end_id
+
+    def close(self) -> None:
+        """Shut down what the run started: the student's rollout backend and the teacher's
+        sampler (a vLLM engine, in this process or in its child; a served teacher holds
+        nothing open). Idempotent."""
+        close_all([self.backend, self.sources.teacher_backend])
 
     def trainable_parameters(self) -> list[torch.Tensor]:
         """What the optimizer updates and the gradient clip sees: the student's trainable
@@ -167,10 +174,13 @@ def load_teachers(
         return built.scorer, built
     if hidden_layers:
         raise ConfigError("hidden-state distillation takes one teacher; drop teachers: or hidden")
-    each = {
-        name: build_teacher(t, student, student_tok, device, output)
-        for name, t in config.teachers.items()
-    }
+    each: dict[str, BuiltTeacher] = {}
+    try:
+        for name, t in config.teachers.items():
+            each[name] = build_teacher(t, student, student_tok, device, output)
+    except BaseException:  # the engines of the teachers already built are shut down
+        close_all(list(each.values()))
+        raise
     weights = {name: t.weight for name, t in config.teachers.items()}
     samplers = {
         name: SamplingTeacher(b.sampler, b.tokenizer, b.scorer.mode == "same")
@@ -326,11 +336,32 @@ def _hand_over_reference(objective: Any, model: Any, full: Any) -> None:
 def build_components(config: Config, accelerator: Any) -> Components:
     """Load everything and ``prepare`` the student and optimizer (the scheduler is registered for
     checkpointing, not prepared: accelerate would step it once per process)."""
+    loaded = _load_models(config, accelerator)
+    built = loaded[5]
+    try:
+        return _assemble(config, accelerator, *loaded)
+    except BaseException:  # an engine the teacher started is not left running
+        if built is not None:
+            built.close()
+        raise
+
+
+def _assemble(
+    config: Config,
+    accelerator: Any,
+    model: Any,
+    tokenizer: Any,
+    full: Any,
+    objective: Any,
+    teacher: Any,
+    built: Any,
+    plan: Any,
+) -> Components:
+    """``build_components`` once the models are loaded (``_load_models``)."""
     from alignment.tokens.chat import turn_end_id
     from onpolicy.rollout.base import make_backend
     from onpolicy.trainer.sharding import FullCopyBackend
 
-    model, tokenizer, full, objective, teacher, built, plan = _load_models(config, accelerator)
     teacher_tok = None if built is None else built.tokenizer
     projection = None
     if plan is not None:

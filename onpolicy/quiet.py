@@ -6,6 +6,9 @@ What is silenced, and only that:
   shards", "Generating train split"): one per model load or save, dozens per comparison;
 - accelerate's ``Removed shared tensor {...} while saving`` (tied input/output embeddings, which
   the checkpoint restores correctly; every other accelerate message is kept);
+- vLLM's INFO records (engine configuration, start-up and shutdown lines: dozens per engine, in
+  ``onpolicy score/generate --backend vllm`` and vLLM rollouts); its warnings and errors are kept
+  (``VLLM_LOGGING_LEVEL=WARNING`` unless the user set it);
 - DeepSpeed's "Setting accelerator to CPU" notice on import, on machines without an accelerator
   (``trainer.sharding.quiet_deepspeed_on_cpu`` names the CPU accelerator instead).
 
@@ -48,6 +51,7 @@ def quiet_libraries() -> None:
     os.environ[ENV] = "1"
     for name in _PROGRESS_ENV:  # read when the libraries are imported (here and in workers)
         os.environ.setdefault(name, "1")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # read when vllm is imported
     if "transformers" in sys.modules:  # already imported: switch its bars off directly
         from transformers.utils import logging as hf_logging
 

@@ -12,7 +12,8 @@ student's completions per UTF-8 byte). Evaluation compute is not training comput
 Summaries over the seed-mean curve of a method (points at the same steps across seeds; x = the
 seeds' mean FLOPs): ``best`` score; ``flops_to_reach(X)``: the FLOPs of the first evaluation whose
 mean score is >= X (None: never); ``auc``: the mean score over FLOPs ``[0, F]`` (trapezoids; a
-common ``F`` for all methods of a table, so the areas compare).
+common ``F`` for all methods of a table, so the areas compare). A task without a metric (``metric:
+none``) is summarized on ``kl_per_byte`` instead, lower being better (``lower=True``).
 """
 
 from __future__ import annotations
@@ -138,15 +139,35 @@ def mean_curve(
     return out
 
 
-def best(points: Sequence[MeanPoint]) -> float | None:
-    return max((p.y for p in points), default=None)
+def best(points: Sequence[MeanPoint], lower: bool = False) -> float | None:
+    """The highest mean value (``lower``: the lowest, for a metric where lower is better)."""
+    pick = min if lower else max
+    return pick((p.y for p in points), default=None)
 
 
-def flops_to_reach(points: Sequence[MeanPoint], target: float | None) -> float | None:
-    """FLOPs of the first point whose mean score is >= ``target`` (None: never, or no target)."""
+def flops_to_reach(
+    points: Sequence[MeanPoint], target: float | None, lower: bool = False
+) -> float | None:
+    """FLOPs of the first point whose mean value is >= ``target`` (``lower``: <= ``target``);
+    None: never, or no target."""
     if target is None:
         return None
+    if lower:
+        return next((p.x for p in points if p.y <= target + 1e-12), None)
     return next((p.x for p in points if p.y >= target - 1e-12), None)
+
+
+def warm_metric(records: Sequence[dict[str, Any]]) -> tuple[str, str]:
+    """``(curve key, name)`` a warm-up (``warm.json`` records) is shown by: its validation score,
+    or the KL(student || teacher) per byte when the task has no metric."""
+    if any(p.get("score") is not None for r in records for p in r.get("curve", [])):
+        return "score", "score"
+    return "kl_per_byte", "KL/byte"
+
+
+def has_metric(curves: Sequence[Sequence[CurvePoint]], metric: str) -> bool:
+    """Whether any point of ``curves`` holds ``metric`` (a task without a metric has no score)."""
+    return any(getattr(p, metric) is not None for curve in curves for p in curve)
 
 
 def auc(points: Sequence[MeanPoint], upto: float) -> float | None:

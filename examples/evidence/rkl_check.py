@@ -33,14 +33,15 @@ from onpolicy.teacher.local import LocalTeacher
 from onpolicy.types import SamplingParams
 
 
-def reference(student, teacher, ro) -> torch.Tensor:
-    """Plain float64 reverse KL, mean over every completion token (EOS included) of the batch."""
-    total, count = torch.zeros((), dtype=torch.float64), 0
+def reference(student, teacher, ro, dtype=torch.float64) -> torch.Tensor:
+    """Plain reverse KL in ``dtype`` (float64), mean over every completion token (EOS included)
+    of the batch."""
+    total, count = torch.zeros((), dtype=dtype), 0
     for p, c in zip(ro.prompt_ids_B, ro.completion_ids_B, strict=True):
         ids = torch.tensor([list(p) + list(c)])
-        s = student(input_ids=ids).logits[0].double().log_softmax(-1)
+        s = student(input_ids=ids).logits[0].to(dtype).log_softmax(-1)
         with torch.no_grad():
-            t = teacher(input_ids=ids).logits[0].double().log_softmax(-1)
+            t = teacher(input_ids=ids).logits[0].to(dtype).log_softmax(-1)
         at = slice(len(p) - 1, len(p) - 1 + len(c))  # the positions that predict the completion
         total = total + (s[at].exp() * (s[at] - t[at])).sum()
         count += len(c)
@@ -127,7 +128,9 @@ def check_batch(student, teacher, scorer, obj, ro, float64: bool, b: int) -> Non
     ref = reference(ref_student, ref_teacher, ro)
     ref.backward()
     ref_grads = dict(ref_student.named_parameters())
-    value = float(out.loss_sum.detach()) / out.num_tokens
+    value, ref = float(out.loss_sum.detach()) / out.num_tokens, ref.detach()
+    with torch.no_grad():  # the same plain reference with the softmax in float32, as the engine's
+        ref32 = float(reference(student, teacher, ro, torch.float32))
     grad = max(float((engine[n] - ref_grads[n].grad).abs().max()) for n in engine)
     scale = max(float(g.grad.abs().max()) for g in ref_grads.values())
     lengths = [len(c) for c in ro.completion_ids_B]
@@ -135,7 +138,8 @@ def check_batch(student, teacher, scorer, obj, ro, float64: bool, b: int) -> Non
         f"batch {b}: engine {value:.8f}, reference {float(ref):.8f} "
         f"(|diff| {abs(value - float(ref)):.1e}, rel {abs(value / float(ref) - 1):.1e}); "
         f"tokens {out.num_tokens} (lengths {lengths}); max |grad diff| {grad:.1e} "
-        f"(max |grad| {scale:.1e}){' [float64 models]' if float64 else ''}",
+        f"(max |grad| {scale:.1e}){' [float64 models]' if float64 else ''}; the reference "
+        f"with a float32 softmax: {ref32:.8f} (|diff| to the engine {abs(value - ref32):.1e})",
         flush=True,
     )
 

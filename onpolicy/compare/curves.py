@@ -189,22 +189,26 @@ def auc(points: Sequence[MeanPoint], upto: float) -> float | None:
     return area / upto
 
 
-def plateau_step(curve: Sequence[CurvePoint], window: int, min_gain: float) -> tuple[int, bool]:
+def plateau_step(
+    curve: Sequence[CurvePoint], window: int, min_gain: float, metric: str = "score"
+) -> tuple[int, bool]:
     """Where a warm-up curve reaches its plateau: the first evaluation ``i >= window`` at which
     the best score so far exceeds the best score up to ``window`` evaluations earlier by less than
     ``min_gain`` (SFT's gain over the last ``window`` evaluations has flattened), once the best
     score has risen by at least ``min_gain`` above the first evaluation (a curve that has not
     started to climb is not at a plateau). Returns ``(step, reached)``; the last step with
-    ``reached=False`` when the rule never holds."""
-    pts = [p for p in curve if p.score is not None]
+    ``reached=False`` when the rule never holds. ``metric="kl_per_byte"`` (a task without a
+    metric): the same rule on minus the KL per byte (the KL's fall has flattened)."""
+    sign = 1.0 if metric == "score" else -1.0  # every other curve metric: lower is better
+    pts = [(p.step, sign * getattr(p, metric)) for p in curve if getattr(p, metric) is not None]
     if not pts:
         return (curve[-1].step if curve else 0), False
     running, top = [], float("-inf")
-    for p in pts:
-        top = max(top, p.score)
+    for _, value in pts:
+        top = max(top, value)
         running.append(top)
     for i in range(window, len(pts)):
-        climbed = running[i] - pts[0].score >= min_gain
+        climbed = running[i] - pts[0][1] >= min_gain
         if climbed and running[i] - running[i - window] < min_gain:
-            return pts[i].step, True
-    return pts[-1].step, False
+            return pts[i][0], True
+    return pts[-1][0], False

@@ -65,9 +65,13 @@ def test_panels_and_warm_view_without_a_score(tmp_path):
         "method": "sft",
         "curve": [vars(p) for p in _kl_curve(1.2, 0.9, 0.7)],
         "branches": [
-            {"name": "step10", "step": 10, "flops": {"free": 100.0, "paid": 107.0},
-             "reached": True},
-        ],  # fmt: skip
+            {
+                "name": "step10",
+                "step": 10,
+                "flops": {"free": 100.0, "paid": 107.0},
+                "reached": True,
+            },
+        ],
     }
     assert warm_metric([record]) == ("kl_per_byte", "KL/byte")
     table = warm_table([record])
@@ -78,3 +82,20 @@ def test_panels_and_warm_view_without_a_score(tmp_path):
     pytest.importorskip("matplotlib")
     assert plot_curves(no_score, tmp_path / "c.png", None, "paid").stat().st_size > 1000
     assert plot_warm_up([record], tmp_path / "w.png", "paid").stat().st_size > 1000
+
+
+def test_plateau_on_the_kl_when_there_is_no_score():
+    from onpolicy.compare.curves import plateau_step
+    from onpolicy.compare.warm import branch_steps, parse_warm
+
+    # KL/byte 2.0 1.5 1.2 1.15 1.14 1.3: lowest so far 2.0 1.5 1.2 1.15 1.14 1.14; its fall over
+    # 2 evaluations: .8 .35 .06 .01 -> flat (< 0.02) at the 6th evaluation, step 50
+    curve = _kl_curve(2.0, 1.5, 1.2, 1.15, 1.14, 1.3)
+    curve = [CurvePoint(10 * i, 0, 0, 0, None, None, p.kl_per_byte) for i, p in enumerate(curve)]
+    assert plateau_step(curve, 2, 0.02, "kl_per_byte") == (50, True)
+    assert plateau_step(curve, 2, 0.02) == (50, False)  # no score: the score rule finds nothing
+    spec = parse_warm({"method": "sft", "steps": 50, "every": 10, "branch_at": [20, "plateau"],
+                       "plateau": {"window": 2, "min_gain": 0.02}})  # fmt: skip
+    assert branch_steps(spec, curve) == [("step20", 20, True), ("plateau", 50, True)]
+    falling = [CurvePoint(10 * i, 0, 0, 0, None, None, 2.0 - 0.3 * i) for i in range(4)]
+    assert branch_steps(spec, falling)[1] == ("plateau", 30, False)  # still falling

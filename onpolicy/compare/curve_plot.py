@@ -1,12 +1,13 @@
-"""The learning-curve figure: the held-out score (top) and the KL per token to the teacher
-(bottom) against cumulative training FLOPs, one column per start point, each method's seed mean
-as a line with a band of ± one sample sd over seeds (matplotlib, imported lazily)."""
+"""The learning-curve figure: the held-out score (top; left out for a task without a metric), the
+KL(student || teacher) per byte and the teacher's NLL per byte of the student's completions
+against cumulative training FLOPs, one column per start point, each method's seed mean as a line
+with a band of ± one sample sd over seeds (matplotlib, imported lazily)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from onpolicy.compare.curves import CurvePoint, mean_curve
+from onpolicy.compare.curves import CurvePoint, has_metric, mean_curve, warm_metric
 
 Groups = dict[str, dict[str, list[list[CurvePoint]]]]  # start -> method -> one curve per seed
 
@@ -30,10 +31,11 @@ def plot_curves(
     groups = {s: m for s, m in groups.items() if any(any(c) for c in m.values())}
     if not groups:
         return None
-    panels = [("score", metric), ("kl_per_byte", "KL(student || teacher) per byte")]
+    panels = curve_panels(groups, metric)
     fig, axes = plt.subplots(
-        2, len(groups), figsize=(5.2 * len(groups), 7.5), squeeze=False, sharex="col"
-    )
+        len(panels), len(groups), figsize=(5.2 * len(groups), 2.6 + 2.5 * len(panels)),
+        squeeze=False, sharex="col",
+    )  # fmt: skip
     colors: dict[str, str] = {}
     for col, (start, methods) in enumerate(groups.items()):
         for row, (attr, label) in enumerate(panels):
@@ -66,6 +68,16 @@ def plot_curves(
     return path
 
 
+def curve_panels(groups: Groups, metric: str = "score") -> list[tuple[str, str]]:
+    """``(CurvePoint attribute, axis label)`` of each row of the figure: the score when any curve
+    has one, then the KL per byte and the teacher's NLL per byte."""
+    scored = any(has_metric(c, "score") for m in groups.values() for c in m.values())
+    return [("score", metric)] * scored + [
+        ("kl_per_byte", "KL(student || teacher) per byte"),
+        ("teacher_nll_per_byte", "teacher NLL per byte"),
+    ]
+
+
 def plot_warm_up(records: list[dict], path: Path, teacher_data: str) -> Path | None:
     """The warm-up's validation score against its training FLOPs, one line per seed, with a
     marker at each branch point; None without matplotlib or a curve."""
@@ -78,20 +90,21 @@ def plot_warm_up(records: list[dict], path: Path, teacher_data: str) -> Path | N
         return None
     if not any(r.get("curve") for r in records):
         return None
+    key, name = warm_metric(records)  # the score, or KL/byte for a task without a metric
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for i, r in enumerate(records):
-        pts = [p for p in r["curve"] if p.get("score") is not None]
+        pts = [p for p in r["curve"] if p.get(key) is not None]
         xs = [p[f"flops_{teacher_data}"] for p in pts]
-        ax.plot(xs, [p["score"] for p in pts], "-o", ms=2.5, c=f"C{i}", label=f"seed {r['seed']}")
+        ax.plot(xs, [p[key] for p in pts], "-o", ms=2.5, c=f"C{i}", label=f"seed {r['seed']}")
         at = {p["step"]: p for p in pts}
         for b in r["branches"]:
             p = at.get(b["step"])
             if p is not None:
-                ax.plot(p[f"flops_{teacher_data}"], p["score"], "s", ms=8, mfc="none", c=f"C{i}")
-                ax.annotate(b["name"], (p[f"flops_{teacher_data}"], p["score"]), fontsize=7,
+                ax.plot(p[f"flops_{teacher_data}"], p[key], "s", ms=8, mfc="none", c=f"C{i}")
+                ax.annotate(b["name"], (p[f"flops_{teacher_data}"], p[key]), fontsize=7,
                             textcoords="offset points", xytext=(4, -10))  # fmt: skip
     ax.set_xlabel(f"warm-up training FLOPs (teacher data {teacher_data})")
-    ax.set_ylabel("validation score")
+    ax.set_ylabel(f"validation {name}")
     ax.set_title(f"{records[0]['method']} warm-up: branch points (squares)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

@@ -12,7 +12,8 @@ student's completions per UTF-8 byte). Evaluation compute is not training comput
 Summaries over the seed-mean curve of a method (points at the same steps across seeds; x = the
 seeds' mean FLOPs): ``best`` score; ``flops_to_reach(X)``: the FLOPs of the first evaluation whose
 mean score is >= X (None: never); ``auc``: the mean score over FLOPs ``[0, F]`` (trapezoids; a
-common ``F`` for all methods of a table, so the areas compare).
+common ``F`` for all methods of a table, so the areas compare). A task without a metric (``metric:
+none``) is summarized on ``kl_per_byte`` instead, lower being better (``lower=True``).
 """
 
 from __future__ import annotations
@@ -138,15 +139,35 @@ def mean_curve(
     return out
 
 
-def best(points: Sequence[MeanPoint]) -> float | None:
-    return max((p.y for p in points), default=None)
+def best(points: Sequence[MeanPoint], lower: bool = False) -> float | None:
+    """The highest mean value (``lower``: the lowest, for a metric where lower is better)."""
+    pick = min if lower else max
+    return pick((p.y for p in points), default=None)
 
 
-def flops_to_reach(points: Sequence[MeanPoint], target: float | None) -> float | None:
-    """FLOPs of the first point whose mean score is >= ``target`` (None: never, or no target)."""
+def flops_to_reach(
+    points: Sequence[MeanPoint], target: float | None, lower: bool = False
+) -> float | None:
+    """FLOPs of the first point whose mean value is >= ``target`` (``lower``: <= ``target``);
+    None: never, or no target."""
     if target is None:
         return None
+    if lower:
+        return next((p.x for p in points if p.y <= target + 1e-12), None)
     return next((p.x for p in points if p.y >= target - 1e-12), None)
+
+
+def warm_metric(records: Sequence[dict[str, Any]]) -> tuple[str, str]:
+    """``(curve key, name)`` a warm-up (``warm.json`` records) is shown by: its validation score,
+    or the KL(student || teacher) per byte when the task has no metric."""
+    if any(p.get("score") is not None for r in records for p in r.get("curve", [])):
+        return "score", "score"
+    return "kl_per_byte", "KL/byte"
+
+
+def has_metric(curves: Sequence[Sequence[CurvePoint]], metric: str) -> bool:
+    """Whether any point of ``curves`` holds ``metric`` (a task without a metric has no score)."""
+    return any(getattr(p, metric) is not None for curve in curves for p in curve)
 
 
 def auc(points: Sequence[MeanPoint], upto: float) -> float | None:
@@ -168,22 +189,26 @@ def auc(points: Sequence[MeanPoint], upto: float) -> float | None:
     return area / upto
 
 
-def plateau_step(curve: Sequence[CurvePoint], window: int, min_gain: float) -> tuple[int, bool]:
+def plateau_step(
+    curve: Sequence[CurvePoint], window: int, min_gain: float, metric: str = "score"
+) -> tuple[int, bool]:
     """Where a warm-up curve reaches its plateau: the first evaluation ``i >= window`` at which
     the best score so far exceeds the best score up to ``window`` evaluations earlier by less than
     ``min_gain`` (SFT's gain over the last ``window`` evaluations has flattened), once the best
     score has risen by at least ``min_gain`` above the first evaluation (a curve that has not
     started to climb is not at a plateau). Returns ``(step, reached)``; the last step with
-    ``reached=False`` when the rule never holds."""
-    pts = [p for p in curve if p.score is not None]
+    ``reached=False`` when the rule never holds. ``metric="kl_per_byte"`` (a task without a
+    metric): the same rule on minus the KL per byte (the KL's fall has flattened)."""
+    sign = 1.0 if metric == "score" else -1.0  # every other curve metric: lower is better
+    pts = [(p.step, sign * getattr(p, metric)) for p in curve if getattr(p, metric) is not None]
     if not pts:
         return (curve[-1].step if curve else 0), False
     running, top = [], float("-inf")
-    for p in pts:
-        top = max(top, p.score)
+    for _, value in pts:
+        top = max(top, value)
         running.append(top)
     for i in range(window, len(pts)):
-        climbed = running[i] - pts[0].score >= min_gain
+        climbed = running[i] - pts[0][1] >= min_gain
         if climbed and running[i] - running[i - window] < min_gain:
-            return pts[i].step, True
-    return pts[-1].step, False
+            return pts[i][0], True
+    return pts[-1][0], False

@@ -7,7 +7,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from onpolicy.compare.curves import CurvePoint, auc, best, flops_to_reach, mean_curve
+from onpolicy.compare.curves import (
+    CurvePoint,
+    auc,
+    best,
+    flops_to_reach,
+    has_metric,
+    mean_curve,
+    warm_metric,
+)
 
 ACCOUNTING = {
     "paid": "the teacher's data paid (each distinct teacher sample a method trained on is charged "
@@ -154,7 +162,10 @@ def curve_table(
     reference: str = "sft",
 ) -> str:
     """Per start point and method: best score, FLOPs to reach the reference method's best score
-    and 90% of the teacher's, and the mean score over a common FLOPs range (AUC)."""
+    and 90% of the teacher's, and the mean score over a common FLOPs range (AUC). Without a task
+    metric (no score on any curve): the same on KL/byte, lower being better (``kl_curve_table``)."""
+    if not any(has_metric(c, "score") for m in groups.values() for c in m.values()):
+        return kl_curve_table(groups, teacher_data, reference)
     target90 = None if teacher_score is None else 0.9 * teacher_score
     lines = [
         f"| start | method | best score | FLOPs to reach {reference}'s best | FLOPs to reach 90% "
@@ -178,26 +189,59 @@ def curve_table(
     return "\n".join(lines)
 
 
+def kl_curve_table(
+    groups: dict[str, dict[str, list[list[CurvePoint]]]], teacher_data: str, reference: str = "sft"
+) -> str:
+    """``curve_table`` for a task without a metric: per start point and method, the lowest
+    seed-mean KL(student || teacher) per byte on the held-out prompts, the FLOPs at which it first
+    reaches the reference method's lowest, its mean over a common FLOPs range, and the lowest
+    teacher NLL per byte of the student's completions."""
+    lines = [
+        f"| start | method | lowest KL/byte | FLOPs to reach {reference}'s lowest KL/byte | "
+        "mean KL/byte over [0, F] | KL/byte at the last evaluation | lowest teacher NLL/byte | F |",
+        "|" + "---|" * 8,
+    ]
+    for start, methods in groups.items():
+        means = {m: mean_curve(c, teacher_data, "kl_per_byte") for m, c in methods.items()}
+        means = {m: p for m, p in means.items() if p}
+        if not means:
+            continue
+        ref_best = best(means[reference], lower=True) if reference in means else None
+        common = min(p[-1].x for p in means.values())
+        for m, pts in means.items():
+            nll = best(mean_curve(methods[m], teacher_data, "teacher_nll_per_byte"), lower=True)
+            lines.append(
+                f"| {start} | {m} | {_f(best(pts, lower=True), '.4f')} | "
+                f"{_f(flops_to_reach(pts, ref_best, lower=True), '.2e')} | "
+                f"{_f(auc(pts, common), '.4f')} | {pts[-1].y:.4f} ± {pts[-1].sd:.4f} | "
+                f"{_f(nll, '.4f')} | {common:.2e} |"
+            )
+    return "\n".join(lines)
+
+
 def warm_table(records: Sequence[dict[str, Any]]) -> str:
-    """Per seed: each branch point's step, validation score there, warm-up FLOPs to it."""
+    """Per seed: each branch point's step, validation score there (KL/byte for a task without a
+    metric), warm-up FLOPs to it."""
+    key, name = warm_metric(records)
+    fmt = ".3f" if key == "score" else ".4f"
     lines = [
         "Validation split (training prompts held out), evaluated every warm_start.every steps. "
         "Plateau: the first evaluation at which the best score so far beats the best of "
         "plateau.window evaluations earlier by less than plateau.min_gain, once the best score "
         "has risen at least plateau.min_gain above the first evaluation.",
         "",
-        "| seed | branch | step | validation score | warm-up FLOPs free | warm-up FLOPs paid | "
+        f"| seed | branch | step | validation {name} | warm-up FLOPs free | warm-up FLOPs paid | "
         "note |",
         "|" + "---|" * 7,
     ]
     for r in records:
-        scores = {p["step"]: p.get("score") for p in r["curve"]}
+        scores = {p["step"]: p.get(key) for p in r["curve"]}
         for b in r["branches"]:
             note = "" if b["reached"] else "plateau not reached: last step"
             if r.get("cached"):
                 note = (note + "; " if note else "") + "reused from the cache"
             lines.append(
-                f"| {r['seed']} | {b['name']} | {b['step']} | {_f(scores.get(b['step']), '.3f')} "
+                f"| {r['seed']} | {b['name']} | {b['step']} | {_f(scores.get(b['step']), fmt)} "
                 f"| {b['flops']['free']:.2e} | {b['flops']['paid']:.2e} | {note} |"
             )
     return "\n".join(lines)

@@ -22,7 +22,9 @@ that cannot pay one warm-up per seed.
 The plateau (``curves.plateau_step``): the first evaluation at which the best validation score so
 far exceeds the best of ``window`` evaluations earlier by less than ``min_gain``, once the best
 score has risen at least ``min_gain`` above the first evaluation; the warm-up's last step (flagged
-"not reached") when that never happens. The warm-up is evaluated on the
+"not reached") when that never happens. A task without a metric (``metric: none``) has no
+score: the rule then runs on minus the validation KL(student || teacher) per byte (``min_gain`` in
+nats per byte). The warm-up is evaluated on the
 validation split carved from the training prompts (``validation.size``), never the held-out split.
 
 Without ``shared``, the warm-up of seed ``s`` trains with the seed ``warm_seed(s)``: its teacher
@@ -49,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from onpolicy.compare.accounting import Flops
-from onpolicy.compare.curves import CurvePoint, plateau_step
+from onpolicy.compare.curves import CurvePoint, plateau_step, warm_metric
 from onpolicy.compare.methods import MethodSpec, method_spec
 from onpolicy.errors import ConfigError, check_known_keys
 from onpolicy.types import Prompt
@@ -189,7 +191,8 @@ def branch_steps(spec: WarmSpec, curve: Sequence[CurvePoint]) -> list[tuple[str,
     out = []
     for b in spec.branch_at:
         if b == PLATEAU:
-            step, reached = plateau_step(curve, spec.window, spec.min_gain)
+            key, _ = warm_metric([{"curve": [vars(p) for p in curve]}])  # KL/byte: no metric
+            step, reached = plateau_step(curve, spec.window, spec.min_gain, key)
             out.append((PLATEAU, step, reached))
         else:
             out.append((f"step{b}", int(b), True))

@@ -38,13 +38,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--out", type=Path, default=Path("outputs/ratio-teacher"))
     p.add_argument("--start", type=Path, default=None, help="continue this folder instead")
+    p.add_argument("--seed", type=int, default=1, help="the training prompts' order")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     cfg = LongModelsConfig(
         digits=a.digits, teacher=teacher_spec(a.teacher), teacher_steps=a.teacher_steps
     )
-    built = long_models(cfg)
-    start_dir = a.start or built.teacher_dir
+    # --start: continue that folder (it may have been trained on another digit count: a
+    # curriculum); else the cached build of --teacher / --teacher-steps at --digits
+    start_dir = a.start or long_models(cfg).teacher_dir
     model = load_model(start_dir, trainable=True)
     task = long_arithmetic_task(
         digits=cfg.digits, variants=cfg.variants, num_train=cfg.num_train, seed=cfg.data_seed,
@@ -52,13 +54,14 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     tok = char_tokenizer()
     start = time.perf_counter()
-    losses = train_supervised(model, tok, task.train_prompts, a.steps, cfg.batch_size, a.lr, 1)
+    losses = train_supervised(model, tok, task.train_prompts, a.steps, cfg.batch_size, a.lr, a.seed)
     score = evaluate_exact_match(model, tok, task, max_new_tokens(cfg.digits))
     seconds = time.perf_counter() - start
     print(f"continued {a.steps} steps at {a.lr} in {seconds:.0f}s: valid exact match {score:.3f}")
     _save(model, a.out, {
         "valid_exact_match": score, "seconds": seconds, "losses": losses[::50],
-        "from": str(start_dir), "recipe": f"{start_dir} + {a.steps} steps at {a.lr}",
+        "from": str(start_dir),
+        "recipe": f"{start_dir} + {a.steps} steps at {a.lr} on {a.digits} digits (seed {a.seed})",
     })  # fmt: skip
 
 

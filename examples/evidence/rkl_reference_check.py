@@ -1,7 +1,8 @@
 """Rule out a bug before believing a result against on-policy: the engine's ``reverse_kl`` loss and
 gradient on the 6-digit models, against a plain-PyTorch reference on the same inputs.
 
-    python examples/evidence/rkl_reference_check.py --student DIR_OR_WEIGHTS --teacher DIR
+    python examples/evidence/rkl_reference_check.py --student DIR_OR_WEIGHTS --teacher DIR \
+        [--rows 16 --offset 0]
 
 The student samples 16 completions (temperature 1, up to 67 tokens) of training prompts with the
 engine's rollout; the engine's loss (``onpolicy.api.loss``, token-normalized as ``api.step`` does)
@@ -50,6 +51,7 @@ def main() -> None:
     ap.add_argument("--weights", default=None, help="a warm-up branch folder to load")
     ap.add_argument("--teacher", required=True)
     ap.add_argument("--rows", type=int, default=16)
+    ap.add_argument("--offset", type=int, default=0, help="first training prompt of the batch")
     args = ap.parse_args()
     torch.manual_seed(0)
     student = load_model(args.student, trainable=True)
@@ -58,7 +60,7 @@ def main() -> None:
     tok = load_tokenizer(args.student)
     teacher = load_model(args.teacher, trainable=False)
     task = long_arithmetic_task(digits=6, variants=4, num_train=8000)
-    prompts = list(task.train_prompts[: args.rows])
+    prompts = list(task.train_prompts[args.offset : args.offset + args.rows])
     backend = make_backend("hf", model=student, tokenizer=tok, max_batch_size=64)
     ro = rollout(backend, prompts, tok, SamplingParams(max_new_tokens=67, temperature=1.0, seed=0))
     scores = LocalTeacher(teacher, load_tokenizer(args.teacher), tok).score(ro)

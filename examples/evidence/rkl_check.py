@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> None:
     t_dir, s_dir = data["meta"]["models"]["teacher"], data["meta"]["models"]["student"]
     tok, teacher = load_tokenizer(t_dir), load_model(t_dir, trainable=False)
     student = load_model(s_dir, trainable=True)
-    load_saved_weights(student, data["warm_up"][0]["branches"][-1]["path"])
+    if data["warm_up"]:  # else the student folder is itself the warm start (a ``paths`` run)
+        load_saved_weights(student, data["warm_up"][0]["branches"][-1]["path"])
     student.eval()  # no dropout in these models; eval for identical forwards
     scorer = LocalTeacher(teacher, tok, tok, mode="same")
     obj = make_objective("reverse_kl")

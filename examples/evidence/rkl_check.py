@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> None:
         grad = max(float((engine[n] - q.grad).abs().max()) for n, q in student.named_parameters())
         scale = max(float(q.grad.abs().max()) for q in student.parameters())
         print(
-            f"batch {b}: engine {value:.8f}, reference {float(ref):.8f} "
-            f"(|diff| {abs(value - float(ref)):.1e}); tokens {out.num_tokens}; "
+            f"batch {b}: engine {value:.8f}, reference {float(ref.detach()):.8f} "
+            f"(|diff| {abs(value - float(ref.detach())):.1e}); tokens {out.num_tokens}; "
             f"max |grad diff| {grad:.1e} (max |grad| {scale:.1e})"
         )
 

@@ -6,6 +6,8 @@
 Used when a teacher's first cycle left it weak (the 1.77M teacher: 0.240 valid exact match after
 500 steps at 3e-3) and a full rebuild does not fit the CPU left: the saved folder is a plain
 model folder (``models: {kind: paths, teacher: DIR}``), its ``build.json`` says how it was made.
+``--save-every K`` also saves the model every K steps of the same schedule as ``<out>/step-<n>``
+(to pick a teacher of a given quality along one run: ``ratio_report.py teacher --teacher-dir``).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=Path("outputs/ratio-teacher"))
     p.add_argument("--start", type=Path, default=None, help="continue this folder instead")
     p.add_argument("--seed", type=int, default=1, help="the training prompts' order")
+    p.add_argument("--save-every", type=int, default=0, help="also save every K steps (0: no)")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     cfg = LongModelsConfig(
@@ -54,7 +57,18 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     tok = char_tokenizer()
     start = time.perf_counter()
-    losses = train_supervised(model, tok, task.train_prompts, a.steps, cfg.batch_size, a.lr, a.seed)
+
+    def checkpoint(step: int) -> None:
+        if a.save_every and step % a.save_every == 0 and step < a.steps:
+            _save(model, a.out / f"step-{step}", {
+                "seconds": time.perf_counter() - start, "from": str(start_dir),
+                "recipe": f"{start_dir} + {step} of {a.steps} steps at {a.lr} "
+                f"(cosine, seed {a.seed})",
+            })  # fmt: skip
+
+    losses = train_supervised(
+        model, tok, task.train_prompts, a.steps, cfg.batch_size, a.lr, a.seed, on_step=checkpoint
+    )
     score = evaluate_exact_match(model, tok, task, max_new_tokens(cfg.digits))
     seconds = time.perf_counter() - start
     print(f"continued {a.steps} steps at {a.lr} in {seconds:.0f}s: valid exact match {score:.3f}")

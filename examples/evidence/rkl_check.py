@@ -67,7 +67,8 @@ def from_run(run: Path, batch_size: int | None) -> Setting:
     data = json.loads((run / "report.json").read_text())
     models = data["meta"]["models"]
     prompts = list(long_arithmetic_task(digits=3).train_prompts)
-    init = data["warm_up"][0]["branches"][-1]["path"]
+    # no warm-up stage (a ``paths`` run): the student folder is itself the warm start
+    init = data["warm_up"][0]["branches"][-1]["path"] if data["warm_up"] else models["student"]
     return Setting(models["teacher"], models["student"], init, prompts, 38, batch_size or 32)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -33,10 +33,13 @@ def train_supervised(
     batch_size: int,
     lr: float,
     seed: int,
+    on_step: Callable[[int], None] | None = None,
 ) -> list[float]:
     """AdamW with linear warmup and cosine decay on next-token loss over the gold completions.
 
-    Returns the per-step mean loss (mean over completion tokens of the batch).
+    ``on_step(n)``, if given, is called after optimizer step ``n`` (1-based), the model in train
+    mode (e.g. to save checkpoints along one schedule). Returns the per-step mean loss (mean over
+    completion tokens of the batch).
     """
     prompt_ids, completion_ids = encode_pairs(tokenizer, prompts)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
@@ -46,7 +49,7 @@ def train_supervised(
     )
     rng, losses = random.Random(seed), []
     model.train()
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         idx = rng.sample(range(len(prompts)), min(batch_size, len(prompts)))
         batch = PaddedBatch.from_ragged(
             [prompt_ids[i] for i in idx], [completion_ids[i] for i in idx], tokenizer.pad_token_id
@@ -63,6 +66,8 @@ def train_supervised(
         opt.step()
         sched.step()
         losses.append(loss.item())
+        if on_step is not None:
+            on_step(step)
     model.eval()
     return losses
 

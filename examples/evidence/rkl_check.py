@@ -75,7 +75,7 @@ def from_run(run: Path, batch_size: int | None) -> Setting:
 def from_config(path: str, batch_size: int | None, seed: int) -> Setting:
     """A compare config whose warm-up of ``seed`` has run (read from its cache; trains nothing)."""
     from onpolicy.compare.config import load_config
-    from onpolicy.compare.run import resolve_models
+    from onpolicy.compare.model_dirs import resolve_models
     from onpolicy.compare.training import split_prompts
     from onpolicy.compare.warm import cache_folder
     from onpolicy.tasks.base import make_task

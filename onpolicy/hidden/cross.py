@@ -23,15 +23,14 @@ cross mode: ``CrossTeacherScores.layer_hidden_L_Nt_D``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from onpolicy.errors import ConfigError
-from onpolicy.hidden.layers import LayerPairs, capture_hidden_states, pack_layers
-from onpolicy.hidden.objective import hidden_term, projection_flops
+from onpolicy.hidden.layers import capture_hidden_states, pack_layers
+from onpolicy.hidden.objective import WithHidden, hidden_term, projection_flops
 from onpolicy.losses.hidden import HiddenLoss
-from onpolicy.objectives.base import BatchSource, LossOutput, TeacherOutput, teacher_output
+from onpolicy.objectives.base import LossOutput
 from onpolicy.objectives.common import PAD_ID
 from onpolicy.teacher.types import CrossTeacherScores, TeacherScores
 from onpolicy.types import Rollout
@@ -93,36 +92,11 @@ def span_end_term(
 
 
 @dataclass
-class WithCrossHidden:
+class WithCrossHidden(WithHidden):
     """``inner`` (any objective; with a cross-tokenizer teacher) + ``weight`` times the span-end
-    hidden term (see the module docstring).
-
-    Attributes:
-        inner: the objective (``gold``, ``uld``, ``next_byte`` on-policy; ``sft`` on teacher
-            samples); its batch source and teacher output are this one's.
-        pairs: ``(student, teacher)`` hidden-state indices (``onpolicy.hidden.layers``).
-        weight: the term's weight (> 0).
-        kind: ``mse`` or ``cosine``.
-        projection: the (possibly DDP-wrapped) ``HiddenProjection``.
-    """
-
-    inner: Any
-    pairs: LayerPairs
-    weight: float
-    kind: HiddenLoss
-    projection: torch.nn.Module
-
-    needs_teacher = True  # the teacher's hidden states, even under a teacher-free objective
-
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    def batch_source(self, step: int) -> BatchSource:
-        return self.inner.batch_source(step)
-
-    def teacher_output(self) -> TeacherOutput:
-        return teacher_output(self.inner)
+    hidden term (see the module docstring). Fields, batch source and teacher output as
+    ``WithHidden``'s; ``inner`` is ``gold``, ``uld``, ``next_byte`` on-policy or ``sft`` on teacher
+    samples; only the loss (span ends instead of every completion position) differs."""
 
     def loss(self, student, rollout: Rollout, teacher_scores: TeacherScores | None) -> LossOutput:
         cross = _cross_scores(teacher_scores)

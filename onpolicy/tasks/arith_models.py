@@ -192,6 +192,14 @@ def _build_one(cfg: ArithmeticModelsConfig, name: str, folder: Path, log) -> Non
         "student": (cfg.student, cfg.student_steps),
         "cross_student": (cfg.student, cfg.cross_student_steps),
     }[name]
+    train_and_save(cfg, task, tok, spec, steps, name, folder, log)
+
+
+def train_and_save(cfg: ArithmeticModelsConfig, task, tok, spec: ModelSpec, steps: int, name: str,
+                   folder: Path, log, extra: dict | None = None) -> None:  # fmt: skip
+    """Build ``spec`` with ``tok``, train it ``steps`` steps on ``task``'s gold scratchpads, and
+    save it with its tokenizer and a ``build.json`` (held-out score, time, loss, ``cfg``,
+    ``extra``)."""
     start = time.perf_counter()
     model = spec.build(tok, seed=cfg.data_seed)
     losses = train_supervised(
@@ -212,5 +220,6 @@ def _build_one(cfg: ArithmeticModelsConfig, name: str, folder: Path, log) -> Non
         "seconds": seconds,
         "final_loss": losses[-1],
         "config": asdict(cfg),
+        **(extra or {}),
     }
     (folder / "build.json").write_text(json.dumps(record, indent=1, default=str))

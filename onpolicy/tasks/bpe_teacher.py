@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from dataclasses import asdict
 from pathlib import Path
 
-from onpolicy.tasks.arith_models import ArithmeticModelsConfig, max_new_tokens
+from onpolicy.tasks.arith_models import ArithmeticModelsConfig, train_and_save
 
 TEACHER_TOKENIZERS = ("char", "bpe")
 
@@ -48,33 +47,11 @@ def _build(cfg: ArithmeticModelsConfig, cross_student_dir: Path, folder: Path, l
     from transformers import AutoTokenizer
 
     from onpolicy.tasks.arithmetic import arithmetic_task
-    from onpolicy.tasks.supervised import evaluate_exact_match, train_supervised
 
     task = arithmetic_task(digits=cfg.digits, num_train=cfg.num_train, seed=cfg.data_seed)
     tok = AutoTokenizer.from_pretrained(cross_student_dir)
-    start = time.perf_counter()
-    model = cfg.teacher.build(tok, seed=cfg.data_seed)
-    losses = train_supervised(
-        model, tok, task.train_prompts, cfg.teacher_steps, cfg.batch_size, cfg.lr, cfg.data_seed
-    )
-    score = evaluate_exact_match(model, tok, task, max_new_tokens(cfg.digits))
-    seconds = time.perf_counter() - start
-    log(
-        f"[arithmetic] trained the BPE teacher ({sum(p.numel() for p in model.parameters()):,} "
-        f"params, {cfg.teacher_steps} steps, final loss {losses[-1]:.3f}) in {seconds:.0f}s: "
-        f"held-out exact match {score:.3f}"
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    record = {
-        "held_out_exact_match": score,
-        "seconds": seconds,
-        "final_loss": losses[-1],
-        "config": asdict(cfg),
-        "tokenizer_from": str(cross_student_dir),
-    }
-    (folder / "build.json").write_text(json.dumps(record, indent=1, default=str))
+    train_and_save(cfg, task, tok, cfg.teacher, cfg.teacher_steps, "the BPE teacher", folder, log,
+                   {"tokenizer_from": str(cross_student_dir)})  # fmt: skip
 
 
 def held_out_score(folder: Path) -> float:

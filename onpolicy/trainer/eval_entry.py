@@ -40,7 +40,7 @@ def evaluate_config(
     else:
         model, tok = load_model(path, device=device, trainable=False), load_tokenizer(path)
     teacher = built = None
-    if config.teacher.path or config.teachers:  # the first of several (as ``load_teacher``)
+    if config.teacher.path or config.teachers:  # the first of several
         block = next(iter(config.teachers.values())) if config.teachers else config.teacher
         built = build_teacher(block, model, tok, device, "logits")
         teacher = built.scorer

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 
 class OnpolicyError(Exception):
@@ -41,3 +41,10 @@ def check_known_keys(block: str, raw: Iterable[str], known: Iterable[str], where
         close = difflib.get_close_matches(str(unknown[0]), known, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"unknown {block} keys {unknown}{at}; known {known}{hint}")
+
+
+def check_at_least(values: Mapping[str, float], low: float) -> None:
+    """A one-line ``ConfigError`` naming the first ``key=value`` of ``values`` below ``low``."""
+    for key, value in values.items():
+        if value < low:
+            raise ConfigError(f"{key}={value} must be >= {low}")

@@ -126,7 +126,7 @@ def engine_batches(
     fixed teacher samples of ``train_prompts`` drawn as the trainer draws them (same seed, same
     samples) and turned into student tokens as the trainer does (``completions_for``); and the
     teacher compute spent."""
-    from alignment.vocab_map import same_tokenizer
+    from alignment.tokens.vocab_map import same_tokenizer
     from onpolicy.chat import end_of_turn_token_id, render_prompt
     from onpolicy.rollout.hf import HFRolloutBackend
     from onpolicy.trainer.sources import SampleSources, completions_for, draw_teacher_samples

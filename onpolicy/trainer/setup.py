@@ -69,16 +69,6 @@ class Components:
     sources: SampleSources
     projection: torch.nn.Module | None = None
 
-    @property
-    def teacher_backend(self) -> RolloutBackend | None:
-        """The teacher's rollout backend (``sources.teacher_backend``; None without one)."""
-        return self.sources.teacher_backend
-
-    @property
-    def end_id(self) -> int | None:
-        """The student's end-of-turn (or EOS) id (``sources.end_id``)."""
-        return self.sources.end_id
-
     def close(self) -> None:
         """Shut down what the run started: the student's rollout backend and the teacher's
         sampler (a vLLM engine, in this process or in its child; a served teacher holds

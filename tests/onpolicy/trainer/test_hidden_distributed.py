@@ -1,9 +1,8 @@
 """The hidden-state projection under multi-process training on CPU (gloo): two processes give the
 same losses, student and projection as one process on the same prompts (the projection's
 gradients are synchronized), the projection is saved in the checkpoints and the exported
-``final/`` student never holds it. DDP for the cross-tokenizer (span-end) variant, whose
-same-tokenizer twin is ``test_hidden_trainer.py::test_two_processes_match_one_with_the_hidden_term``;
-FSDP2 for the same-tokenizer one."""
+``final/`` student never holds it. DDP for the cross-tokenizer (span-end) variant (the
+same-tokenizer one is in ``test_hidden_trainer.py``); FSDP2 for the same-tokenizer one."""
 
 from __future__ import annotations
 

@@ -48,4 +48,3 @@ def test_cut_student_recipe_runs(monkeypatch, capsys, tmp_path):
     student = f"student.path={tmp_path / 'init'}"
     result = run_recipe("cut_student", [student, *SHORT, f"train.output_dir={tmp_path / 'run'}"])
     assert result.steps == 2 and "eval/kl_per_token" in result.eval_after
-

@@ -15,10 +15,11 @@ positions``), step by step from the objective's own ``batch_source(step)`` and `
   (``accounting.py`` explains both; the report shows both).
 
 ``P_s`` / ``P_t``: the training prompts' mean length in the student's / teacher's tokens (exact);
-``C``: the completion length, ``budget.completion_tokens``, else ``train.max_new_tokens`` (a bound:
-real completions can stop earlier, on-policy ones at other lengths than the teacher's, and a
-cross-tokenizer teacher counts its own tokens). The report shows each run's recorded FLOPs next to
-its planned steps, so the match can be checked.
+``C``: the completion length, ``budget.completion_tokens``, else ``train.max_new_tokens`` (a bound
+for the student: real completions can stop earlier, on-policy ones at other lengths than the
+teacher's; *not* for a cross-tokenizer teacher, which reads its own tokens: a char-level teacher
+of a BPE student about 2x ``C``, so its forwards are undercharged). The report shows each run's
+recorded FLOPs next to its planned steps, so the match can be checked.
 """
 
 from __future__ import annotations

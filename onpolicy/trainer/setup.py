@@ -243,7 +243,13 @@ def _hidden_plan(config: Config, accelerator: Any) -> Any:
         )
     from onpolicy.hidden.build import hidden_plan
 
-    return hidden_plan(config)
+    plan = hidden_plan(config)
+    if plan.num_maps and accelerator.is_fsdp2:  # accelerate's FSDP2 prepare takes one model
+        raise ConfigError(
+            "hidden-state distillation with a trained projection cannot run under FSDP2 (one "
+            "model per prepare); use DDP, or equal widths with hidden.projection=none"
+        )
+    return plan
 
 
 def _hand_over_reference(objective: Any, model: Any, full: Any) -> None:

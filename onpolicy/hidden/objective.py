@@ -22,7 +22,13 @@ from onpolicy.errors import ConfigError
 from onpolicy.forward import completion_positions
 from onpolicy.hidden.layers import LayerPairs, capture_hidden_states, pack_layers
 from onpolicy.losses.hidden import HiddenLoss, hidden_distance
-from onpolicy.objectives.base import BatchSource, LossOutput, TeacherOutput, teacher_output
+from onpolicy.objectives.base import (
+    BatchSource,
+    LossOutput,
+    TeacherOutput,
+    teacher_output,
+    topk_teacher_limit,
+)
 from onpolicy.objectives.common import PAD_ID
 from onpolicy.teacher.types import TeacherScores
 from onpolicy.types import Rollout
@@ -71,6 +77,9 @@ class WithHidden:
 
     def teacher_output(self) -> TeacherOutput:
         return teacher_output(self.inner)
+
+    def topk_teacher_limit(self) -> str | None:
+        return topk_teacher_limit(self.inner)
 
     def loss(self, student, rollout: Rollout, teacher_scores: TeacherScores | None) -> LossOutput:
         teacher_L_N_D = _teacher_layers(teacher_scores, self.name)

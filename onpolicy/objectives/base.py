@@ -80,6 +80,23 @@ def teacher_output(objective: Any) -> TeacherOutput:
     return objective.teacher_output() if isinstance(objective, DeclaresTeacherOutput) else "logits"
 
 
+@runtime_checkable
+class DeclaresTopKLimit(Protocol):
+    """An objective with options a top-k teacher cannot serve (the others need nothing more)."""
+
+    def topk_teacher_limit(self) -> str | None: ...
+
+
+def topk_teacher_limit(objective: Any) -> str | None:
+    """None when top-k log-probabilities at temperature 1 (a vLLM teacher, cached scores) are
+    enough for ``objective``, else the objective's one-line reason ending in the option to set
+    (``...; set alpha: 0``); None when it declares nothing. The teacher checks
+    (``onpolicy.teacher.backends``, ``onpolicy.scores.cached``) ask this, not objective options."""
+    if isinstance(objective, DeclaresTopKLimit):
+        return objective.topk_teacher_limit()
+    return None
+
+
 ObjectiveFactory = Callable[..., Objective]
 OBJECTIVES: dict[str, ObjectiveFactory] = {}
 

@@ -72,3 +72,21 @@ def check_unit(name: str, value: float, low: float = 0.0, high: float = 1.0) -> 
 def check_temperature(value: float) -> None:
     if value <= 0:
         raise ConfigError(f"objective option temperature={value} must be > 0")
+
+
+def topk_temperature_limit(
+    temperature: float, teacher_temperature: float | None = None
+) -> str | None:
+    """Why a top-k teacher (log-probabilities at temperature 1) cannot serve ``temperature`` /
+    ``teacher_temperature`` (``None`` when both are 1, or the latter unset): rescaling needs the
+    teacher's full distribution."""
+    if temperature == 1.0 and teacher_temperature in (None, 1.0):
+        return None
+    if teacher_temperature is None:
+        return (
+            f"temperature={temperature} needs the teacher's full distribution; set temperature: 1.0"
+        )
+    return (
+        f"temperature={temperature}, teacher_temperature={teacher_temperature} need the teacher's "
+        "full distribution; set temperature: 1.0 and teacher_temperature: null"
+    )

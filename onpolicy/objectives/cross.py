@@ -21,7 +21,7 @@ from onpolicy.errors import ConfigError
 from onpolicy.forward import split_rows, with_spare_row
 from onpolicy.losses import token_logprobs
 from onpolicy.objectives.base import BatchSource
-from onpolicy.objectives.common import require_cross, student_forward
+from onpolicy.objectives.common import require_cross, student_forward, topk_temperature_limit
 from onpolicy.objectives.reference import FrozenReference, ReferencePolicy
 from onpolicy.teacher.types import CrossTeacherScores, TeacherScores
 from onpolicy.types import Rollout
@@ -110,7 +110,8 @@ def span_advantages_and_logprobs(
 class AnchoredCrossObjective:
     """What ``next_byte``, ``gold`` and ``uld`` share: trained on the student's own samples,
     scored by a teacher, and anchored by ``reference_kl`` to the initial student through a
-    ``FrozenReference`` (subclasses declare ``reference_kl`` and ``loss``)."""
+    ``FrozenReference`` (subclasses declare ``temperature``, ``teacher_temperature``,
+    ``reference_kl`` and ``loss``)."""
 
     _reference: FrozenReference = field(
         default_factory=FrozenReference, init=False, repr=False, compare=False
@@ -124,6 +125,10 @@ class AnchoredCrossObjective:
     def set_reference(self, reference: ReferencePolicy) -> None:
         """The student's initial policy for ``reference_kl`` (``onpolicy.trainer.setup``)."""
         self._reference.set(reference)
+
+    def topk_teacher_limit(self) -> str | None:
+        """A top-k teacher serves ``temperature`` 1 with ``teacher_temperature`` unset or 1."""
+        return topk_temperature_limit(self.temperature, self.teacher_temperature)
 
 
 def side_tries(cross: CrossTeacherScores, s_side, t_side, needed_by: str) -> tuple:

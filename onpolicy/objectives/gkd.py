@@ -6,7 +6,12 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from onpolicy.objectives.base import BatchSource, LossOutput, TeacherOutput, register_objective
-from onpolicy.objectives.common import check_temperature, check_unit, on_policy_share
+from onpolicy.objectives.common import (
+    check_temperature,
+    check_unit,
+    on_policy_share,
+    topk_temperature_limit,
+)
 from onpolicy.objectives.divergence import divergence_loss
 from onpolicy.teacher.types import TeacherScores
 from onpolicy.types import Rollout
@@ -45,6 +50,10 @@ class GKD:
     def teacher_output(self) -> TeacherOutput:
         """``hidden`` with ``chunked`` (the chunked divergence), else ``logits``."""
         return "hidden" if self.chunked else "logits"
+
+    def topk_teacher_limit(self) -> str | None:
+        """A top-k teacher serves ``temperature`` 1 only."""
+        return topk_temperature_limit(self.temperature)
 
     def loss(self, student, rollout: Rollout, teacher_scores: TeacherScores | None) -> LossOutput:
         return divergence_loss(

@@ -28,7 +28,13 @@ import torch
 from onpolicy.errors import ConfigError
 from onpolicy.losses import generalized_jsd
 from onpolicy.objectives.base import BatchSource, LossOutput, TeacherOutput, register_objective
-from onpolicy.objectives.common import check_temperature, check_unit, require_same, student_forward
+from onpolicy.objectives.common import (
+    check_temperature,
+    check_unit,
+    require_same,
+    student_forward,
+    topk_temperature_limit,
+)
 from onpolicy.objectives.divergence import divergence_loss
 from onpolicy.teacher.types import DenseScores, TeacherScores
 from onpolicy.types import Rollout
@@ -102,6 +108,16 @@ class SupervisedKD:
     def teacher_output(self) -> TeacherOutput:
         """``hidden`` with ``chunked`` (the chunked divergence), else ``logits``."""
         return "hidden" if self.chunked else "logits"
+
+    def topk_teacher_limit(self) -> str | None:
+        """A top-k teacher serves ``alpha`` 0 (the gold CE term takes full logits) at
+        ``temperature`` 1 only."""
+        if self.alpha > 0:
+            return (
+                f"alpha={self.alpha} weights a gold CE term that needs the teacher's full logits; "
+                "set alpha: 0"
+            )
+        return topk_temperature_limit(self.temperature)
 
     def loss(self, student, rollout: Rollout, teacher_scores: TeacherScores | None) -> LossOutput:
         t2 = self.temperature**2

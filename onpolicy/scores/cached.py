@@ -117,7 +117,7 @@ def check_cached_scores(config: Any, base_dir: Path | None = None) -> None:
     folder, a same-tokenizer teacher, an objective that trains on dataset batches with a top-k
     teacher, and a live teacher for its other batches."""
     from onpolicy.config_checks import resolve_path
-    from onpolicy.objectives.base import make_objective
+    from onpolicy.objectives.base import make_objective, topk_teacher_limit
     from onpolicy.scores.store import read_manifest
 
     t = config.teacher
@@ -140,8 +140,9 @@ def check_cached_scores(config: Any, base_dir: Path | None = None) -> None:
             f"{sorted(sources - {'dataset'})} batches, which need a live teacher: set teacher.path "
             "(or lmbda: 0 for gkd)"
         )
-    if getattr(objective, "temperature", 1.0) != 1.0 or getattr(objective, "alpha", 0.0) > 0:
+    reason = topk_teacher_limit(objective)
+    if reason is not None:
         raise ConfigError(
-            "teacher.scores are top-k log-probs at temperature 1: set objective.params "
-            "temperature: 1.0 and alpha: 0 (the gold CE term needs full teacher logits)"
+            f"teacher.scores are top-k log-probs at temperature 1; objective "
+            f"{config.objective.name!r}: {reason} in objective.params, or drop teacher.scores"
         )

@@ -112,19 +112,16 @@ def check_backend(key: str, t: TeacherConfig, output: str, objective: Any) -> No
 
 
 def _check_objective(key: str, t: TeacherConfig, output: str, objective: Any) -> None:
-    """What a top-k teacher cannot give: full logits, other temperatures. (A chunked objective,
-    ``output == "hidden"``, gets top-k scores and takes the chunked top-k loss.)"""
-    name = getattr(objective, "name", "?")
-    if getattr(objective, "alpha", 0.0):
+    """What a top-k teacher cannot give (full logits, other temperatures), as the objective
+    declares it (``topk_teacher_limit``). (A chunked objective, ``output == "hidden"``, gets
+    top-k scores and takes the chunked top-k loss.)"""
+    from onpolicy.objectives.base import topk_teacher_limit
+
+    reason = topk_teacher_limit(objective)
+    if reason is not None:
         raise ConfigError(
-            f"objective {name!r} with alpha > 0 needs the teacher's full logits; a {t.backend} "
-            "teacher returns top-k log-probs: set alpha: 0 or backend: local"
-        )
-    temps = (getattr(objective, "temperature", 1.0), getattr(objective, "teacher_temperature", 1.0))
-    if any(x not in (None, 1.0) for x in temps):
-        raise ConfigError(
-            f"objective {name!r}: a {t.backend} teacher's log-probs are at temperature 1; set "
-            "temperature: 1.0 (and teacher_temperature: null) or use backend: local"
+            f"objective {objective.name!r} with a {t.backend} teacher (top-k log-probs at "
+            f"temperature 1): {reason}, or use {key}.backend=local"
         )
 
 

@@ -5,7 +5,7 @@ pages. Every choice here only changes speed: values are the same with or without
 after an op its worker threads spin for a while (libgomp's default wait policy) before they sleep.
 A kernel that alternates short torch ops with numpy sorts run in a second pool of Python threads
 made three threads fight for two cores: the sorting threads and the spinning OpenMP workers (the
-mechanism alone: the ``spin`` row of ``benchmarks/RESULTS-threads.md``, 2x the CPU time).
+mechanism alone, measured: the ``spin`` row of ``benchmarks/RESULTS-threads.md``).
 ``run_chunks`` instead runs a row kernel's chunks on ``torch.get_num_threads()`` threads (the
 caller and ``n - 1`` helpers), each taking the next chunk when done with one (a descheduled
 thread holds up one chunk, not a share fixed in advance), with torch's own team off in each:

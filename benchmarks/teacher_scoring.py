@@ -14,9 +14,12 @@ after round, after one warm-up call each (a load change on the shared machine hi
 medians of completion tokens scored per second. Memory: each side again in a fresh process: its
 peak RSS (libraries, weights, vLLM's KV cache of ``VLLM_CPU_KVCACHE_SPACE`` GiB, the call) and the
 scoring call's own peak above the RSS before it (Linux ``VmHWM``, reset through
-``/proc/self/clear_refs``); for the server, its process's peak RSS. Runs in the vLLM venv:
+``/proc/self/clear_refs``); for ``server`` that process is the client (what the trainer's process
+holds with a served teacher: tokenizer, torch, the answer), and the ``vllm serve`` process and its
+engine core are reported apart. ``--memory-only``: no timing, the memory of ``hf`` and ``server``
+only. Runs in the vLLM venv:
 
-    .venv-vllm/bin/python benchmarks/teacher_scoring.py [--rounds 3] [--no-server]
+    .venv-vllm/bin/python benchmarks/teacher_scoring.py [--rounds 3] [--no-server] [--memory-only]
         [--out benchmarks/RESULTS-teacher-scoring.md]
 """
 
@@ -206,17 +209,40 @@ def table(rates, memory, server_mb, args, load: str) -> str:
     ]
     for side, rate in med.items():
         m = memory.get(side, {})
-        proc = m.get("process_peak_mb", server_mb if side == "server" else None)
-        call = m.get("call_mb")
+        proc, call = m.get("process_peak_mb"), m.get("call_mb")
         lines.append(
             f"| {side} | {rate:,.1f} | {rate / med['hf']:.2f}x | "
             + ", ".join(f"{x:,.0f}" for x in rates[side])
-            + f" | {'-' if proc is None else f'{proc:,.0f}'} | "
-            + f"{'-' if call is None else f'{call:,.0f}'} |"
+            + f" | {_mb(proc)} | {_mb(call)} |"
         )
-    lines += ["", "server: process peak = the `vllm serve` process and its engine core (the "
-              "client holds only the answer); call peak = the client's."]  # fmt: skip
-    return "\n".join(lines)
+    return "\n".join([*lines, "", _server_note(server_mb)])
+
+
+def _mb(x: float | None) -> str:
+    return "-" if x is None else f"{x:,.0f}"
+
+
+def _server_note(server_mb: float | None) -> str:
+    return (
+        "server: process peak and call peak are the client's (the trainer's process holding a "
+        f"`VLLMTeacher` on the URL); the `vllm serve` process and its engine core peaked at "
+        f"{_mb(server_mb)} MB, outside the trainer."
+    )
+
+
+def memory_table(memory: dict, server_mb: float | None, args) -> str:
+    """The trainer-side memory of each side (``--memory-only``)."""
+    lines = [
+        f"SmolLM2-135M-Instruct, float32, top-{K} + tail, batch {args.rows} rows x "
+        f"{args.completion} completion tokens; each side in a fresh process: load, one warm-up "
+        "call, one measured call.",
+        "",
+        "| side | trainer-process peak MB | call peak above its start MB |",
+        "|---|---:|---:|",
+    ]
+    for side, m in memory.items():
+        lines.append(f"| {side} | {_mb(m.get('process_peak_mb'))} | {_mb(m.get('call_mb'))} |")
+    return "\n".join([*lines, "", _server_note(server_mb)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=32)
     p.add_argument("--completion", type=int, default=128)
     p.add_argument("--no-server", action="store_true", help="engine and hf only")
+    p.add_argument("--memory-only", action="store_true",
+                   help="no timing: the trainer-side memory of hf and server")  # fmt: skip
     p.add_argument("--out", default=None, help="also write the table (Markdown) here")
     p.add_argument("--memory-side", choices=SIDES, help="(internal)")
     p.add_argument("--url", default=None, help="(internal) the server")
@@ -236,12 +264,14 @@ def main(argv: list[str] | None = None) -> int:
 
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     sides = ["hf", "vllm"] if args.no_server else list(SIDES)
+    if args.memory_only:
+        sides = ["hf", "server"]
     proc = url = None
     server_mb = None
     try:
         if "server" in sides:
             proc, url = start_server(str(smollm2_dir()), Path("/tmp/onpolicy-bench-serve.log"))
-        rates = time_sides(sides, args, url)
+        rates = None if args.memory_only else time_sides(sides, args, url)
         memory = {s: _spawn_memory(s, args, url) for s in sides}
         if proc is not None:
             server_mb = _server_peak_mb(proc)
@@ -249,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=60)
+    if args.memory_only:
+        print(memory_table(memory, server_mb, args))
+        return 0
     text = table(rates, memory, server_mb, args, load)
     print(text)
     if args.out:

@@ -9,7 +9,11 @@ and one AdamW step. Each side runs in its own fresh process, alternating (``--ro
   its forward makes the float32 [N, V] logits the loss reads;
 - ``top64``: the teacher's top-64 log-probs + tail + token log-prob, made beforehand (as
   ``onpolicy score`` caches them or a vLLM teacher returns them) and read from a file: no teacher
-  model and no [N, V] teacher tensor in the trainer's process.
+  model and no [N, V] teacher tensor in the trainer's process; the sparse loss on the student's
+  full [N, V] logits (``chunked: false``);
+- ``top64_chunked``: the same scores, ``chunked: true``: the chunked top-k loss
+  (``onpolicy.losses.chunked_topk``) projects the student's hidden states through its LM head a
+  block of positions at a time, so the student's [N, V] logits never exist at once either.
 
 Reported per side: the bytes of the teacher-score tensors the loss reads (``TeacherScores``), and
 the step's peak resident memory above the resident memory just before it (Linux ``VmHWM`` after
@@ -38,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 V = 151_936
 K = 64
-SIDES = ("full", "top64")
+SIDES = ("full", "top64", "top64_chunked")
 
 
 def _model(seed: int):
@@ -131,14 +135,16 @@ def run_side(side: str, args) -> dict:
     student = _model(1)
     rollout = _rollout(args.rows, args.prompt, args.completion)
     teacher = _model(2) if side == "full" else None
-    sparse = torch.load(args.scores, weights_only=False) if side == "top64" else None
+    sparse = torch.load(args.scores, weights_only=False) if side != "full" else None
     opt = torch.optim.AdamW(student.parameters(), lr=1e-4)
     gc.collect()
     before = _rss_mb()
     with open("/proc/self/clear_refs", "w") as f:  # peak RSS := current RSS
         f.write("5")
     scores = _full_scores(teacher, rollout) if side == "full" else sparse
-    out = SupervisedKD(source="dataset").loss(student, rollout, scores)
+    out = SupervisedKD(source="dataset", chunked=side == "top64_chunked").loss(
+        student, rollout, scores
+    )
     (out.loss_sum / out.num_tokens).backward()
     opt.step()
     peak = _hwm_mb()
@@ -180,17 +186,20 @@ def table(runs: dict[str, list[dict]], args) -> str:
         "AdamW step, float32, 1 torch thread; each side in a fresh process, "
         f"{args.rounds} round(s) alternating; medians."
     )
+    full, sp, ch = (score_mb[s] for s in SIDES)
     return "\n".join([
         setting,
         "",
-        "| | full logits (local teacher) | top-64 (cache / vLLM teacher) | top-64 / full |",
-        "|---|---:|---:|---:|",
-        f"| teacher-score memory (MB; target top-64 <= 0.1x) | {score_mb['full']:,.1f} | "
-        f"{score_mb['top64']:,.2f} | {score_mb['top64'] / score_mb['full']:.4f}x |",
+        "| | full logits (local teacher) | top-64, sparse loss on the student's logits | "
+        "top-64, chunked top-k loss | top-64 / full (sparse, chunked) |",
+        "|---|---:|---:|---:|---:|",
+        f"| teacher-score memory (MB; target top-64 <= 0.1x) | {full:,.1f} | {sp:,.2f} | "
+        f"{ch:,.2f} | {sp / full:.4f}x, {ch / full:.4f}x |",
         f"| teacher-score bytes per completion token | {per_token['full']:,.0f} | "
-        f"{per_token['top64']:,.0f} | |",
+        f"{per_token['top64']:,.0f} | {per_token['top64_chunked']:,.0f} | |",
         f"| step peak above its start (MB) | {med['full']:,.0f} | {med['top64']:,.0f} | "
-        f"{med['top64'] / med['full']:.2f}x |",
+        f"{med['top64_chunked']:,.0f} | {med['top64'] / med['full']:.2f}x, "
+        f"{med['top64_chunked'] / med['full']:.2f}x |",
         "",
         f"Per round (step peak above its start, MB): {rounds}.",
     ])  # fmt: skip

@@ -9,18 +9,19 @@ first use (``import onpolicy`` stays cheap)::
 
 (``rollout`` is not re-exported here: ``onpolicy.rollout`` is the backends' subpackage.)
 
-Layout. The engine: ``types`` (the contract), ``config`` + ``config_checks`` (a run config,
-validated before any model loads), ``data`` (the one prompt loader), ``chat`` (prompt rendering,
-on ``alignment.tokens.chat``), ``models`` (loading, LoRA, and the one place model paths are
-checked and resolved: folders, ``.gguf``, ``tiny:``, ``offline:``), ``forward``, ``losses``
-(token-level divergences, sampled-token log-probs, token normalization: the one home of the
-per-token math, on ``alignment.divergence``), ``objectives`` (one factory,
+Layout. The engine: ``types`` (the contract), ``config`` + ``config_parse`` + ``config_checks``
+(a run config, validated before any model loads), ``data`` (the one prompt loader), ``chat``
+(prompt rendering, on ``alignment.tokens.chat``), ``models`` (loading, LoRA, and the one place
+model paths are checked and resolved: folders, ``.gguf``, ``tiny:``, ``offline:``), ``forward``,
+``losses`` (token-level divergences, sampled-token log-probs, token normalization: the one home
+of the per-token math, on ``alignment.divergence``), ``objectives`` (one factory,
 ``objectives.base.make_objective``), ``teacher`` (its scores as typed variants,
-``teacher.types``), ``rollout``, ``trainer`` (setup, loop, evaluation, checkpoints), ``api``,
-``cli`` and ``doctor`` (``alignment.doctor``'s report over prompts read by ``data``); the offline
-teacher commands ``generate`` and ``scores`` (their shared shape in ``jobs``). The harness it
-drives: ``tasks``, ``compare``, ``evidence``, ``scaling``, ``init_student``, and the model
-builders ``tiny`` and ``offline``.
+``teacher.types``), ``hidden`` (hidden-state distillation), ``rollout``, ``trainer`` (setup,
+loop, evaluation, checkpoints), ``api``, ``cli`` and ``doctor`` (``alignment.doctor``'s report
+over prompts read by ``data``); the offline teacher commands ``generate`` and ``scores`` (their
+shared shape in ``jobs``). The harness it drives: ``tasks``, ``compare``, ``evidence``,
+``scaling``, ``init_student``, and the model builders ``tiny`` and ``offline`` (reached from the
+engine only through model paths; ``tests/onpolicy/test_engine_apart.py`` holds it to that).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from alignment.tokens.chat import end_of_turn_id, has_chat_template, render_messages, stop_ids
+from alignment.tokens.chat import has_chat_template, render_messages, stop_ids
 from onpolicy.errors import ConfigError
 from onpolicy.types import Prompt
 
@@ -37,13 +37,6 @@ def render_prompt(tokenizer: Any, prompt: Prompt) -> list[int]:
 def render_prompts(tokenizer: Any, prompts: Sequence[Prompt]) -> list[list[int]]:
     """``render_prompt`` for each prompt."""
     return [render_prompt(tokenizer, p) for p in prompts]
-
-
-def end_of_turn_token_id(tokenizer: Any) -> int | None:
-    """The special token the chat template puts right after an assistant message (``<|im_end|>``,
-    ``<end_of_turn>``, ``<|eot_id|>``, ...), or None when there is no template or it adds none
-    (``alignment.tokens.chat.end_of_turn_id``)."""
-    return end_of_turn_id(tokenizer)
 
 
 def stop_token_ids(tokenizer: Any, model: Any = None, extra: Sequence[int] = ()) -> tuple[int, ...]:

@@ -10,7 +10,7 @@ import difflib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from onpolicy.errors import ConfigError
+from onpolicy.errors import ConfigError, check_at_least
 from onpolicy.metrics import check_metric
 from onpolicy.models import (
     check_model_path,
@@ -164,9 +164,7 @@ def _check_ranges(c: Config) -> None:
         "logging.every": c.logging.every,
         "train.keep_checkpoints": c.train.keep_checkpoints,
     }
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"{key}={value} must be >= 1")
+    check_at_least(positive, 1)
     non_negative = {
         "rollout.top_k": c.rollout.top_k,
         "teacher.top_k": c.teacher.top_k,
@@ -179,9 +177,7 @@ def _check_ranges(c: Config) -> None:
         "rollout.temperature": c.rollout.temperature,
         "lora.dropout": c.lora.dropout,
     }
-    for key, value in non_negative.items():
-        if value < 0:
-            raise ConfigError(f"{key}={value} must be >= 0")
+    check_at_least(non_negative, 0)
     if not 0 < c.optim.lr < 1:
         raise ConfigError(
             f"optim.lr={c.optim.lr} is out of range; use a value in (0, 1), e.g. 1e-4"

@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from onpolicy.errors import ConfigError, OnpolicyError
+from onpolicy.errors import ConfigError, OnpolicyError, check_at_least
 
 
 def teacher_parser(prog: str, doc: str, epilog: str) -> argparse.ArgumentParser:
@@ -44,9 +44,7 @@ def check_job(
     parent = Path(out).parent
     if not parent.is_dir():
         raise ConfigError(f"--out {out!r}: folder {str(parent)!r} does not exist; create it first")
-    for key, value in at_least_one.items():
-        if value < 1:
-            raise ConfigError(f"{key}={value} must be >= 1")
+    check_at_least(at_least_one, 1)
 
 
 def run_job(job: Callable[[Any], Any], spec: Any) -> int:

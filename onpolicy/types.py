@@ -6,7 +6,7 @@ per-sequence data is a ``list`` with the ``_B`` suffix; padded data is a tensor.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -167,3 +167,7 @@ class PaddedBatch:
 
 
 JSON = dict[str, Any]
+
+ScoreFn = Callable[[str, Prompt], float]
+"""``score(completion_text, prompt) -> float`` in [0, 1] (1 = correct), e.g. against
+``prompt.reference``: a task metric."""

@@ -10,10 +10,10 @@ vector-Jacobian product taken in the thread that owns the chunk, and added into 
 
 Why one function and not ``torch.utils.checkpoint`` per chunk: a checkpointed chunk's ops, and the
 backward of its graph, run on torch's OpenMP team one small op at a time, and at torch's default
-thread count its workers spin between ops (``benchmarks/RESULTS-threads.md``: 1.4-4.5x the CPU
-time of one thread). Here every chunk, forward and backward, runs in one thread with torch's team
-off, and the chunks are fixed by the rows (not by the thread count): values and gradients are
-bit-identical at any thread count (``tests/alignment/test_byte_mass_threads.py``).
+thread count its workers spin between ops (the CPU time that costs against one thread:
+``benchmarks/RESULTS-threads.md``). Here every chunk, forward and backward, runs in one thread
+with torch's team off, and the chunks are fixed by the rows (not by the thread count): values
+and gradients are bit-identical at any thread count (``tests/alignment/test_byte_mass_threads.py``).
 """
 
 from __future__ import annotations

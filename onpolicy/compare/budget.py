@@ -15,10 +15,11 @@ positions``), step by step from the objective's own ``batch_source(step)`` and `
   (``accounting.py`` explains both; the report shows both).
 
 ``P_s`` / ``P_t``: the training prompts' mean length in the student's / teacher's tokens (exact);
-``C``: the completion length, ``budget.completion_tokens``, else ``train.max_new_tokens`` (a bound:
-real completions can stop earlier, on-policy ones at other lengths than the teacher's, and a
-cross-tokenizer teacher counts its own tokens). The report shows each run's recorded FLOPs next to
-its planned steps, so the match can be checked.
+``C``: the completion length, ``budget.completion_tokens``, else ``train.max_new_tokens`` (a bound
+for the student: real completions can stop earlier, on-policy ones at other lengths than the
+teacher's; *not* for a cross-tokenizer teacher, which reads its own tokens: a char-level teacher
+of a BPE student about 2x ``C``, so its forwards are undercharged). The report shows each run's
+recorded FLOPs next to its planned steps, so the match can be checked.
 """
 
 from __future__ import annotations
@@ -117,6 +118,9 @@ class Sizes:
         completion_tokens: ``C``.
         rows_per_step: completions per optimizer step (``batch_size``).
         distinct_prompts: training prompts (each gets one fixed teacher sample).
+        span_ends_per_token: positions a cross-tokenizer hidden term compares per completion
+            token (aligned spans per student token, ``hidden_cost.span_ends_per_token``; 1.0
+            when no method of this student has one).
     """
 
     student_params: int
@@ -126,6 +130,7 @@ class Sizes:
     completion_tokens: int
     rows_per_step: int
     distinct_prompts: int
+    span_ends_per_token: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -296,8 +301,21 @@ def _sizes_by_student(cfg: Any, dirs: Any, task: Any, teacher_params: int) -> di
             completion_tokens=int(completion),
             rows_per_step=cfg.train.batch_size,
             distinct_prompts=len({(p.text, str(p.messages)) for p in prompts}),
+            span_ends_per_token=_span_ends(cfg, kind, tok, teacher_tok, prompts),
         )
     return out
+
+
+def _span_ends(cfg: Any, kind: str, tok: Any, teacher_tok: Any, prompts: list[Any]) -> float:
+    """``Sizes.span_ends_per_token`` for the methods on student ``kind`` (measured only when one
+    of them has a hidden term and the tokenizers differ)."""
+    from alignment import same_tokenizer
+    from onpolicy.compare.hidden_cost import span_ends_per_token
+
+    hidden = any(m.student == kind and float(m.hidden.get("weight") or 0) > 0 for m in cfg.methods)
+    if not hidden or same_tokenizer(tok, teacher_tok):
+        return 1.0
+    return span_ends_per_token(tok, teacher_tok, prompts)
 
 
 def _student_dir(dirs: Any, kind: str) -> str:

@@ -95,12 +95,8 @@ def _check_long_models(models: dict[str, Any], task: dict[str, Any]) -> None:
 
     if task.get("name") != "long_arithmetic":
         raise ConfigError("models.kind=long_arithmetic needs task.name: long_arithmetic")
-    unknown = set(models) - {"kind", "student", "teacher", "teacher_steps"}
-    if unknown:
-        raise ConfigError(
-            f"models: unknown keys {sorted(unknown)} for kind long_arithmetic; "
-            "use student, teacher, teacher_steps"
-        )
+    known = ("kind", "student", "teacher", "teacher_steps")
+    check_known_keys("models", models, known, where="kind long_arithmetic")
     try:
         teacher_spec(str(models.get("teacher", "base")))
     except ConfigError as exc:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from onpolicy.config import Config, from_dict
-from onpolicy.errors import ConfigError
+from onpolicy.errors import ConfigError, check_known_keys
 from onpolicy.trainer.step_metrics import ComputeBudget
 
 Budget = ComputeBudget  # the compute a method spent (token positions, seconds; ``flops()``)
@@ -81,12 +81,7 @@ def method_spec(entry: str | dict[str, Any]) -> MethodSpec:
     merged = {**(vars(base) if base else {}), **entry}
     if "name" not in merged or "objective" not in merged:
         raise ConfigError(f"method {entry!r} needs a 'name' and an 'objective'")
-    unknown = set(merged) - set(MethodSpec.__dataclass_fields__)
-    if unknown:
-        raise ConfigError(
-            f"method {merged['name']!r}: unknown keys {sorted(unknown)}; use name, objective, "
-            "params, student, hidden"
-        )
+    check_known_keys("method", merged, MethodSpec.__dataclass_fields__, where=repr(merged["name"]))
     if not isinstance(merged.get("hidden", {}), dict):
         raise ConfigError(f"method {merged['name']!r}: hidden must be a mapping (the hidden block)")
     return MethodSpec(**merged)

@@ -126,16 +126,16 @@ def engine_batches(
     fixed teacher samples of ``train_prompts`` drawn as the trainer draws them (same seed, same
     samples) and turned into student tokens as the trainer does (``completions_for``); and the
     teacher compute spent."""
-    from alignment.vocab_map import same_tokenizer
-    from onpolicy.chat import end_of_turn_token_id, render_prompt
+    from alignment.tokens.chat import turn_end_id
+    from alignment.tokens.vocab_map import same_tokenizer
+    from onpolicy.chat import render_prompt
     from onpolicy.rollout.hf import HFRolloutBackend
     from onpolicy.trainer.sources import SampleSources, completions_for, draw_teacher_samples
 
-    end_id = end_of_turn_token_id(student_tok)
     src = SampleSources(
         student_backend=None,
         tokenizer=student_tok,
-        end_id=student_tok.eos_token_id if end_id is None else end_id,
+        end_id=turn_end_id(student_tok),  # as the trainer picks it
         teacher_backend=HFRolloutBackend(teacher, teacher_tok),
         render_teacher=lambda p: render_prompt(teacher_tok, p),
         same_tokenizer=same_tokenizer(student_tok, teacher_tok),

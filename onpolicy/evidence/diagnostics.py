@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 
 from onpolicy.losses import reverse_kl
+from onpolicy.trainer.diagnostics import entropy
 
 
 def score_by_bucket(keys: Sequence[int], scores: Sequence[float]) -> dict[int, tuple[float, int]]:
@@ -74,26 +75,28 @@ def reverse_kl_by_position(
     Returns ``(mean_kl_J, count_J)``; a position no row reaches has mean NaN and count 0.
     """
     kl_B_J = reverse_kl(student_logits_B_J_V, teacher_logits_B_J_V, mask=mask_B_J, reduction="none")
-    m = mask_B_J.float()
-    count_J = m.sum(0)
-    mean_J = (kl_B_J * m).sum(0) / count_J.clamp(min=1)
-    mean_J = torch.where(count_J > 0, mean_J, torch.full_like(mean_J, float("nan")))
-    return [float(x) for x in mean_J], [int(x) for x in count_J]
+    return _mean_by_position(kl_B_J, mask_B_J)
 
 
 def entropy_by_position(
     logits_B_J_V: torch.Tensor, mask_B_J: torch.Tensor
 ) -> tuple[list[float], list[int]]:
     """Per completion position ``j``: the mean over rows (where ``mask_B_J``) of the entropy
-    ``-sum_v p_v log p_v`` of ``p = softmax(logits)`` (float32, nats), and the rows counted.
+    ``-sum_v p_v log p_v`` of ``p = softmax(logits)`` (float32, nats;
+    ``onpolicy.trainer.diagnostics.entropy``), and the rows counted.
 
     Returns ``(mean_entropy_J, count_J)``; a position no row reaches has mean NaN and count 0.
     """
-    log_p = torch.log_softmax(logits_B_J_V.float(), dim=-1)
-    h_B_J = -(log_p.exp() * log_p).sum(-1)
+    return _mean_by_position(entropy(logits_B_J_V), mask_B_J)
+
+
+def _mean_by_position(
+    values_B_J: torch.Tensor, mask_B_J: torch.Tensor
+) -> tuple[list[float], list[int]]:
+    """``(mean over rows where mask_B_J, rows counted)`` per position ``j``; NaN where none."""
     m = mask_B_J.float()
     count_J = m.sum(0)
-    mean_J = (h_B_J * m).sum(0) / count_J.clamp(min=1)
+    mean_J = (values_B_J * m).sum(0) / count_J.clamp(min=1)
     mean_J = torch.where(count_J > 0, mean_J, torch.full_like(mean_J, float("nan")))
     return [float(x) for x in mean_J], [int(x) for x in count_J]
 

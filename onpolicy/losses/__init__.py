@@ -3,7 +3,8 @@
 - dense, from logits ``[..., T, V]``: ``generalized_jsd``, ``forward_kl``, ``reverse_kl``,
   ``skew_kl``, ``total_variation``, ``divergence`` (any registered name);
 - sparse teacher (top-k ids + logprobs + tail bucket): ``sparse_divergence``;
-- chunked, from hidden states and LM heads, never holding full logits: ``chunked_divergence``;
+- chunked, from hidden states and LM heads, never holding full logits: ``chunked_divergence``
+  (dense teacher), ``chunked_topk_divergence`` (top-k teacher);
 - sampled-token estimator: ``token_logprobs`` (+ ``token_logprobs_chunked``),
   ``sampled_token_reward``, ``policy_gradient_loss``;
 - global token normalization: ``count_tokens``, ``global_token_count``, ``token_normalized``.
@@ -19,6 +20,7 @@ count), ``sum``, ``none`` (per position, zero where masked).
 """
 
 from onpolicy.losses.chunked import LMHead, chunked_divergence
+from onpolicy.losses.chunked_topk import chunked_topk_divergence
 from onpolicy.losses.divergences import (
     divergence,
     forward_kl,
@@ -45,6 +47,7 @@ __all__ = [
     "LMHead",
     "Reduction",
     "chunked_divergence",
+    "chunked_topk_divergence",
     "count_tokens",
     "divergence",
     "forward_kl",

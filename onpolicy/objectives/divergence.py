@@ -11,7 +11,13 @@ from __future__ import annotations
 import torch
 
 from onpolicy.errors import ConfigError
-from onpolicy.losses import LMHead, chunked_divergence, generalized_jsd, sparse_divergence
+from onpolicy.losses import (
+    LMHead,
+    chunked_divergence,
+    chunked_topk_divergence,
+    generalized_jsd,
+    sparse_divergence,
+)
 from onpolicy.objectives.base import LossOutput
 from onpolicy.objectives.common import require_same, student_forward
 from onpolicy.teacher.types import DenseScores, HiddenScores, TeacherScores, TopKScores
@@ -29,13 +35,15 @@ def divergence_loss(
 ) -> LossOutput:
     """Generalized JSD summed over the rollout's completion tokens (a ``LossOutput``).
 
-    One path per teacher variant: ``TopKScores`` -> the sparse divergence (support + tail);
+    One path per teacher variant: ``TopKScores`` -> the sparse divergence (support + tail), with
+    ``chunked`` from the student's hidden states and LM head a block of positions at a time
+    (``onpolicy.losses.chunked_topk``: the student's ``[N, V]`` logits never exist at once);
     ``chunked``: ``HiddenScores``, the student's and teacher's hidden states through their LM heads
     a block of positions at a time (``onpolicy.losses.chunked``); else ``DenseScores``.
     """
     scores = require_same(scores, name)
     if isinstance(scores, TopKScores):
-        return _sparse_loss(student, rollout, scores, beta, temperature, name)
+        return _sparse_loss(student, rollout, scores, beta, temperature, chunked, name)
     if chunked and not isinstance(scores, HiddenScores):
         raise ValueError(f"objective {name!r} with chunked=True needs LocalTeacher(hidden=True)")
     if not chunked and not isinstance(scores, DenseScores):
@@ -69,20 +77,29 @@ def _sparse_loss(
     scores: TopKScores,
     beta: float,
     temperature: float,
+    chunked: bool,
     name: str,
 ) -> LossOutput:
-    """Generalized JSD against a top-k teacher (support + one tail bucket), summed."""
+    """Generalized JSD against a top-k teacher (support + one tail bucket), summed; ``chunked``:
+    from the student's hidden states and head (``chunked_topk_divergence``), else its logits."""
     if temperature != 1.0:
         raise ConfigError(
             f"objective {name!r}: temperature={temperature} needs the teacher's full logits; a "
             "top-k teacher's log-probs are at temperature 1 (set temperature: 1.0 or top_k: 0)"
         )
-    fwd = student_forward(student, rollout, scores.vocab_size)
-    device = fwd.logits_N_V.device
-    loss_sum = sparse_divergence(
-        fwd.logits_N_V, scores.topk_ids_N_K.to(device), scores.topk_logprobs_N_K.to(device),
-        divergence="generalized_jsd", coef=beta, reduction="sum",
-        teacher_tail=scores.tail_logprob_N.to(device),
-    )  # fmt: skip
+    fwd = student_forward(student, rollout, scores.vocab_size, hidden=chunked)
+    device = fwd.targets_N.device
+    ids, lps = scores.topk_ids_N_K.to(device), scores.topk_logprobs_N_K.to(device)
+    tail = scores.tail_logprob_N.to(device)
+    if chunked:
+        loss_sum = chunked_topk_divergence(
+            fwd.hidden_N_D, fwd.lm_head, ids, lps, divergence="generalized_jsd", coef=beta,
+            reduction="sum", teacher_tail=tail,
+        )  # fmt: skip
+    else:
+        loss_sum = sparse_divergence(
+            fwd.logits_N_V, ids, lps, divergence="generalized_jsd", coef=beta, reduction="sum",
+            teacher_tail=tail,
+        )  # fmt: skip
     n = int(fwd.targets_N.numel())
     return LossOutput(loss_sum, n, {"divergence_sum": float(loss_sum.detach())})

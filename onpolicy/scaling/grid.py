@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from onpolicy.errors import ConfigError
+from onpolicy.errors import ConfigError, check_known_keys
 
 
 @dataclass(frozen=True)
@@ -61,10 +61,7 @@ def load_grid(path: str | Path) -> GridConfig:
 
     p = Path(path)
     raw = yaml.safe_load(p.read_text()) or {}
-    known = set(GridConfig.__dataclass_fields__) - {"extra"}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(f"unknown grid keys {unknown} in {p}; use some of {sorted(known)}")
+    check_known_keys("grid", raw, set(GridConfig.__dataclass_fields__) - {"extra"}, where=str(p))
     raw["data"] = str(resolve_path(str(raw.get("data", "")), p.parent))
     return GridConfig(**raw)
 

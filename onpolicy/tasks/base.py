@@ -12,11 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from onpolicy.errors import ConfigError
-from onpolicy.types import Prompt
-
-ScoreFn = Callable[[str, Prompt], float]
-"""``score(completion_text, prompt) -> float`` in [0, 1] (1 = correct), e.g. against
-``prompt.reference``."""
+from onpolicy.types import Prompt, ScoreFn
 
 
 @dataclass(frozen=True)

@@ -112,13 +112,9 @@ def check_backend(key: str, t: TeacherConfig, output: str, objective: Any) -> No
 
 
 def _check_objective(key: str, t: TeacherConfig, output: str, objective: Any) -> None:
-    """What a top-k teacher cannot give: hidden states, full logits, other temperatures."""
+    """What a top-k teacher cannot give: full logits, other temperatures. (A chunked objective,
+    ``output == "hidden"``, gets top-k scores and takes the chunked top-k loss.)"""
     name = getattr(objective, "name", "?")
-    if output == "hidden":
-        raise ConfigError(
-            f"objective {name!r} with chunked: true needs the teacher's hidden states; a "
-            f"{t.backend} teacher returns top-k log-probs: set chunked: false"
-        )
     if getattr(objective, "alpha", 0.0):
         raise ConfigError(
             f"objective {name!r} with alpha > 0 needs the teacher's full logits; a {t.backend} "
@@ -190,7 +186,8 @@ def _local(
     from onpolicy.rollout.hf import HFRolloutBackend
     from onpolicy.teacher.local import LocalTeacher
 
-    kw = {"hidden": chunked, "token_logprobs": not chunked, "top_k": t.top_k,
+    hidden = chunked and not t.top_k  # a top-k teacher: top-k scores, the chunked top-k loss
+    kw = {"hidden": hidden, "token_logprobs": not hidden, "top_k": t.top_k,
           "hidden_layers": hidden_layers}  # fmt: skip
     if t.mode == "self":
         scorer = LocalTeacher(student, student_tok, student_tok, mode="self", **kw)

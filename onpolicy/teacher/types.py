@@ -169,11 +169,6 @@ class HiddenScores(TeacherScores):
             return head_token_logprobs(self.hidden_N_D, self.lm_head, targets_N)
         return super().token_logprobs(targets_N)
 
-    @property
-    def lm_head_V_D(self) -> torch.Tensor:
-        """The head's weight ``[V, D]`` (kept for callers of the first API; prefer ``lm_head``)."""
-        return self.lm_head.weight
-
 
 @dataclass(kw_only=True)
 class TopKScores(TeacherScores):

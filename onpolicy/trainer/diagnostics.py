@@ -21,6 +21,13 @@ from typing import Any
 import torch
 
 from onpolicy.losses import reverse_kl
+from onpolicy.teacher.types import (
+    CrossScores,
+    DenseScores,
+    HiddenScores,
+    TeacherScores,
+    TopKScores,
+)
 
 # divergence: consecutive steps that show it, and the thresholds (heuristics; see ``divergence``)
 DIVERGENCE_STEPS = 5
@@ -144,21 +151,25 @@ def collapse_warnings(metrics: dict[str, float]) -> dict[str, str]:
     return out
 
 
-def teacher_nonfinite(scores: Any) -> int:
-    """NaN and +inf values in a ``TeacherScores`` (logits, log-probs, sparse log-probs, hidden
-    states, the cross-tokenizer logits). A -inf logit or log-prob is a masked token, not counted."""
-    cross = getattr(scores, "cross", None)
-    tensors = [
-        getattr(scores, "logits_N_V", None),
-        getattr(scores, "token_logprobs_N", None),
-        getattr(scores, "topk_logprobs_N_K", None),
-        getattr(scores, "tail_logprob_N", None),
-        None if cross is None else cross.logits_Nt_V,
-        None if cross is None else cross.token_logprobs_Nt,
-    ]
-    bad = sum(int((t.isnan() | t.isposinf()).sum()) for t in tensors if t is not None)
-    hidden = getattr(scores, "hidden_N_D", None)
-    return bad + (int((~torch.isfinite(hidden)).sum()) if hidden is not None else 0)
+def teacher_nonfinite(scores: TeacherScores) -> int:
+    """NaN and +inf values in a ``TeacherScores``, by variant: the logits (``DenseScores``), the
+    final hidden states (``HiddenScores``; -inf counts there too), the sparse log-probs and tail
+    (``TopKScores``), the teacher's own logits and log-probs (``CrossScores``), and the token
+    log-probs of any variant. A -inf logit or log-prob is a masked token, not counted."""
+    hidden = 0
+    if isinstance(scores, DenseScores):
+        tensors = [scores.logits_N_V]
+    elif isinstance(scores, HiddenScores):
+        tensors, hidden = [], int((~torch.isfinite(scores.hidden_N_D)).sum())
+    elif isinstance(scores, TopKScores):
+        tensors = [scores.topk_logprobs_N_K, scores.tail_logprob_N]
+    elif isinstance(scores, CrossScores):
+        tensors = [scores.cross.logits_Nt_V, scores.cross.token_logprobs_Nt]
+    else:  # TokenScores: its token log-probs alone
+        tensors = []
+    if scores.token_logprobs_N is not None:
+        tensors.append(scores.token_logprobs_N)
+    return hidden + sum(int((t.isnan() | t.isposinf()).sum()) for t in tensors)
 
 
 def divergence(history: Sequence[dict[str, float]], steps: int = DIVERGENCE_STEPS) -> str | None:

@@ -16,7 +16,7 @@ teacher-forced on those completions:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -26,15 +26,13 @@ from onpolicy.forward import forward_completions
 from onpolicy.losses import token_logprobs
 from onpolicy.teacher.types import CrossScores, DenseScores, HiddenScores
 from onpolicy.trainer import diagnostics as diag
-from onpolicy.types import Prompt, Rollout, SamplingParams
+from onpolicy.types import Prompt, Rollout, SamplingParams, ScoreFn
 
 if TYPE_CHECKING:  # annotations only
     from transformers import PreTrainedTokenizerBase
 
     from onpolicy.rollout.base import RolloutBackend
     from onpolicy.trainer.setup import Teacher
-
-ScoreFn = Callable[[str, Prompt], float]
 
 
 def task_metric(metric: str, held_out: Sequence[Prompt], base_dir: Any = None) -> ScoreFn | None:

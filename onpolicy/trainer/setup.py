@@ -1,9 +1,9 @@
 """Build a run's components from a validated ``Config``: student (LoRA or full), teacher, rollout
-backends, objective, optimizer and scheduler. No training logic here."""
+backends, objective, optimizer and scheduler (those two from ``trainer.optim``). No training logic
+here."""
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from onpolicy.config import Config, OptimConfig
+from onpolicy.config import Config
 from onpolicy.errors import ConfigError
 from onpolicy.models import resolve_model_path
 from onpolicy.rollout.base import close_all
+from onpolicy.trainer.optim import build_optimizer, build_scheduler
 from onpolicy.trainer.sources import SampleSources
 from onpolicy.types import Prompt, SamplingParams
 
@@ -68,16 +69,6 @@ class Components:
     sources: SampleSources
     projection: torch.nn.Module | None = None
 
-    @property
-    def teacher_backend(self) -> RolloutBackend | None:
-        """The teacher's rollout backend (``sources.teacher_backend``; None without one)."""
-        return self.sources.teacher_backend
-
-    @property
-    def end_id(self) -> int | None:
-        """The student's end-of-turn (or EOS) id (``sources.end_id``)."""
-        return self.sources.end_id
-
     def close(self) -> None:
         """Shut down what the run started: the student's rollout backend and the teacher's
         sampler (a vLLM engine, in this process or in its child; a served teacher holds
@@ -127,30 +118,6 @@ def load_student(config: Config, device: torch.device) -> tuple[Any, Any]:
         model = apply_lora(model, spec)
     model.train()
     return model, tokenizer
-
-
-def load_teacher(
-    config: Config,
-    student: Any,
-    student_tok: Any,
-    device: torch.device,
-    chunked: bool = False,
-    hidden_layers: tuple[int, ...] = (),
-) -> tuple:
-    """``(scorer, teacher_model, teacher_tokenizer)`` of ``config.teacher`` (the first of
-    ``config.teachers`` when that is set); ``mode=self`` reuses the student; the model is None
-    for a vLLM teacher.
-
-    ``chunked``: the objective projects hidden states through the LM heads a block at a time, so
-    the teacher returns hidden states + head and skips its own full LM-head pass.
-    ``hidden_layers``: the teacher's intermediate hidden states it returns (hidden-state
-    distillation; local teachers only)."""
-    from onpolicy.teacher.backends import build_teacher
-
-    block = next(iter(config.teachers.values())) if config.teachers else config.teacher
-    output = "hidden" if chunked else "logits"
-    built = build_teacher(block, student, student_tok, device, output, hidden_layers)
-    return built.scorer, built.model, built.tokenizer
 
 
 def load_teachers(
@@ -206,51 +173,6 @@ def build_objective(config: Config) -> Any:
         r = config.reward
         params["reward_fn"] = build_task_reward(r.function, r.coef, r.normalize)
     return make_objective(config.objective.name, params, config.train.seed)
-
-
-def build_optimizer(
-    model: torch.nn.Module,
-    cfg: OptimConfig,
-    fused: bool = False,
-    extra: tuple[torch.nn.Module, ...] = (),
-) -> torch.optim.Optimizer:
-    """The optimizer over the trainable parameters (LoRA: the adapters only), and those of the
-    ``extra`` modules (the hidden-state projection), with the same settings.
-
-    ``fused``: Adam/AdamW's fused kernel (TRL's default; its step time: benchmarks/RESULTS-e2e.md),
-    used for plain parameters only (not FSDP/DeepSpeed-sharded ones)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ConfigError("the student has no trainable parameters; check lora.target_modules")
-    params += [p for m in extra for p in m.parameters() if p.requires_grad]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    plain = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
-    fused = fused and plain
-    return cls(
-        params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
-        fused=fused or None,
-    )  # fmt: skip
-
-
-def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup over ``warmup_steps``, then constant, linear decay to 0, or cosine to 0."""
-    warm, total = cfg.warmup_steps, max(total_steps, 1)
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / (warm + 1)
-        progress = min((step - warm) / max(total - warm, 1), 1.0)
-        if cfg.scheduler == "linear":
-            return 1.0 - progress
-        if cfg.scheduler == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        return 1.0
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def mixed_precision(requested: str) -> str:
@@ -321,7 +243,13 @@ def _hidden_plan(config: Config, accelerator: Any) -> Any:
         )
     from onpolicy.hidden.build import hidden_plan
 
-    return hidden_plan(config)
+    plan = hidden_plan(config)
+    if plan.num_maps and accelerator.is_fsdp2:  # accelerate's FSDP2 prepare takes one model
+        raise ConfigError(
+            "hidden-state distillation with a trained projection cannot run under FSDP2 (one "
+            "model per prepare); use DDP, or equal widths with hidden.projection=none"
+        )
+    return plan
 
 
 def _hand_over_reference(objective: Any, model: Any, full: Any) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from onpolicy.chat import end_of_turn_token_id, render_prompt, render_prompts, stop_token_ids
+from alignment.tokens.chat import end_of_turn_id
+from onpolicy.chat import render_prompt, render_prompts, stop_token_ids
 from onpolicy.errors import ConfigError
 from onpolicy.tiny import build_tokenizer
 from onpolicy.types import Prompt
@@ -34,7 +35,7 @@ def test_text_prompt_is_raw_and_missing_template_is_an_error():
 
 def test_stop_tokens_include_eos_and_end_of_turn():
     bpe, char = build_tokenizer("bpe"), build_tokenizer("char")
-    assert end_of_turn_token_id(bpe) == bpe.convert_tokens_to_ids("<|im_end|>")
+    assert end_of_turn_id(bpe) == bpe.convert_tokens_to_ids("<|im_end|>")
     assert stop_token_ids(char) == (char.eos_token_id, char.convert_tokens_to_ids("<end_of_turn>"))
     assert stop_token_ids(bpe, extra=(7, bpe.eos_token_id))[-1] == 7
     bpe.chat_template = None

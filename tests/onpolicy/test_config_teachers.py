@@ -74,15 +74,6 @@ def test_teachers_map_parses_to_teacher_blocks(tmp_path):
             (
                 "teacher.backend=vllm-server",
                 "teacher.server_url=http://x:1",
-                "objective.params={chunked: true}",
-            ),
-            None,
-            "chunked: false",
-        ),
-        (
-            (
-                "teacher.backend=vllm-server",
-                "teacher.server_url=http://x:1",
                 "objective.name=supervised_kd",
                 "objective.params={alpha: 0.5}",
             ),
@@ -265,3 +256,13 @@ def test_top_k_a_vllm_teacher_asks_for():
     assert teacher_top_k(served, "token", "cross") == 0  # policy_gradient: the tokens' only
     served.top_k = 16
     assert teacher_top_k(served, "token", "same") == 16  # an explicit top_k wins
+
+
+def test_a_chunked_objective_takes_a_top_k_server_teacher(tmp_path):
+    """``chunked: true`` with a vLLM teacher validates: its top-k scores go to the chunked top-k
+    loss (``onpolicy.losses.chunked_topk``), not refused for lack of hidden states."""
+    for name in ("reverse_kl", "supervised_kd", "gkd"):
+        validate(_config(
+            tmp_path, "teacher.backend=vllm-server", "teacher.server_url=http://x:1",
+            f"objective.name={name}", "objective.params={chunked: true}",
+        ))  # fmt: skip

@@ -1,7 +1,7 @@
 """Config runs with a real ``vllm serve`` as the teacher (``teacher.backend: vllm-server``): same
-tokenizer (top-k reverse KL, the sampled-token objective, SFT on the served teacher's samples),
-two teachers of different tokenizers in one run, and a server outage mid-run (retries, then one
-line, the checkpoint intact and resumable)."""
+tokenizer (top-k reverse KL, its chunked form, GKD, the sampled-token objective, SFT on the
+served teacher's samples), two teachers of different tokenizers in one run, and a server outage
+mid-run (retries, then one line, the checkpoint intact and resumable)."""
 
 from __future__ import annotations
 
@@ -57,6 +57,8 @@ def _steps(folder: Path) -> list[dict]:
     "overrides",
     [
         ("teacher.top_k=8",),  # top-k + tail reverse KL
+        ("teacher.top_k=8", "objective.params={chunked: true}"),  # the chunked top-k loss
+        ("objective={name: gkd, params: {lmbda: 0.5, off_policy: teacher}}",),  # both shares
         ("objective.name=policy_gradient",),  # only the sampled tokens' log-probs
         ("objective.name=sft",),  # the served teacher samples the completions
     ],

@@ -163,7 +163,7 @@ def test_the_long_regime_config_parses_and_its_models_block_is_checked_up_front(
     for bad, words in (
         ({"kind": "long_arithmetic", "student": "large"}, "use 'small'"),
         ({"kind": "long_arithmetic", "teacher": "x"}, "models.teacher='x'; use one of"),
-        ({"kind": "long_arithmetic", "size": "x"}, "unknown keys ['size']"),
+        ({"kind": "long_arithmetic", "size": "x"}, "unknown models keys ['size'] in kind long"),
     ):
         with pytest.raises(ConfigError, match=re.escape(words)):
             parse_config({**raw, "models": bad})

@@ -110,6 +110,9 @@ def test_config_validation(tmp_path):
     assert cfg.methods[1].params == {"beta": 0.9}
     with pytest.raises(ConfigError, match="unknown method"):
         parse_config({**good, "methods": ["nope"]})
+    typo = {"name": "x", "objective": "sft", "paramz": {}}
+    with pytest.raises(ConfigError, match=r"method keys \['paramz'\] in 'x'.*mean 'params'\?$"):
+        parse_config({**good, "methods": [typo]})
     with pytest.raises(ConfigError, match="distinct"):
         parse_config({**good, "methods": ["sft", "sft"]})
     with pytest.raises(ConfigError, match="unknown compare config keys"):

@@ -23,6 +23,8 @@ CASES = {  # name -> (params, is a divergence: student == teacher gives 0)
     "reverse_kl": ({}, True),
     "reverse_kl_chunked": ({"chunked": True}, True),
     "reverse_kl_topk": ({}, True),
+    "reverse_kl_topk_chunked": ({"chunked": True}, True),
+    "supervised_kd_topk_chunked": ({"chunked": True}, True),
     "gkd": ({"lmbda": 0.5, "beta": 0.3, "temperature": 0.8}, True),
     "supervised_kd": ({}, True),
     "supervised_kd_chunked": ({"chunked": True}, True),
@@ -61,7 +63,7 @@ def rollout(models):
 def _scores(teacher, tok, ro, case=""):
     top_k = 16 if "topk" in case else 0
     return LocalTeacher(
-        teacher, tok, tok, mode="same", hidden="chunked" in case, top_k=top_k
+        teacher, tok, tok, mode="same", hidden="chunked" in case and not top_k, top_k=top_k
     ).score(ro)
 
 
@@ -157,14 +159,19 @@ def test_sparse_teacher_with_the_whole_vocabulary_equals_dense(models, rollout):
     dense = _scores(teacher, tok, rollout)
     full = LocalTeacher(teacher, tok, tok, mode="same", top_k=len(tok)).score(rollout)
     assert isinstance(full, TopKScores) and full.topk_ids_N_K.shape[1] == len(tok)
-    for beta in (0.0, 0.5, 1.0):
-        obj = make_objective("reverse_kl", beta=beta)
-        torch.testing.assert_close(
-            obj.loss(student, rollout, full).loss_sum,
-            obj.loss(student, rollout, dense).loss_sum,
-            rtol=1e-4,
-            atol=1e-4,
-        )
+    for beta, chunked in ((0.0, False), (0.5, False), (1.0, False), (0.0, True), (1.0, True)):
+        obj = make_objective("reverse_kl", beta=beta, chunked=chunked)  # chunked: top-k chunked
+        student.zero_grad(set_to_none=True)
+        got = obj.loss(student, rollout, full).loss_sum
+        got.backward()
+        grads = [p.grad.clone() for p in student.parameters()]
+        student.zero_grad(set_to_none=True)
+        want = make_objective("reverse_kl", beta=beta).loss(student, rollout, dense).loss_sum
+        want.backward()
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        for g, p in zip(grads, student.parameters(), strict=True):
+            torch.testing.assert_close(g, p.grad, rtol=1e-3, atol=1e-5)
+    student.zero_grad(set_to_none=True)
     with pytest.raises(ConfigError, match="top-k teacher"):
         make_objective("reverse_kl", temperature=2.0).loss(student, rollout, full)
 

@@ -70,3 +70,39 @@ def test_collapse_warnings():
         "diag/alignment_coverage",
         "diag/completion_length",
     }
+
+
+def test_teacher_nonfinite_counts_nan_and_posinf_of_each_variant_but_not_masks():
+    from onpolicy.losses.chunked import LMHead
+    from onpolicy.teacher.types import (
+        CrossScores,
+        CrossTeacherScores,
+        DenseScores,
+        HiddenScores,
+        TokenScores,
+        TopKScores,
+    )
+
+    nan, inf = math.nan, math.inf
+    tok = torch.tensor([-0.5, nan, -inf])  # one bad value; -inf is a masked token
+    common = {"vocab_size": 3, "num_tokens_B": [3], "token_logprobs_N": tok}
+    logits = torch.tensor([[0.0, -inf, 1.0], [inf, nan, 0.0], [0.0, 0.0, 0.0]])
+    dense = DenseScores(logits_N_V=logits, **common)
+    assert d.teacher_nonfinite(dense) == 2 + 1
+    head = LMHead(torch.zeros(3, 2))
+    hidden = HiddenScores(hidden_N_D=torch.tensor([[0.0, -inf], [nan, 1.0], [0.0, 0.0]]),
+                          lm_head=head, **common)  # fmt: skip
+    assert d.teacher_nonfinite(hidden) == 2 + 1  # a hidden state's -inf is not a mask
+    topk = TopKScores(topk_ids_N_K=torch.zeros(3, 2, dtype=torch.long),
+                      topk_logprobs_N_K=torch.tensor([[0.0, -inf], [inf, 0.0], [0.0, 0.0]]),
+                      tail_logprob_N=torch.tensor([-inf, nan, 0.0]), **common)  # fmt: skip
+    assert d.teacher_nonfinite(topk) == 2 + 1
+    assert d.teacher_nonfinite(TokenScores(**common)) == 1
+    span = torch.zeros(1, dtype=torch.long)
+    view = CrossTeacherScores(
+        prompt_ids_B=[[0]], completion_ids_B=[[1]], logits_Nt_V=logits[:2],
+        token_logprobs_Nt=torch.tensor([nan, -inf]), num_tokens_B=[2], student_span_B=[span],
+        teacher_span_B=[span], num_spans_B=[1], vocab_size=3,
+        matched_student_ids_M=span, matched_teacher_ids_M=span,
+    )  # fmt: skip
+    assert d.teacher_nonfinite(CrossScores(vocab_size=3, num_tokens_B=[3], cross=view)) == 2 + 1

@@ -59,10 +59,10 @@ def _gold_nll_per_token(model_dir, data) -> float:
 
 
 def _sources(tok):
-    from onpolicy.chat import end_of_turn_token_id
+    from alignment.tokens.chat import turn_end_id
     from onpolicy.trainer.sources import SampleSources
 
-    end_id = end_of_turn_token_id(tok) or tok.eos_token_id  # as the trainer picks it
+    end_id = turn_end_id(tok)  # as the trainer picks it
     return SampleSources(student_backend=None, tokenizer=tok, end_id=end_id)
 
 

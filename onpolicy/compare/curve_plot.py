@@ -1,7 +1,8 @@
 """The learning-curve figure: the held-out score (top; left out for a task without a metric), the
-KL(student || teacher) per byte and the teacher's NLL per byte of the student's completions
-against cumulative training FLOPs, one column per start point, each method's seed mean as a line
-with a band of ± one sample sd over seeds (matplotlib, imported lazily)."""
+KL(student || teacher) per byte and the teacher's NLL per byte of the student's completions, and
+their repetition rate and share cut at the length limit (a collapse into loops), against
+cumulative training FLOPs, one column per start point, each method's seed mean as a line with a
+band of ± one sample sd over seeds (matplotlib, imported lazily)."""
 
 from __future__ import annotations
 
@@ -70,12 +71,20 @@ def plot_curves(
 
 def curve_panels(groups: Groups, metric: str = "score") -> list[tuple[str, str]]:
     """``(CurvePoint attribute, axis label)`` of each row of the figure: the score when any curve
-    has one, then the KL per byte and the teacher's NLL per byte."""
-    scored = any(has_metric(c, "score") for m in groups.values() for c in m.values())
-    return [("score", metric)] * scored + [
+    has one, then the KL per byte and the teacher's NLL per byte, then the completions'
+    repetition rate and share cut at the length limit when the curves hold them."""
+
+    def held(attr: str) -> bool:
+        return any(has_metric(c, attr) for m in groups.values() for c in m.values())
+
+    return [("score", metric)] * held("score") + [
         ("kl_per_byte", "KL(student || teacher) per byte"),
         ("teacher_nll_per_byte", "teacher NLL per byte"),
+        *[(a, label) for a, label in _DIAGNOSTICS if held(a)],
     ]
+
+
+_DIAGNOSTICS = [("repetition", "repeated trigram share"), ("cut_share", "share cut at the limit")]
 
 
 def plot_warm_up(records: list[dict], path: Path, teacher_data: str) -> Path | None:

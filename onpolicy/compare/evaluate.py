@@ -1,5 +1,7 @@
 """Held-out evaluation shared by every method: task score, KL to the teacher, agreement with the
-teacher's greedy answers, and the deployment view (size, latency, throughput).
+teacher's greedy answers, the greedy completions' repetition rate and share cut at the length limit
+(a student collapsed into loops shows there, whatever its KL), and the deployment view (size,
+latency, throughput).
 
 KL to the teacher is tokenizer-independent: a Monte-Carlo estimate of the sequence-level reverse KL
 ``E_{y ~ student}[log p_student(y|x) - log p_teacher(y|x)]`` (one sample per held-out prompt at
@@ -32,6 +34,23 @@ class EvalResult:
     latency_s: float
     tokens_per_s: float
     texts: list[str]
+    repetition: float | None = None  # completion_diagnostics of the greedy completions
+    cut_share: float | None = None
+
+
+def completion_diagnostics(
+    completion_ids_B: Sequence[Sequence[int]], finish_reason_B: Sequence[str], n: int = 3
+) -> tuple[float, float]:
+    """``(repetition, cut_share)`` of ``B`` completions: the share of their ``n``-grams that
+    already occurred earlier in the same completion (``trainer.diagnostics.repetition_rate``, the
+    trainer's ``eval/repetition_rate``), and the share of completions cut at the length limit
+    (finish reason ``"length"``; the trainer's ``eval/truncated_share``); ``(0.0, 0.0)`` for
+    none."""
+    from onpolicy.trainer.diagnostics import repetition_rate
+
+    rows = len(finish_reason_B)
+    cut = sum(r == "length" for r in finish_reason_B) / rows if rows else 0.0
+    return repetition_rate(completion_ids_B, n), cut
 
 
 def text_logprobs(
@@ -91,6 +110,7 @@ def evaluate_model(
     start = time.perf_counter()
     greedy = _generate(model, tok, prompts, SamplingParams(max_new_tokens, temperature=0.0))
     gen_s = time.perf_counter() - start
+    repetition, cut_share = completion_diagnostics(greedy.completion_ids_B, greedy.finish_reason_B)
     new_tokens = sum(len(c) for c in greedy.completion_ids_B)
     latency = []
     for p in prompts[:3]:
@@ -118,6 +138,8 @@ def evaluate_model(
         latency_s=statistics.median(latency),
         tokens_per_s=new_tokens / max(gen_s, 1e-9),
         texts=list(greedy.texts_B),
+        repetition=repetition,
+        cut_share=cut_share,
     )
 
 

@@ -42,6 +42,9 @@ class Row:
     flops_free: float | None = None  # training FLOPs, teacher's data free (mean over seeds)
     flops_paid: float | None = None  # ... paid (accounting.py)
     lr: float | None = None  # the learning rate it trained with (lr_search's choice or train.lr)
+    repetition: float | None = None  # greedy held-out completions: repeated trigram share (mean)
+    repetition_std: float | None = None
+    cut_share: float | None = None  # ... share cut at the length limit (mean over seeds)
 
 
 def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
@@ -73,6 +76,9 @@ def aggregate(teacher: JobResult, jobs: Sequence[JobResult]) -> list[Row]:
             1e3 * teacher.latency_s,
             teacher.tokens_per_s,
             None,
+            repetition=teacher.repetition,
+            repetition_std=None if teacher.repetition is None else 0.0,
+            cut_share=teacher.cut_share,
         )
     ]
     for start, method in dict.fromkeys((j.start, j.method) for j in jobs):
@@ -82,6 +88,7 @@ def aggregate(teacher: JobResult, jobs: Sequence[JobResult]) -> list[Row]:
         error = next((j.error for j in runs if j.status == "failed"), None)
         score, score_std = _mean_std([j.score for j in ok])
         kl, kl_std = _mean_std([j.kl_per_char for j in ok])
+        rep, rep_std = _mean_std([j.repetition for j in ok])
 
         def m(key: str, src: Sequence[Any] = ok) -> float | None:
             return _mean_std([_get(j, key) for j in src])[0]
@@ -116,6 +123,9 @@ def aggregate(teacher: JobResult, jobs: Sequence[JobResult]) -> list[Row]:
                 m("flops_free"),
                 m("flops_paid"),
                 ok[0].lr if ok else None,
+                rep,
+                rep_std,
+                m("cut_share"),
             )
         )
     return rows
@@ -136,25 +146,28 @@ def _fmt(v: float | None, spec: str = ".3f") -> str:
 
 def markdown(rows: Sequence[Row], header: str = "", teacher_data: str = "paid") -> str:
     """The report table (failed methods stay in it, with their error); ``teacher_data``: the
-    accounting marked as the headline's (both are shown)."""
+    accounting marked as the headline's (both are shown). Repetition and cut at limit: the greedy
+    held-out completions' repeated-trigram share and share cut at the length limit (``evaluate.
+    completion_diagnostics``), next to the KL so a collapse into loops is seen."""
     mark = {"free": "", "paid": ""}
     mark[teacher_data] = " ★"
     cols = (
         "| method | status | seeds | score (± sd) | retained | KL/char (± sd) | agree | "
         f"FLOPs, teacher data free{mark['free']} | FLOPs, teacher data paid{mark['paid']} | "
-        "steps per seed | lr | train s |"
+        "steps per seed | lr | train s | repetition (± sd) | cut at limit |"
     )
-    rule = "|" + "---|" * 12
+    rule = "|" + "---|" * 14
     lines = [header, "", cols, rule] if header else [cols, rule]
     for r in rows:
         score = "–" if r.score is None else f"{r.score:.3f} ± {r.score_std:.3f}"
         kl = "–" if r.kl_per_char is None else f"{r.kl_per_char:.4f} ± {r.kl_std:.4f}"
         steps = r.steps_per_seed if r.steps else "–"
+        rep = "–" if r.repetition is None else f"{r.repetition:.3f} ± {r.repetition_std:.3f}"
         lines.append(
             f"| {r.method} | {r.status} | {r.seeds} | {score} | {_fmt(r.retained, '.0%')} | {kl} | "
             f"{_fmt(r.agreement, '.2f')} | {_fmt(r.flops_free or None, '.2e')} | "
             f"{_fmt(r.flops_paid or None, '.2e')} | {steps} | {_fmt(r.lr, '.1e')} | "
-            f"{_fmt(r.seconds, '.0f')} |"
+            f"{_fmt(r.seconds, '.0f')} | {rep} | {_fmt(r.cut_share, '.0%')} |"
         )
     failed = [r for r in rows if r.error]
     if failed:

@@ -92,14 +92,16 @@ def verdict(rows: Sequence[Any], teacher_data: str) -> str:
 def per_seed_table(jobs: Sequence[Any]) -> str:
     lines = [
         "| start | method | seed | status | score | KL/char | steps | lr | FLOPs free | "
-        "FLOPs paid |",
-        "|" + "---|" * 10,
+        "FLOPs paid | repetition | cut at limit |",
+        "|" + "---|" * 12,
     ]
     for j in jobs:
         lines.append(
             f"| {j.start} | {j.method} | {j.seed} | {j.status} | {_f(j.score, '.3f')} | "
             f"{_f(j.kl_per_char, '.4f')} | {_f(j.steps, 'd')} | {_f(j.lr, '.1e')} | "
-            f"{_f(j.flops_free, '.2e')} | {_f(j.flops_paid, '.2e')} |"
+            f"{_f(j.flops_free, '.2e')} | {_f(j.flops_paid, '.2e')} | "
+            f"{_f(getattr(j, 'repetition', None), '.3f')} | "
+            f"{_f(getattr(j, 'cut_share', None), '.0%')} |"
         )
     return "\n".join(lines)
 
@@ -169,8 +171,9 @@ def curve_table(
     target90 = None if teacher_score is None else 0.9 * teacher_score
     lines = [
         f"| start | method | best score | FLOPs to reach {reference}'s best | FLOPs to reach 90% "
-        "of the teacher | mean score over [0, F] (AUC / F) | F |",
-        "|" + "---|" * 7,
+        "of the teacher | mean score over [0, F] (AUC / F) | F | repetition, cut at the last "
+        "evaluation |",
+        "|" + "---|" * 8,
     ]
     for start, methods in groups.items():
         means = {m: mean_curve(c, teacher_data) for m, c in methods.items()}
@@ -184,7 +187,7 @@ def curve_table(
                 f"| {start} | {m} | {_f(best(pts), '.3f')} | "
                 f"{_f(flops_to_reach(pts, ref_best), '.2e')} | "
                 f"{_f(flops_to_reach(pts, target90), '.2e')} | {_f(auc(pts, common), '.3f')} | "
-                f"{common:.2e} |"
+                f"{common:.2e} | {diagnostics_at(methods[m], teacher_data, pts[-1].step)} |"
             )
     return "\n".join(lines)
 
@@ -194,12 +197,14 @@ def kl_curve_table(
 ) -> str:
     """``curve_table`` for a task without a metric: per start point and method, the lowest
     seed-mean KL(student || teacher) per byte on the held-out prompts, the FLOPs at which it first
-    reaches the reference method's lowest, its mean over a common FLOPs range, and the lowest
-    teacher NLL per byte of the student's completions."""
+    reaches the reference method's lowest, its mean over a common FLOPs range, the lowest
+    teacher NLL per byte of the student's completions, and the completions' repetition rate and
+    share cut at the length limit at the lowest KL/byte and at the end (``diagnostics_at``)."""
     lines = [
         f"| start | method | lowest KL/byte | FLOPs to reach {reference}'s lowest KL/byte | "
-        "mean KL/byte over [0, F] | KL/byte at the last evaluation | lowest teacher NLL/byte | F |",
-        "|" + "---|" * 8,
+        "mean KL/byte over [0, F] | KL/byte at the last evaluation | lowest teacher NLL/byte | F | "
+        "repetition, cut at the lowest KL/byte | repetition, cut at the last evaluation |",
+        "|" + "---|" * 10,
     ]
     for start, methods in groups.items():
         means = {m: mean_curve(c, teacher_data, "kl_per_byte") for m, c in methods.items()}
@@ -210,13 +215,26 @@ def kl_curve_table(
         common = min(p[-1].x for p in means.values())
         for m, pts in means.items():
             nll = best(mean_curve(methods[m], teacher_data, "teacher_nll_per_byte"), lower=True)
+            lowest = min(pts, key=lambda p: p.y).step
             lines.append(
                 f"| {start} | {m} | {_f(best(pts, lower=True), '.4f')} | "
                 f"{_f(flops_to_reach(pts, ref_best, lower=True), '.2e')} | "
                 f"{_f(auc(pts, common), '.4f')} | {pts[-1].y:.4f} ± {pts[-1].sd:.4f} | "
-                f"{_f(nll, '.4f')} | {common:.2e} |"
+                f"{_f(nll, '.4f')} | {common:.2e} | "
+                f"{diagnostics_at(methods[m], teacher_data, lowest)} | "
+                f"{diagnostics_at(methods[m], teacher_data, pts[-1].step)} |"
             )
     return "\n".join(lines)
+
+
+def diagnostics_at(curves: Sequence[Sequence[CurvePoint]], teacher_data: str, step: int) -> str:
+    """``"<repetition> / <cut share>"`` of the seed-mean curves at ``step`` (``–`` where the
+    curves do not hold them): a KL that falls while these rise is a collapse into loops."""
+    cells = []
+    for attr, spec in (("repetition", ".3f"), ("cut_share", ".0%")):
+        at = [p.y for p in mean_curve(curves, teacher_data, attr) if p.step == step]
+        cells.append(_f(at[0] if at else None, spec))
+    return " / ".join(cells)
 
 
 def warm_table(records: Sequence[dict[str, Any]]) -> str:

@@ -56,6 +56,8 @@ class JobResult:
     flops_free: float | None = None  # training FLOPs with the teacher's data free / paid
     flops_paid: float | None = None
     curve: list[dict[str, Any]] = field(default_factory=list)  # curves.CurvePoint records
+    repetition: float | None = None  # greedy held-out completions at the end (evaluate.py)
+    cut_share: float | None = None  # share of them cut at the length limit
 
 
 def _load(path: str, trainable: bool) -> tuple[Any, Any]:
@@ -82,6 +84,8 @@ def evaluate_teacher(cfg: CompareConfig, dirs: ModelDirs, task: Task) -> JobResu
         params=num_params(model),
         disk_bytes=size_on_disk(dirs.teacher),
         samples=ev.texts,
+        repetition=ev.repetition,
+        cut_share=ev.cut_share,
     )
 
 
@@ -166,6 +170,8 @@ def _run_job(
             flops_free=recorded if flops is None else flops.free,
             flops_paid=recorded if flops is None else flops.paid,
             curve=[vars(p) for p in out.account.curve] if out.account else [],
+            repetition=ev.repetition,
+            cut_share=ev.cut_share,
         )
     except Exception as exc:  # a failing method is a row of the report, not a crash
         tail = traceback.format_exc(limit=3).strip().splitlines()[-1]

@@ -47,12 +47,23 @@ def test_metric_free_warm_start_comparison_on_a_cut_student(tmp_path, monkeypatc
         curve = jobs[method]["curve"]
         assert curve[0]["step"] == 0 and all(p["score"] is None for p in curve)
         assert all(p["kl_per_byte"] is not None and p["teacher_nll_per_byte"] for p in curve)
+    # the collapse diagnostics of the greedy held-out completions, at the end and on every point
+    for j in jobs.values():
+        assert 0.0 <= j["repetition"] <= 1.0 and 0.0 <= j["cut_share"] <= 1.0
+    for method in ("sft", "reverse_kl"):
+        curve = jobs[method]["curve"]
+        assert all(0.0 <= p["repetition"] <= 1.0 and 0.0 <= p["cut_share"] <= 1.0 for p in curve)
+        # the trainer's last evaluation and the harness's end point see the same greedy texts
+        last = curve[-1]
+        assert last["repetition"] == pytest.approx(jobs[method]["repetition"], abs=1e-9)
+        assert last["cut_share"] == pytest.approx(jobs[method]["cut_share"], abs=1e-9)
     # both arms start from the same warm weights: identical step-0 evaluations
     assert jobs["sft"]["curve"][0] == jobs["reverse_kl"]["curve"][0]
     warm = report["warm_up"][0]["curve"]
     assert [p["step"] for p in warm] == [0, 1, 2] and warm[0]["kl_per_byte"] is not None
     text = paths["markdown"].read_text()
     for needle in ("Verdict:", "lowest KL/byte", "validation KL/byte", "![curves](curves.png)",
-                   "![warm-up](warm_up.png)"):  # fmt: skip
+                   "![warm-up](warm_up.png)", "| repetition (± sd) | cut at limit |",
+                   "repetition, cut at the lowest KL/byte"):  # fmt: skip
         assert needle in text
     assert paths["curves"].stat().st_size > 1000 and paths["warm_up"].stat().st_size > 1000

@@ -72,7 +72,9 @@ def _spawn(args, config: str) -> dict:
     if proc.returncode != 0 or not lines:
         errs = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()] or ["no output"]
         err = next((ln for ln in reversed(errs) if "Error" in ln), errs[-1])
-        return {"error": err.strip()[:300]}
+        return {
+            "error": f"exit {proc.returncode} (-9: killed, e.g. out of memory): {err.strip()}"[:300]
+        }
     return json.loads(lines[-1])
 
 
@@ -148,7 +150,7 @@ def _ratio(a: dict, b: dict, key: str, invert: bool = False) -> str:
 
 def per_round(results: dict[str, dict], args) -> list[str]:
     """Lines of a per-round table (each side's median step in that round, TRL / engine by wall
-    clock and by CPU time) and the load averages, once every round has run."""
+    clock and by CPU time) and the load averages."""
     runs, loads = getattr(args, "runs", None), getattr(args, "loads", [])
     if not runs or args.rounds < 2:
         return []
@@ -363,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         or Path(args.vllm_python if c.startswith("engine") else args.trl_vllm_python).exists()
     ]
     runs: dict[str, list[dict]] = {c: [] for c in configs}
-    args.loads = []  # the machine's load average at the start of each round, and at the end
+    args.runs, args.loads = runs, []  # per round; load averages at each round's start + the end
     for r in range(args.rounds):
         args.loads.append(os.getloadavg())
         for config in configs:
@@ -373,7 +375,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"round {r} {config}: {runs[config][-1]}", file=sys.stderr, flush=True)
             _write(args, argv, {c: merge(v) for c, v in runs.items() if v})  # partial tables too
     args.loads.append(os.getloadavg())
-    args.runs = runs
     print(_write(args, argv, {c: merge(v) for c, v in runs.items()}))
     return 0
 

@@ -108,8 +108,8 @@ def report(times: dict, args, cells: list, load0: tuple, load1: tuple, threads: 
         "fp32-dynamic's median s / this variant's (per round: min..max of the round ratios).",
         "",
         "| batch x new tokens | variant | wall s | CPU s | speed (wall) | per-round wall ratios "
-        "| speed (CPU) |",
-        "|---|---|---|---|---|---|---|",
+        "| speed (CPU) | per-round CPU ratios |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for b, n in cells:
         base = times[(b, n, "fp32-dynamic")] if "fp32-dynamic" in args.variants else None
@@ -121,10 +121,14 @@ def report(times: dict, args, cells: list, load0: tuple, load1: tuple, threads: 
                     statistics.median(x[0] for x in base),
                     statistics.median(x[1] for x in base),
                 )
-                per = [bb[0] / x[0] for bb, x in zip(base, t, strict=True)]
-                cols = f"{bw / w:.2f}x | {min(per):.2f}..{max(per):.2f} | {bc / c:.2f}x"
+                pw = [bb[0] / x[0] for bb, x in zip(base, t, strict=True)]
+                pc = [bb[1] / x[1] for bb, x in zip(base, t, strict=True)]
+                cols = (
+                    f"{bw / w:.2f}x | {min(pw):.2f}..{max(pw):.2f} | {bc / c:.2f}x | "
+                    + ", ".join(f"{x:.2f}" for x in pc)
+                )
             else:
-                cols = "– | – | –"
+                cols = "– | – | – | –"
             out.append(f"| {b} x {n} | {v} | {w:.2f} | {c:.2f} | {cols} |")
     return "\n".join(out)
 

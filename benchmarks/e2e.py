@@ -72,7 +72,9 @@ def _spawn(args, config: str) -> dict:
     if proc.returncode != 0 or not lines:
         errs = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()] or ["no output"]
         err = next((ln for ln in reversed(errs) if "Error" in ln), errs[-1])
-        return {"error": err.strip()[:300]}
+        return {
+            "error": f"exit {proc.returncode} (-9: killed, e.g. out of memory): {err.strip()}"[:300]
+        }
     return json.loads(lines[-1])
 
 
@@ -146,6 +148,36 @@ def _ratio(a: dict, b: dict, key: str, invert: bool = False) -> str:
     return f"{(y / x if invert else x / y):.2f}x"
 
 
+def per_round(results: dict[str, dict], args) -> list[str]:
+    """Lines of a per-round table (each side's median step in that round, TRL / engine by wall
+    clock and by CPU time) and the load averages."""
+    runs, loads = getattr(args, "runs", None), getattr(args, "loads", [])
+    if not runs or args.rounds < 2:
+        return []
+    out = [
+        "", "Per round (sides interleaved; TRL step / engine step, so > 1 = engine faster):", "",
+        "| round | load avg (1 min) | engine | TRL | engine step s | TRL step s | wall ratio "
+        "| engine CPU s | TRL CPU s | CPU ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for _, ours, theirs, _ in comparisons(results):
+        for r, (a, b) in enumerate(zip(runs[ours], runs[theirs], strict=False)):
+            if "error" in a or "error" in b:
+                continue
+            w = (statistics.median(a["wall_s"]), statistics.median(b["wall_s"]))
+            c = (statistics.median(a["cpu_s"]), statistics.median(b["cpu_s"]))
+            out.append(
+                f"| {r} | {loads[r][0]:.1f} | {ours} | {theirs} | {w[0]:.2f} | {w[1]:.2f} | "
+                f"{w[1] / w[0]:.2f}x | {c[0]:.2f} | {c[1]:.2f} | {c[1] / c[0]:.2f}x |"
+            )
+    load_text = ", ".join(f"{x[0]:.1f}/{x[1]:.1f}/{x[2]:.1f}" for x in loads)
+    return [
+        *out,
+        "",
+        f"Load average (1/5/15 min) at each round's start, then at the end: {load_text}.",
+    ]
+
+
 _RETAINED = {"engine": "engine sides", "both": "all sides", "none": "no side"}
 _PRECISION = {"fp32": "float32", "bf16": "bf16 autocast (accelerate mixed_precision)"}
 
@@ -170,6 +202,15 @@ def settings_table(args) -> str:
         (
             "completion length",
             *(["forced to max (equal lengths)"] * 2 if args.min_new_tokens else ["up to max"] * 2),
+        ),
+        (
+            "sampling",
+            *(["temperature 1, top_p 1, top_k off (GOLD's default top_p 0.95 not used)"] * 2),
+        ),
+        (
+            "cross loss (each side's design)",
+            "gold " + (" ".join(args.gold) if args.gold else "defaults (reference_kl 1, prefix)"),
+            "GOLD ULD hybrid",
         ),
         ("optimizer, lr, precision", *([f"AdamW lr {args.lr}, {_PRECISION[args.precision]}"] * 2)),
         ("timed", *(["optimizer step incl. rollout, after 1 warm-up"] * 2)),
@@ -227,6 +268,7 @@ def table(results: dict[str, dict], args) -> str:
             f"{r['tokens_per_s']:.1f} | {r['tokens_per_cpu_s']:.1f} | {r['peak_mb']:,.0f} |"
         )
     errors = [f"- {k}: {v['error']}" for k, v in results.items() if "error" in v]
+    out += per_round(results, args)
     out += ["", settings_table(args)]
     return "\n".join(out + (["", "Failed configurations:", *errors] if errors else []))
 
@@ -323,13 +365,16 @@ def main(argv: list[str] | None = None) -> int:
         or Path(args.vllm_python if c.startswith("engine") else args.trl_vllm_python).exists()
     ]
     runs: dict[str, list[dict]] = {c: [] for c in configs}
+    args.runs, args.loads = runs, []  # per round; load averages at each round's start + the end
     for r in range(args.rounds):
+        args.loads.append(os.getloadavg())
         for config in configs:
             if runs[config] and "error" in runs[config][-1]:
                 continue  # a configuration that failed once is not retried
             runs[config].append(_spawn(args, config))
             print(f"round {r} {config}: {runs[config][-1]}", file=sys.stderr, flush=True)
             _write(args, argv, {c: merge(v) for c, v in runs.items() if v})  # partial tables too
+    args.loads.append(os.getloadavg())
     print(_write(args, argv, {c: merge(v) for c, v in runs.items()}))
     return 0
 

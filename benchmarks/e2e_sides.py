@@ -267,6 +267,8 @@ def _trl_common(args, rollout: str) -> dict:
         "fp16": False,
         "gradient_checkpointing": False,
         "temperature": 1.0,
+        "top_p": 1.0,  # the engine's sampling (GOLDConfig's default top_p is 0.95)
+        "top_k": 0,
         "max_completion_length": args.max_new_tokens,
         "dataloader_num_workers": 0,
         "disable_tqdm": True,

@@ -6,7 +6,8 @@ token's logit is raised so it has a realistic probability). TRL runs its extende
 "bayesian" merge (the one with the correct logit shift), which is our ``anchor="last"``; the
 values are checked to agree (TRL's per-sequence normalization recomputed from our per-span
 losses). Each (implementation, case) runs in a fresh subprocess with ``--threads`` torch
-threads (default 1; ``default``: torch's own count, the machine's cores): ``--warmup``
+threads (a list, default ``1,default``; ``default``: torch's own count, the machine's cores;
+each round runs every thread count, then every implementation, in turn): ``--warmup``
 untimed calls, then forward and backward wall time and process CPU time (median over
 ``--repeats``; CPU time is the steadier figure on a shared machine) and peak RSS (ru_maxrss)
 minus the RSS before the first call. Both sides are timed on the same work: one call from byte
@@ -14,7 +15,7 @@ offsets to the reduced loss, its backward to the student logits (ours aligns the
 the timed call, as TRL's ``ULDLoss`` does).
 
     .venv/bin/python benchmarks/alignment.py [--cases base,large] [--repeats 3] [--warmup 1]
-        [--rounds 1] [--impls trl-uld,ours-uld,...] [--threads 1|N|default] [--out FILE]
+        [--rounds 1] [--impls trl-uld,ours-uld,...] [--threads 1,default] [--out FILE]
 
 The report (``--out``, default ``RESULTS-alignment.md``) keeps one section per case; a run
 rewrites only the sections of the cases it ran, with the command that made them.
@@ -373,6 +374,11 @@ HEADER = (
 )
 
 
+def _load() -> str:
+    """The 1/5/15-minute load average (the machine is shared: a loaded run must say so)."""
+    return ", ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def merge_sections(text: str, sections: dict[str, str]) -> str:
     """``text`` with each case's section (between ``<!-- case:NAME -->`` and
     ``<!-- /case:NAME -->``) replaced by the new one, or appended when the case has none yet;
@@ -395,7 +401,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1, help="untimed calls before the timed ones")
     ap.add_argument("--rounds", type=int, default=1, help="interleaved runs of every impl")
     ap.add_argument("--impls", default=",".join(IMPLS))
-    ap.add_argument("--threads", default="1", help="torch threads: a number or 'default'")
+    ap.add_argument(
+        "--threads", default="1,default", help="torch thread counts (a number or 'default'), a list"
+    )
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument(
         "--out",
@@ -407,24 +415,28 @@ def main() -> None:
         out = worker(args.worker, args.cases, args.repeats, args.warmup, args.threads)
         print(json.dumps(out))
         return
-    sections = {}
+    sections, counts = {}, args.threads.split(",")
     for case in args.cases.split(","):
-        impls, res = args.impls.split(","), {}
-        for _ in range(args.rounds):  # interleaved: a shared machine's load hits every side
-            for impl in impls:
-                run = _spawn(impl, case, args.repeats, args.warmup, args.threads)
-                res[impl] = _pooled(res.get(impl), run)
-        table = _table(case, res)
-        print("\n".join(table), flush=True)
-        command = (
-            f"Command: `nice -n 5 .venv/bin/python benchmarks/alignment.py --cases {case} "
-            f"--impls {args.impls} --repeats {args.repeats} --warmup {args.warmup} "
-            f"--rounds {args.rounds} --threads {args.threads}` "
-            f"({time.strftime('%Y-%m-%d', time.gmtime())}, {bench.label()}): median of "
-            f"{args.rounds} x {args.repeats} timed calls per implementation."
-        )
-        name = case if args.threads == "1" else f"{case}-threads-{args.threads}"
-        sections[name] = "\n".join([table[0], "", command, "", *table[1:]])
+        impls, res = args.impls.split(","), {th: {} for th in counts}
+        for _ in range(args.rounds):  # interleaved: a shared machine's load hits every cell
+            for th in counts:
+                for impl in impls:
+                    run = _spawn(impl, case, args.repeats, args.warmup, th)
+                    print(f"{case} threads {th} {impl}: CPU {run['cpu']}", file=sys.stderr)
+                    res[th][impl] = _pooled(res[th].get(impl), run)
+        for th in counts:
+            table = _table(case, res[th])
+            print("\n".join(table), flush=True)
+            command = (
+                f"Command: `nice -n 5 .venv/bin/python benchmarks/alignment.py --cases {case} "
+                f"--impls {args.impls} --repeats {args.repeats} --warmup {args.warmup} "
+                f"--rounds {args.rounds} --threads {args.threads}` "
+                f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {bench.label()}, "
+                f"load average {_load()}): median of {args.rounds} x {args.repeats} timed "
+                f"calls per implementation, thread counts {args.threads} interleaved per round."
+            )
+            name = case if th == "1" else f"{case}-threads-{th}"
+            sections[name] = "\n".join([table[0], "", command, "", *table[1:]])
     out = Path(args.out)
     text = out.read_text() if out.exists() else HEADER
     out.write_text(merge_sections(text, sections))

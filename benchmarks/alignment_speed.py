@@ -123,6 +123,7 @@ def main() -> None:
     ap.add_argument("--threads", default="1,default", help="torch thread counts, or 'default'")
     args = ap.parse_args()
     default = torch.get_num_threads()
+    load0 = _load()
     lines = [
         f"Aligning >= {TARGET_TOKENS:,} tokens of real text "
         f"(median of {REPEATS}, CPU seconds of the process; Python {sys.version.split()[0]}, "
@@ -143,9 +144,14 @@ def main() -> None:
     out = Path(__file__).with_name("RESULTS-alignment-speed.md")
     out.write_text(
         "# Alignment speed\n\n"
-        f"`RAYON_NUM_THREADS=1 .venv/bin/python benchmarks/alignment_speed.py "
-        f"--threads {args.threads}`\n\n" + table + "\n"
+        f"`RAYON_NUM_THREADS=1 nice -n 5 .venv/bin/python benchmarks/alignment_speed.py "
+        f"--threads {args.threads}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load "
+        f"average {load0} at the start, {_load()} at the end)\n\n" + table + "\n"
     )
+
+
+def _load() -> str:
+    return ", ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 if __name__ == "__main__":

@@ -9,7 +9,11 @@ a load change on the shared machine hits all alike; throughput = student complet
 second of optimizer step (rollout included), medians over all timed steps; peak RSS per process.
 
     python benchmarks/bf16.py [--pair smollm2] [--batch 4] [--max-new-tokens 64]
-        [--micro-batches 2] [--steps 2] [--rounds 2] [--out benchmarks/RESULTS-bf16.md]
+        [--micro-batches 2] [--steps 2] [--rounds 2] [--threads 1,0]
+        [--out benchmarks/RESULTS-bf16.md]
+
+``--threads``: a list of torch thread counts (0: torch's default, the machine's cores), each run
+in every round next to the others.
 
 On a CPU with AVX512-BF16 (``lscpu`` flag ``avx512_bf16``) bf16 matmuls run natively; without it
 they are emulated.
@@ -76,32 +80,47 @@ def table(results: dict[tuple[str, str], dict], args, load: str) -> str:
     return "\n".join(lines + (["", "Failed:", *errors] if errors else []))
 
 
+def _pop(argv: list[str], flag: str, default: str | None) -> str | None:
+    """``flag``'s value taken out of ``argv`` (``default`` when absent)."""
+    if flag not in argv:
+        return default
+    i = argv.index(flag)
+    value = argv[i + 1]
+    del argv[i : i + 2]
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    out = None
-    if "--out" in argv:
-        i = argv.index("--out")
-        out = argv[i + 1]
-        del argv[i : i + 2]
+    out = _pop(argv, "--out", None)
+    threads = _pop(argv, "--threads", "1,0")  # a list; 0: torch's default (the machine's cores)
+    counts = [int(t) for t in threads.split(",")]
     defaults = ["--pair", "smollm2", "--batch", "4", "--max-new-tokens", "64",
                 "--micro-batches", "2", "--steps", "2", "--rounds", "2"]  # fmt: skip
     args = parse([*defaults, *argv, "--equal-lengths"])
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    runs: dict[tuple[str, str], list[dict]] = {
-        (c, p): [] for _, c in SIDES for p in PRECISIONS
+    runs: dict[tuple[int, str, str], list[dict]] = {
+        (n, c, p): [] for n in counts for _, c in SIDES for p in PRECISIONS
     }  # fmt: skip
-    for r in range(args.rounds):
-        for (config, precision), done in runs.items():
+    for r in range(args.rounds):  # every round: each thread count, each side and precision
+        for (n, config, precision), done in runs.items():
             if done and "error" in done[-1]:
                 continue
             side_args = copy.copy(args)
-            side_args.precision = precision
+            side_args.precision, side_args.threads = precision, n
             done.append(_spawn(side_args, config))
-            print(f"round {r} {config} {precision}: {done[-1]}", file=sys.stderr, flush=True)
-    text = table({k: merge(v) for k, v in runs.items()}, args, load)
+            print(f"round {r} threads {n} {config} {precision}: {done[-1]}", file=sys.stderr,
+                  flush=True)  # fmt: skip
+    end = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    tables = []
+    for n in counts:
+        args.threads = n
+        merged = {(c, p): merge(v) for (m, c, p), v in runs.items() if m == n}
+        tables.append(f"### torch threads: {n or 'default'}\n\n" + table(merged, args, load))
+    text = "\n\n".join(tables) + f"\n\nLoad average at the end: {end}."
     print(text)
     if out:
-        cmd = "python benchmarks/bf16.py " + " ".join([*argv, "--out", out])
+        cmd = "python benchmarks/bf16.py " + " ".join([*argv, "--threads", threads, "--out", out])
         Path(out).write_text(f"# bf16 mixed precision on CPU: engine and TRL\n\nCommand: `{cmd}`"
                              f"\n\n{text}\n")  # fmt: skip
     return 0

@@ -4,8 +4,9 @@ One row per loss: the forward and backward of the loss alone on one completion o
 SmolLM2 tokens (English prose, real tokenizations by both tokenizers, spans aligned inside the
 timed call), from the student logits to their gradient; random logits with the sampled token's
 logit raised (the values do not change the work). Each row runs in a fresh subprocess with
-``--threads`` torch threads (default 1; ``default``: torch's own count): ``--warmup`` untimed
-calls, then the median wall time of ``--repeats`` calls and the peak
+``--threads`` torch threads (a list, default ``1,default``; ``default``: torch's own count;
+``--rounds`` interleaved rounds of every thread count and loss): ``--warmup`` untimed
+calls, then the median wall and CPU time of ``--repeats`` calls and the peak
 RSS above the RSS before the first call (Linux: the peak is reset there, ``clear_refs``).
 The peer is TRL's GOLD ``ULDLoss`` (extended ULD, "bayesian" merge: the ``uld`` row runs ours
 with ``anchor="last"``, the same semantics; the ``uld`` objective's default anchor is
@@ -15,7 +16,7 @@ first), ``gold_prefix`` the ``gold`` objective's default (``matched=prefix``).
 
     .venv/bin/python benchmarks/cross_objectives.py [--tokens 104] [--repeats 3] [--warmup 1]
         [--impls next_byte,gold_prefix,gold_token,uld,trl_uld] [--objectives]
-        [--threads 1|N|default]
+        [--threads 1,default] [--rounds 1] [--out FILE]
 
 ``--objectives`` instead times each registered objective's ``loss`` + backward end to end with
 the real models (the SmolLM2 student's forward and backward included; the Gemma-3 teacher scores
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -152,19 +154,21 @@ def worker(impl: str, tokens: int, repeats: int, warmup: int, threads: str = "1"
     base = inp["s"]["logits"]
     rss = _alignment_bench()
     rss0 = rss._reset_peak_kb()
-    times, value = [], float("nan")
+    times, cpus, value = [], [], float("nan")
     for i in range(warmup + repeats):
         logits = base.clone().requires_grad_(True)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loss = run(logits)
         loss.backward()
-        dt = time.perf_counter() - t0
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
         value = float(loss)
         if i >= warmup:
             times.append(dt)
+            cpus.append(dc)
     peak = (rss._status_kb("VmHWM") - rss0) / 1024
-    return {"impl": impl, "seconds": statistics.median(times), "peak_mb": peak, "value": value,
-            "tokens": tokens, "teacher_tokens": int(inp["t"]["ids"].shape[1] - PROMPT)}  # fmt: skip
+    return {"impl": impl, "seconds": times, "cpu": cpus, "peak_mb": peak, "value": value,
+            "tokens": tokens, "teacher_tokens": int(inp["t"]["ids"].shape[1] - PROMPT),
+            "threads": torch.get_num_threads()}  # fmt: skip
 
 
 OBJECTIVE_ROWS = (
@@ -205,40 +209,86 @@ def objective_rows(tokens: int, repeats: int, warmup: int, threads: str = "1") -
         print(f"{name:<10} {json.dumps(params):<42} {statistics.median(times):>10.3f}")
 
 
+def _spawn(impl: str, a: argparse.Namespace, threads: str) -> dict | None:
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    if threads != "default":  # default: torch's own choice (the machine's cores)
+        env["OMP_NUM_THREADS"] = threads
+    cmd = [sys.executable, __file__, "--worker", impl, "--tokens", str(a.tokens), "--repeats",
+           str(a.repeats), "--warmup", str(a.warmup), "--threads", threads]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode:
+        print(f"{impl} ({threads} threads): failed: {done.stderr.strip().splitlines()[-1:]}")
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _table(rows: dict[str, dict]) -> list[str]:
+    """One markdown table: per loss, median wall and CPU s per call over rounds x repeats, and
+    TRL ``ULDLoss`` / that loss (how many times cheaper) by each."""
+    med = {k: (statistics.median(r["seconds"]), statistics.median(r["cpu"])) for k, r in
+           rows.items()}  # fmt: skip
+    trl = med.get("trl_uld")
+    lines = ["| loss | s tok | t tok | fwd+bwd s | CPU s | trl_uld / this (wall) | "
+             "trl_uld / this (CPU) | peak MB | value |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for impl, r in rows.items():
+        wall, cpu = med[impl]
+        ratio = f"{trl[0] / wall:.2f}x | {trl[1] / cpu:.2f}x" if trl else "- | -"
+        lines.append(f"| {impl} | {r['tokens']} | {r['teacher_tokens']} | {wall:.3f} | {cpu:.3f} | "
+                     f"{ratio} | {r['peak_mb']:.0f} | {r['value']:.4f} |")  # fmt: skip
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tokens", type=int, default=104)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=1, help="interleaved runs of every cell")
     p.add_argument("--impls", default=",".join(IMPLS))
     p.add_argument("--objectives", action="store_true", help="end-to-end objective timings")
-    p.add_argument("--threads", default="1", help="torch threads: a number or 'default'")
+    p.add_argument("--threads", default="1,default", help="torch thread counts (or 'default')")
+    p.add_argument("--out", default="", help="also write the report (markdown) here")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.objectives:
-        objective_rows(a.tokens, a.repeats, a.warmup, a.threads)
+        for threads in a.threads.split(","):
+            objective_rows(a.tokens, a.repeats, a.warmup, threads)
         return
     if a.worker:
         print(json.dumps(worker(a.worker, a.tokens, a.repeats, a.warmup, a.threads)))
         return
-    rows = []
-    for impl in a.impls.split(","):
-        cmd = [sys.executable, __file__, "--worker", impl, "--tokens", str(a.tokens), "--repeats",
-               str(a.repeats), "--warmup", str(a.warmup), "--threads", a.threads]  # fmt: skip
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode:
-            print(f"{impl}: failed: {done.stderr.strip().splitlines()[-1:]}")
-            continue
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    trl = next((r["seconds"] for r in rows if r["impl"] == "trl_uld"), None)
-    print(f"student tokens {a.tokens}, SmolLM2 49,152 -> Gemma-3 262,144, torch threads "
-          f"{a.threads} ({_set_threads(a.threads)}), median of {a.repeats}")  # fmt: skip
-    print(f"{'loss':<12} {'s tok':>5} {'t tok':>5} {'fwd+bwd s':>10} {'peak MB':>8} "
-          f"{'vs trl_uld':>10} {'value':>10}")  # fmt: skip
-    for r in rows:
-        ratio = f"{trl / r['seconds']:.2f}x" if trl else "-"
-        print(f"{r['impl']:<12} {r['tokens']:>5} {r['teacher_tokens']:>5} {r['seconds']:>10.3f} "
-              f"{r['peak_mb']:>8.0f} {ratio:>10} {r['value']:>10.4f}")  # fmt: skip
+    load0, counts = _load(), a.threads.split(",")
+    res: dict[str, dict[str, dict]] = {th: {} for th in counts}
+    for _ in range(a.rounds):  # interleaved: a shared machine's load hits every cell alike
+        for th in counts:
+            for impl in a.impls.split(","):
+                run = _spawn(impl, a, th)
+                if run is not None:
+                    old = res[th].get(impl)
+                    res[th][impl] = run if old is None else {
+                        **run, "seconds": old["seconds"] + run["seconds"],
+                        "cpu": old["cpu"] + run["cpu"]}  # fmt: skip
+    text = [
+        f"# Cross-tokenizer losses on real SmolLM2 -> Gemma-3 logits "
+        f"(benchmarks/cross_objectives.py)\n\nCommand: `nice -n 5 .venv/bin/python "
+        f"benchmarks/cross_objectives.py --tokens {a.tokens} --repeats {a.repeats} --warmup "
+        f"{a.warmup} --rounds {a.rounds} --threads {a.threads} --out FILE` "
+        f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average {load0} at the "
+        f"start, {_load()} at the end; {os.cpu_count()} cores). Per loss and thread count: "
+        f"median over {a.rounds} rounds x {a.repeats} calls after {a.warmup} warm-up(s), "
+        f"each cell a fresh process, thread counts and losses interleaved in each round."
+    ]
+    for th in counts:
+        n = next(iter(res[th].values()), {}).get("threads", th)
+        text += [f"\n## torch threads: {th} ({n})\n", *_table(res[th])]
+    print("\n".join(text), flush=True)
+    if a.out:
+        Path(a.out).write_text("\n".join(text) + "\n")
+
+
+def _load() -> str:
+    return ", ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 if __name__ == "__main__":

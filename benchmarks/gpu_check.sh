@@ -51,7 +51,7 @@ run alignment 80 "$PYTHON" benchmarks/alignment.py --cases base --repeats 3 --ro
     --threads default --out benchmarks/RESULTS-alignment-gpu.md
 # rollouts: transformers generate vs the vLLM engine, SmolLM2-135M, batch 1 / 8 / 32
 if [ -n "${VLLM_PYTHON:-}" ]; then
-    run rollout 130 "$VLLM_PYTHON" benchmarks/rollout.py --repeats 3 \
+    run rollout 130 "$VLLM_PYTHON" benchmarks/rollout.py --repeats 3 --threads default \
         --out benchmarks/RESULTS-rollout-gpu.md
 else
     echo "gpu_check: rollout skipped: no Python with vllm (set VLLM_PYTHON)" >&2

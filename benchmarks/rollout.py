@@ -5,7 +5,9 @@ temperature 1, ``max_new_tokens`` new tokens), median over repeats, side by side
 then the time of one full weight sync into the engine. Runs in the vLLM venv:
 
     .venv-vllm/bin/python benchmarks/rollout.py [--repeats 3] [--max-new-tokens 64] [--out FILE]
-        [--threads 1|N|default]
+        [--threads 1,default]
+
+``--threads`` is a list: each thread count runs in its own process, one after the other.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 
@@ -52,14 +55,54 @@ def _tokens_per_s(backend, ids, sampling, repeats: int) -> tuple[float, float]:
     return statistics.median(rates), statistics.median(secs)
 
 
+def _spawn(threads: str, argv: list[str]) -> str:
+    """This benchmark at one thread count in a fresh process (vLLM sizes its OpenMP team when the
+    engine starts, so a thread count is a process): its table."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    if threads != "default":
+        env["OMP_NUM_THREADS"] = threads
+    cmd = [sys.executable, os.path.abspath(__file__), *argv, "--threads", threads, "--out", ""]
+    done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=True)
+    return _table_only(done.stdout)
+
+
+def _table_only(stdout: str) -> str:
+    """The table a run printed, without the log lines vLLM writes to stdout before it."""
+    return stdout[stdout.find("SmolLM2-135M-Instruct") :].strip()
+
+
+def _load() -> str:
+    return ", ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--out", default=None, help="also write the table (markdown) here")
-    ap.add_argument("--threads", default="default", help="torch threads: a number or default")
+    ap.add_argument(
+        "--threads", default="1,default", help="torch thread counts (a number or default), a list"
+    )
+    argv = sys.argv[1:] if argv is None else argv
     args = ap.parse_args(argv)
+    if "," in args.threads:  # one fresh process per thread count, in turn
+        rest = ["--repeats", str(args.repeats), "--max-new-tokens", str(args.max_new_tokens)]
+        rest += ["--batches", *map(str, args.batches)]
+        load0 = _load()
+        tables = [_spawn(th, rest) for th in args.threads.split(",")]
+        text = (
+            f"# Rollout throughput: hf vs vllm\n\nCommand: `.venv-vllm/bin/python "
+            f"benchmarks/rollout.py {' '.join(argv)}` ({time.strftime('%Y-%m-%d %H:%M UTC')}; "
+            f"load average {load0} at the start, {_load()} at the end). One process per thread "
+            f"count (OMP_NUM_THREADS set for it, none for `default`); in each, hf and vllm "
+            f"alternate per batch size.\n\n" + "\n\n".join(tables) + "\n"
+        )
+        print(text)
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write(text)
+        return 0
 
     import torch
 
@@ -116,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     if args.out:
         with open(args.out, "w") as f:
-            command = " ".join(["benchmarks/rollout.py", *(argv or sys.argv[1:])])
+            command = " ".join(["benchmarks/rollout.py", *argv])
             f.write(
                 "# Rollout throughput: hf vs vllm\n\nCommand: "
                 f"`.venv-vllm/bin/python {command}`\n\n{table}\n"

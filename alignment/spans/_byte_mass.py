@@ -48,7 +48,14 @@ from alignment.types import SideLogits
 NUM_CLASSES = 257
 END = 257  # column of the tokens that end exactly at the bytes already written (depth >= 1)
 _DUMP = 258  # scatter column of tokens outside an event's range (dropped)
-CHUNK_ELEMS = 1 << 22  # rows per chunk = CHUNK_ELEMS // V
+# rows per chunk = CHUNK_ELEMS // V: 4 MiB of float32 per [rows x V] temporary. At 16 MiB
+# (1 << 22) every temporary of a chunk was a fresh mapping from glibc, faulted in page by page
+# (~130-170k minor faults, a third of the CPU time of a next-byte call on a 262k vocabulary)
+# and, with two pool threads faulting and unmapping in one process, the 2-thread call took up to
+# 1.58x the CPU of the 1-thread one; at 4 MiB they are reused (benchmarks/RESULTS-cross-
+# objectives.md, "Recheck of the next-byte cell"). The chunks depend on the rows only: values
+# are the same at any thread count.
+CHUNK_ELEMS = 1 << 20
 
 
 @dataclass(frozen=True)

@@ -63,9 +63,14 @@ def _next_byte(s, t, tries, dtype):
     return terms.divergence_E.detach(), grad
 
 
-def test_next_byte_identical_at_any_thread_count(real_tokenizers, torch_threads, monkeypatch):
+@pytest.mark.parametrize("chunk_elems", [3 * 50_257, bm.CHUNK_ELEMS])  # 3 rows: many chunks
+def test_next_byte_identical_at_any_thread_count(
+    real_tokenizers, torch_threads, monkeypatch, chunk_elems
+):
     s, t, tries = _case(real_tokenizers)
-    monkeypatch.setattr(bm, "CHUNK_ELEMS", 3 * 50_257)  # 3 rows a chunk: many chunks
+    for logits in (s[0], t[0]):  # the module's own chunk size too: still several chunks a side
+        assert logits.shape[0] * logits.shape[1] > chunk_elems // logits.shape[-1]
+    monkeypatch.setattr(bm, "CHUNK_ELEMS", chunk_elems)
     results = []
     for n in THREADS:
         torch_threads(n)

@@ -56,8 +56,12 @@ export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} PYTHONUN
 export TRANSFORMERS_OFFLINE=${TRANSFORMERS_OFFLINE:-1}
 "$PYTHON" - 2>&1 <<'EOF' | tee -a "$LOG" >&2
 import importlib, sys, torch
-print(f"gpu_check: python {sys.version.split()[0]}, torch {torch.__version__}, "
-      f"{torch.cuda.get_device_name(0)}, {torch.get_num_threads()} torch threads")
+try:
+    gpu = torch.cuda.get_device_name(0)
+except Exception as exc:  # the benchmarks will fail and say why
+    gpu = f"no GPU name ({type(exc).__name__}: {exc})"
+print(f"gpu_check: python {sys.version.split()[0]}, torch {torch.__version__}, {gpu}, "
+      f"{torch.get_num_threads()} torch threads")
 for name in ("transformers", "accelerate", "tokenizers", "trl", "datasets"):
     try:
         print(f"gpu_check:   {name} {importlib.import_module(name).__version__}")
@@ -86,6 +90,13 @@ run() {  # run NAME SECONDS COMMAND...: one benchmark under its time limit
         failed+=("$name")
     fi
 }
+rows_ok() {  # rows_ok NAME REPORT: e2e.py exits 0 when a side fails; its report names the failures
+    if [ -f "$2" ] && grep -q "^Failed configurations:" "$2"; then
+        say "$1 FAILED configurations: $(sed -n '/^Failed configurations:/,$p' "$2" | grep '^- ' | tr '\n' ' ')"
+        local n=${#failed[@]}
+        [ "$n" -gt 0 ] && [ "${failed[$((n - 1))]}" = "$1" ] || failed+=("$1")
+    fi
+}
 
 # chunked divergence vs TRL vs dense: the small shape, 2 repeats per beta (3 betas, 4 processes each)
 run losses 85 "$PYTHON" benchmarks/losses.py --quick --out "$OUTDIR/RESULTS-losses-gpu.md"
@@ -105,11 +116,13 @@ run e2e-batch8 150 "$PYTHON" benchmarks/e2e.py --pair smollm2-shape --batch 8 \
     --max-new-tokens 128 --equal-lengths --steps 5 --rounds 1 \
     --configs engine_same:hf trl_distillation:hf --timeout 70 \
     --out "$OUTDIR/RESULTS-e2e-gpu.md"
+rows_ok e2e-batch8 "$OUTDIR/RESULTS-e2e-gpu.md"
 # the same at batch 32 (a GPU's batch; generation is launch-bound at batch 8)
 run e2e-batch32 90 "$PYTHON" benchmarks/e2e.py --pair smollm2-shape --batch 32 \
     --max-new-tokens 128 --equal-lengths --steps 3 --rounds 1 \
     --configs engine_same:hf trl_distillation:hf --timeout 42 \
     --out "$OUTDIR/RESULTS-e2e-gpu-batch32.md"
+rows_ok e2e-batch32 "$OUTDIR/RESULTS-e2e-gpu-batch32.md"
 
 total=$(( $(date +%s) - start ))
 if [ ${#failed[@]} = 0 ]; then

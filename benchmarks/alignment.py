@@ -303,7 +303,10 @@ def _spawn(impl: str, case: str, repeats: int, warmup: int, threads: str) -> dic
         env["OMP_NUM_THREADS"] = threads
     cmd = [sys.executable, __file__, "--worker", impl, "--cases", case]
     cmd += ["--repeats", str(repeats), "--warmup", str(warmup), "--threads", threads]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode:  # the worker's own error, not only its exit status
+        tail = "\n".join(out.stderr.strip().splitlines()[-8:])
+        raise SystemExit(f"alignment worker {impl} ({case}) failed ({out.returncode}):\n{tail}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

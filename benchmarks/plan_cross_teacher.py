@@ -46,6 +46,10 @@ def main(paths: list[str]) -> None:
         qs = ", ".join(f"{k}: {v:.3f}" for k, v in q.items())
         for key, steps in new.steps.items():
             print(f"| {path} | {qs} | {key[0]} | {key[1]} | {old.steps[key]} | {steps} |")
+        for seed, flops in new.budget_flops.items():
+            if flops is not None:
+                print(f"| {path} | {qs} | (budget FLOPs) | {seed} | {old.budget_flops[seed]:.3e} "
+                      f"| {flops:.3e} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -109,3 +109,17 @@ def test_trainer_logs_the_forward_measure_at_every_evaluation(tmp_path, teacher)
     hand = _hand_nll(student, pool.prompt_ids_B, pool.completion_ids_B, vocab)
     tokens = sum(len(x) for x in pool.completion_ids_B)
     assert first[1] == pytest.approx(hand / tokens, rel=1e-5)
+
+
+def test_the_measure_does_not_change_training(tmp_path):
+    """The pool is drawn with its own seed in a forked RNG: the same run with and without
+    ``eval.forward_nll`` trains on the same samples to the same losses."""
+    losses = {}
+    for flag in ("true", "false"):
+        cfg = make_config(tmp_path / flag, f"eval.forward_nll={flag}", "eval.every=2",
+                          "train.steps=4")  # fmt: skip
+        train(cfg)
+        text = (Path(cfg.train.output_dir) / "metrics.jsonl").read_text()
+        rows = [json.loads(x) for x in text.splitlines()]
+        losses[flag] = [r["train/loss"] for r in rows if "train/loss" in r]
+    assert len(losses["true"]) == 4 and losses["true"] == losses["false"]

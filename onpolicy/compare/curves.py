@@ -56,10 +56,10 @@ class CurvePoint:
     kl_per_token: float | None = None
     kl_per_byte: float | None = None
     teacher_nll_per_byte: float | None = None
-    forward_nll_per_token: float | None = None
-    forward_nll_per_byte: float | None = None
     repetition: float | None = None
     cut_share: float | None = None
+    forward_nll_per_token: float | None = None  # last: positional construction unchanged
+    forward_nll_per_byte: float | None = None
 
     def flops(self, teacher_data: str) -> float:
         return self.flops_paid if teacher_data == "paid" else self.flops_free

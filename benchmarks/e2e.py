@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from benchmarks import device as bench  # noqa: E402  (ONPOLICY_BENCH_DEVICE: cpu or cuda)
+from benchmarks.e2e_models import PAIRS  # noqa: E402
 
 SIDES = ("engine_same", "trl_distillation", "engine_cross", "trl_gold")
 ALL_CONFIGS = tuple(f"{s}:{r}" for r in ("hf", "vllm") for s in SIDES)
@@ -233,7 +234,12 @@ def table(results: dict[str, dict], args) -> str:
         f"(medians), {args.threads or 'default'} torch thread(s), {bench.label()}, "
         f"{_PRECISION[args.precision]}"
         + (f", cross student cut to {args.student_layers} layers" if args.student_layers else "")
-        + f", freed memory retained (retain_freed_memory): {_RETAINED[args.retain_freed_memory]}.",
+        + f", freed memory retained (retain_freed_memory): {_RETAINED[args.retain_freed_memory]}"
+        + (
+            "; peak MB = torch's peak CUDA allocation (max_memory_allocated) of each side."
+            if bench.on_gpu()
+            else "; peak MB = each side's process peak RSS."
+        ),
         "",
         "| case | engine | TRL | engine tok/s | TRL tok/s | speed ratio | target | engine step s "
         "| TRL step s | CPU-time ratio | engine peak MB | TRL peak MB | memory ratio |",
@@ -281,7 +287,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--configs", nargs="*", choices=ALL_CONFIGS, default=None,
         help="side:rollout to run (default: all hf ones, + vllm ones when --vllm-python exists)",
     )  # fmt: skip
-    p.add_argument("--pair", choices=("arithmetic", "smollm2"), default="arithmetic")
+    p.add_argument("--pair", choices=PAIRS, default="arithmetic")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--batch", type=int, default=16)
@@ -357,13 +363,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from benchmarks.e2e_models import model_pair
 
-    model_pair(args.pair)  # build/cache once, before the timed processes
     configs = args.configs or [
         c
         for c in ALL_CONFIGS
         if c.endswith(":hf")
         or Path(args.vllm_python if c.startswith("engine") else args.trl_vllm_python).exists()
     ]
+    cross = any(c.startswith(("engine_cross", "trl_gold")) for c in configs)
+    model_pair(args.pair, cross=cross)  # build/cache once, before the timed processes
     runs: dict[str, list[dict]] = {c: [] for c in configs}
     args.runs, args.loads = runs, []  # per round; load averages at each round's start + the end
     for r in range(args.rounds):

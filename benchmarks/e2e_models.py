@@ -10,6 +10,11 @@ Pairs (``--pair``):
   initialized (a speed benchmark needs the shapes, not the knowledge), ~130M parameters, built once
   into ``onpolicy.offline.cache_dir()``. TRL's GOLD trainer accepts it (it refuses Gemma-3's
   SentencePiece tokenizer).
+- ``smollm2-shape``: SmolLM2-135M-Instruct's exact architecture with random weights (seed 0) and
+  its real tokenizer, committed in ``benchmarks/smollm2_tokenizer/``
+  (``benchmarks/smollm2_shape.py``), as student and teacher: the ``smollm2`` pair's
+  same-tokenizer work on a machine without the GGUF (time it with ``--equal-lengths``).
+  Cross tokenizer: that student and the Qwen2 teacher above.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ class Pair:
 
     student: str  # same-tokenizer student
     teacher: str  # same-tokenizer teacher
-    cross_student: str
+    cross_student: str  # "" when the pair was asked for without its cross sides
     cross_teacher: str
 
 
@@ -68,13 +73,23 @@ def qwen_teacher_dir() -> Path:
     return final
 
 
-def model_pair(name: str) -> Pair:
-    """The folders of pair ``name`` (built and cached on first use)."""
-    if name == "smollm2":
-        from onpolicy.offline import smollm2_dir
+PAIRS = ("arithmetic", "smollm2", "smollm2-shape")
 
-        s = str(smollm2_dir())
-        return Pair(s, s, s, str(qwen_teacher_dir()))
+
+def model_pair(name: str, cross: bool = True) -> Pair:
+    """The folders of pair ``name`` (built and cached on first use); ``cross=False`` builds
+    neither cross-tokenizer model of the SmolLM2 pairs (their Qwen2 teacher needs the Qwen2.5
+    tokenizer's package) and leaves those fields empty."""
+    if name in ("smollm2", "smollm2-shape"):
+        if name == "smollm2":
+            from onpolicy.offline import smollm2_dir
+
+            s = str(smollm2_dir())
+        else:
+            from benchmarks.smollm2_shape import model_dir
+
+            s = str(model_dir())
+        return Pair(s, s, s, str(qwen_teacher_dir())) if cross else Pair(s, s, "", "")
     from onpolicy.tasks.arith_models import arithmetic_models
 
     m = arithmetic_models(log=lambda s: print(s, file=sys.stderr))
@@ -85,8 +100,8 @@ def model_pair(name: str) -> Pair:
 
 def prompts(name: str, n: int) -> list:
     """``n`` prompts (``onpolicy.types.Prompt``): the chat_pair task's shipped instructions for
-    ``smollm2`` (cycled), seeded 3-digit additions for ``arithmetic``."""
-    if name == "smollm2":
+    the SmolLM2 pairs (cycled), seeded 3-digit additions for ``arithmetic``."""
+    if name in ("smollm2", "smollm2-shape"):
         from onpolicy.tasks import make_task
 
         task = make_task("chat_pair")

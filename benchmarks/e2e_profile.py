@@ -30,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if p not in ("", str(Path(__file__).resolve().parent))]
 sys.path.insert(0, str(ROOT))
+from benchmarks.e2e_models import PAIRS  # noqa: E402
 
 PHASES = ("rollout", "teacher", "student fwd + loss", "backward", "clip + AdamW")
 FLOOR = ("floor: student fwd+bwd", "floor: teacher fwd")
@@ -151,7 +152,7 @@ def op_table(prof, top: int) -> str:
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--pair", choices=("arithmetic", "smollm2"), default="arithmetic")
+    p.add_argument("--pair", choices=PAIRS, default="arithmetic")
     p.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=40)

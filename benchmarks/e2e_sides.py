@@ -58,7 +58,7 @@ def build_engine(args, cross: bool, rollout: str) -> EngineSide:
     from onpolicy.teacher.local import LocalTeacher
     from onpolicy.types import SamplingParams
 
-    pair = model_pair(args.pair)
+    pair = model_pair(args.pair, cross=cross)
     sdir, tdir = (pair.cross_student, pair.cross_teacher) if cross else (pair.student, pair.teacher)
     student, stok = load_model(sdir, device=bench.device()), load_tokenizer(sdir)
     if cross:
@@ -233,9 +233,11 @@ class _Timer:
 
         class CB(TrainerCallback):
             def on_train_begin(self, a, state, control, **kw):
+                bench.sync()
                 timer.last = (time.perf_counter(), time.process_time())
 
             def on_step_end(self, a, state, control, **kw):
+                bench.sync()  # on a GPU: the step's queued work, as the engine side times it
                 now = (time.perf_counter(), time.process_time())
                 timer.wall.append(now[0] - timer.last[0])
                 timer.cpu.append(now[1] - timer.last[1])
@@ -304,7 +306,7 @@ def run_trl_distillation(args, rollout: str) -> dict:
 
     from onpolicy.models import load_model, load_tokenizer
 
-    pair = model_pair(args.pair)
+    pair = model_pair(args.pair, cross=False)
     student, stok = load_model(pair.student), load_tokenizer(pair.student)
     teacher = load_model(pair.teacher, trainable=False)
     n = args.batch * (args.steps + 1)

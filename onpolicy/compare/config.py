@@ -3,6 +3,8 @@ training budget, the seeds and where to write the report.
 
     task: {name: arithmetic, digits: 3, num_eval: 200}
     models: {kind: arithmetic}  # or {kind: paths, teacher: DIR, student: DIR, cross_student: DIR}
+        # kind: paths may add init_from: DIR/seed-{seed}/plateau: per seed, a student warmed
+        # outside the harness that every method starts from (compare/warm.py seed_starts)
         # or {kind: long_arithmetic, student: small|medium, teacher: base|large, teacher_steps: N}
     methods: [untouched, sft, reverse_kl] # built-in names or {name, objective, params, student}
     train: {steps: 50, batch_size: 32, lr: 1.0e-3, max_new_tokens: 40}
@@ -45,7 +47,7 @@ from typing import Any
 from onpolicy.compare.budget import BudgetSpec, parse_budget
 from onpolicy.compare.lr_search import LRSearchSpec, parse_lr_search
 from onpolicy.compare.methods import MethodSpec, TrainSettings, method_spec
-from onpolicy.compare.warm import WarmSpec, parse_warm
+from onpolicy.compare.warm import WarmSpec, parse_warm, seed_starts
 from onpolicy.errors import ConfigError, check_known_keys
 
 _KEYS = {
@@ -183,6 +185,9 @@ def parse_config(raw: dict[str, Any]) -> CompareConfig:
     every, n_eval = int(ev.get("every", 0)), ev.get("num_prompts")
     if every < 0 or (n_eval is not None and int(n_eval) < 1):
         raise ConfigError(f"eval.every={every} must be >= 0 and eval.num_prompts >= 1")
+    if "init_from" in models and raw.get("warm_start"):
+        raise ConfigError("models.init_from and warm_start both set a warm start; keep one")
+    seed_starts(models, seeds)  # every seed's warm folder exists, before any model loads
     val = (raw.get("validation") or {}).get("size")
     if val is not None and int(val) < 1:
         raise ConfigError(f"validation.size={val}; use an int >= 1 (or leave it out)")

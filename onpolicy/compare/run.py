@@ -24,7 +24,7 @@ from onpolicy.compare.methods import MethodSpec, RunOptions
 from onpolicy.compare.model_dirs import ModelDirs, resolve_models
 from onpolicy.compare.pool import run_calls
 from onpolicy.compare.training import lr_trial, split_prompts, student_of, train_run, warm_up
-from onpolicy.compare.warm import COLD, Start, starts_from
+from onpolicy.compare.warm import COLD, Start, seed_starts, starts_from
 from onpolicy.errors import ConfigError
 from onpolicy.tasks.base import Task, make_task
 from onpolicy.trainer.step_metrics import ComputeBudget
@@ -275,6 +275,11 @@ def run_compare(
     if cfg.budget.match == "flops":
         log(f"[compare] equal FLOPs: steps per (method, seed) {_steps_line(plan)}")
     extras, starts = Extras(), {seed: [COLD] for seed in cfg.seeds}
+    warmed = seed_starts(cfg.models, cfg.seeds)  # students warmed outside the harness
+    if warmed is not None:
+        starts = {seed: [warmed[seed]] for seed in cfg.seeds}
+        where = ", ".join(f"seed {s} {w.init_from}" for s, w in warmed.items())
+        log(f"[compare] warm starts: {where}")
     if cfg.warm_start is not None:
         shared = cfg.warm_start.shared  # one warm-up (the first seed's) for every seed
         calls = [

@@ -246,3 +246,28 @@ def branch_record(
 def with_lr(settings: Any, spec: WarmSpec) -> Any:
     """The training settings of the warm-up: its own steps and learning rate."""
     return dataclasses.replace(settings, steps=spec.steps, lr=spec.lr or settings.lr)
+
+
+def seed_starts(models: dict[str, Any], seeds: Sequence[int]) -> dict[int, Start] | None:
+    """``models.init_from`` (``kind: paths``): per seed, a student warmed outside the harness
+    (e.g. ``examples/evidence/warm_students.py`` on a GPU), every method starting from it; a
+    ``{seed}`` in the path names one folder per seed. Start ``warm``, its step read from the
+    folder's ``build.json`` (0 when absent); its warm-up FLOPs are not counted (0). None when the
+    key is absent; a one-line error when a folder is missing or the block is not ``kind: paths``."""
+    pattern = models.get("init_from")
+    if pattern is None:
+        return None
+    if models.get("kind") != "paths":
+        raise ConfigError("models.init_from needs models.kind: paths (the student's shape folder)")
+    out = {}
+    for seed in seeds:
+        folder = Path(str(pattern).format(seed=seed)).expanduser()
+        if not (folder / "config.json").exists():
+            raise ConfigError(
+                f"models.init_from for seed {seed}: {folder} holds no saved model; "
+                "warm the student first (examples/evidence/warm_students.py)"
+            )
+        record = folder / "build.json"
+        step = json.loads(record.read_text()).get("step", 0) if record.exists() else 0
+        out[seed] = Start("warm", int(step), str(folder.resolve()))
+    return out

@@ -212,7 +212,10 @@ class EvalConfig:
     ``every``: optimizer steps between evaluations; 0 = only before and after training.
     ``metric``: ``none``, a built-in (``exact_match``, ``contains``) or ``path/to/file.py:function``
     (a function ``(completion_text, prompt) -> float`` in a local file; see ``onpolicy.metrics``),
-    logged as ``eval/score``."""
+    logged as ``eval/score``.
+    ``forward_nll``: also the student's NLL per token and per byte of one held-out temperature-1
+    teacher sample per prompt, drawn once per run (``onpolicy.trainer.forward_pool``); off by
+    default (one teacher generation over the held-out prompts, plus a forward per evaluation)."""
 
     every: int = 0
     metric: str = "none"
@@ -220,6 +223,7 @@ class EvalConfig:
     greedy: bool = True
     max_new_tokens: int | None = None  # None = rollout.max_new_tokens
     batch_size: int = 8
+    forward_nll: bool = False
 
 
 @dataclass

@@ -8,18 +8,20 @@ positions``), step by step from the objective's own ``batch_source(step)`` and `
 
 - every trained row: ``6 N_s (P_s + C)`` (the student's training forward and backward);
 - an on-policy step (source ``student``): + ``2 N_s (P_s + C)`` per row (the student's rollout);
-- an objective with teacher scores: + ``2 N_t (P_t + C)`` per row (the teacher's scoring forward);
+- an objective with teacher scores: + ``2 N_t (P_t + q C)`` per row (the teacher's scoring forward);
 - with ``teacher_data: paid`` (the default), each distinct teacher sample a method trains on:
-  ``2 N_t (P_t + C)``, charged at the step that first uses it (one fixed teacher sample per
+  ``2 N_t (P_t + q C)``, charged at the step that first uses it (one fixed teacher sample per
   training prompt; at most one per distinct prompt); with ``teacher_data: free``, nothing
   (``accounting.py`` explains both; the report shows both).
 
 ``P_s`` / ``P_t``: the training prompts' mean length in the student's / teacher's tokens (exact);
 ``C``: the completion length, ``budget.completion_tokens``, else ``train.max_new_tokens`` (a bound
 for the student: real completions can stop earlier, on-policy ones at other lengths than the
-teacher's; *not* for a cross-tokenizer teacher, which reads its own tokens: a char-level teacher
-of a BPE student about 2x ``C``, so its forwards are undercharged). The report shows each run's
-recorded FLOPs next to its planned steps, so the match can be checked.
+teacher's); ``q``: the teacher's completion tokens per student completion token
+(``Sizes.teacher_tokens_per_token``): 1 for the same tokenizer; across tokenizers the teacher reads
+its own tokenization of the completion, measured on the training references
+(``token_ratio.py``: about 2 for a char-level teacher of a BPE student, about 0.5 the other way).
+The report shows each run's recorded FLOPs next to its planned steps, so the match can be checked.
 """
 
 from __future__ import annotations
@@ -121,6 +123,8 @@ class Sizes:
         span_ends_per_token: positions a cross-tokenizer hidden term compares per completion
             token (aligned spans per student token, ``hidden_cost.span_ends_per_token``; 1.0
             when no method of this student has one).
+        teacher_tokens_per_token: ``q``, the teacher's completion tokens per student completion
+            token (``token_ratio.teacher_tokens_per_token``; 1.0 for the same tokenizer).
     """
 
     student_params: int
@@ -131,6 +135,12 @@ class Sizes:
     rows_per_step: int
     distinct_prompts: int
     span_ends_per_token: float = 1.0
+    teacher_tokens_per_token: float = 1.0
+
+    @property
+    def teacher_row(self) -> float:
+        """Positions of one row through the teacher: ``P_t + q C``."""
+        return self.teacher_prompt_tokens + self.teacher_tokens_per_token * self.completion_tokens
 
 
 @dataclass(frozen=True)
@@ -146,7 +156,7 @@ def step_cost(objective: Any, sizes: Sizes, horizon: int, teacher_data: str = "p
     steps for which to plan (the teacher samples of later steps are taken as already paid)."""
     s = sizes
     student_row = s.prompt_tokens + s.completion_tokens
-    teacher_row = s.teacher_prompt_tokens + s.completion_tokens
+    teacher_row = s.teacher_row  # the teacher reads its own tokens (q C of the completion)
 
     def flops(train: float = 0.0, generated: float = 0.0, teacher: float = 0.0) -> float:
         """The trainer's own accounting (``ComputeBudget.flops``) of these positions."""
@@ -302,6 +312,7 @@ def _sizes_by_student(cfg: Any, dirs: Any, task: Any, teacher_params: int) -> di
             rows_per_step=cfg.train.batch_size,
             distinct_prompts=len({(p.text, str(p.messages)) for p in prompts}),
             span_ends_per_token=_span_ends(cfg, kind, tok, teacher_tok, prompts),
+            teacher_tokens_per_token=_teacher_ratio(tok, teacher_tok, prompts),
         )
     return out
 
@@ -316,6 +327,16 @@ def _span_ends(cfg: Any, kind: str, tok: Any, teacher_tok: Any, prompts: list[An
     if not hidden or same_tokenizer(tok, teacher_tok):
         return 1.0
     return span_ends_per_token(tok, teacher_tok, prompts)
+
+
+def _teacher_ratio(tok: Any, teacher_tok: Any, prompts: list[Any]) -> float:
+    """``Sizes.teacher_tokens_per_token`` (1.0 for the same tokenizer)."""
+    from alignment import same_tokenizer
+    from onpolicy.compare.token_ratio import teacher_tokens_per_token
+
+    if same_tokenizer(tok, teacher_tok):
+        return 1.0
+    return teacher_tokens_per_token(tok, teacher_tok, prompts)
 
 
 def _student_dir(dirs: Any, kind: str) -> str:

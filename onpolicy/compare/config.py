@@ -19,6 +19,8 @@ training budget, the seeds and where to write the report.
         # every: learning curves: the trainer evaluates every 20 optimizer steps on the held-out
         # prompts (num_prompts of them; default all); score, KL/token and teacher NLL/byte at the
         # FLOPs spent so far (compare/curves.py). 0 (default): end points only
+        # forward_nll: true (opt-in): also the student's NLL per token and per byte of one held-out
+        # temperature-1 teacher sample per prompt, drawn once per run (trainer/forward_pool.py)
     validation: {size: 200}
         # training prompts held out for choices (LR grid, warm-up curve and plateau), trained on by
         # no run; default: a tenth of them, at most 200, when lr_search or warm_start is set
@@ -63,7 +65,7 @@ _KEYS = {
     "lr_search",
     "reuse_runs",
 }
-_EVAL_KEYS = {"every", "num_prompts", "max_new_tokens"}
+_EVAL_KEYS = {"every", "num_prompts", "max_new_tokens", "forward_nll"}
 
 
 @dataclass
@@ -81,6 +83,7 @@ class CompareConfig:
     budget: BudgetSpec = field(default_factory=BudgetSpec)
     eval_every: int = 0
     eval_prompts: int | None = None
+    eval_forward_nll: bool = False
     validation_size: int | None = None
     warm_start: WarmSpec | None = None
     lr_search: LRSearchSpec | None = None
@@ -200,6 +203,7 @@ def parse_config(raw: dict[str, Any]) -> CompareConfig:
         budget=parse_budget(raw.get("budget"), methods),
         eval_every=every,
         eval_prompts=None if n_eval is None else int(n_eval),
+        eval_forward_nll=bool(ev.get("forward_nll", False)),
         validation_size=None if val is None else int(val),
         warm_start=parse_warm(raw.get("warm_start")),
         lr_search=parse_lr_search(raw.get("lr_search"), names),

@@ -71,8 +71,9 @@ def plot_curves(
 
 def curve_panels(groups: Groups, metric: str = "score") -> list[tuple[str, str]]:
     """``(CurvePoint attribute, axis label)`` of each row of the figure: the score when any curve
-    has one, then the KL per byte and the teacher's NLL per byte, then the completions'
-    repetition rate and share cut at the length limit when the curves hold them."""
+    has one, then the KL per byte and the teacher's NLL per byte, then the student's NLL per
+    byte of held-out teacher samples (``eval.forward_nll``), the completions' repetition rate and
+    share cut at the length limit when the curves hold them."""
 
     def held(attr: str) -> bool:
         return any(has_metric(c, attr) for m in groups.values() for c in m.values())
@@ -84,7 +85,11 @@ def curve_panels(groups: Groups, metric: str = "score") -> list[tuple[str, str]]
     ]
 
 
-_DIAGNOSTICS = [("repetition", "repeated trigram share"), ("cut_share", "share cut at the limit")]
+_DIAGNOSTICS = [
+    ("forward_nll_per_byte", "student NLL/byte of teacher samples"),  # eval.forward_nll
+    ("repetition", "repeated trigram share"),
+    ("cut_share", "share cut at the limit"),
+]
 
 
 def plot_warm_up(records: list[dict], path: Path, teacher_data: str) -> Path | None:

@@ -7,10 +7,13 @@ A point's metrics, on the held-out prompts, on the student's own greedy completi
 full-distribution KL(student || teacher) per completion token; same tokenizer only),
 ``kl_per_byte`` (the same KL per UTF-8 byte of the completions: KL/char, comparable across
 tokenizers of the same text), ``teacher_nll_per_byte`` (the teacher's NLL of the
-student's completions per UTF-8 byte), ``repetition`` (the share of the completions' token
-trigrams already seen earlier in the same completion) and ``cut_share`` (the share of completions
-cut at the length limit): a student collapsed into loops lowers the KL on its own completions
-while these two rise. Evaluation compute is not training compute: not counted.
+student's completions per UTF-8 byte), ``forward_nll_per_token`` / ``forward_nll_per_byte`` (with
+``eval: {forward_nll: true}``: the student's NLL of a fixed pool of held-out temperature-1 teacher
+samples, ``onpolicy.trainer.forward_pool``; the coverage of the teacher's distribution that the
+mode-seeking reverse KL can lose while the score holds), ``repetition`` (the share of the
+completions' token trigrams already seen earlier in the same completion) and ``cut_share`` (the
+share of completions cut at the length limit): a student collapsed into loops lowers the KL on its
+own completions while these two rise. Evaluation compute is not training compute: not counted.
 
 Summaries over the seed-mean curve of a method (points at the same steps across seeds; x = the
 seeds' mean FLOPs): ``best`` score; ``flops_to_reach(X)``: the FLOPs of the first evaluation whose
@@ -34,6 +37,8 @@ _METRICS = {
     "kl_per_token": "eval/kl_per_token",
     "kl_per_byte": "eval/kl_per_byte",
     "teacher_nll_per_byte": "eval/teacher_nll_per_byte",
+    "forward_nll_per_token": "eval/forward_nll_per_token",
+    "forward_nll_per_byte": "eval/forward_nll_per_byte",
     "repetition": "eval/repetition_rate",
     "cut_share": "eval/truncated_share",
 }
@@ -53,6 +58,8 @@ class CurvePoint:
     teacher_nll_per_byte: float | None = None
     repetition: float | None = None
     cut_share: float | None = None
+    forward_nll_per_token: float | None = None  # last: positional construction unchanged
+    forward_nll_per_byte: float | None = None
 
     def flops(self, teacher_data: str) -> float:
         return self.flops_paid if teacher_data == "paid" else self.flops_free

@@ -8,8 +8,9 @@ A hidden term costs, per optimizer step and row, on top of its objective (``budg
   aligned spans per student token (``Sizes.span_ends_per_token``, measured by
   ``span_ends_per_token`` on the training prompts' reference completions with the run's real
   alignment; 1 for a char-level teacher, about 0.45 for a char-level student of a BPE teacher);
-- the teacher's scoring forward ``2 N_t (P_t + C)`` when the objective alone needs no teacher
-  (``sft`` + hidden: the wrapper scores every batch for the teacher's states).
+- the teacher's scoring forward ``2 N_t (P_t + q C)`` (``q``: ``Sizes.teacher_tokens_per_token``)
+  when the objective alone needs no teacher (``sft`` + hidden: the wrapper scores every batch for
+  the teacher's states).
 
 The student's and the teacher's own forwards are the objective's: the term reads their states.
 What a run spent is recorded by the trainer the same way, with the exact count of compared
@@ -75,9 +76,8 @@ def with_hidden_cost(cost: StepCost, config: Any, objective: Any, sizes: Sizes) 
 
     if not enabled(config):
         return cost
-    rows, completion = sizes.rows_per_step, sizes.completion_tokens
     extra = projection_step_flops(config, sizes)
-    if not objective.needs_teacher:
-        extra += 2.0 * sizes.teacher_params * (sizes.teacher_prompt_tokens + completion) * rows
+    if not objective.needs_teacher:  # the teacher reads its own tokens: P_t + q C per row
+        extra += 2.0 * sizes.teacher_params * sizes.teacher_row * sizes.rows_per_step
     per_step = cost.per_step
     return StepCost(cost.once, lambda step: per_step(step) + extra)

@@ -110,6 +110,7 @@ class RunOptions:
         init_from: saved weights the student starts from (a warm-up branch), else None.
         checkpoint_every: keep a checkpoint every this many steps (the warm-up's branch points).
         sample_seed: the seed of the fixed teacher samples (None: the run's seed).
+        forward_nll: evaluations also score held-out teacher samples (``eval.forward_nll``).
     """
 
     eval_every: int = 0
@@ -117,6 +118,7 @@ class RunOptions:
     init_from: str | None = None
     checkpoint_every: int = 0
     sample_seed: int | None = None
+    forward_nll: bool = False
 
 
 def trainer_config(
@@ -168,6 +170,8 @@ def trainer_config(
         "eval": {"num_prompts": o.eval_prompts, "every": o.eval_every, "batch_size": 64},
         "logging": {"progress_bar": False},
     }
+    if o.forward_nll:  # only when on: the configs (and fingerprints) of other runs are unchanged
+        raw["eval"]["forward_nll"] = True
     return from_dict(raw)
 
 

@@ -268,6 +268,7 @@ def write_report(
     with learning curves, ``curves.png``."""
     from onpolicy.compare import report_text as text
     from onpolicy.compare.curve_plot import plot_curves, plot_warm_up
+    from onpolicy.compare.report_forward import forward_table
 
     teacher_data = meta.get("teacher_data", "paid")
     paths = {"markdown": out / "report.md", "json": out / "report.json"}
@@ -291,6 +292,8 @@ def write_report(
         methods = meta.get("methods", [])
         ref = next((m["name"] for m in methods if m.get("objective") == "sft"), "sft")
         doc += [text.curve_table(groups, t_score, teacher_data, ref), ""]
+        forward = forward_table(groups, teacher_data)  # eval.forward_nll: coverage of the teacher
+        doc += ["### Forward measure", "", forward, ""] if forward else []
     warm = getattr(extras, "warm", None)
     if warm and plot_warm_up(warm, out / "warm_up.png", teacher_data) is not None:
         paths["warm_up"] = out / "warm_up.png"

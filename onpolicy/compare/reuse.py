@@ -31,7 +31,8 @@ def run_key(cfg: Any, dirs: Any, spec: Any, seed: int, settings: Any, init_from:
         "method": asdict(spec),
         "seed": seed,
         "init_from": init_from,
-        "eval": [cfg.eval_every, cfg.eval_prompts, cfg.eval_max_new_tokens],
+        "eval": [cfg.eval_every, cfg.eval_prompts, cfg.eval_max_new_tokens]
+        + (["forward_nll"] if cfg.eval_forward_nll else []),  # keys of older runs unchanged
         "validation_size": cfg.validation_size,
         **(extra or {}),
     }

@@ -223,7 +223,10 @@ def _train(
     run_dir = Path(cfg.output_dir) / "runs" / f"{sub}{spec.name}-seed{seed}"
     held_out = task.eval_prompts if cfg.eval_every else ()
     n_eval = min(cfg.eval_prompts or len(held_out), len(held_out))
-    options = RunOptions(cfg.eval_every, n_eval, start.init_from, sample_seed=_sample_seed(cfg))
+    options = RunOptions(
+        cfg.eval_every, n_eval, start.init_from, sample_seed=_sample_seed(cfg),
+        forward_nll=cfg.eval_forward_nll,
+    )  # fmt: skip
     out = train_run(
         cfg, dirs, spec, seed, cfg.train, run_dir, options, split.train, held_out, task.score
     )

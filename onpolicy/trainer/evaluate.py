@@ -11,7 +11,10 @@ teacher-forced on those completions:
 - ``eval/logratio_per_byte``: ``(log p_student(y) - log p_teacher(y)) / bytes(y)`` summed over each
   completion; with sampled completions (``greedy=False``) its mean is an unbiased estimate of the
   per-byte sequence-level ``KL(student || teacher)`` -- the cross-tokenizer KL;
-- ``eval/score`` when a task metric is given, plus the diagnostics of ``diagnostics.py``.
+- ``eval/score`` when a task metric is given, plus the diagnostics of ``diagnostics.py``;
+- with a ``pool`` (``eval.forward_nll``): ``eval/forward_nll_per_token`` / ``_per_byte``, the
+  student's NLL of held-out *teacher* samples (``forward_pool.py``): coverage of the teacher's
+  distribution, which the mode-seeking reverse KL can lose while the score holds.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from onpolicy.forward import forward_completions
 from onpolicy.losses import token_logprobs
 from onpolicy.teacher.types import CrossScores, DenseScores, HiddenScores
 from onpolicy.trainer import diagnostics as diag
+from onpolicy.trainer.forward_pool import forward_measure, pool_sums
 from onpolicy.types import Prompt, Rollout, SamplingParams, ScoreFn
 
 if TYPE_CHECKING:  # annotations only
@@ -68,9 +72,11 @@ def evaluate(
     greedy: bool = True,
     batch_size: int = 8,
     score_fn: ScoreFn | None = None,
+    pool: Rollout | None = None,
 ) -> dict[str, float]:
     """Evaluate ``model`` (unwrapped student) against ``teacher`` (a ``LocalTeacher``, or None for
-    the task metric only) on ``prompts``; see the module docstring for the metrics.
+    the task metric only) on ``prompts``, and on the teacher samples of ``pool`` (a ``Rollout`` in
+    the student's tokens, ``forward_pool.draw_pool``) when given; see the module docstring.
 
     Uses its own RNG stream (``fork_rng``): evaluating never changes the training run's samples.
     """
@@ -95,6 +101,7 @@ def evaluate(
                     fn = score_fn if j == 0 else None
                     for k, v in _batch_sums(model, tokenizer, t, rollout, fn).items():
                         sums[name][k] = sums[name].get(k, 0.0) + v
+            forward = pool_sums(model, tokenizer, pool, batch_size) if pool is not None else None
     finally:
         model.train(was_training)
     names = list(named)
@@ -104,6 +111,8 @@ def evaluate(
         for k, v in _means(sums[name]).items():
             if k not in student_only and k != "eval/student_nll_per_token":
                 out[f"eval/{name}/{k.removeprefix('eval/')}"] = v
+    if forward is not None:
+        out.update(forward_measure(*forward))
     return out
 
 

@@ -17,7 +17,7 @@ from onpolicy.trainer.evaluate import evaluate, task_metric
 from onpolicy.trainer.loop import StepResult, final_dir, run_steps, warn_collapse
 from onpolicy.trainer.run_folder import ResumePolicy, claim_output_dir, config_record
 from onpolicy.trainer.step_metrics import ComputeBudget
-from onpolicy.types import Prompt, ScoreFn
+from onpolicy.types import Prompt, Rollout, ScoreFn
 
 if TYPE_CHECKING:  # annotations only
     from accelerate import Accelerator
@@ -197,6 +197,12 @@ def _train_built(
     c, spent = _with_fixed_teacher_samples(c, config, accelerator, prompts)
     if resumed_from is None:  # a resumed run draws the same samples again: counted once
         state.budget = state.budget.add(spent)
+    pool = None  # held-out teacher samples for eval.forward_nll (evaluation compute: not counted)
+    if config.eval.forward_nll and accelerator.is_main_process:
+        from onpolicy.trainer.forward_pool import draw_pool
+
+        teacher = getattr(c.sources.teacher_backend, "model", None)
+        pool = draw_pool(held_out, c.sampling, c.sources, teacher)
     stream = PromptStream(prompts, config.train.seed, position=state.data_position)
     session = _Session(
         config,
@@ -205,6 +211,7 @@ def _train_built(
         held_out,
         score_fn,
         MetricsLog(accelerator, config, start_step=state.step),
+        pool=pool,
     )
     eval_before = session.run_eval(step=0) if resumed_from is None else {}
     session.open_bar(state.step)
@@ -289,6 +296,7 @@ class _Session:
     held_out: list[Prompt]
     score_fn: ScoreFn | None
     log: MetricsLog
+    pool: Rollout | None = None  # eval.forward_nll's held-out teacher samples
     bar: tqdm | None = None
     warned: set[str] = field(default_factory=set)
 
@@ -320,6 +328,7 @@ class _Session:
                 self.config.eval.greedy,
                 self.config.eval.batch_size,
                 self.score_fn,
+                self.pool,
             )
         self.accelerator.wait_for_everyone()
         return metrics

@@ -203,6 +203,7 @@ class _LogprobRecorder:
         self.stops = list(stops)
         self.min_new_tokens = min_new_tokens
         self.steps = 0
+        self._stop_idx: torch.Tensor | None = None
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if self.prev_B_V is not None:
@@ -210,8 +211,10 @@ class _LogprobRecorder:
         self.prev_B_V = torch.log_softmax(scores.float(), dim=-1)
         self.steps += 1
         if self.steps <= self.min_new_tokens and self.stops:
-            scores = scores.clone()
-            scores[:, [s for s in self.stops if s < scores.shape[-1]]] = float("-inf")
+            if self._stop_idx is None:  # made on the scores' device once: no copy per step
+                kept = [s for s in self.stops if s < scores.shape[-1]]
+                self._stop_idx = torch.tensor(kept, dtype=torch.long, device=scores.device)
+            scores = scores.index_fill(1, self._stop_idx, float("-inf"))
         return scores
 
     def finish(self, sequences_B_T: torch.Tensor) -> torch.Tensor:

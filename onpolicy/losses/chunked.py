@@ -22,13 +22,11 @@ is upcast once per call.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
-from alignment.cpu import run_chunks
 from onpolicy.errors import DataError, TrainingError
 from onpolicy.losses.kernels import DivergenceKernel, get_kernel
 from onpolicy.losses.reduce import as_bool_mask, check_reduction, check_temperature
@@ -39,10 +37,6 @@ TARGET_BLOCK_ELEMENTS = 1 << 24
 """Default block: about 16M logits (64 MB in float32) per [block, V] buffer, i.e. 256 tokens at
 V = 65,536 (a block holds about 6 such buffers at its peak). Larger blocks run the matmuls faster
 (better use of each pass over the LM heads) at the cost of memory."""
-
-ROW_CHUNK_ELEMENTS = 1 << 18
-"""The row-wise part of a block runs this many logits (1 MiB of float32: a core's L2) per chunk
-of rows on the one pool (``_block``)."""
 
 
 @dataclass(frozen=True)
@@ -70,9 +64,9 @@ class LMHead:
 
 class BlockTarget(Protocol):
     """The teacher's side of a chunked loss: what it holds per counted row (``teacher``: a tuple of
-    tensors whose first axis is the row, plus any shared ones), and, for a few rows of a block,
-    the divergence against the student's log-probs ``[r, V]`` and its gradient with respect to the
-    student's (scaled, capped, tempered) logits ``z`` ``[r, V]``. Implemented here for a dense
+    tensors whose first axis is the row, plus any shared ones), and, for one block of ``n`` rows,
+    the divergence against the student's log-probs ``[n, V]`` and its gradient with respect to the
+    student's (scaled, capped, tempered) logits ``z`` ``[n, V]``. Implemented here for a dense
     teacher (hidden states + LM head) and in ``chunked_topk`` for a top-k teacher."""
 
     def rows(self, teacher: tuple, sl: slice, rows: Tensor | None) -> tuple:
@@ -80,21 +74,17 @@ class BlockTarget(Protocol):
         in the full tensors, None when every row counts)."""
         ...
 
-    def prepare(self, block: tuple, inv_t: float, buf_z: Tensor, buf_t: Tensor) -> tuple:
-        """Teacher-side work on the whole block of ``n`` rows before the student's logits are made
-        (the large matmuls, on torch's own threads); returns per-row tensors (first axis ``n``).
-        ``buf_z``, ``buf_t``: [n, V] scratch; ``buf_z`` is the student's after this returns."""
+    def prepare(self, block: tuple, inv_t: float, buf_z: Tensor, buf_t: Tensor) -> Any:
+        """Teacher-side work before the student's logits are made (``buf_z``, ``buf_t``: [n, V]
+        scratch; ``buf_z`` is the student's after this returns)."""
         ...
 
     def divergence(
-        self, log_ps: Tensor, prepared: tuple, kernel: DivergenceKernel, coef: float,
+        self, log_ps: Tensor, prepared: Any, kernel: DivergenceKernel, coef: float,
         with_grad: bool, buf_t: Tensor,
     ) -> tuple[Tensor, Tensor | None]:  # fmt: skip
-        """Per-row values [r] and, with ``with_grad``, ``dL/dz`` [r, V] for ``r`` rows of the
-        block: ``prepared`` and ``buf_t`` are those rows of ``prepare``'s tensors and scratch
-        (``dL/dz`` may live in ``buf_t`` or ``log_ps``'s buffer; valid until the next block).
-        Called once per chunk of rows, from several threads at once (``_block``): it must touch
-        only the rows it is given."""
+        """Per-row values [n] and, with ``with_grad``, ``dL/dz`` [n, V] (may live in ``buf_t``
+        or ``log_ps``'s buffer; valid until the next block)."""
         ...
 
 
@@ -115,16 +105,14 @@ class DenseTarget:
         h_t, w_t, b_t = teacher
         return (*select_rows((h_t,), sl, rows), w_t, b_t)
 
-    def prepare(self, block: tuple, inv_t: float, buf_z: Tensor, buf_t: Tensor) -> tuple:
-        z_t, _ = _logits(*block, self.scale, self.softcap, inv_t, buf_t)
-        return (z_t,)  # the teacher's logits [n, V]; log-softmaxed a chunk of rows at a time
+    def prepare(self, block: tuple, inv_t: float, buf_z: Tensor, buf_t: Tensor) -> Tensor:
+        z_t, _ = _logits(*block, self.scale, self.softcap, inv_t, buf_z)
+        return torch.log_softmax(z_t, dim=-1, out=buf_t)  # log p_t [n, V]
 
     def divergence(self, log_ps, prepared, kernel, coef, with_grad, buf_t):
-        (z_t,) = prepared
-        log_pt = torch.log_softmax(z_t, dim=-1, out=buf_t)  # log p_t [r, V] (z_t may be buf_t)
         if not with_grad:
-            return kernel.value(log_ps, log_pt, coef), None
-        return kernel.value_and_grad(log_ps, log_pt, coef)
+            return kernel.value(log_ps, prepared, coef), None
+        return kernel.value_and_grad(log_ps, prepared, coef)
 
 
 @dataclass(frozen=True)
@@ -159,51 +147,24 @@ def _workspace(n: int, vocab: int, like: Tensor) -> tuple[Tensor, Tensor, Tensor
 def _block(h_s, w_s, b_s, teacher_block: tuple, spec: _Spec, weight_n: Tensor | None, work):
     """Per-token values [n] and, when ``weight_n`` [n] is given, ``d(sum weight_n * L)/dy`` [n, V]
     for the student's raw projection ``y = h_s @ w_s.T + b_s``. ``work``: ``_workspace`` buffers
-    (the gradient is returned in one of them, valid until the next block).
-
-    The matmuls run on torch's own threads; the row-wise rest (log-softmaxes, divergence, its
-    gradient: about twenty short elementwise passes) runs a chunk of ``ROW_CHUNK_ELEMENTS`` at a
-    time on ``alignment.cpu.run_chunks``'s one pool, torch's team off in each thread: on torch's
-    team every one of those passes ended in a barrier whose waiting threads spin (at 2 threads
-    2-3x the CPU time of 1 thread for this part, more when a thread is descheduled:
-    ``benchmarks/RESULTS-threads.md``, "chunked"). The chunks are fixed by the rows, not by the
-    thread count, and every op is row-wise: values are the same at any thread count."""
-    n, vocab = h_s.shape[0], w_s.shape[0]
+    (the gradient is returned in one of them, valid until the next block)."""
+    n = h_s.shape[0]
     buf_z, buf_t, buf_s = (w[:n] for w in work)
     prepared = spec.target.prepare(teacher_block, spec.inv_temperature, buf_z, buf_t)
     z_s, th = _logits(
         h_s, w_s, b_s, spec.student_scale, spec.student_softcap, spec.inv_temperature, buf_z
-    )  # without a softcap z_s is buf_z; with one buf_z holds tanh and z_s is fresh
-    values = h_s.new_empty(n)
+    )
+    log_ps = torch.log_softmax(z_s, dim=-1, out=buf_s)
+    del z_s
     with_grad = weight_n is not None
-    if with_grad:
-        factor_n = (weight_n * (spec.student_scale * spec.inv_temperature)).unsqueeze(-1)
-
-    def rows(sl: slice) -> None:  # rows sl of every [n, ...] tensor, nothing else
-        log_ps = torch.log_softmax(z_s[sl], dim=-1, out=buf_s[sl])
-        mine = tuple(p[sl] for p in prepared)
-        kernel, coef = spec.kernel, spec.coef
-        value, g = spec.target.divergence(log_ps, mine, kernel, coef, with_grad, buf_t[sl])
-        values[sl] = value
-        if g is None:  # g = dL/dz [r, V]
-            return
-        g.mul_(factor_n[sl])
-        if th is not None:  # d(c * tanh(y / c))/dy = 1 - tanh^2 (th's rows used up here)
-            g.mul_(th[sl].mul_(th[sl]).neg_().add_(1.0))
-        buf_z[sl].copy_(g)  # z_s's rows (or th's) are read: the gradient goes there
-
-    run_chunks(rows, n, _chunk_rows(vocab) if h_s.device.type == "cpu" else n, h_s.device)
-    return values, (buf_z if with_grad else None)
-
-
-def _chunk_rows(vocab: int) -> int:
-    """Rows per chunk of ``_block``'s row-wise part: about ``ROW_CHUNK_ELEMENTS`` logits, and a
-    whole number of 64-element pieces (``rows * vocab % 64 == 0``): torch's vectorized elementwise
-    loops (exp, log, tanh) finish a tensor's last ``< 64`` elements with scalar code, which can
-    differ from the vector code in the last bit, so chunks cut there keep the values of the
-    unchunked block."""
-    step = 64 // math.gcd(max(vocab, 1), 64)
-    return max(step, ROW_CHUNK_ELEMENTS // max(vocab, 1) // step * step)
+    value, g = spec.target.divergence(log_ps, prepared, spec.kernel, spec.coef, with_grad, buf_t)
+    if g is None:  # g = dL/dz [n, V]
+        return value, None
+    del log_ps, prepared
+    g.mul_((weight_n * (spec.student_scale * spec.inv_temperature)).unsqueeze(-1))
+    if th is not None:  # d(c * tanh(y / c))/dy = 1 - tanh^2
+        g.mul_(th.mul_(th).neg_().add_(1.0))
+    return value, g
 
 
 def _run(h_s, w_s, b_s, teacher: tuple, index, spec: _Spec, weight_N, needs: tuple):

@@ -8,6 +8,13 @@ time the 2-thread run takes is the cost of two threads running at once on this m
 caches and memory bandwidth, the hypervisor, per-call overheads), not of a kernel's threading.
 Rounds alternate the two ways; medians.
 
+Second table: what entering the pool costs right after an op on torch's own team. 36 chunks of a
+log_softmax over [4 x 262,144] on the pool, with or without a softmax of [64 x 50,000] on torch's
+team just before: after a team op torch's OpenMP workers spin for a while before they sleep; does
+that CPU time land in the pool's window? Compare wall with CPU in the first table: where they are
+equal at 2 threads the process got about one core (the machine busy), and the 2-thread figures
+then time-share a core instead of running in parallel.
+
     .venv/bin/python benchmarks/thread_floor.py [--rounds 20]
 """
 
@@ -86,7 +93,31 @@ def main() -> None:
         w1, w2 = (statistics.median(wall[k]) * 1e3 for k in "12")
         print(f"| {name} | {c1:.1f} | {c2:.1f} | {c2 / c1:.2f}x | {w1:.1f} | {w2:.1f} | "
               f"{w2 / w1:.2f}x |", flush=True)  # fmt: skip
+    _pool_entry(args.rounds)
     print(f"load average at the end: {os.getloadavg()}")
+
+
+def _pool_entry(rounds: int) -> None:
+    z = torch.randn(64, 50_000, generator=torch.Generator().manual_seed(0))
+
+    def piece(_sl):
+        torch.log_softmax(torch.randn(4, 262_144), -1)
+
+    print()
+    print("| torch threads | team op just before | CPU ms of the pool call (36 chunks) |")
+    print("|---:|---|---:|")
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        for before in (False, True):
+            cpu = []
+            for _ in range(rounds):
+                if before:
+                    torch.softmax(z, -1)
+                c0 = time.process_time()
+                run_chunks(piece, 36, 1, "cpu")
+                cpu.append(time.process_time() - c0)
+            ms = statistics.median(cpu) * 1e3
+            print(f"| {threads} | {'yes' if before else 'no'} | {ms:.1f} |")
 
 
 if __name__ == "__main__":

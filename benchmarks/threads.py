@@ -12,6 +12,8 @@ Kernels (forward + backward to the student logits where there is one):
 - ``next-byte``: ``alignment.next_byte_terms`` on the same inputs (the next-byte marginals);
 - ``chunked``: ``onpolicy.losses.chunked_divergence`` (GKD's JSD, beta 0.5, 256 tokens, V 16,384,
   hidden 896/1536: the ``small`` shape of ``benchmarks/losses.py``);
+- ``chunked-rows``: the same loss with hidden size 64 on both sides: the matmuls shrink ~20x and
+  the row-wise part (log-softmaxes, divergence and its gradient) is most of the call;
 - ``align``: ``alignment.align_spans_batch`` on the real case's offsets, 50 times per call;
 - ``spin``: no project code, torch's threads alone: 20 times a softmax of [64, 50,000] followed
   by ~10 ms of single-threaded numpy sorting in the calling thread (the pattern of a kernel that
@@ -50,7 +52,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 sys.path.insert(0, str(REPO))
 
-KERNELS = ("trl-uld", "ours-uld", "ours-gold", "next-byte", "chunked", "align", "spin")
+KERNELS = (
+    "trl-uld", "ours-uld", "ours-gold", "next-byte", "chunked", "chunked-rows", "align", "spin",
+)  # fmt: skip
 OUT = REPO / "benchmarks" / "RESULTS-threads.md"
 HEADER = (
     "# Thread scaling of the CPU kernels, and TRL GOLD `ULDLoss` (benchmarks/threads.py)\n\n"
@@ -98,14 +102,14 @@ def _next_byte(inp: dict):
     return run
 
 
-def _chunked():
+def _chunked(hidden_s: int = 896, hidden_t: int = 1536):
     from onpolicy.losses import LMHead, chunked_divergence
 
     g = torch.Generator().manual_seed(0)
-    h_s = torch.randn(1, 256, 896, generator=g).requires_grad_()
-    h_t = torch.randn(1, 256, 1536, generator=g)
-    w_s = (torch.randn(16_384, 896, generator=g) * 0.1).requires_grad_()
-    w_t = torch.randn(16_384, 1536, generator=g) * 0.1
+    h_s = torch.randn(1, 256, hidden_s, generator=g).requires_grad_()
+    h_t = torch.randn(1, 256, hidden_t, generator=g)
+    w_s = (torch.randn(16_384, hidden_s, generator=g) * 0.1).requires_grad_()
+    w_t = torch.randn(16_384, hidden_t, generator=g) * 0.1
     mask = torch.ones(1, 256, dtype=torch.bool)
 
     def run(_x):
@@ -146,6 +150,8 @@ def _call(kernel: str, case: str):
         loss = _next_byte(inp)
     elif kernel == "chunked":
         loss = _chunked()
+    elif kernel == "chunked-rows":
+        loss = _chunked(64, 64)
     else:
         from alignment import align_spans_batch
 

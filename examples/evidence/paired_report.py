@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import statistics
 import sys
+from pathlib import Path
 
 
 def main(path: str) -> None:
-    report = json.load(open(path))
+    report = json.loads(Path(path).read_text())
     jobs = {(j["method"], j["seed"]): j for j in report["jobs"] if j.get("status") == "ok"}
     seeds = sorted({s for _, s in jobs})
     arms = sorted({m for m, _ in jobs} - {"sft"})

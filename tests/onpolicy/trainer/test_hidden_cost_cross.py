@@ -8,29 +8,19 @@ from __future__ import annotations
 import json
 
 import pytest
-from trainer_configs import make_config
+from trainer_configs import CROSS_ANSWER as ANSWER
+from trainer_configs import CROSS_CHAR, make_config
+from trainer_configs import CROSS_PAIRS as PAIRS
+from trainer_configs import tiny_tok as _tok
 
 from onpolicy.compare.budget import Sizes
 from onpolicy.compare.hidden_cost import projection_params, projection_step_flops
 from onpolicy.compare.hidden_cost import span_ends_per_token as ratio
 from onpolicy.data import load_prompts
-from onpolicy.models import load_tokenizer
-from onpolicy.tiny import tiny_tokenizer_dir
 from onpolicy.trainer import train
 from onpolicy.types import Prompt
 
-BPE = "'tiny:small,seed=1,pretrain_steps=300'"
-CHAR = "'tiny:small,tokenizer=char,seed=2,pretrain_steps=300'"
-PAIRS = {  # (student model, teacher model, student tokenizer, teacher tokenizer)
-    "bpe student, char teacher": (BPE, CHAR, "bpe", "char"),
-    "char student, bpe teacher": (CHAR, BPE, "char", "bpe"),
-}
-ANSWER = "Spell 日本: 日-本, 4 plus 9 is 13."
 ROWS, STEPS = 4, 2
-
-
-def _tok(kind):
-    return load_tokenizer(tiny_tokenizer_dir(kind))
 
 
 def test_spans_per_token_by_hand():
@@ -84,7 +74,7 @@ def test_planned_projection_flops_equal_recorded(tmp_path, pair):
 def test_the_plan_scales_only_the_cross_projection_by_r(tmp_path):
     """``r`` scales the projection of a cross-tokenizer hidden term, not a same-tokenizer one."""
     sizes = Sizes(10, 100, 2.0, 3.0, 4, 5, 7, span_ends_per_token=0.5)
-    cross = make_config(tmp_path, f"teacher.path={CHAR}", "teacher.mode=auto",
+    cross = make_config(tmp_path, f"teacher.path={CROSS_CHAR}", "teacher.mode=auto",
                         "objective.name=gold", "hidden.weight=0.5")  # fmt: skip
     same = make_config(tmp_path, "hidden.weight=0.5", "hidden.projection=linear")
     assert projection_step_flops(cross, sizes) == 6 * projection_params(cross) * 4 * 0.5 * 5

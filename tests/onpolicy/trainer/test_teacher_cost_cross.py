@@ -8,31 +8,21 @@ from __future__ import annotations
 import json
 
 import pytest
+from trainer_configs import CROSS_ANSWER as ANSWER
+from trainer_configs import CROSS_PAIRS as PAIRS
 from trainer_configs import make_config
+from trainer_configs import tiny_tok as _tok
 
 from onpolicy.chat import render_prompts
 from onpolicy.compare.budget import Sizes, _teacher_ratio, run_flops, step_cost
 from onpolicy.compare.hidden_cost import span_ends_per_token, with_hidden_cost
 from onpolicy.compare.token_ratio import teacher_tokens_per_token
 from onpolicy.data import load_prompts
-from onpolicy.models import load_tokenizer
-from onpolicy.tiny import tiny_tokenizer_dir
 from onpolicy.trainer import train
 from onpolicy.trainer.setup import build_objective
 from onpolicy.types import Prompt
 
-BPE = "'tiny:small,seed=1,pretrain_steps=300'"
-CHAR = "'tiny:small,tokenizer=char,seed=2,pretrain_steps=300'"
-PAIRS = {  # (student model, teacher model, student tokenizer, teacher tokenizer)
-    "bpe student, char teacher": (BPE, CHAR, "bpe", "char"),
-    "char student, bpe teacher": (CHAR, BPE, "char", "bpe"),
-}
-ANSWER = "Spell 日本: 日-本, 4 plus 9 is 13."
 ROWS, STEPS = 4, 2
-
-
-def _tok(kind):
-    return load_tokenizer(tiny_tokenizer_dir(kind))
 
 
 def test_teacher_tokens_per_token_by_hand():

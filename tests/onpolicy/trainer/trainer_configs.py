@@ -33,3 +33,21 @@ def base_raw(output_dir: Path) -> dict:
 def make_config(output_dir: Path, *overrides: str) -> Config:
     """The base config with ``key.sub=value`` overrides."""
     return from_dict(apply_overrides(base_raw(output_dir), list(overrides)))
+
+
+# the two tiny cross-tokenizer pairs of the FLOPs-plan tests (hidden projection, teacher charge)
+CROSS_BPE = "'tiny:small,seed=1,pretrain_steps=300'"
+CROSS_CHAR = "'tiny:small,tokenizer=char,seed=2,pretrain_steps=300'"
+CROSS_PAIRS = {  # (student model, teacher model, student tokenizer, teacher tokenizer)
+    "bpe student, char teacher": (CROSS_BPE, CROSS_CHAR, "bpe", "char"),
+    "char student, bpe teacher": (CROSS_CHAR, CROSS_BPE, "char", "bpe"),
+}
+CROSS_ANSWER = "Spell 日本: 日-本, 4 plus 9 is 13."
+
+
+def tiny_tok(kind: str):
+    """The tiny ``bpe`` or ``char`` tokenizer."""
+    from onpolicy.models import load_tokenizer
+    from onpolicy.tiny import tiny_tokenizer_dir
+
+    return load_tokenizer(tiny_tokenizer_dir(kind))

@@ -25,7 +25,8 @@ training budget, the seeds and where to write the report.
         # training prompts held out for choices (LR grid, warm-up curve and plateau), trained on by
         # no run; default: a tenth of them, at most 200, when lr_search or warm_start is set
     warm_start: {method: sft, steps: 800, every: 50, branch_at: [200, plateau],
-                 plateau: {window: 3, min_gain: 0.01}, cold: true, lr: 2.0e-4, cache_dir: DIR,
+                 plateau: {window: 3, min_gain: 0.01, min_share: 0.0}, cold: true, lr: 2.0e-4,
+                 cache_dir: DIR,
                  shared: false}
         # a warm-up trained once per seed and cached; every method branches from each branch point
         # (compare/warm.py); cold: also from the untouched student (the negative control);

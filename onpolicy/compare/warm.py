@@ -7,7 +7,7 @@ config; the cold start stays as the negative control unless ``cold: false``).
       steps: 800                  # warm-up length: optimizer steps of train.batch_size prompts
       every: 50                   # evaluate (validation split) and keep a checkpoint every 50 steps
       branch_at: [200, plateau]   # warm-up steps (multiples of every) and/or plateau
-      plateau: {window: 3, min_gain: 0.01}
+      plateau: {window: 3, min_gain: 0.01}  # min_share: 0.4 widens the window to 40% of the run
       cold: true                  # also run every method from the untouched student
       shared: false               # true: one warm-up (the first seed's) for every seed
       lr: 2.0e-4                  # the warm-up's learning rate (default: train.lr)
@@ -71,6 +71,7 @@ class WarmSpec:
     branch_at: tuple[int | str, ...]
     window: int = 3
     min_gain: float = 0.01
+    min_share: float = 0.0
     cold: bool = True
     lr: float | None = None
     cache_dir: str | None = None
@@ -113,8 +114,10 @@ def parse_warm(raw: dict[str, Any] | None) -> WarmSpec | None:
     branch = raw.get("branch_at", [PLATEAU])
     branch = tuple(branch if isinstance(branch, list) else [branch])
     plateau = dict(raw.get("plateau") or {})
-    if set(plateau) - {"window", "min_gain"}:
-        raise ConfigError(f"warm_start.plateau takes window, min_gain; got {sorted(plateau)}")
+    if set(plateau) - {"window", "min_gain", "min_share"}:
+        raise ConfigError(
+            f"warm_start.plateau takes window, min_gain, min_share; got {sorted(plateau)}"
+        )
     spec = WarmSpec(
         method=method,
         steps=steps,
@@ -122,6 +125,7 @@ def parse_warm(raw: dict[str, Any] | None) -> WarmSpec | None:
         branch_at=branch,
         window=int(plateau.get("window", 3)),
         min_gain=float(plateau.get("min_gain", 0.01)),
+        min_share=float(plateau.get("min_share", 0.0)),
         cold=bool(raw.get("cold", True)),
         lr=None if raw.get("lr") is None else float(raw["lr"]),
         cache_dir=raw.get("cache_dir"),
@@ -136,6 +140,8 @@ def _check(spec: WarmSpec) -> None:
         raise ConfigError(f"warm_start.method={spec.method.name!r} trains nothing; use e.g. sft")
     if spec.steps < 1 or spec.every < 1 or spec.window < 1:
         raise ConfigError("warm_start needs steps >= 1, every >= 1 and plateau.window >= 1")
+    if not 0.0 <= spec.min_share < 1.0:
+        raise ConfigError(f"warm_start.plateau.min_share={spec.min_share}; use 0 <= min_share < 1")
     if not spec.branch_at:
         raise ConfigError("warm_start.branch_at is empty; give steps and/or 'plateau'")
     for b in spec.branch_at:
@@ -172,6 +178,8 @@ def cache_folder(cfg: Any, dirs: Any, seed: int, train_prompts: Sequence[Prompt]
     """``<cache_dir>/<key>/seed<seed>`` for the warm-up of ``cfg`` (``CompareConfig``)."""
     w: WarmSpec = cfg.warm_start
     warm = {k: v for k, v in asdict(w).items() if k != "shared"}  # keys as before it existed
+    if not w.min_share:  # the default rule: cache keys as before min_share existed
+        warm.pop("min_share")
     parts = {
         "warm": {**warm, "cold": None, "cache_dir": None},
         "train": asdict(cfg.train),
@@ -192,7 +200,7 @@ def branch_steps(spec: WarmSpec, curve: Sequence[CurvePoint]) -> list[tuple[str,
     for b in spec.branch_at:
         if b == PLATEAU:
             key, _ = warm_metric([{"curve": [vars(p) for p in curve]}])  # KL/byte: no metric
-            step, reached = plateau_step(curve, spec.window, spec.min_gain, key)
+            step, reached = plateau_step(curve, spec.window, spec.min_gain, key, spec.min_share)
             out.append((PLATEAU, step, reached))
         else:
             out.append((f"step{b}", int(b), True))

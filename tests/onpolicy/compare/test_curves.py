@@ -169,3 +169,31 @@ def test_the_long_regime_config_parses_and_its_models_block_is_checked_up_front(
             parse_config({**raw, "models": bad})
     with pytest.raises(ConfigError, match=re.escape("needs task.name: long_arithmetic")):
         parse_config({**raw, "task": {"name": "arithmetic"}})
+
+
+def test_plateau_min_share_waits_out_a_slow_climb():
+    """The measured mid-climb case (docs/results/evidence-long-gpu.md): a 6-digit warm-up evaluated
+    every 200 steps (validation exact match below, steps 200..2600), where the fixed window 3 with
+    min_gain 0.03 fired at 2600 while the student went on climbing; a window of 40% of the run
+    does not fire there, and finds the real plateau once it has lasted that long."""
+    rise = [0.0, 0.0, 0.0, 0.0, 0.0, 0.045, 0.125, 0.115, 0.180, 0.200, 0.200, 0.220, 0.180]
+    slow = [CurvePoint(200 * (i + 1), 0, 0, 0, s) for i, s in enumerate(rise)]
+    assert plateau_step(slow, 3, 0.03) == (2600, True)  # the fixed window: fired mid-climb
+    assert plateau_step(slow, 3, 0.03, min_share=0.25) == (2600, True)  # ceil(.25 * 12) = 3
+    assert plateau_step(slow, 3, 0.03, min_share=0.4) == (2600, False)  # window 5: +0.095
+    top = [*rise, 0.5, 0.75, 0.85, 0.94, *[0.93, 0.94] * 6]
+    full = [CurvePoint(200 * (i + 1), 0, 0, 0, s) for i, s in enumerate(top)]
+    # best 0.94 from index 16; at index i the window is ceil(0.4 i): i - ceil(0.4 i) first reaches
+    # 16 at i = 27 (window 11), step 5600
+    assert plateau_step(full, 3, 0.03, min_share=0.4) == (5600, True)
+    assert plateau_step(full, 3, 0.03) == (2600, True)
+
+
+def test_plateau_min_share_in_the_config():
+    w = parse_warm({"method": "sft", "steps": 100, "every": 25, "plateau": {"min_share": 0.25}})
+    assert w.min_share == 0.25 and w.window == 3
+    assert parse_warm({"method": "sft", "steps": 100}).min_share == 0.0
+    with pytest.raises(ConfigError, match=r"min_share=1\.5"):
+        parse_warm({"method": "sft", "steps": 100, "plateau": {"min_share": 1.5}})
+    with pytest.raises(ConfigError, match="takes window, min_gain, min_share"):
+        parse_warm({"method": "sft", "steps": 100, "plateau": {"patience": 2}})

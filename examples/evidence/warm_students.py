@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--every", type=int, default=200)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--validation", type=int, default=200)
+    p.add_argument("--min-share", type=float, default=0.0, help="plateau window share (0: fixed 3)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--limit", type=int, default=0, help="only the first N training prompts (smoke)")
     p.add_argument("--out", type=Path, required=True)
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
 
         train_supervised(student, tok, pool, a.steps, 32, a.lr, seed, evaluate, "constant")
         points = [SimpleNamespace(step=e["step"], score=e["score"]) for e in curve]
-        step, reached = plateau_step(points, window=3, min_gain=0.03)
+        step, reached = plateau_step(points, window=3, min_gain=0.03, min_share=a.min_share)
         (folder / "plateau").unlink(missing_ok=True)
         (folder / "plateau").symlink_to(f"step-{step}")
         (folder / "curve.json").write_text(json.dumps({

@@ -22,6 +22,7 @@ from __future__ import annotations
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,10 +62,20 @@ def qwen_teacher_dir() -> Path:
     model.generation_config = GenerationConfig(
         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
     )
-    tmp = Path(tempfile.mkdtemp(prefix=f".{QWEN_TEACHER}.tmp-", dir=final.parent))
+
+    def save(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tok.save_pretrained(folder)
+
+    return save_into(final, save)
+
+
+def save_into(final: Path, save: Callable[[Path], None]) -> Path:
+    """``save(tmp)`` into a temporary sibling of ``final``, then rename it into place (a stale or
+    half-written ``final`` is replaced; an interrupted save leaves none)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
+        save(tmp)
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 NAME = "bench-smollm2-shape-v1"
@@ -74,17 +73,14 @@ def model_dir() -> Path:
         bos_token_id=CONFIG["bos_token_id"], eos_token_id=CONFIG["eos_token_id"],
         pad_token_id=CONFIG["pad_token_id"],
     )  # fmt: skip
-    tmp = Path(tempfile.mkdtemp(prefix=f".{NAME}.tmp-", dir=final.parent))
-    try:
-        model.save_pretrained(tmp)
+    from benchmarks.e2e_models import save_into
+
+    def save(folder: Path) -> None:
+        model.save_pretrained(folder)
         for f in TOKENIZER_DIR.iterdir():
-            shutil.copyfile(f, tmp / f.name)
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+            shutil.copyfile(f, folder / f.name)
+
+    return save_into(final, save)
 
 
 if __name__ == "__main__":  # re-export the committed tokenizer files

@@ -9,7 +9,7 @@ import json
 
 import pytest
 from trainer_configs import CROSS_ANSWER as ANSWER
-from trainer_configs import CROSS_CHAR, make_config
+from trainer_configs import CROSS_CHAR, cross_hidden_sft_config, make_config
 from trainer_configs import CROSS_PAIRS as PAIRS
 from trainer_configs import tiny_tok as _tok
 
@@ -43,17 +43,12 @@ def test_planned_projection_flops_equal_recorded(tmp_path, pair):
     """SFT + hidden on the dataset's answers (every row the same ``ANSWER``, so any batch has the
     references' ratio): the plan's ``6 P x C x r x rows`` per step, ``C`` the answer's tokens and
     its stop token, equals the recorded ``ComputeBudget.projection_flops``."""
-    student, teacher, s_kind, t_kind = PAIRS[pair]
+    _, _, s_kind, t_kind = PAIRS[pair]
     data = tmp_path / "same_answer.jsonl"
     rows = [{"messages": [{"role": "user", "content": f"Say it ({i})."}], "completion": ANSWER}
             for i in range(12)]  # fmt: skip
     data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    cfg = make_config(
-        tmp_path, f"student.path={student}", f"teacher.path={teacher}", "teacher.mode=auto",
-        "objective.name=sft", "objective.params.source=dataset", f"data.path={data}",
-        "data.eval_size=2", "hidden.weight=0.5", "hidden.projection=linear",
-        f"train.steps={STEPS}", f"train.micro_batch_size={ROWS}", "eval.num_prompts=0",
-    )  # fmt: skip
+    cfg = cross_hidden_sft_config(tmp_path, pair, data, STEPS, ROWS)
     prompts, _ = load_prompts(cfg.data, cfg.train.seed)
     s_tok = _tok(s_kind)
     r = ratio(s_tok, _tok(t_kind), prompts)

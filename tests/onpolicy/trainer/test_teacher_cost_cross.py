@@ -10,7 +10,7 @@ import json
 import pytest
 from trainer_configs import CROSS_ANSWER as ANSWER
 from trainer_configs import CROSS_PAIRS as PAIRS
-from trainer_configs import make_config
+from trainer_configs import cross_hidden_sft_config
 from trainer_configs import tiny_tok as _tok
 
 from onpolicy.chat import render_prompts
@@ -47,16 +47,11 @@ def test_planned_flops_equal_recorded_across_tokenizers(tmp_path, pair):
     the prompts' mean lengths and ``q`` are exact for any batch): the whole plan, the teacher's
     scoring ``2 N_t (P_t + q C)`` per row included, equals the trainer's recorded FLOPs, and the
     teacher positions recorded are its own tokenization, counted here by hand."""
-    student, teacher, s_kind, t_kind = PAIRS[pair]
+    _, _, s_kind, t_kind = PAIRS[pair]
     data = tmp_path / "same_answer.jsonl"
     row = {"messages": [{"role": "user", "content": "Say it."}], "completion": ANSWER}
     data.write_text((json.dumps(row, ensure_ascii=False) + "\n") * 12)
-    cfg = make_config(
-        tmp_path, f"student.path={student}", f"teacher.path={teacher}", "teacher.mode=auto",
-        "objective.name=sft", "objective.params.source=dataset", f"data.path={data}",
-        "data.eval_size=2", "hidden.weight=0.5", "hidden.projection=linear",
-        f"train.steps={STEPS}", f"train.micro_batch_size={ROWS}", "eval.num_prompts=0",
-    )  # fmt: skip
+    cfg = cross_hidden_sft_config(tmp_path, pair, data, STEPS, ROWS)
     prompts, _ = load_prompts(cfg.data, cfg.train.seed)
     s_tok, t_tok = _tok(s_kind), _tok(t_kind)
     q = teacher_tokens_per_token(s_tok, t_tok, prompts)

@@ -51,3 +51,17 @@ def tiny_tok(kind: str):
     from onpolicy.tiny import tiny_tokenizer_dir
 
     return load_tokenizer(tiny_tokenizer_dir(kind))
+
+
+def cross_hidden_sft_config(
+    output_dir: Path, pair: str, data: Path, steps: int, rows: int
+) -> Config:
+    """SFT on ``data`` with a linear-projection hidden term, student and teacher from
+    ``CROSS_PAIRS[pair]``: the run both FLOPs-plan tests record."""
+    student, teacher, _, _ = CROSS_PAIRS[pair]
+    return make_config(
+        output_dir, f"student.path={student}", f"teacher.path={teacher}", "teacher.mode=auto",
+        "objective.name=sft", "objective.params.source=dataset", f"data.path={data}",
+        "data.eval_size=2", "hidden.weight=0.5", "hidden.projection=linear",
+        f"train.steps={steps}", f"train.micro_batch_size={rows}", "eval.num_prompts=0",
+    )  # fmt: skip

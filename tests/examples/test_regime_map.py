@@ -18,6 +18,7 @@ from examples.evidence.regime_map import (
     load,
     main,
     paired_verdict,
+    update,
 )
 from examples.evidence.report import paired_rule, verdict
 
@@ -116,7 +117,7 @@ def test_compare_rule_by_hand():
 
 def test_load_names_a_cell_that_lacks_a_field(tmp_path):
     raw = json.loads(DATA.read_text())
-    del raw["cells"][3]["wall"]
+    del next(c for c in raw["cells"] if c["id"] == "short-cold")["wall"]
     bad = tmp_path / "map.json"
     bad.write_text(json.dumps(raw))
     with pytest.raises(ValueError, match=r"'short-cold' lacks wall"):
@@ -133,3 +134,14 @@ def test_tables_and_figure_render(data, tmp_path, capsys):
     assert out.read_bytes()[:4] == b"\x89PNG"
     figure(data, tmp_path / "again.png")
     assert (tmp_path / "again.png").stat().st_size > 10_000
+
+
+def test_committed_report_tables_are_current(data, tmp_path):
+    report = RESULTS / "regime-map.md"
+    copy = tmp_path / "regime-map.md"
+    copy.write_text(report.read_text())
+    update(copy, data)
+    assert copy.read_text() == report.read_text(), "rerun regime_map.py --update"
+    (tmp_path / "bare.md").write_text("no marker\n")
+    with pytest.raises(ValueError, match="has no line"):
+        update(tmp_path / "bare.md", data)

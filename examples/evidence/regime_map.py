@@ -144,7 +144,8 @@ def arm_cell(cell: dict[str, Any], column: str) -> str:
 
 def _link(cell: dict[str, Any]) -> str:
     links = ", ".join(f"[{r}]({r})" if r.endswith(".md") else r for r in cell["reports"])
-    return f"**{cell['id']}** {cell['label']} ({links})"
+    branch = f"; branch `{cell['branch']}`" if cell.get("branch") else ""
+    return f"**{cell['id']}** {cell['label']} ({links}{branch})"
 
 
 def outcome_table(data: dict[str, Any]) -> list[str]:

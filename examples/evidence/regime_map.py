@@ -247,7 +247,7 @@ def figure(data: dict[str, Any], out: Path) -> None:
                              gridspec_kw={"height_ratios": heights})  # fmt: skip
     colors = {"reverse_kl": "tab:blue", "gkd": "tab:orange", "gold": "tab:green",
               "next_byte": "tab:purple"}  # fmt: skip
-    score_lim = (-0.24, 0.16)
+    score_lim = (-0.27, 0.16)
     for ax, g in zip(axes, groups, strict=True):
         ax.axvline(0.0, color="black", lw=0.8)
         for i, (_, name, pts) in enumerate(rows[g]):

@@ -46,12 +46,22 @@ def _ms(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}"
 
 
+def paired_rule(mean: float, sd: float, n: int) -> str:
+    """``win`` / ``loss`` when the paired mean difference (arm - SFT, higher is better) is beyond
+    2 standard errors (``sd / sqrt(n)``, ``sd`` the sample sd over seeds), else ``tie``; ``?``
+    under 2 seeds."""
+    if n < 2:
+        return "?"
+    se = sd / n**0.5
+    return "win" if mean > 2 * se and mean > 0 else "loss" if mean < -2 * se and mean < 0 else "tie"
+
+
 def verdict(diffs: list[float]) -> str:
     """win / lose when the paired mean difference is beyond 2 standard errors, else tie."""
     if len(diffs) < 2:
         return "?"
-    m, se = statistics.mean(diffs), statistics.stdev(diffs) / len(diffs) ** 0.5
-    return "**wins**" if m > 2 * se and m > 0 else "loses" if m < -2 * se and m < 0 else "ties"
+    word = paired_rule(statistics.mean(diffs), statistics.stdev(diffs), len(diffs))
+    return {"win": "**wins**", "loss": "loses", "tie": "ties"}[word]
 
 
 def regime_table(runs: dict) -> list[str]:

@@ -18,6 +18,7 @@ JSON, plots). ``onpolicy compare --config FILE --plan`` prints the planned steps
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -155,7 +156,7 @@ def quickstart_main(argv: Sequence[str] | None = None) -> int:
     the untouched student, SFT on teacher samples and on-policy reverse KL, same budget; prints a
     before/after table (per start point, with a verdict sentence, when the config warms the
     student first) and where the report and plots are."""
-    from onpolicy.compare.report_text import verdict
+    from onpolicy.compare.report_text import start_labels, verdict
     from onpolicy.quiet import quiet_libraries
 
     quiet_libraries()  # `make demo` calls this directly, not through the CLI that quiets
@@ -169,10 +170,12 @@ def quickstart_main(argv: Sequence[str] | None = None) -> int:
         return 2
     print()
     warm = cfg.warm_start is not None  # the cold quickstart's table stays as the README quotes it
-    print(quickstart_table(rows, cfg.budget.teacher_data if warm else None))
+    labels = start_labels(_warm_records(paths))
+    print(quickstart_table(rows, cfg.budget.teacher_data if warm else None, labels))
     for start in dict.fromkeys(r.start for r in rows if r.method != "teacher"):
         part = [r for r in rows if r.start == start and r.method != "teacher"]
-        head = f"From the {start} start: " if len({r.start for r in rows}) > 1 else ""
+        label = labels.get(start, start)
+        head = f"From the {label} start: " if len({r.start for r in rows}) > 1 else ""
         print(head + verdict(part, cfg.budget.teacher_data).replace("**", ""))
     for kind, path in paths.items():
         print(f"{kind}: {path}")
@@ -188,11 +191,21 @@ _NAMES = {
 }
 
 
-def quickstart_table(rows: Sequence[Row], teacher_data: str | None = None) -> str:
+def _warm_records(paths: dict[str, Any]) -> list[dict[str, Any]]:
+    """The warm-up records of the comparison's JSON report (none without one)."""
+    path = paths.get("json")
+    if not path:
+        return []
+    return json.loads(Path(path).read_text()).get("warm_up") or []
+
+
+def quickstart_table(
+    rows: Sequence[Row], teacher_data: str | None = None, labels: dict[str, str] | None = None
+) -> str:
     """Student vs teacher vs SFT baseline vs on-policy: held-out score, KL and compute. A
-    ``start`` column (cold, or the warm-up branch) appears when the rows have several starts or a
-    warm one. FLOPs: the trainer's recorded training FLOPs, or with ``teacher_data`` (free |
-    paid) that accounting's."""
+    ``start`` column (cold, or the warm-up branch, shown as ``labels[start]`` where given)
+    appears when the rows have several starts or a warm one. FLOPs: the trainer's recorded
+    training FLOPs, or with ``teacher_data`` (free | paid) that accounting's."""
     starts = {r.start for r in rows if r.method != "teacher"}
     show_start = starts != {"cold"}
     out = [
@@ -203,7 +216,8 @@ def quickstart_table(rows: Sequence[Row], teacher_data: str | None = None) -> st
         ("|---" if show_start else "") + "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lead = f"| {'–' if r.method == 'teacher' else r.start} " if show_start else ""
+        start = (labels or {}).get(r.start, r.start)
+        lead = f"| {'–' if r.method == 'teacher' else start} " if show_start else ""
         name = _NAMES.get(r.method, r.method)
         if r.status != "ok":
             out.append(f"{lead}| {name} | FAILED: {r.error} | | | | |")

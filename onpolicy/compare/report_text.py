@@ -265,6 +265,31 @@ def warm_table(records: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def start_labels(records: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """Table labels of the warm-up's branch names that would mislead as they are: a ``plateau``
+    that a seed's warm-up never reached (it branched at its last step) is labelled by that step,
+    ``"step 1000 (plateau not reached)"``, or ``"plateau (not reached by every seed: step
+    1000)"`` when other seeds did reach it. Names not in the result keep their own name.
+    ``records``: the report's ``warm_up`` records."""
+    missed: dict[str, list[str]] = {}
+    reached: set[str] = set()
+    for r in records:
+        for b in r["branches"]:
+            if b.get("reached", True):
+                reached.add(b["name"])
+            else:
+                missed.setdefault(b["name"], []).append(str(b["step"]))
+    out = {}
+    for name, at in missed.items():
+        steps = " / ".join(dict.fromkeys(at))
+        out[name] = (
+            f"{name} (not reached by every seed: step {steps})"
+            if name in reached
+            else f"step {steps} (plateau not reached)"
+        )
+    return out
+
+
 def lr_table(trials: Sequence[dict[str, Any]], chosen: dict[tuple[str, str], float]) -> str:
     """Per (start, method): every grid value's validation metric and the chosen rate."""
     from onpolicy.compare.lr_search import validation_value

@@ -29,3 +29,22 @@ def test_cold_rows_keep_the_quickstart_table():
     lines = quickstart_table(rows).splitlines()
     assert lines[0].startswith("| model |") and "start" not in lines[0]
     assert "2.00e+09" in next(ln for ln in lines if "reverse KL" in ln)
+
+
+def test_a_plateau_not_reached_is_labelled_by_its_step():
+    # `make demo`'s warm-up stops at step 1000 with its validation curve still rising: the table
+    # must not call that start "plateau"
+    from onpolicy.compare.report_text import start_labels
+
+    def record(seed: int, step: int, reached: bool) -> dict:
+        return {"seed": seed, "branches": [{"name": "plateau", "step": step, "reached": reached}]}
+
+    assert start_labels([record(0, 800, True), record(1, 600, True)]) == {}
+    labels = start_labels([record(0, 1000, False), record(1, 1000, False)])
+    assert labels == {"plateau": "step 1000 (plateau not reached)"}
+    assert start_labels([record(0, 700, True), record(1, 1000, False)]) == {
+        "plateau": "plateau (not reached by every seed: step 1000)"
+    }
+    rows = [_row("teacher", "cold", 0.99, 0, 0), _row("sft", "plateau", 0.6, 1e9, 3e9)]
+    sft = next(ln for ln in quickstart_table(rows, "paid", labels).splitlines() if "SFT" in ln)
+    assert sft.startswith("| step 1000 (plateau not reached) |")

@@ -35,20 +35,21 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-_HERE = str(Path(__file__).resolve().parent)
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:] = [p for p in sys.path if p not in ("", _HERE)]
-sys.path.insert(0, str(ROOT))
+if __name__ == "__main__":  # as a script: the repository root first, not this folder
+    _HERE = str(Path(__file__).resolve().parent)
+    sys.path[:] = [p for p in sys.path if p not in ("", _HERE)]
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from benchmarks import device as bench  # noqa: E402
+from benchmarks import device as bench
 
 SYNC_OPS = {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::equal",
             "aten::_unique2", "aten::unique_dim", "aten::unique_consecutive",
@@ -217,24 +218,54 @@ def per_step(side: str, setup, short: int, long: int, forced: bool) -> dict:
 
 
 def wall_ms(setup, short: int, long: int, rounds: int, forced: bool) -> dict:
-    """Per side, per round (sides alternate within a round): ``step`` = wall ms per decode step
-    (marginal between ``short`` and ``long``), ``call`` = the rest of a call (prefill, padding,
-    decoding: the ``short`` call's time minus ``short`` steps)."""
-    times: dict = {(s, t): [] for s in SIDES for t in (short, long)}
+    """Per side, per round (sides alternate within a round): ``step`` / ``cpu_step`` = wall / this
+    process's CPU ms per decode step (marginal between ``short`` and ``long`` tokens);
+    ``cpu_call`` = CPU ms of a 1-token call (the per-call work: padding, prefill, decoding).
+    CPU time moves less than wall time when other jobs share the cores (1 thread: no spinning)."""
+    times: dict = {(s, t): [] for s in SIDES for t in (1, short, long)}
     for r in range(rounds):
         for side in SIDES:
-            for t in (short, long):
+            for t in (1, short, long):
                 bench.sync()
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 SIDES[side](*setup, t, r, forced)
                 bench.sync()
-                times[side, t].append((time.perf_counter() - t0) * 1e3)
+                times[side, t].append(
+                    ((time.perf_counter() - t0) * 1e3, (time.process_time() - c0) * 1e3)
+                )
     out = {}
     for side in SIDES:
         pairs = list(zip(times[side, short], times[side, long], strict=True))
-        step = [(b - a) / (long - short) for a, b in pairs]
-        call = [a - short * s for (a, _), s in zip(pairs, step, strict=True)]
-        out[side] = {"step": step, "call": call}
+        step = [(b[0] - a[0]) / (long - short) for a, b in pairs]
+        cpu = [(b[1] - a[1]) / (long - short) for a, b in pairs]
+        call = [c for _, c in times[side, 1]]
+        out[side] = {"step": step, "cpu_step": cpu, "cpu_call": call}
+    return out
+
+
+def sampling_ms(batch: int, vocab: int, reps: int = 30) -> dict[str, float]:
+    """Median ms of one draw per row from ``[batch, vocab]`` probabilities: ``torch.multinomial``
+    (what ``generate`` samples with, on both sides; for one sample it draws an exponential per
+    vocabulary entry) vs an inverse-CDF draw (float64 cumsum + searchsorted: one uniform per row;
+    the same distribution from another random stream). Not a side: a lever both sides leave."""
+    probs = torch.softmax(torch.randn(batch, vocab, device=bench.device()), -1)
+
+    def inverse_cdf():
+        cdf = probs.double().cumsum(-1)
+        u = torch.rand(batch, 1, dtype=torch.float64, device=probs.device) * cdf[:, -1:]
+        return torch.searchsorted(cdf, u, right=True).clamp_(max=vocab - 1)
+
+    out = {}
+    for name, draw in (("multinomial", lambda: torch.multinomial(probs, 1)),
+                       ("inverse CDF", inverse_cdf)):  # fmt: skip
+        times = []
+        for _ in range(reps):
+            bench.sync()
+            t0 = time.perf_counter()
+            draw()
+            bench.sync()
+            times.append((time.perf_counter() - t0) * 1e3)
+        out[name] = statistics.median(times)
     return out
 
 
@@ -263,7 +294,8 @@ def table(res: dict) -> list[str]:
         ratio = f"{e / p:.3f}x" if p else ("=" if not e else "inf")
         lines.append(f"| {label} | " + " | ".join(f"{c[s][key]:.2f}" for s in sides)
                      + f" | {ratio} |")  # fmt: skip
-    timed = ("step", "wall ms"), ("call", "wall ms per call, besides the steps")
+    timed = (("step", "wall ms"), ("cpu_step", "CPU ms"),
+             ("cpu_call", "CPU ms of a 1-token call (per-call work)"))  # fmt: skip
     for key, label in timed if res["ms"]["engine"]["step"] else ():  # --rounds 0: counts only
         ms = {s: res["ms"][s][key] for s in sides}
         med = {s: statistics.median(ms[s]) for s in sides}
@@ -283,10 +315,11 @@ def table(res: dict) -> list[str]:
     return lines
 
 
-def report(args, results: dict, seconds: float) -> str:
+def report(args, results: dict, seconds: float, loads: tuple[str, str], sampling: dict) -> str:
     lines = [
         f"Command: `python benchmarks/rollout_overhead.py {' '.join(sys.argv[1:])}` "
-        f"({seconds:.0f} s)",
+        f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {seconds:.0f} s; load average "
+        f"{loads[0]} at the start, {loads[1]} at the end)",
         "",
         f"Model {args.model}"
         + (f" ({args.layers or 30} layers)" if args.model != "tiny" else "")
@@ -300,7 +333,17 @@ def report(args, results: dict, seconds: float) -> str:
               False: "Free lengths (no min_new_tokens: TRL's own setting)"}  # fmt: skip
     for forced, res in results.items():
         lines += ["", f"### {titles[forced]}", "", *table(res)]
+    if sampling:
+        lines += ["", f"Sampling one token per row from [{args.batch}, {sampling['vocab']}] "
+                  "probabilities (median of 30): `torch.multinomial` (inside `generate`, both "
+                  f"sides) {sampling['multinomial']:.3f} ms, an inverse-CDF draw "
+                  f"{sampling['inverse CDF']:.3f} ms."]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _load() -> str:
+    """The 1/5/15-minute load averages, as ``uptime`` prints them."""
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main() -> None:
@@ -319,11 +362,13 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    start = time.perf_counter()
+    start, load0 = time.perf_counter(), _load()
     model, tok, stops, pool = build(args.model, args.layers)
     setup = (model, tok, stops, [pool[i % len(pool)] for i in range(args.batch)])
     results = {s == "equal": measure(args, setup, s == "equal") for s in args.settings}
-    text = report(args, results, time.perf_counter() - start)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    sampling = {"vocab": vocab, **sampling_ms(args.batch, vocab)} if args.rounds else {}
+    text = report(args, results, time.perf_counter() - start, (load0, _load()), sampling)
     print(text)
     if args.out:
         args.out.write_text(text)

@@ -243,21 +243,51 @@ def wall_ms(setup, short: int, long: int, rounds: int, forced: bool) -> dict:
     return out
 
 
+_MULTINOMIAL = torch.multinomial
+
+
+def inverse_cdf(probs: torch.Tensor, num_samples: int, *args, **kwargs) -> torch.Tensor:
+    """``[B, 1]`` draws from ``probs`` ``[B, V]`` by inverse CDF (float64 cumsum + searchsorted,
+    one uniform per row): ``torch.multinomial``'s distribution for one sample, another random
+    stream. ``sampler_whatif`` puts it in place of ``torch.multinomial`` (a what-if for a custom
+    sampler; no engine code samples this way)."""
+    if num_samples != 1 or probs.dim() != 2:
+        return _MULTINOMIAL(probs, num_samples, *args, **kwargs)
+    cdf = probs.double().cumsum(-1)
+    u = torch.rand(probs.shape[0], 1, dtype=torch.float64, device=probs.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[1] - 1)
+
+
+def sampler_whatif(setup, short: int, long: int, rounds: int) -> dict[str, list[float]]:
+    """CPU ms per decode step of ``plain`` (equal lengths) sampling with ``torch.multinomial`` and
+    with ``inverse_cdf`` in its place, alternating within each round (one process)."""
+    out: dict[str, list[float]] = {"multinomial": [], "inverse CDF": []}
+    try:
+        for r in range(rounds):
+            for name in out:
+                torch.multinomial = _MULTINOMIAL if name == "multinomial" else inverse_cdf
+                cpu = []
+                for t in (short, long):
+                    bench.sync()
+                    c0 = time.process_time()
+                    run_plain(*setup, t, r, True)
+                    bench.sync()
+                    cpu.append(time.process_time() - c0)
+                out[name].append((cpu[1] - cpu[0]) * 1e3 / (long - short))
+    finally:
+        torch.multinomial = _MULTINOMIAL
+    return out
+
+
 def sampling_ms(batch: int, vocab: int, reps: int = 30) -> dict[str, float]:
     """Median ms of one draw per row from ``[batch, vocab]`` probabilities: ``torch.multinomial``
     (what ``generate`` samples with, on both sides; for one sample it draws an exponential per
     vocabulary entry) vs an inverse-CDF draw (float64 cumsum + searchsorted: one uniform per row;
     the same distribution from another random stream). Not a side: a lever both sides leave."""
     probs = torch.softmax(torch.randn(batch, vocab, device=bench.device()), -1)
-
-    def inverse_cdf():
-        cdf = probs.double().cumsum(-1)
-        u = torch.rand(batch, 1, dtype=torch.float64, device=probs.device) * cdf[:, -1:]
-        return torch.searchsorted(cdf, u, right=True).clamp_(max=vocab - 1)
-
     out = {}
-    for name, draw in (("multinomial", lambda: torch.multinomial(probs, 1)),
-                       ("inverse CDF", inverse_cdf)):  # fmt: skip
+    for name, draw in (("multinomial", lambda: _MULTINOMIAL(probs, 1)),
+                       ("inverse CDF", lambda: inverse_cdf(probs, 1))):  # fmt: skip
         times = []
         for _ in range(reps):
             bench.sync()
@@ -315,7 +345,8 @@ def table(res: dict) -> list[str]:
     return lines
 
 
-def report(args, results: dict, seconds: float, loads: tuple[str, str], sampling: dict) -> str:
+def report(args, results: dict, seconds: float, loads: tuple[str, str], sampling: dict,
+           whatif: dict) -> str:  # fmt: skip
     lines = [
         f"Command: `python benchmarks/rollout_overhead.py {' '.join(sys.argv[1:])}` "
         f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {seconds:.0f} s; load average "
@@ -338,6 +369,15 @@ def report(args, results: dict, seconds: float, loads: tuple[str, str], sampling
                   "probabilities (median of 30): `torch.multinomial` (inside `generate`, both "
                   f"sides) {sampling['multinomial']:.3f} ms, an inverse-CDF draw "
                   f"{sampling['inverse CDF']:.3f} ms."]  # fmt: skip
+    if whatif:
+        med = {k: statistics.median(v) for k, v in whatif.items()}
+        lines += ["", "What-if, plain `generate` at equal lengths, CPU ms per decode step over "
+                  f"{args.rounds} rounds (alternating): `torch.multinomial` "
+                  + ", ".join(f"{v:.1f}" for v in whatif["multinomial"])
+                  + f" (median {med['multinomial']:.1f}); inverse CDF in its place "
+                  + ", ".join(f"{v:.1f}" for v in whatif["inverse CDF"])
+                  + f" (median {med['inverse CDF']:.1f}): "
+                  f"{med['multinomial'] / med['inverse CDF']:.3f}x."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -358,6 +398,9 @@ def main() -> None:
                     help="op counts: the marginal between A and B generated tokens")  # fmt: skip
     ap.add_argument("--settings", nargs="+", choices=("equal", "free"), default=("equal", "free"))
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    ap.add_argument("--sampler-whatif", action="store_true",
+                    help="also time plain generate with an inverse-CDF draw in place of "
+                    "torch.multinomial, alternating with the real one (equal lengths)")  # fmt: skip
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     if args.threads:
@@ -368,7 +411,10 @@ def main() -> None:
     results = {s == "equal": measure(args, setup, s == "equal") for s in args.settings}
     vocab = model.get_output_embeddings().weight.shape[0]
     sampling = {"vocab": vocab, **sampling_ms(args.batch, vocab)} if args.rounds else {}
-    text = report(args, results, time.perf_counter() - start, (load0, _load()), sampling)
+    whatif = (
+        sampler_whatif(setup, args.short, args.long, args.rounds) if args.sampler_whatif else {}
+    )
+    text = report(args, results, time.perf_counter() - start, (load0, _load()), sampling, whatif)
     print(text)
     if args.out:
         args.out.write_text(text)

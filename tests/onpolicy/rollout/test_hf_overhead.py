@@ -11,7 +11,7 @@ import copy
 import pytest
 import torch
 
-from benchmarks.rollout_overhead import OpCounter, per_step, run_engine, run_plain
+from benchmarks.rollout_overhead import OpCounter, inverse_cdf, per_step, run_engine, run_plain
 from onpolicy.chat import render_prompts, stop_token_ids
 from onpolicy.models import load_model, load_tokenizer
 from onpolicy.rollout.hf import HFRolloutBackend
@@ -125,3 +125,15 @@ def test_per_step_syncs_and_ops_not_above_plain_generate(setup, forced):
     # masking (one index_fill) is cheaper than transformers' processors (clone/arange/isin/where)
     allowance = 0 if forced else 2
     assert engine["launches"] <= plain["launches"] + allowance
+
+
+def test_inverse_cdf_draws_the_distribution():
+    """The benchmark's what-if sampler: frequencies match the probabilities (a hand-set row and
+    a peaked one), zero-probability entries are never drawn, shape ``[B, 1]`` like multinomial."""
+    probs = torch.tensor([[0.1, 0.0, 0.6, 0.3, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0]])
+    torch.manual_seed(0)
+    assert inverse_cdf(probs, 1).shape == (2, 1)
+    draws = inverse_cdf(probs.repeat_interleave(20_000, dim=0), 1).view(2, 20_000)
+    freq = torch.stack([torch.bincount(d, minlength=5) for d in draws]).double() / 20_000
+    torch.testing.assert_close(freq[0], probs[0].double(), atol=0.015, rtol=0)  # ~4.5 sigma
+    assert freq[0, 1] == 0 and freq[0, 4] == 0 and freq[1, 4] == 1

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The loss, alignment, rollout and end-to-end benchmarks on one GPU, in under 7 minutes, each
+# The loss, alignment, rollout and end-to-end benchmarks on one GPU, in under 8 minutes, each
 # writing its report into GPU_OUT (default benchmarks/: RESULTS-*-gpu.md next to the CPU ones),
 # with this script's own log (gpu_check.log) beside them.
 #
@@ -19,7 +19,7 @@
 # VLLM_PYTHON runs the rollout benchmark (default: PYTHON when it imports vllm, else that
 # benchmark is skipped with a line saying so; a skip is not a failure). Without a CUDA device it
 # stops at once with one line and exit status 3. Every benchmark runs under its own time limit
-# (the budgets below add up to 6 min 40 s without vLLM; the end-to-end rows run first); one that
+# (the budgets below add up to 7 min 55 s without vLLM; the end-to-end rows run first); one that
 # fails or runs out of time is reported by name and the others still run; the exit status is the
 # number of failed benchmarks.
 set -u
@@ -113,6 +113,11 @@ run e2e-batch32 125 "$PYTHON" benchmarks/e2e.py --pair smollm2-shape --batch 32 
     --configs engine_same:hf trl_distillation:hf --timeout 60 \
     --out "$OUTDIR/RESULTS-e2e-gpu-batch32.md"
 rows_ok e2e-batch32 "$OUTDIR/RESULTS-e2e-gpu-batch32.md"
+# the engine's hf rollout vs plain model.generate (TRL's call) in one process, the same 30-layer
+# model, batch 8, equal lengths: ops/syncs per decode step and wall ms per step (issue 18)
+run rollout-overhead 75 "$PYTHON" benchmarks/rollout_overhead.py --model smollm2-shape \
+    --layers 0 --settings equal --short 16 --long 80 --rounds 3 --threads 0 \
+    --out "$OUTDIR/RESULTS-rollout-overhead-gpu.md"
 
 # chunked divergence vs TRL vs dense: the small shape, 2 repeats per beta (3 betas, 4 processes each)
 run losses 75 "$PYTHON" benchmarks/losses.py --quick --out "$OUTDIR/RESULTS-losses-gpu.md"

@@ -291,7 +291,8 @@ def start_labels(records: Sequence[dict[str, Any]]) -> dict[str, str]:
 
 
 def lr_table(trials: Sequence[dict[str, Any]], chosen: dict[tuple[str, str], float]) -> str:
-    """Per (start, method): every grid value's validation metric and the chosen rate."""
+    """Per (start, method): every grid value's validation value (higher is better: a score, or
+    minus a KL / NLL, by the trials' ``lr_search.criterion``) and the chosen rate."""
     from onpolicy.compare.lr_search import validation_value
 
     grid = sorted({t["lr"] for t in trials})
@@ -301,7 +302,8 @@ def lr_table(trials: Sequence[dict[str, Any]], chosen: dict[tuple[str, str], flo
     ]
     cells: dict[tuple[str, str], dict[float, float]] = {}
     for t in trials:
-        cells.setdefault((t["start"], t["method"]), {})[t["lr"]] = validation_value(t["metrics"])
+        value = validation_value(t["metrics"], t.get("criterion", "auto"))
+        cells.setdefault((t["start"], t["method"]), {})[t["lr"]] = value
     for (start, method), values in cells.items():
         row = " | ".join(_f(values.get(g), ".3f") for g in grid)
         lines.append(f"| {start} | {method} | {row} | **{chosen[(method, start)]:.1e}** |")

@@ -340,7 +340,7 @@ def _search_lrs(
         for t in ran
         if by_weights[t["start"]] == st.init_from
     ]  # a start point at the same warm-up step as another shares its trials
-    return trials, choose_lrs(trials)
+    return trials, choose_lrs(trials, cfg.lr_search.criterion)
 
 
 def _branch_line(record: dict[str, Any]) -> str:

@@ -183,12 +183,16 @@ def lr_trial(
     seed = cfg.seeds[0]
     steps = cfg.lr_search.steps or cfg.train.steps
     settings = dataclasses.replace(cfg.train, lr=lr, steps=steps)
-    key = reuse.run_key(cfg, dirs, spec, seed, settings, start.init_from)
+    forward = cfg.lr_search.criterion == "forward_nll"  # the trial draws the pool itself
+    extra = {"lr_criterion": "forward_nll"} if forward else None  # other keys unchanged
+    key = reuse.run_key(cfg, dirs, spec, seed, settings, start.init_from, extra)
     stored = reuse.load(cfg, "lr", key)
     if stored is not None:
         return {**stored, "start": start.name}
     run_dir = Path(cfg.output_dir) / "lr_search" / start.name / f"{spec.name}-lr{lr:g}"
-    options = RunOptions(0, len(split.validation), start.init_from)
+    options = RunOptions(
+        0, len(split.validation), start.init_from, forward_nll=forward or cfg.eval_forward_nll
+    )
     out = train_run(
         cfg, dirs, spec, seed, settings, run_dir, options, split.train, split.validation,
         task.score,
@@ -200,6 +204,7 @@ def lr_trial(
         "start": start.name,
         "lr": lr,
         "metrics": out.eval_after,
+        "criterion": cfg.lr_search.criterion,
         "validation_prompts": [p.text for p in split.validation],
     }
     reuse.save(cfg, "lr", key, record)

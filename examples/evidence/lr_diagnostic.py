@@ -51,7 +51,7 @@ def run_table(jobs: list[dict[str, Any]]) -> list[str]:
     """One row per trained or untouched run: the end, then the best point of its curve."""
     head = "KL/byte | teacher NLL/byte | repetition | cut | fwd NLL/byte"
     out = [f"| method | seed | lr | steps | KL/char sampled | end: {head} | best step | "
-           f"best: {head} |", "|" + "---|" * 17]  # fmt: skip
+           f"best: {head} |", "|" + "---|" * 16]  # fmt: skip
     ok = [j for j in jobs if j["status"] == "ok"]
     for j in ok:
         curve = j["curve"] or next(

@@ -27,7 +27,9 @@ def test_run_table_end_and_best_by_hand():
     curve = [_point(0, 1.3, 0.1), _point(5, 0.4, 0.7), _point(10, 0.9, 0.6)]
     jobs = [_job("untouched", None, [], 1.2), _job("reverse_kl", 3e-5, curve),
             {**_job("gkd", 1e-4, curve), "status": "error"}]  # fmt: skip
-    rows = [line.split(" | ") for line in run_table(jobs)[2:]]
+    lines = run_table(jobs)
+    assert lines[0].count("|") == lines[1].count("|") == lines[2].count("|") == 17  # 16 columns
+    rows = [line.split(" | ") for line in lines[2:]]
     assert len(rows) == 2  # the failed run is left out
     untouched, rkl = rows
     # untouched: the step-0 point of its seed's trained run, at end and best alike

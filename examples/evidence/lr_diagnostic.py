@@ -3,7 +3,8 @@
 held-out end point and best point (its lowest greedy KL/byte) with the collapse diagnostics next
 to each KL.
 
-    python examples/evidence/lr_diagnostic.py outputs/real-pair-lr/run/report.json [more ...]
+    python examples/evidence/lr_diagnostic.py outputs/real-pair-lr/run/report.json [more ...] \
+        [--plot docs/results/real-pair-lr-curves.png]
 
 Trial columns (the trainer's last evaluation on the validation split; the harness's
 ``lr_search`` chooses by the KL/token column, lower wins): KL/token, KL/byte, teacher NLL/byte,
@@ -12,7 +13,8 @@ the share cut at the length limit. Run columns: the harness's sampled KL/char at
 the end and at the curve's best (greedy held-out completions): KL/byte, teacher NLL/byte,
 repetition, cut share and (``eval.forward_nll``) the student's NLL/byte of held-out teacher
 samples. An untrained row (``untouched``) has no curve: it gets the step-0 evaluation of a trained
-run of its seed (the same weights).
+run of its seed (the same weights). ``--plot``: every trained run's curves in one figure (the
+harness's own figure code), one line per method and learning rate.
 """
 
 from __future__ import annotations
@@ -71,16 +73,35 @@ def run_table(jobs: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def groups(jobs: list[dict[str, Any]]) -> dict[str, dict[str, list[list[Any]]]]:
+    """The harness figure's groups: one start point per seed, one line per (method, lr)."""
+    from onpolicy.compare.curves import CurvePoint
+
+    out: dict[str, dict[str, list[list[Any]]]] = {}
+    for j in jobs:
+        if j["status"] == "ok" and j["curve"]:
+            line = f"{j['method']} lr {j['lr']:.0e}"
+            curve = [CurvePoint(**p) for p in j["curve"]]
+            out.setdefault(f"seed {j['seed']}", {}).setdefault(line, []).append(curve)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("reports", type=Path, nargs="+", help="compare output_dirs' report.json")
+    p.add_argument("--plot", type=Path, help="write every run's curves to this PNG")
+    args = p.parse_args(argv)
     trials, jobs = [], []
-    for path in p.parse_args(argv).reports:
+    for path in args.reports:
         report = json.loads(path.read_text())
         trials += report.get("lr_trials") or []
         jobs += report["jobs"]
     lines = ([*trial_table(trials), ""] if trials else []) + run_table(jobs)
     print("\n".join(lines))
+    if args.plot:
+        from onpolicy.compare.curve_plot import plot_curves
+
+        plot_curves(groups(jobs), args.plot, None, "paid", metric="none")
 
 
 if __name__ == "__main__":

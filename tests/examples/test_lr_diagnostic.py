@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 
-from examples.evidence.lr_diagnostic import best_point, main, run_table, trial_table
+from examples.evidence.lr_diagnostic import best_point, groups, main, run_table, trial_table
 
 
 def _point(step, kl, rep):
-    return {"step": step, "kl_per_byte": kl, "teacher_nll_per_byte": kl + 0.5, "repetition": rep,
+    return {"step": step, "flops_free": 1e9 * step, "flops_paid": 2e9 * step, "seconds": step,
+            "kl_per_byte": kl, "teacher_nll_per_byte": kl + 0.5, "repetition": rep,
             "cut_share": rep / 2, "forward_nll_per_byte": None}  # fmt: skip
 
 
@@ -55,3 +56,21 @@ def test_trial_table_and_main(tmp_path, capsys):
     main([str(path)])
     out = capsys.readouterr().out.splitlines()
     assert out[:4] == lines and out[4] == "" and out[-1].startswith("| sft | 0 | 1e-04 | 10 |")
+
+
+def test_groups_one_line_per_method_and_rate(tmp_path):
+    curve = [_point(0, 1.3, 0.1), _point(5, 0.4, 0.7)]
+    jobs = [_job("reverse_kl", 1e-5, curve), _job("reverse_kl", 1e-4, curve),
+            _job("untouched", None, [])]  # fmt: skip
+    g = groups(jobs)
+    assert list(g) == ["seed 0"]
+    assert list(g["seed 0"]) == ["reverse_kl lr 1e-05", "reverse_kl lr 1e-04"]
+        "reverse_kl lr 1e-05",
+        "reverse_kl lr 1e-04",
+    ]
+    (line,) = g["seed 0"]["reverse_kl lr 1e-04"]
+    assert [p.flops_paid for p in line] == [0.0, 1e10] and line[1].repetition == 0.7
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps({"jobs": jobs}))
+    main([str(path), "--plot", str(tmp_path / "c.png")])
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"

@@ -65,9 +65,6 @@ def test_groups_one_line_per_method_and_rate(tmp_path):
     g = groups(jobs)
     assert list(g) == ["seed 0"]
     assert list(g["seed 0"]) == ["reverse_kl lr 1e-05", "reverse_kl lr 1e-04"]
-        "reverse_kl lr 1e-05",
-        "reverse_kl lr 1e-04",
-    ]
     (line,) = g["seed 0"]["reverse_kl lr 1e-04"]
     assert [p.flops_paid for p in line] == [0.0, 1e10] and line[1].repetition == 0.7
     path = tmp_path / "report.json"

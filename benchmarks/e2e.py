@@ -156,7 +156,8 @@ def per_round(results: dict[str, dict], args) -> list[str]:
     if not runs or args.rounds < 2:
         return []
     out = [
-        "", "Per round (sides interleaved; TRL step / engine step, so > 1 = engine faster):", "",
+        "", "Per round (sides interleaved, the order reversed every other round; TRL step / "
+        "engine step, so > 1 = engine faster):", "",
         "| round | load avg (1 min) | engine | TRL | engine step s | TRL step s | wall ratio "
         "| engine CPU s | TRL CPU s | CPU ratio |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -375,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     args.runs, args.loads = runs, []  # per round; load averages at each round's start + the end
     for r in range(args.rounds):
         args.loads.append(os.getloadavg())
-        for config in configs:
+        for config in configs if r % 2 == 0 else configs[::-1]:  # both orders across rounds
             if runs[config] and "error" in runs[config][-1]:
                 continue  # a configuration that failed once is not retried
             runs[config].append(_spawn(args, config))

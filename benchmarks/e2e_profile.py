@@ -11,10 +11,17 @@ forward. ``floor = rollout + student fwd+bwd + teacher fwd`` (issue 18); ``step 
 how much work the engine does beyond the models' own. With ``--ops N`` one more step runs under
 ``torch.profiler`` and the N ops with the most self CPU time are listed, with their share.
 
+``--cross``: the same for ``e2e.py``'s ``engine_cross:hf`` side (``gold`` with ``--gold``'s
+options, by default TRL GOLD's terms as in the like-for-like row); "teacher" is then the whole
+cross scoring (the teacher's own rendering and tokenization, byte alignment, its forward), the
+teacher's floor its plain forward on its own tokens, and the backward divides the summed gradient
+by the step's aligned-span count, as ``e2e_sides._train_step_cross`` does.
+
 Shares and ratios are what a loaded machine can measure; absolute seconds need a quiet one.
 
     python benchmarks/e2e_profile.py --pair arithmetic --batch 16 --max-new-tokens 40 --steps 3
     python benchmarks/e2e_profile.py --pair smollm2 --batch 4 --max-new-tokens 32 --steps 2 --ops 12
+    python benchmarks/e2e_profile.py --pair smollm2 --batch 8 --max-new-tokens 128 --steps 3 --cross
 """
 
 from __future__ import annotations
@@ -64,49 +71,68 @@ class Phases:
             self.wall[name].append(w)
 
 
-def _floor(e, parts: list, phase: Phases) -> None:
+def _floor(e, parts: list, teacher_batches: list, phase: Phases) -> None:
     """The models' own work on the step's tokens: student forward + backward of its LM head at
-    the completion positions (loss: the logits' sum), teacher forward (no grad)."""
+    the completion positions (loss: the logits' sum), teacher forward (no grad) on
+    ``teacher_batches`` (its own tokens across tokenizers; ``None``: the student's)."""
     import torch
 
     from onpolicy.forward import forward_completions
     from onpolicy.objectives.common import PAD_ID
 
-    V = e.scorer.vocab_size
-    for part in parts:
+    Vs = e.student.get_output_embeddings().weight.shape[0]
+    for part, t_batch in zip(parts, teacher_batches, strict=True):
         batch = part.to_padded(PAD_ID)
         with phase("floor: student fwd+bwd"):
-            fwd = forward_completions(e.student, batch, V)
+            fwd = forward_completions(e.student, batch, Vs)
             fwd.logits_N_V.float().sum().backward()
         with phase("floor: teacher fwd"), torch.no_grad():
-            forward_completions(e.teacher, batch, V)
+            forward_completions(
+                e.teacher, batch if t_batch is None else t_batch, e.scorer.vocab_size
+            )
     e.opt.zero_grad(set_to_none=True)
 
 
 def run_step(e, args, batch, phase: Phases, floor: bool) -> None:
-    """One engine step, phase by phase (``e2e_sides.run_engine``'s same-tokenizer step)."""
+    """One engine step, phase by phase (``e2e_sides.run_engine``'s step: same tokenizer, or
+    ``_train_step_cross``'s normalization with ``args.cross``)."""
     import torch
 
     from benchmarks.e2e_sides import _clip_and_step, _split
     from onpolicy.api import loss, score
     from onpolicy.api import rollout as do_rollout
+    from onpolicy.types import PaddedBatch
 
     with phase("rollout"), torch.no_grad():
         ro = do_rollout(e.backend, batch, e.stok, e.sampling)
     parts = [ro] if args.micro_batches == 1 else _split(ro, args.micro_batches)
-    total = sum(len(c) for c in ro.completion_ids_B)
+    total, spans, teacher_batches = sum(len(c) for c in ro.completion_ids_B), 0, []
     for part in parts:
         with phase("teacher"):
             sc = score(e.scorer, part)
         with phase("student fwd + loss"):
             out = loss(e.objective, e.student, part, sc)
         with phase("backward"):
-            (out.loss_sum / max(total, 1)).backward()
+            if args.cross:  # unnormalized; the summed gradient is divided below
+                out.loss_sum.backward()
+            else:
+                (out.loss_sum / max(total, 1)).backward()
+        spans += out.num_tokens
+        if args.cross and floor:
+            c, pad = sc.cross, e.scorer.tokenizer.pad_token_id
+            teacher_batches.append(PaddedBatch.from_ragged(c.prompt_ids_B, c.completion_ids_B, pad))
+        else:
+            teacher_batches.append(None)
+        del sc, out
     with phase("clip + AdamW"):
+        if args.cross:
+            for p in e.student.parameters():
+                if p.grad is not None:
+                    p.grad.div_(max(spans, 1))
         _clip_and_step(e.opt, e.student)
     e.backend.sync_weights(e.student, 1)
     if floor:
-        _floor(e, parts, phase)
+        _floor(e, parts, teacher_batches, phase)
 
 
 def _med(xs: list[float]) -> float:
@@ -160,9 +186,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="0: torch's default thread count")
     p.add_argument("--ops", type=int, default=0, help="list the N ops with the most CPU time")
     p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--cross", action="store_true", help="the engine_cross:hf side (gold)")
+    p.add_argument(
+        "--gold", nargs="*", default=["reference_kl=0", "matched=token"],
+        help="with --cross: the gold objective's options (default: TRL GOLD's terms)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     args.min_new_tokens = args.max_new_tokens  # equal lengths, as the e2e like-for-like runs
-    args.chunked, args.gold, args.student_layers = True, [], 0
+    args.chunked, args.student_layers = True, 0
     return args
 
 
@@ -177,15 +208,17 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     retain_freed_memory()
-    e = build_engine(args, cross=False, rollout="hf")
+    e = build_engine(args, cross=args.cross, rollout="hf")
     phase = Phases()
     for i in range(args.steps + 1):
         phase.begin()
         run_step(e, args, e.data[i * args.batch : (i + 1) * args.batch], phase, floor=True)
         if i:  # step 0 is the warm-up
             phase.end()
+    side = "cross tokenizer, gold " + " ".join(args.gold) if args.cross else "same tokenizer"
     print(
-        f"Pair {args.pair}, batch {args.batch}, {args.max_new_tokens} tokens (equal lengths), "
+        f"Pair {args.pair} ({side}), "
+        f"batch {args.batch}, {args.max_new_tokens} tokens (equal lengths), "
         f"{args.micro_batches} micro-batch(es), {torch.get_num_threads()} torch thread(s), "
         f"{args.steps} timed steps (medians).\n"
     )

@@ -19,9 +19,11 @@
 # VLLM_PYTHON runs the rollout benchmark (default: PYTHON when it imports vllm, else that
 # benchmark is skipped with a line saying so; a skip is not a failure). Without a CUDA device it
 # stops at once with one line and exit status 3. Every benchmark runs under its own time limit
-# (the budgets below add up to 7 min 55 s without vLLM; the end-to-end rows run first); one that
-# fails or runs out of time is reported by name and the others still run; the exit status is the
-# number of failed benchmarks.
+# (the budgets below add up to 12 min 35 s without vLLM, ~9 min expected from the 2026-12-04 H200
+# run; the issue-18 rows run first: the batch-8 end-to-end row in two rounds with the side order
+# reversed in the second, then the rollout op counts, then batch 32); one that fails or runs out
+# of time is reported by name and the others still run; the exit status is the number of failed
+# benchmarks.
 set -u
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
@@ -101,23 +103,25 @@ rows_ok() {  # rows_ok NAME REPORT: e2e.py exits 0 when a side fails; its report
 
 # end to end first (the figure this check is for), like for like (RESULTS-e2e.md): the engine's
 # loop vs TRL's DistillationTrainer, hf rollouts on both sides, torch's default threads, one batch
-# per step on both sides; each side in its own process under its own limit (--timeout)
-run e2e-batch8 140 "$PYTHON" benchmarks/e2e.py --pair smollm2-shape --batch 8 \
-    --max-new-tokens 128 --equal-lengths --steps 3 --rounds 1 \
-    --configs engine_same:hf trl_distillation:hf --timeout 62 \
+# per step on both sides; each side in its own process under its own limit (--timeout). 6 steps x
+# 2 rounds, the order reversed in round 1: the 2026-12-04 run (3 steps, 1 round, engine first) had
+# its 0.79x inside its own step spread (RESULTS-rollout-overhead.md); ~48 s per process then
+run e2e-batch8 420 "$PYTHON" benchmarks/e2e.py --pair smollm2-shape --batch 8 \
+    --max-new-tokens 128 --equal-lengths --steps 6 --rounds 2 \
+    --configs engine_same:hf trl_distillation:hf --timeout 100 \
     --out "$OUTDIR/RESULTS-e2e-gpu.md"
 rows_ok e2e-batch8 "$OUTDIR/RESULTS-e2e-gpu.md"
+# the engine's hf rollout vs plain model.generate (TRL's call) in one process, the same 30-layer
+# model, batch 8, equal lengths: ops/syncs per decode step and wall ms per step (issue 18)
+run rollout-overhead 75 "$PYTHON" benchmarks/rollout_overhead.py --model smollm2-shape \
+    --layers 0 --settings equal --short 16 --long 80 --rounds 3 --threads 0 \
+    --out "$OUTDIR/RESULTS-rollout-overhead-gpu.md"
 # the same at batch 32 (a GPU's batch; generation is launch-bound at batch 8)
 run e2e-batch32 125 "$PYTHON" benchmarks/e2e.py --pair smollm2-shape --batch 32 \
     --max-new-tokens 128 --equal-lengths --steps 3 --rounds 1 \
     --configs engine_same:hf trl_distillation:hf --timeout 60 \
     --out "$OUTDIR/RESULTS-e2e-gpu-batch32.md"
 rows_ok e2e-batch32 "$OUTDIR/RESULTS-e2e-gpu-batch32.md"
-# the engine's hf rollout vs plain model.generate (TRL's call) in one process, the same 30-layer
-# model, batch 8, equal lengths: ops/syncs per decode step and wall ms per step (issue 18)
-run rollout-overhead 75 "$PYTHON" benchmarks/rollout_overhead.py --model smollm2-shape \
-    --layers 0 --settings equal --short 16 --long 80 --rounds 3 --threads 0 \
-    --out "$OUTDIR/RESULTS-rollout-overhead-gpu.md"
 
 # chunked divergence vs TRL vs dense: the small shape, 2 repeats per beta (3 betas, 4 processes each)
 run losses 75 "$PYTHON" benchmarks/losses.py --quick --out "$OUTDIR/RESULTS-losses-gpu.md"

@@ -98,7 +98,7 @@ def run_step(e, args, batch, phase: Phases, floor: bool) -> None:
     ``_train_step_cross``'s normalization with ``args.cross``)."""
     import torch
 
-    from benchmarks.e2e_sides import _clip_and_step, _split
+    from benchmarks.e2e_sides import _clip_and_step, _split, divide_grads
     from onpolicy.api import loss, score
     from onpolicy.api import rollout as do_rollout
     from onpolicy.types import PaddedBatch
@@ -126,9 +126,7 @@ def run_step(e, args, batch, phase: Phases, floor: bool) -> None:
         del sc, out
     with phase("clip + AdamW"):
         if args.cross:
-            for p in e.student.parameters():
-                if p.grad is not None:
-                    p.grad.div_(max(spans, 1))
+            divide_grads(e.student, spans)
         _clip_and_step(e.opt, e.student)
     e.backend.sync_weights(e.student, 1)
     if floor:

@@ -202,10 +202,16 @@ def _train_step_cross(opt, student, ro, parts: int, loss_of) -> int:
         out = loss_of(part)
         out.loss_sum.backward()
         total += out.num_tokens
+    divide_grads(student, total)
+    return _clip_and_step(opt, student)
+
+
+def divide_grads(student, count: int) -> None:
+    """Divide the summed gradient of unnormalized per-part losses by the step's ``count`` of
+    trained units (at least 1): the same update as one batch's ``loss_sum / num_tokens``."""
     for p in student.parameters():
         if p.grad is not None:
-            p.grad.div_(max(total, 1))
-    return _clip_and_step(opt, student)
+            p.grad.div_(max(count, 1))
 
 
 def _clip_and_step(opt, student) -> int:
